@@ -1,0 +1,44 @@
+# The two commands: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_RAW := data/raw
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo demo-pipeline test test-fast lint bench up down status dashboard freeze clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $@
+
+demo: install
+	$(BIN)/windpipe up
+	$(BIN)/windpipe demo --raw $(DEMO_RAW)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+up down status: install
+	$(BIN)/windpipe $@
+
+freeze:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^windpipe' > requirements.txt.new
+	@echo "review requirements.txt.new, then move it over requirements.txt (keep the header and -e line)"
+
+clean:
+	-$(BIN)/windpipe down
+	rm -rf $(VENV) .windpipe data/raw

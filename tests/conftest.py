@@ -1,0 +1,155 @@
+"""Fixtures: real servers on free ports in temporary folders, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from windpipe import platform
+from windpipe.procs import free_port, port_is_free
+from windpipe.settings import Settings, clear_settings_cache
+
+REPO = Path(__file__).resolve().parent.parent
+PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
+                 "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE")
+
+
+def free_port_range(n: int = 10) -> str:
+    for _ in range(200):
+        base = random.randint(20000, 60000 - n)
+        if all(port_is_free("127.0.0.1", p) for p in range(base, base + n)):
+            return f"{base}-{base + n - 1}"
+    raise RuntimeError("no free port range")
+
+
+@dataclass
+class Platform:
+    """A running local platform and the environment that points at it."""
+
+    settings: Settings
+    env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.local_tracking_uri
+
+    def windpipe(self, *args: str, check: bool = False, timeout: float = 600,
+                 extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run the `windpipe` command as a user would, with this platform's environment."""
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.run([sys.executable, "-m", "windpipe.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"windpipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def platform_env(home: Path) -> dict[str, str]:
+    mlflow_port = free_port()
+    ftp_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in PLATFORM_VARS}
+    env.update({
+        "WINDPIPE_HOME": str(home),
+        "WINDPIPE_FTP_PORT": str(ftp_port),
+        "WINDPIPE_MLFLOW_PORT": str(mlflow_port),
+        "WINDPIPE_FTP_PASSIVE_PORTS": free_port_range(),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "WINDPIPE_ENV_FILE": str(home / "no.env"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    })
+    return env
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return Settings(home=Path(env["WINDPIPE_HOME"]), ftp_port=int(env["WINDPIPE_FTP_PORT"]),
+                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]),
+                    ftp_passive_ports=env["WINDPIPE_FTP_PASSIVE_PORTS"],
+                    ftp_password=env.get("WINDPIPE_FTP_PASSWORD"), tracking_uri=env["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture
+def make_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory: a fresh platform per call (for tests that kill servers); all stopped at the end."""
+    started: list[Platform] = []
+
+    def make(start: bool = True) -> Platform:
+        env = platform_env(tmp_path_factory.mktemp("home"))
+        p = Platform(settings_from(env), env)
+        if start:
+            platform.up(p.settings, say=lambda _m: None)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        platform.down(p.settings, say=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """One platform for the whole session; tests that only read and write runs share it."""
+    env = platform_env(tmp_path_factory.mktemp("shared-home"))
+    p = Platform(settings_from(env), env)
+    platform.up(p.settings, say=lambda _m: None)
+    yield p
+    platform.down(p.settings, say=lambda _m: None)
+
+
+@pytest.fixture
+def use_platform(shared_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """Point this process (MLflow client, get_settings) at the shared platform."""
+    import mlflow
+
+    for key in PLATFORM_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key in PLATFORM_VARS:
+        if key in shared_platform.env:
+            monkeypatch.setenv(key, shared_platform.env[key])
+    clear_settings_cache()
+    mlflow.set_tracking_uri(shared_platform.tracking_uri)
+    yield shared_platform
+    clear_settings_cache()
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small generated raw data (one year)."""
+    from windpipe.data.synth import write_raw
+
+    out = tmp_path_factory.mktemp("raw")
+    write_raw(out, seed=7, start_year=2013, years=1)
+    return out
+
+
+def mlflow_run(platform: Platform, project: str, *args: str, env_manager: str = "local",
+               timeout: float = 900) -> subprocess.CompletedProcess:
+    """`mlflow run projects/<project> ...` as a user types it, against `platform`."""
+    env = {**platform.env, "MLFLOW_EXPERIMENT_NAME": platform.settings.experiment}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO / "projects" / project), *args]
+    if env_manager:
+        cmd += ["--env-manager", env_manager]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def latest_run(platform: Platform, step: str, entry_point: str | None = None):  # noqa: ANN201
+    """The newest run of a step (by the windpipe.step tag)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(platform.tracking_uri)
+    filt = f"tags.`windpipe.step` = '{step}'"
+    if entry_point:
+        filt += f" and tags.`windpipe.entry_point` = '{entry_point}'"
+    runs = mlflow.search_runs(experiment_names=[platform.settings.experiment], filter_string=filt,
+                              order_by=["start_time DESC"], output_format="list")
+    return runs[0]

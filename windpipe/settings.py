@@ -1,0 +1,87 @@
+"""The one settings object, read from the environment and `.env`.
+
+Nothing here touches the disk at import time; `get_settings()` builds the object on demand.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def repo_root() -> Path:
+    """The repository holding this package (editable install), else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() and (here / "windpipe").is_dir():
+        return here
+    return Path.cwd()
+
+
+def _env_file() -> Path:
+    return Path(os.environ.get("WINDPIPE_ENV_FILE", repo_root() / ".env"))
+
+
+class Settings(BaseSettings):
+    """Every knob windpipe has. Environment variables are `WINDPIPE_<NAME>` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="WINDPIPE_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default_factory=lambda: repo_root() / ".windpipe")
+    host: str = "127.0.0.1"
+    ftp_port: int = 2121
+    ftp_passive_ports: str = "30000-30009"
+    mlflow_port: int = 5000
+    mlflow_workers: int = 1
+    # "fast": MLflow's app under uvicorn in one process; "cli": the plain `mlflow server` command
+    mlflow_launcher: Literal["fast", "cli"] = "fast"
+    ftp_user: str = "windpipe"
+    ftp_password: SecretStr | None = None
+    experiment: str = "predicting_wind_solar"
+    model_name: str = "wind_solar"
+    tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "WINDPIPE_TRACKING_URI")
+    )
+    marts_url: str | None = None
+    log_dashboard_predictions: bool = True
+    dashboard_port: int = 8050
+    serve_port: int = 8003
+    startup_timeout: float = 60.0
+
+    @property
+    def local_tracking_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def effective_tracking_uri(self) -> str:
+        """`MLFLOW_TRACKING_URI` when set, else the local platform's URI."""
+        return self.tracking_uri or self.local_tracking_uri
+
+    @property
+    def passive_range(self) -> range:
+        first, _, last = self.ftp_passive_ports.partition("-")
+        return range(int(first), int(last or first) + 1)
+
+    @property
+    def effective_marts_url(self) -> str:
+        return self.marts_url or f"sqlite:///{self.home / 'marts.db'}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, `.env` and explicit overrides (overrides win)."""
+    return _cached(tuple(sorted(overrides.items())))
+
+
+@lru_cache(maxsize=8)
+def _cached(overrides: tuple[tuple[str, object], ...]) -> Settings:
+    env_file = _env_file()
+    return Settings(_env_file=env_file if env_file.exists() else None, **dict(overrides))
+
+
+def clear_settings_cache() -> None:
+    """Forget cached settings (tests change the environment between cases)."""
+    _cached.cache_clear()

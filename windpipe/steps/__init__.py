@@ -1,0 +1,1 @@
+"""Step bodies: what each MLflow Project's thin script calls."""
