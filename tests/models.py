@@ -1,0 +1,68 @@
+"""Test helper: a real, quickly trained model logged and registered the way the training steps do.
+
+Used by tests that need a production model without running the whole pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
+
+
+def tiny_processed(n: int = 24 * 60, seed: int = 0) -> pd.DataFrame:
+    """A processed-entity frame from the synthetic generator (60 days by default)."""
+    from windpipe.data.process import process
+    from windpipe.data.synth import generate
+
+    power, weather = generate(seed=seed, years=1)
+    return process(power, weather).head(n).reset_index(drop=True)
+
+
+def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | None = "production",  # noqa: ANN001
+                         scale: float = 1.0, tmp_dir: Path | None = None) -> dict:
+    """Fit a LinearRegression on `df`, log it (with its entity) as an `lr` run, register it, set `alias`.
+
+    `scale` multiplies the predictions (a deliberately worse model when != 1).
+    Returns run_id, model_uri, version, entity_uri.
+    """
+    import tempfile
+
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import LinearRegression
+
+    from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
+
+    df = tiny_processed() if df is None else df
+    mlflow.set_tracking_uri(platform.tracking_uri)
+    mlflow.set_experiment(platform.settings.experiment)
+    model = TransformedTargetRegressor(LinearRegression(), func=lambda y: y / scale,
+                                       inverse_func=lambda y: y * scale, check_inverse=False)
+    model.fit(df[FEATURES], df[TARGETS])
+    pred = model.predict(df[FEATURES])
+    with mlflow.start_run(tags={"windpipe.step": "lr", "windpipe.entry_point": "main",
+                                "windpipe.model_family": "lr", "windpipe.data_date": data_date(df)}) as run:
+        with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
+            path = write_entity(PROCESSED, df, Path(tmp) / PROCESSED.filename)
+            entity_uri = log_entity(PROCESSED, df, path, context="training")
+        rmse = float(np.sqrt(((pred - df[TARGETS].to_numpy()) ** 2).mean()))
+        mlflow.log_metrics({"rmse": rmse})
+        info = mlflow.sklearn.log_model(model, name="model", input_example=df[FEATURES].head(3),
+                                        signature=infer_signature(df[FEATURES], pred),
+                                        pip_requirements=["scikit-learn", "pandas"],
+                                        serialization_format="cloudpickle")
+        mlflow.set_tags({"windpipe.model_uri": info.model_uri, "windpipe.entity.processed": entity_uri})
+    version = mlflow.register_model(info.model_uri, platform.settings.model_name)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(version.name, version.version, "windpipe.data_date", data_date(df))
+    client.set_model_version_tag(version.name, version.version, "windpipe.instance_name",
+                                 f"{version.name}_v{version.version}_{data_date(df)}")
+    if alias:
+        client.set_registered_model_alias(version.name, alias, version.version)
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": int(version.version),
+            "entity_uri": entity_uri, "df": df, "timestamp_col": TIMESTAMP}
