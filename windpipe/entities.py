@@ -29,6 +29,10 @@ class Entity:
     index: str | None = TIMESTAMP
     description: str = ""
     optional: tuple[str, ...] = field(default_factory=tuple)
+    # "table" (a parquet file), "model" (an MLflow model URI) or "files" (a folder of raw files)
+    kind: str = "table"
+    # produced outside the pipeline (e.g. raw downloads): no step has to write it
+    external: bool = False
 
     def validate(self, df: pd.DataFrame, where: str = "") -> pd.DataFrame:
         """Check columns, dtypes and emptiness; return the frame with only the declared columns."""
@@ -66,6 +70,43 @@ PROCESSED = Entity(
     filename="processed.parquet",
     description="hourly German solar and wind generation (GW) with the weather that drives it",
 )
+
+RAW = Entity(
+    name="raw",
+    columns={},
+    filename="",
+    index=None,
+    kind="files",
+    external=True,
+    description="a folder with the raw OPSD-shaped CSV files (time_series_60min_singleindex.csv, weather_data.csv)",
+)
+
+FEATURES_ENTITY = Entity(
+    name="features",
+    columns={TIMESTAMP: "datetime", **{c: "float" for c in FEATURES}},
+    filename="features.parquet",
+    external=True,
+    description="hourly weather to predict from (the model's inputs)",
+)
+
+MODEL = Entity(
+    name="model",
+    columns={},
+    filename="",
+    index=None,
+    kind="model",
+    description="an MLflow model (models:/...) mapping the features to the targets",
+)
+
+PREDICTIONS = Entity(
+    name="predictions",
+    columns={TIMESTAMP: "datetime", **{c: "float" for c in TARGETS}},
+    filename="predictions.parquet",
+    description="predicted solar and wind generation (GW) per hour",
+)
+
+# every entity a step interface (projects/*/step.yaml) may name without declaring its schema
+ENTITIES: dict[str, Entity] = {e.name: e for e in (RAW, PROCESSED, FEATURES_ENTITY, MODEL, PREDICTIONS)}
 
 
 def write_entity(entity: Entity, df: pd.DataFrame, path: Path | str) -> Path:

@@ -1,0 +1,68 @@
+"""Shared benchmark helpers: a real platform in a temp folder, timing, markdown tables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GERMANY = Path(os.environ.get("WINDPIPE_GERMANY_CSV", REPO.parent / "shared" / "data" / "germany.csv"))
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5) -> tuple[float, list[float]]:
+    """Median wall time of `repeat` calls, and all of them."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """A markdown table."""
+    def fmt(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def platform_env(home: Path) -> dict[str, str]:
+    """Environment for a platform on free ports in `home` (as the tests do)."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import platform_env as _env
+
+    return _env(home)
+
+
+@contextlib.contextmanager
+def running_platform() -> Iterator[tuple[object, dict[str, str]]]:
+    """A real local platform in a temp folder, stopped afterwards; yields (settings, env)."""
+    from tests.conftest import settings_from
+
+    from windpipe import platform
+
+    with tempfile.TemporaryDirectory(prefix="windpipe-bench-") as tmp:
+        env = platform_env(Path(tmp))
+        settings = settings_from(env)
+        platform.up(settings, say=lambda _m: None)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield settings, env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            platform.down(settings, say=lambda _m: None)

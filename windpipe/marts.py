@@ -1,0 +1,317 @@
+"""Data marts: what went into the model, what came out, and the link between them.
+
+SQLAlchemy 2 Core on any URL (`settings.effective_marts_url`; default SQLite in the state folder).
+
+Tables
+  batches      one row per scored batch: when, which model, how many rows, input hash, source
+  input_mart   (batch_id, row_no) -> utc_timestamp and the four features the model saw
+  output_mart  (batch_id, row_no) -> the predictions; (batch_id, row_no) is a foreign key
+               to input_mart, so every output row is linked to the input row it came from
+  drift        (batch_id, feature) -> psi, ks, status (see windpipe.drift)
+
+A batch is written in one transaction: it is there completely or not at all.
+On SQLite the row inserts go through the DBAPI cursor's executemany (same connection, same
+transaction), which is several times faster than SQLAlchemy's parameter processing for 1M rows;
+other databases get SQLAlchemy's executemany in chunks ("insertmanyvalues" batching).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+)
+
+from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
+from windpipe.errors import WindpipeError
+from windpipe.settings import Settings, get_settings
+
+SOURCES = ("cli", "project", "dashboard")
+PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
+CHUNK = 50_000
+
+metadata = MetaData()
+
+batches = Table(
+    "batches", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime, nullable=False),  # UTC, naive
+    Column("model_name", String(200)),
+    Column("model_version", String(50)),
+    Column("model_uri", String(500)),
+    Column("run_id", String(64)),  # the MLflow run of the predict step (None for the dashboard)
+    Column("row_count", Integer, nullable=False),
+    Column("rows_dropped", Integer, nullable=False, default=0),
+    Column("input_hash", String(64), nullable=False),
+    Column("input_path", String(1000)),
+    Column("source", String(20), nullable=False),  # cli | project | dashboard
+    Column("status", String(20), nullable=False),  # complete (failed batches leave no row)
+    Column("drift_status", String(20)),  # ok | warn | drift | unchecked
+)
+
+input_mart = Table(
+    "input_mart", metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("row_no", Integer, primary_key=True),
+    Column(TIMESTAMP, DateTime),
+    *[Column(f, Float) for f in FEATURES],
+    sqlite_with_rowid=False,
+)
+
+output_mart = Table(
+    "output_mart", metadata,
+    Column("batch_id", Integer, primary_key=True),
+    Column("row_no", Integer, primary_key=True),
+    *[Column(p, Float) for p in PRED_COLUMNS],
+    ForeignKeyConstraint(["batch_id", "row_no"], ["input_mart.batch_id", "input_mart.row_no"], ondelete="CASCADE"),
+    sqlite_with_rowid=False,
+)
+
+drift = Table(
+    "drift", metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("feature", String(50), primary_key=True),
+    Column("psi", Float),
+    Column("ks", Float),
+    Column("ks_pvalue", Float),
+    Column("status", String(20)),
+    Column("batch_rows", Integer),
+    Column("training_rows", Integer),
+    Column("reference_uri", String(1000)),
+)
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(url: str | None = None, settings: Settings | None = None) -> Engine:
+    """An engine for the marts (cached per URL), with the tables created.
+
+    `url` defaults to `settings.effective_marts_url` (`WINDPIPE_MARTS_URL`, else
+    `sqlite:///<home>/marts.db`).
+    """
+    url = url or (settings or get_settings()).effective_marts_url
+    with _lock:
+        if url in _engines:
+            return _engines[url]
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_engine(url)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            metadata.create_all(engine)
+        except Exception as exc:  # driver missing, server down, bad URL
+            raise WindpipeError(f"Cannot open the data marts at {_safe(url)} ({str(exc).splitlines()[0][:200]}).",
+                                "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder)"
+                                ) from None
+        _engines[url] = engine
+        return engine
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "<marts url>"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:  # noqa: ANN401 - DBAPI objects
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboard) don't block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests, or after changing WINDPIPE_MARTS_URL)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def input_hash(features: pd.DataFrame, timestamps: pd.Series | None = None) -> str:
+    """sha256 of the scored feature matrix (float64, C order, FEATURES order) and the timestamps."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(features[FEATURES].to_numpy(dtype="float64")).tobytes())
+    if timestamps is not None:
+        digest.update(np.ascontiguousarray(_ts_ns(timestamps)).tobytes())
+    return digest.hexdigest()
+
+
+def _ts_ns(ts: pd.Series) -> np.ndarray:
+    ts = pd.to_datetime(ts, utc=True)
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def _insert_rows(conn: Any, table: Table, columns: list[str], rows: Iterable[tuple]) -> None:  # noqa: ANN401
+    """Insert tuples in `columns` order into `table` inside the connection's transaction."""
+    if conn.dialect.name == "sqlite":
+        cur = conn.connection.driver_connection.cursor()
+        marks = ", ".join("?" for _ in columns)
+        cur.executemany(f'INSERT INTO {table.name} ({", ".join(columns)}) VALUES ({marks})', rows)
+        cur.close()
+        return
+    stmt = table.insert()
+    chunk: list[dict] = []
+    for row in rows:
+        chunk.append(dict(zip(columns, row, strict=True)))
+        if len(chunk) >= CHUNK:
+            conn.execute(stmt, chunk)
+            chunk = []
+    if chunk:
+        conn.execute(stmt, chunk)
+
+
+def _column_lists(values: Sequence[Any]) -> list[list]:
+    return [v.tolist() if hasattr(v, "tolist") else list(v) for v in values]
+
+
+def record_batch(
+    engine: Engine | None,
+    features: pd.DataFrame,
+    predictions: np.ndarray | pd.DataFrame,
+    *,
+    model_name: str | None,
+    model_version: str | int | None,
+    model_uri: str | None,
+    source: str = "cli",
+    timestamps: pd.Series | None = None,
+    row_numbers: Sequence[int] | np.ndarray | None = None,
+    drift_rows: pd.DataFrame | None = None,
+    run_id: str | None = None,
+    input_path: str | None = None,
+    rows_dropped: int = 0,
+    settings: Settings | None = None,
+) -> int | None:
+    """Write one scored batch to the marts in one transaction; return its batch id.
+
+    features     the frame the model scored (FEATURES columns, float)
+    predictions  (n, 2) array or frame in TARGETS order (solar_GW, wind_GW)
+    timestamps   optional utc_timestamp per row (else taken from features[utc_timestamp] if present)
+    row_numbers  the input row number of each scored row (default 0..n-1; differs after --drop-invalid)
+    drift_rows   optional frame from windpipe.drift.compare (feature, psi, ks, ks_pvalue, status, ...)
+    source       cli | project | dashboard. For "dashboard" nothing is written (returns None)
+                 when settings.log_dashboard_predictions is off.
+    engine       None -> get_engine(settings=settings)
+    """
+    settings = settings or get_settings()
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    if source == "dashboard" and not settings.log_dashboard_predictions:
+        return None
+    engine = engine or get_engine(settings=settings)
+    n = len(features)
+    preds = np.asarray(predictions, dtype="float64")
+    if preds.shape != (n, len(TARGETS)):
+        raise ValueError(f"predictions have shape {preds.shape}, expected ({n}, {len(TARGETS)})")
+    if timestamps is None and TIMESTAMP in features.columns:
+        timestamps = features[TIMESTAMP]
+    rows_no = np.arange(n) if row_numbers is None else np.asarray(row_numbers)
+    if len(rows_no) != n:
+        raise ValueError("row_numbers must have one entry per scored row")
+    drift_status = _overall(drift_rows)
+    header = {
+        "created_at": datetime.now(UTC).replace(tzinfo=None),
+        "model_name": model_name, "model_version": None if model_version is None else str(model_version),
+        "model_uri": model_uri, "run_id": run_id, "row_count": n, "rows_dropped": int(rows_dropped),
+        "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
+        "status": "complete", "drift_status": drift_status,
+    }
+    row_no_list = rows_no.astype("int64").tolist()
+    feat_cols = _column_lists([features[f].to_numpy(dtype="float64") for f in FEATURES])
+    ts_col = _timestamps_for(engine, timestamps, n)
+    pred_cols = _column_lists([preds[:, i] for i in range(len(TARGETS))])
+
+    with engine.begin() as conn:
+        batch_id = conn.execute(batches.insert().values(**header)).inserted_primary_key[0]
+        ids = [batch_id] * n
+        _insert_rows(conn, input_mart, ["batch_id", "row_no", TIMESTAMP, *FEATURES],
+                     zip(ids, row_no_list, ts_col, *feat_cols, strict=True))
+        _insert_rows(conn, output_mart, ["batch_id", "row_no", *PRED_COLUMNS],
+                     zip(ids, row_no_list, *pred_cols, strict=True))
+        if drift_rows is not None and len(drift_rows):
+            records = drift_rows.assign(batch_id=batch_id)
+            cols = [c.name for c in drift.columns if c.name in records.columns]
+            conn.execute(drift.insert(), [
+                {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+                for r in records[cols].to_dict("records")])
+    return int(batch_id)
+
+
+def _timestamps_for(engine: Engine, timestamps: pd.Series | None, n: int) -> list:
+    if timestamps is None:
+        return [None] * n
+    naive = _ts_ns(timestamps)
+    if engine.dialect.name == "sqlite":
+        # the text SQLAlchemy's SQLite DateTime stores, so Core reads it back as datetime
+        text = np.datetime_as_string(naive, unit="us")
+        return np.char.replace(text.astype("U26"), "T", " ").tolist()
+    return pd.Series(naive).dt.to_pydatetime().tolist()
+
+
+def _overall(drift_rows: pd.DataFrame | None) -> str:
+    if drift_rows is None or not len(drift_rows):
+        return "unchecked"
+    order = ["ok", "warn", "drift"]
+    statuses = [s for s in drift_rows["status"] if s in order]
+    return max(statuses, key=order.index) if statuses else "unchecked"
+
+
+# ---------------------------------------------------------------- reading (dashboard, report)
+
+def latest_batches(engine: Engine | None = None, limit: int = 20, source: str | None = None) -> pd.DataFrame:
+    """The newest batches first: id, created_at, model_*, row_count, input_hash, source, status, drift_status."""
+    engine = engine or get_engine()
+    stmt = select(batches).order_by(batches.c.id.desc()).limit(limit)
+    if source:
+        stmt = stmt.where(batches.c.source == source)
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[c.name for c in batches.columns])
+
+
+def batch_rows(engine: Engine | None, batch_id: int) -> pd.DataFrame:
+    """One batch's input rows joined to their output rows (row_no, utc_timestamp, features, predictions)."""
+    engine = engine or get_engine()
+    stmt = (select(input_mart.c.row_no, input_mart.c[TIMESTAMP], *[input_mart.c[f] for f in FEATURES],
+                   *[output_mart.c[p] for p in PRED_COLUMNS])
+            .join_from(input_mart, output_mart, (input_mart.c.batch_id == output_mart.c.batch_id)
+                       & (input_mart.c.row_no == output_mart.c.row_no))
+            .where(input_mart.c.batch_id == batch_id).order_by(input_mart.c.row_no))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).mappings().all(),
+                            columns=["row_no", TIMESTAMP, *FEATURES, *PRED_COLUMNS])
+
+
+def count_rows(engine: Engine | None = None) -> dict[str, int]:
+    """Row counts of every mart table (tests, status displays)."""
+    engine = engine or get_engine()
+    with engine.connect() as conn:
+        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (batches, input_mart, output_mart, drift)}

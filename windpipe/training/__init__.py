@@ -1,0 +1,1 @@
+"""Training library: split, features, models, metrics and figures (pure functions, no MLflow)."""

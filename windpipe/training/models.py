@@ -1,0 +1,215 @@
+"""The three model families: fit functions and parameter checks (pure, no MLflow).
+
+Every fitted model takes exactly the FEATURES columns (float64) and predicts the TARGETS
+columns in that order. Parameters are checked (`check_*`) before any work, so a step can
+fail fast with a WindpipeError that names the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from windpipe.entities import FEATURES
+from windpipe.errors import WindpipeError
+
+FAMILIES = ("lr", "rf", "keras")
+
+
+# ---------------------------------------------------------------- parameter parsing
+
+def as_int(name: str, value: object, minimum: int | None = None) -> int:
+    """`value` as an int >= `minimum`, else a WindpipeError naming parameter `name`."""
+    try:
+        number = float(str(value).strip())
+        if not number.is_integer():
+            raise ValueError
+        out = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise WindpipeError(f"Parameter {name} must be a whole number, got {value!r}.",
+                            f"pass e.g. -P {name}=10") from None
+    if minimum is not None and out < minimum:
+        raise WindpipeError(f"Parameter {name} must be at least {minimum}, got {out}.",
+                            f"pass -P {name}=<a number >= {minimum}>")
+    return out
+
+
+def as_float(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    """`value` as a float in the open interval (low, high), else a WindpipeError."""
+    try:
+        out = float(str(value).strip())
+    except (TypeError, ValueError):
+        raise WindpipeError(f"Parameter {name} must be a number, got {value!r}.",
+                            f"pass e.g. -P {name}=0.001") from None
+    if not np.isfinite(out) or (low is not None and out <= low) or (high is not None and out >= high):
+        bounds = f"between {low} and {high}" if high is not None else f"greater than {low}"
+        raise WindpipeError(f"Parameter {name} must be {bounds}, got {value!r}.", f"pass a valid {name}")
+    return out
+
+
+def as_int_list(name: str, value: object, minimum: int = 1) -> list[int]:
+    """A comma list like `64,32` as ints >= `minimum` (a list or tuple passes through the same checks)."""
+    items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise WindpipeError(f"Parameter {name} is empty.", f"pass a comma list, e.g. -P {name}=64,32")
+    return [as_int(name, v, minimum) for v in items]
+
+
+def as_depth(name: str, value: object) -> int | None:
+    """A tree depth: a whole number >= 1, or `none` / 0 for unlimited."""
+    if value is None or str(value).strip().lower() in ("none", "0", ""):
+        return None
+    return as_int(name, value, 1)
+
+
+def as_depth_list(name: str, value: object) -> list[int | None]:
+    items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise WindpipeError(f"Parameter {name} is empty.", f"pass a comma list, e.g. -P {name}=6,10,14")
+    return [as_depth(name, v) for v in items]
+
+
+# ---------------------------------------------------------------- parameters per family
+
+@dataclass(frozen=True)
+class LRParams:
+    pass
+
+
+@dataclass(frozen=True)
+class RFParams:
+    n_estimators: int = 64
+    max_depth: int | None = 14
+    min_samples_leaf: int = 3
+    seed: int = 42
+    n_jobs: int = -1
+
+    @classmethod
+    def check(cls, n_estimators: object = 64, max_depth: object = 14, min_samples_leaf: object = 3,
+              seed: object = 42, n_jobs: object = -1) -> RFParams:
+        n_jobs = as_int("n_jobs", n_jobs)
+        if n_jobs == 0:
+            raise WindpipeError("Parameter n_jobs must not be 0.", "pass -1 (all cores) or a positive number")
+        return cls(as_int("n_estimators", n_estimators, 1), as_depth("max_depth", max_depth),
+                   as_int("min_samples_leaf", min_samples_leaf, 1), as_int("seed", seed, 0), n_jobs)
+
+
+@dataclass(frozen=True)
+class KerasParams:
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 0.003
+    hidden_units: tuple[int, ...] = field(default=(64, 64))
+    patience: int = 8
+    seed: int = 42
+    validation_split: float = 0.1
+
+    @classmethod
+    def check(cls, epochs: object = 100, batch_size: object = 256, learning_rate: object = 0.003,
+              hidden_units: object = "64,64", patience: object = 8, seed: object = 42,
+              validation_split: object = 0.1) -> KerasParams:
+        return cls(as_int("epochs", epochs, 1), as_int("batch_size", batch_size, 1),
+                   as_float("learning_rate", learning_rate, 0.0, 10.0),
+                   tuple(as_int_list("hidden_units", hidden_units, 1)), as_int("patience", patience, 0),
+                   as_int("seed", seed, 0), as_float("validation_split", validation_split, 0.0, 1.0))
+
+
+# ---------------------------------------------------------------- sklearn families
+
+def physics_features():  # noqa: ANN201 - an sklearn transformer
+    """Cheap, physically motivated features inside the model (input stays the raw FEATURES):
+
+    wind power grows with wind speed cubed up to saturation, so windspeed, windspeed^2, windspeed^3;
+    solar follows radiation, modulated by temperature, so radiation x temperature products.
+    Only sklearn classes, so the saved model loads without windpipe installed.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import PolynomialFeatures
+
+    return ColumnTransformer(
+        [("wind", PolynomialFeatures(degree=3, include_bias=False), ["windspeed"]),
+         ("sun", PolynomialFeatures(degree=2, include_bias=False), ["temperature", "rad_horizontal", "rad_diffuse"])],
+        remainder="drop", verbose_feature_names_out=False,
+    )
+
+
+def train_lr(X: pd.DataFrame, y: pd.DataFrame, params: LRParams | None = None):  # noqa: ANN201
+    """LinearRegression on physics features (a sklearn Pipeline taking the raw FEATURES)."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    _check_xy(X, y)
+    return Pipeline([("features", physics_features()), ("lr", LinearRegression())]).fit(X[FEATURES], y)
+
+
+def train_rf(X: pd.DataFrame, y: pd.DataFrame, params: RFParams | None = None):  # noqa: ANN201
+    """RandomForestRegressor (multi-output) on the raw FEATURES."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    p = params or RFParams()
+    _check_xy(X, y)
+    model = RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth,
+                                  min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs)
+    return model.fit(X[FEATURES], y)
+
+
+# ---------------------------------------------------------------- keras
+
+def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParams):  # noqa: ANN201
+    """An MLP: Normalization adapted on the training features -> Dense(relu)... -> Dense(targets).
+
+    The output bias starts at the training targets' mean so training starts in the right range.
+    """
+    import keras
+
+    norm = keras.layers.Normalization(name="normalize")
+    norm.adapt(np.asarray(X_train, dtype="float32"))
+    inputs = keras.Input(shape=(len(FEATURES),), name="features")
+    x = norm(inputs)
+    for i, units in enumerate(params.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(x)
+    y_mean = np.asarray(y_train, dtype="float32").mean(axis=0)
+    outputs = keras.layers.Dense(y_train.shape[1], name="targets",
+                                 bias_initializer=keras.initializers.Constant(y_mean.tolist()))(x)
+    model = keras.Model(inputs, outputs, name="wind_solar_mlp")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss="mse",
+                  metrics=["mae"])
+    return model
+
+
+def train_keras(X: pd.DataFrame, y: pd.DataFrame, params: KerasParams | None = None,
+                verbose: int = 0):  # noqa: ANN201 - (keras.Model, keras History)
+    """Fit the MLP with EarlyStopping(restore_best_weights) on a validation split of the training data."""
+    import keras
+
+    p = params or KerasParams()
+    _check_xy(X, y)
+    keras.utils.set_random_seed(p.seed)
+    model = build_keras(X[FEATURES], y, p)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, restore_best_weights=True)
+    history = model.fit(np.asarray(X[FEATURES], dtype="float32"), np.asarray(y, dtype="float32"),
+                        epochs=p.epochs, batch_size=p.batch_size, validation_split=p.validation_split,
+                        callbacks=[stop], verbose=verbose, shuffle=True)
+    return model, history
+
+
+def predict(model: object, X: pd.DataFrame) -> np.ndarray:
+    """Predictions of any family as a (rows, targets) float64 array."""
+    if hasattr(model, "predict") and type(model).__module__.startswith("keras"):
+        out = model.predict(np.asarray(X[FEATURES], dtype="float32"), verbose=0)
+    else:
+        out = model.predict(X[FEATURES])
+    return np.asarray(out, dtype="float64").reshape(len(X), -1)
+
+
+def _check_xy(X: pd.DataFrame, y: pd.DataFrame) -> None:
+    if len(X) == 0:
+        raise WindpipeError("No training rows.", "train on a non-empty processed entity")
+    missing = [c for c in FEATURES if c not in X.columns]
+    if missing:
+        raise WindpipeError(f"Training data lacks feature column(s) {', '.join(missing)}.",
+                            f"pass a frame with {', '.join(FEATURES)}")
+    if len(X) != len(y):
+        raise WindpipeError(f"{len(X)} feature rows but {len(y)} target rows.", "pass aligned frames")
