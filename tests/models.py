@@ -33,7 +33,6 @@ def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | 
 
     import mlflow
     from mlflow.models import infer_signature
-    from sklearn.compose import TransformedTargetRegressor
     from sklearn.linear_model import LinearRegression
 
     from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
@@ -41,9 +40,9 @@ def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | 
     df = tiny_processed() if df is None else df
     mlflow.set_tracking_uri(platform.tracking_uri)
     mlflow.set_experiment(platform.settings.experiment)
-    model = TransformedTargetRegressor(LinearRegression(), func=lambda y: y / scale,
-                                       inverse_func=lambda y: y * scale, check_inverse=False)
-    model.fit(df[FEATURES], df[TARGETS])
+    model = LinearRegression().fit(df[FEATURES], df[TARGETS])
+    model.coef_ = model.coef_ * scale  # scale != 1: a deliberately worse model
+    model.intercept_ = model.intercept_ * scale
     pred = model.predict(df[FEATURES])
     with mlflow.start_run(tags={"windpipe.step": "lr", "windpipe.entry_point": "main",
                                 "windpipe.model_family": "lr", "windpipe.data_date": data_date(df)}) as run:

@@ -85,8 +85,9 @@ FEATURES_ENTITY = Entity(
     name="features",
     columns={TIMESTAMP: "datetime", **{c: "float" for c in FEATURES}},
     filename="features.parquet",
+    optional=(TIMESTAMP,),
     external=True,
-    description="hourly weather to predict from (the model's inputs)",
+    description="hourly weather to predict from (the model's inputs; utc_timestamp optional)",
 )
 
 MODEL = Entity(
@@ -100,9 +101,11 @@ MODEL = Entity(
 
 PREDICTIONS = Entity(
     name="predictions",
-    columns={TIMESTAMP: "datetime", **{c: "float" for c in TARGETS}},
+    columns={"row_no": "int", TIMESTAMP: "datetime", **{f"{c}_pred": "float" for c in TARGETS}},
     filename="predictions.parquet",
-    description="predicted solar and wind generation (GW) per hour",
+    optional=(TIMESTAMP,),
+    description="predicted solar and wind generation (GW) per row of the features, plus model_name, "
+                "model_version and batch_id",
 )
 
 # every entity a step interface (projects/*/step.yaml) may name without declaring its schema

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from windpipe.settings import Settings, get_settings
 SOURCES = ("cli", "project", "dashboard")
 PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
 CHUNK = 50_000
+SQLITE_FAST_PATH = True  # benchmarks switch it off to measure the generic SQLAlchemy path
 
 metadata = MetaData()
 
@@ -172,7 +173,7 @@ def _ts_ns(ts: pd.Series) -> np.ndarray:
 
 def _insert_rows(conn: Any, table: Table, columns: list[str], rows: Iterable[tuple]) -> None:  # noqa: ANN401
     """Insert tuples in `columns` order into `table` inside the connection's transaction."""
-    if conn.dialect.name == "sqlite":
+    if conn.dialect.name == "sqlite" and SQLITE_FAST_PATH:
         cur = conn.connection.driver_connection.cursor()
         marks = ", ".join("?" for _ in columns)
         cur.executemany(f'INSERT INTO {table.name} ({", ".join(columns)}) VALUES ({marks})', rows)
@@ -209,6 +210,7 @@ def record_batch(
     input_path: str | None = None,
     rows_dropped: int = 0,
     settings: Settings | None = None,
+    before_commit: Callable[[int], None] | None = None,
 ) -> int | None:
     """Write one scored batch to the marts in one transaction; return its batch id.
 
@@ -219,6 +221,8 @@ def record_batch(
     drift_rows   optional frame from windpipe.drift.compare (feature, psi, ks, ks_pvalue, status, ...)
     source       cli | project | dashboard. For "dashboard" nothing is written (returns None)
                  when settings.log_dashboard_predictions is off.
+    before_commit  called with the batch id inside the transaction (the predict step writes its
+                 output file there); if it raises, nothing is committed.
     engine       None -> get_engine(settings=settings)
     """
     settings = settings or get_settings()
@@ -262,6 +266,8 @@ def record_batch(
             conn.execute(drift.insert(), [
                 {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
                 for r in records[cols].to_dict("records")])
+        if before_commit is not None:
+            before_commit(batch_id)
     return int(batch_id)
 
 
@@ -269,19 +275,22 @@ def _timestamps_for(engine: Engine, timestamps: pd.Series | None, n: int) -> lis
     if timestamps is None:
         return [None] * n
     naive = _ts_ns(timestamps)
-    if engine.dialect.name == "sqlite":
+    if engine.dialect.name == "sqlite" and SQLITE_FAST_PATH:
         # the text SQLAlchemy's SQLite DateTime stores, so Core reads it back as datetime
-        text = np.datetime_as_string(naive, unit="us")
-        return np.char.replace(text.astype("U26"), "T", " ").tolist()
-    return pd.Series(naive).dt.to_pydatetime().tolist()
+        # (seconds precision; a vectorised "T" -> " " on the UCS4 code points, 3x faster than np.char)
+        text = np.datetime_as_string(naive.astype("datetime64[s]"), unit="s").astype("U19")
+        text.view(np.uint32).reshape(len(text), 19)[:, 10] = ord(" ")
+        out = text.tolist()
+        for i in np.flatnonzero(np.isnat(naive)):
+            out[i] = None
+        return out
+    return [None if pd.isna(t) else t for t in pd.Series(naive).dt.to_pydatetime().tolist()]
 
 
 def _overall(drift_rows: pd.DataFrame | None) -> str:
-    if drift_rows is None or not len(drift_rows):
-        return "unchecked"
-    order = ["ok", "warn", "drift"]
-    statuses = [s for s in drift_rows["status"] if s in order]
-    return max(statuses, key=order.index) if statuses else "unchecked"
+    from windpipe.drift import overall_status
+
+    return "unchecked" if drift_rows is None else overall_status(drift_rows)
 
 
 # ---------------------------------------------------------------- reading (dashboard, report)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import time
 import urllib.error
@@ -111,11 +112,11 @@ def steps() -> list[StepSpec]:
                  params=lambda c, up: {"data": _entity(up), "seed": c.seed}),
         StepSpec("rf", "rf", "grid", upstream=("process",),
                  params=lambda c, up: {"data": _entity(up), "seed": c.seed,
-                                       "n_estimators": "16,32" if c.quick else "64,128",
-                                       "max_depth": "6,10" if c.quick else "10,16"}),
+                                       "n_estimators": "16,32" if c.quick else "32,64",
+                                       "max_depth": "6,10" if c.quick else "10,14"}),
         StepSpec("keras", "keras", "main", upstream=("process",),
                  params=lambda c, up: {"data": _entity(up), "seed": c.seed,
-                                       "epochs": 3 if c.quick else 30}),
+                                       "epochs": 3 if c.quick else 20}),
         StepSpec("compare", "pipeline", "compare", upstream=("lr", "rf", "keras"), key_metric="best_rmse",
                  params=lambda c, up: {"runs": _training_runs(up), "metric": c.metric}),
         StepSpec("promote", "pipeline", "promote", upstream=("compare",), key_metric="promoted_version",
@@ -219,7 +220,7 @@ def _artifact_store_problem(tracking_uri: str) -> str | None:
     return None
 
 
-class _Interrupted(Exception):
+class _Interrupted(KeyboardInterrupt):
     pass
 
 
@@ -298,32 +299,43 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console=None) -> li
 
 
 def _launch(spec: StepSpec, config: PipelineConfig, params: dict[str, str], key: str, upstream: dict[str, str],
-            parent_id: str, experiment_name: str, tracking_uri: str, label: str):  # noqa: ANN202 - mlflow Run
+            parent_id: str, experiment_name: str, tracking_uri: str, label: str) -> object:
     """Run one step as its own MLflow project run, tag it for the cache, wait, check the outcome."""
     import mlflow
     from mlflow.exceptions import ExecutionException, MlflowException
 
     client = mlflow.MlflowClient()
+    error: str | None = None
+    run_id: str | None = None
     try:
+        # synchronous: the asynchronous mode starts an extra `mlflow run` process (~10 s more per step)
         submitted = mlflow.projects.run(
             uri=project_uri(config, spec.project), entry_point=spec.entry_point, version=config.git_version,
             parameters=params, env_manager=config.env_manager, experiment_name=experiment_name,
-            synchronous=False, run_name=f"{spec.name}",
+            synchronous=True, run_name=spec.name,
         )
-    except (ExecutionException, MlflowException) as exc:
-        raise WindpipeError(f"Step {spec.name} could not start: {str(exc).splitlines()[0][:500]}",
+        run_id = submitted.run_id
+    except ExecutionException as exc:
+        error = str(exc).splitlines()[0][:500]
+        match = re.search(r"Run \(ID '([0-9a-f]+)'\)", error)
+        run_id = match.group(1) if match else _newest_child(client, parent_id, spec)
+        if run_id is None:
+            raise WindpipeError(f"{label} could not start: {error}",
+                                "check the parameters (--param) and the step project") from None
+    except MlflowException as exc:
+        raise WindpipeError(f"{label} could not start: {str(exc).splitlines()[0][:500]}",
                             "check the parameters (--param) and the step project") from None
-    run_id = submitted.run_id
-    # tag at once: a FINISHED run without its key would only be rerun, never wrongly reused
-    client.set_tag(run_id, CACHE_KEY_TAG, key)
+    except (KeyboardInterrupt, _Interrupted):
+        run_id = _newest_child(client, parent_id, spec)
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+        raise
+    # tag for the cache; a FINISHED run that misses its key is only rerun, never wrongly reused
     client.set_tag(run_id, UPSTREAM_TAG, json.dumps(upstream, sort_keys=True))
     client.set_tag(run_id, PIPELINE_RUN_TAG, parent_id)
     client.set_tag(run_id, "mlflow.parentRunId", parent_id)
-    try:
-        ok = submitted.wait()
-    except (KeyboardInterrupt, _Interrupted):
-        submitted.cancel()
-        raise
+    client.set_tag(run_id, CACHE_KEY_TAG, key)
+    ok = error is None
     run = client.get_run(run_id)
     if not ok or run.info.status != "FINISHED":
         reason = run.data.tags.get("windpipe.failure_reason")
@@ -336,6 +348,15 @@ def _launch(spec: StepSpec, config: PipelineConfig, params: dict[str, str], key:
         raise WindpipeError(f"{label} failed (run {run_id}): {detail}",
                             "fix the cause and run the pipeline again: finished steps are reused")
     return run
+
+
+def _newest_child(client, parent_id: str, spec: StepSpec) -> str | None:  # noqa: ANN001
+    """The newest run of `spec` under the pipeline run `parent_id` (when MLflow did not name it)."""
+    exp = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                              f"tags.`mlflow.project.entryPoint` = '{spec.entry_point}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def summary_table(results: list[StepResult], title: str = "pipeline"):  # noqa: ANN201 - rich Table

@@ -56,7 +56,7 @@ def tree_hash(paths: list[Path]) -> str:
     for root in paths:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            if "__pycache__" in f.parts or f.suffix == ".pyc":
+            if {"__pycache__", ".git"} & set(f.relative_to(root).parts) or f.suffix == ".pyc":
                 continue
             digest.update(str(f.relative_to(root.parent)).encode())
             digest.update(f.read_bytes())

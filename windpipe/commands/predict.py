@@ -1,9 +1,33 @@
-"""`windpipe` commands for predict (registered by windpipe.cli)."""
+"""`windpipe predict`: score a parquet batch with the production model (registered by windpipe.cli)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `windpipe` app."""
+
+    @app.command("predict")
+    def predict(
+        input: Annotated[Path, typer.Option("--input", help="Parquet with windspeed, temperature, rad_horizontal, "
+                                            "rad_diffuse (utc_timestamp optional; other columns ignored).")],
+        output: Annotated[Path, typer.Option("--output", help="Parquet to write: row_no, utc_timestamp, "
+                                             "solar_GW_pred, wind_GW_pred, model_name, model_version, batch_id.")],
+        model_uri: Annotated[Optional[str], typer.Option(
+            help="Model to use (default models:/wind_solar@production).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+        drop_invalid: Annotated[bool, typer.Option(help="Skip rows with missing values instead of refusing.")]
+        = False,
+    ) -> None:
+        """Score INPUT with the production model; write OUTPUT, the data marts and drift, in an MLflow run.
+
+        Reads INPUT (parquet) and the model; writes OUTPUT atomically, one batch in the marts
+        (WINDPIPE_MARTS_URL, default SQLite in the state folder) and a run tagged windpipe.step=predict.
+        """
+        from windpipe.steps.predict import main
+
+        main(str(input), str(output), model_uri, overwrite, drop_invalid, source="cli")

@@ -25,7 +25,8 @@ from windpipe.settings import Settings
 ALIAS = "production"
 ENTITY_TAG = "windpipe.entity.processed"
 STEP_TAG = "windpipe.step"
-NO_MODEL_FIX = "run `windpipe pipeline run` (trains, evaluates and promotes), or `windpipe promote` a registered version"
+NO_MODEL_FIX = ("run `windpipe pipeline run` (trains, evaluates and promotes), "
+                "or `windpipe promote` a registered version")
 METRIC_TAGS = ("holdout_rmse", "holdout_mae", "holdout_r2")
 
 
@@ -228,7 +229,7 @@ def parse_range(start: str | None, end: str | None, df: pd.DataFrame) -> DateRan
 
 def default_range(df: pd.DataFrame, days: int = 31) -> tuple[str, str]:
     """The last `days` full days of the data (31 days = 744 hourly rows)."""
-    last = df.index.max().normalize() - pd.Timedelta(days=1)
+    last = (df.index.max() + pd.Timedelta(hours=1)).normalize() - pd.Timedelta(days=1)  # last full day
     first = last - pd.Timedelta(days=days - 1)
     return f"{max(first, df.index.min()):%Y-%m-%d}", f"{last:%Y-%m-%d}"
 

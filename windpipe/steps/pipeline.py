@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from windpipe.errors import WindpipeError
@@ -33,9 +34,10 @@ def driver(config, step_dir: Path | None = None):  # noqa: ANN001, ANN201 - Pipe
 
     from windpipe.pipeline import run_pipeline, summary_table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped run ids in logs
+    under_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))  # step_run consumes the variable
     with step_run("pipeline", "main", step_dir=step_dir, run_name="pipeline") as run:
-        if os.environ.get("MLFLOW_RUN_ID") and not config.env_manager:
+        if under_mlflow_run and not config.env_manager:
             # under `mlflow run projects/pipeline --env-manager X`: pass X on to every step
             tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
             config.env_manager = tags.get("mlflow.project.env", "local")

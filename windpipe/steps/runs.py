@@ -41,11 +41,13 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
     commit = git_commit(PACKAGE_DIR)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    # under `mlflow run` MLFLOW_RUN_ID names the run already created for us
-    run = mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=run_name, nested=nested, tags=tags)
+    # under `mlflow run` MLFLOW_RUN_ID names the run already created for us; start_run(run_id=None)
+    # joins it and unsets the variable, so runs started inside (nested grid runs) are new runs
+    joined = bool(os.environ.get("MLFLOW_RUN_ID"))
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
     try:
         with run:
-            if os.environ.get("MLFLOW_RUN_ID"):
+            if joined:
                 mlflow.set_tags(tags)
             yield run
     except WindpipeError as exc:

@@ -1,0 +1,47 @@
+"""Keras step: the `processed` entity -> a logged Keras 3 MLP (normalisation layer, early stopping).
+
+Reads  the `processed` entity (--data: a path, a runs:/ or mlflow-artifacts:/ URI, or `latest` =
+       the entity of the newest successful process run in the experiment).
+Writes the model (models:/m-...), per-epoch metrics (mlflow.keras.autolog), holdout metrics
+       (rmse, mae, r2, per target), a predicted-vs-recorded figure, the entity as an MLflow
+       dataset input, tags.
+Entry point `evaluate` reads a model URI and the entity and writes eval_ metrics only.
+"""
+
+from pathlib import Path
+
+import typer
+
+from windpipe.steps.runs import run_step
+from windpipe.steps.train import evaluate, train
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+STEP_DIR = Path(__file__).parent
+DATA = typer.Option("latest", help="Processed entity: path, runs:/ or mlflow-artifacts:/ URI, or `latest` "
+                                   "(the newest successful process run's entity).")
+
+
+@app.command()
+def main(data: str = DATA, epochs: str = typer.Option("150", help="Maximum epochs."),
+         batch_size: str = typer.Option("512", help="Batch size."),
+         learning_rate: str = typer.Option("0.005", help="Adam learning rate."),
+         hidden_units: str = typer.Option("128,128", help="Comma list: units per hidden layer."),
+         patience: str = typer.Option("10", help="Early-stopping patience (epochs)."),
+         seed: str = typer.Option("42", help="Split and weight-initialisation seed."),
+         test_size: str = typer.Option("0.2", help="Holdout fraction."),
+         split_by: str = typer.Option("random", help="random (seeded) or time (last part is the holdout).")) -> None:
+    """Train the Keras MLP with early stopping and log it."""
+    run_step(train, "keras", data, seed, test_size, split_by, step_dir=STEP_DIR, epochs=epochs,
+             batch_size=batch_size, learning_rate=learning_rate, hidden_units=hidden_units, patience=patience)
+
+
+@app.command("evaluate")
+def evaluate_cmd(model_uri: str = typer.Option(..., help="Model to score, e.g. models:/m-... ."),
+                 data: str = DATA, scope: str = typer.Option("holdout", help="holdout (test split) or all rows."),
+                 seed: str = "42", test_size: str = "0.2", split_by: str = "random") -> None:
+    """Score MODEL_URI on the processed entity; log eval_ metrics."""
+    run_step(evaluate, "keras", model_uri, data, scope, seed, test_size, split_by, step_dir=STEP_DIR)
+
+
+if __name__ == "__main__":
+    app()

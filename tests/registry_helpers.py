@@ -1,0 +1,119 @@
+"""Test helpers for the registry, compare and package tests: runs logged the way the training steps log them.
+
+Like tests/models.py, but the run follows the whole training contract (split params, holdout
+metrics, model family) and is NOT registered: promotion is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from windpipe.entities import FEATURES, TARGETS
+from windpipe.settings import Settings, clear_settings_cache, get_settings
+
+from .models import tiny_processed
+
+_DF: pd.DataFrame | None = None
+
+
+def small_df() -> pd.DataFrame:
+    """30 days of synthetic processed data (cached per session)."""
+    global _DF
+    if _DF is None:
+        _DF = tiny_processed(n=24 * 30, seed=3)
+    return _DF
+
+
+@dataclass
+class Scope:
+    """A private experiment and registered model name on the shared platform, for one test."""
+
+    platform: object
+    experiment: str
+    model_name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"WINDPIPE_EXPERIMENT": self.experiment, "WINDPIPE_MODEL_NAME": self.model_name}
+
+    @property
+    def settings(self) -> Settings:
+        return get_settings()
+
+    def cli(self, *args: str, **kwargs: object):  # noqa: ANN201
+        return self.platform.windpipe(*args, extra_env=self.env, **kwargs)
+
+    def snapshot(self) -> tuple:
+        """(versions, aliases) of the scope's registered model: compare before/after a bad input."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.platform.tracking_uri)
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{self.model_name}'"))
+        try:
+            aliases = dict(client.get_registered_model(self.model_name).aliases or {})
+        except Exception:  # noqa: BLE001 - no registered model yet
+            aliases = None
+        return versions, aliases
+
+
+def make_scope(platform, monkeypatch: pytest.MonkeyPatch) -> Scope:  # noqa: ANN001
+    suffix = uuid.uuid4().hex[:8]
+    scope = Scope(platform, f"exp_{suffix}", f"model_{suffix}")
+    for k, v in scope.env.items():
+        monkeypatch.setenv(k, v)
+    clear_settings_cache()
+    return scope
+
+
+def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.DataFrame | None = None,
+                  with_model: bool = True, status: str = "FINISHED", test_size: float = 0.2,
+                  split_by: str = "random") -> str:
+    """Fit a LinearRegression (predictions times `scale`: worse when != 1), log it as a training run.
+
+    Returns the run id. The run carries every contract tag, param and holdout metric.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import LinearRegression
+
+    from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
+    from windpipe.training.metrics import regression_metrics
+    from windpipe.training.split import split
+
+    df = small_df() if df is None else df
+    mlflow.set_tracking_uri(scope.platform.tracking_uri)
+    mlflow.set_experiment(scope.experiment)
+    train, test = split(df, test_size=test_size, seed=42, split_by=split_by)
+    # fitted on y itself, predictions multiplied by `scale` (func/inverse_func deliberately not inverses)
+    model = TransformedTargetRegressor(LinearRegression(), func=lambda y: y,
+                                       inverse_func=lambda y: y * scale, check_inverse=False)
+    model.fit(train[FEATURES], train[TARGETS])
+    tags = {"windpipe.step": family, "windpipe.entry_point": "main", "windpipe.model_family": family,
+            "windpipe.data_date": data_date(df)}
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_params({"split_seed": 42, "test_size": test_size, "split_by": split_by, "scale": scale})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_entity(PROCESSED, df, Path(tmp) / PROCESSED.filename)
+            entity_uri = log_entity(PROCESSED, df, path, context="training")
+        mlflow.log_metrics(regression_metrics(test[TARGETS], model.predict(test[FEATURES])))
+        mlflow.set_tag("windpipe.entity.processed", entity_uri)
+        if with_model:
+            info = mlflow.sklearn.log_model(model, name="model", input_example=train[FEATURES].head(3),
+                                            signature=infer_signature(train[FEATURES], model.predict(train[FEATURES])),
+                                            pip_requirements=["scikit-learn", "pandas"],
+                                            serialization_format="cloudpickle")
+            mlflow.set_tag("windpipe.model_uri", info.model_uri)
+    if status != "FINISHED":
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,156 @@
+"""The pipeline driver: every step a child run, entities by URI, the cache, resuming, a clear FTP error."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from windpipe import pipeline
+from windpipe.errors import WindpipeError
+
+from .conftest import REPO, latest_run
+
+STEPS = ["process", "lr", "rf", "keras", "compare", "promote"]
+
+
+def test_parse_overrides():
+    assert pipeline.parse_overrides(["rf.max_depth=8,12", "keras.epochs=5"]) == {
+        "rf": {"max_depth": "8,12"}, "keras": {"epochs": "5"}}
+    for bad in ("max_depth=8", "rf.max_depth", ".x=1"):
+        with pytest.raises(WindpipeError, match="STEP.NAME=VALUE"):
+            pipeline.parse_overrides([bad])
+
+
+def test_cache_key_changes_with_every_input():
+    spec = pipeline.steps()[0]
+    base = pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h"})
+    assert base == pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h"})
+    assert base != pipeline.cache_key(spec, {"a": "2"}, "c1", {"process": "r1"}, {"raw": "h"})
+    assert base != pipeline.cache_key(spec, {"a": "1"}, "c2", {"process": "r1"}, {"raw": "h"})
+    assert base != pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r2"}, {"raw": "h"})
+    assert base != pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h2"})
+
+
+def test_raw_hash_missing_files_is_a_clear_error(tmp_path):
+    with pytest.raises(WindpipeError, match="windpipe data synth"):
+        pipeline.raw_hash(tmp_path)
+
+
+def _status(run) -> dict[str, tuple[str, str]]:
+    """step -> (run id, 'ran' | 'reused') from a pipeline run's tags."""
+    out = {}
+    for key, value in run.data.tags.items():
+        if key.startswith("windpipe.pipeline."):
+            run_id, _, how = value.partition(" ")
+            out[key.removeprefix("windpipe.pipeline.")] = (run_id, how)
+    return out
+
+
+def _step_runs(p) -> list:
+    import mlflow
+
+    return mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                              filter_string="tags.`windpipe.cache_key` != ''")
+
+
+@pytest.fixture
+def snapshot(tmp_path) -> Path:
+    """A copy of the code (library + projects) taken now.
+
+    Code versions are part of the cache key, and other people edit this tree while the test
+    runs; the pipeline runs from the copy so its code version stays put.
+    """
+    snap = tmp_path / "code"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "windpipe", snap / "windpipe", ignore=ignore)
+    shutil.copytree(REPO / "projects", snap / "projects", symlinks=True, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", snap / "pyproject.toml")
+    return snap
+
+
+def _cli(p, snap: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**p.env, "PYTHONPATH": str(snap)}
+    return subprocess.run([sys.executable, "-m", "windpipe.cli", *args], env=env, cwd=snap, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**p.env, "PYTHONPATH": str(snap), "MLFLOW_EXPERIMENT_NAME": p.settings.experiment}
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", str(snap / "projects" / project), *args,
+                           "--env-manager", "local"], env=env, cwd=snap, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
+    import mlflow
+
+    from windpipe import platform as plat
+    from windpipe.procs import read_pid, stop_pid
+
+    p = make_platform()
+    mlflow.set_tracking_uri(p.tracking_uri)
+    run = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local"]
+
+    # the FTP artifact server is down: a clear error, then (server back) the next run completes
+    pid_file, _ = plat.state_paths(p.settings, plat.FTP)
+    stop_pid(read_pid(pid_file, ("windpipe.ftp_server",)))
+    proc = _cli(p, snapshot, *run)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "artifact store" in proc.stderr and "windpipe up" in proc.stderr, proc.stderr[-2000:]
+    plat.up(p.settings, say=lambda _m: None)
+
+    # cold: every step runs as a child of the pipeline run; entities go by URI
+    proc = _cli(p, snapshot, *run)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parent = latest_run(p, "pipeline")
+    assert parent.info.status == "FINISHED"
+    status = _status(parent)
+    assert list(status) == STEPS and {how for _, how in status.values()} == {"ran"}
+    children = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {c.data.tags["windpipe.step"] for c in children} == set(STEPS)
+    runs = {name: mlflow.get_run(rid) for name, (rid, _) in status.items()}
+    entity = runs["process"].data.tags["windpipe.entity.processed"]
+    assert entity.startswith("runs:/") and entity.endswith("processed.parquet")
+    for name in ("lr", "rf", "keras"):
+        assert runs[name].data.params["data"] == entity
+        assert runs[name].info.status == "FINISHED"
+    assert runs["promote"].data.params["run_id"] == runs["compare"].data.tags["windpipe.best_run_id"]
+    assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
+    for name in STEPS:
+        assert name in proc.stdout  # the summary table
+    n_step_runs = len(_step_runs(p))
+
+    # warm: everything reused, no new step run
+    proc = _cli(p, snapshot, *run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
+    assert proc.stdout.count("reused") >= len(STEPS)
+    assert len(_step_runs(p)) == n_step_runs
+
+    # `mlflow run projects/pipeline` drives the same cache
+    proc = _mlflow_run(p, snapshot, "pipeline", "-P", f"raw_dir={raw_dir}", "-P", "quick=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
+
+    # a bad rf parameter fails rf with a clear error; upstream steps were reused
+    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana")
+    assert proc.returncode == 1 and "error:" in proc.stderr and "rf" in proc.stderr, proc.stderr[-2000:]
+    failed = latest_run(p, "pipeline")
+    assert failed.info.status == "FAILED"
+    assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "lr": "reused"}
+
+    # fixed and rerun: it resumes; only rf and what follows it run
+    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=4,6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {k: how for k, (_, how) in _status(latest_run(p, "pipeline")).items()} == {
+        "process": "reused", "lr": "reused", "rf": "ran", "keras": "reused", "compare": "ran", "promote": "ran"}
+
+    # --force reruns everything
+    proc = _cli(p, snapshot, *run, "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"ran"}

@@ -1,0 +1,413 @@
+"""Batch prediction, data marts and drift: pure pieces in-process, the CLI and `mlflow run` on a real platform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from windpipe import drift, marts
+from windpipe.entities import FEATURES, TIMESTAMP
+from windpipe.errors import WindpipeError
+from windpipe.predict import validate_input
+from windpipe.settings import Settings
+
+from .conftest import latest_run, mlflow_run
+from .models import log_registered_model, tiny_processed
+
+
+def features(n: int = 50, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"windspeed": rng.gamma(4, 1.2, n), "temperature": rng.normal(10, 7, n),
+                       "rad_horizontal": rng.uniform(0, 300, n), "rad_diffuse": rng.uniform(0, 120, n)})
+    df.insert(0, TIMESTAMP, pd.date_range("2020-01-01", periods=n, freq="h", tz="UTC"))
+    return df
+
+
+@pytest.fixture
+def engine(tmp_path):
+    eng = marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")
+    yield eng
+    marts.dispose_engines()
+
+
+# ---------------------------------------------------------------- validation (no servers)
+
+def test_validate_reports_extra_columns_and_keeps_order():
+    df = features(5).assign(solar_GW=1.0, note="x")
+    v = validate_input(df)
+    assert list(v.features.columns) == FEATURES and v.features.dtypes.eq("float64").all()
+    assert v.extra_columns == ["solar_GW", "note"]
+    assert v.row_numbers.tolist() == [0, 1, 2, 3, 4]
+    assert v.timestamps.iloc[0] == pd.Timestamp("2020-01-01", tz="UTC")
+
+
+def test_validate_integers_are_accepted_as_numbers():
+    df = features(3)
+    df["temperature"] = [1, 2, 3]
+    assert validate_input(df).features["temperature"].tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.drop(columns=["windspeed", "rad_diffuse"]), "lacks column(s) windspeed, rad_diffuse"),
+    (lambda d: d.assign(temperature=d.temperature.astype(str).where(d.index != 2, "warm")),
+     "Column 'temperature'"),
+    (lambda d: d.head(0), "has no rows"),
+    (lambda d: d.assign(windspeed=d.windspeed.mask(d.index.isin([3, 7, 11]))), "3 row(s) with missing"),
+])
+def test_validate_refuses_bad_input(mutate, message):
+    with pytest.raises(WindpipeError) as exc:
+        validate_input(mutate(features(20)))
+    assert message in str(exc.value)
+    assert exc.value.fix
+
+
+def test_validate_nan_message_names_rows_and_drop_invalid_skips_them():
+    df = features(20)
+    df.loc[[3, 7], "windspeed"] = np.nan
+    df.loc[11, "rad_diffuse"] = np.inf
+    with pytest.raises(WindpipeError, match=r"rows, counted from 0: 3, 7, 11") as exc:
+        validate_input(df)
+    assert "--drop-invalid" in exc.value.fix
+    v = validate_input(df, drop_invalid=True)
+    assert len(v.features) == 17 and v.dropped_rows == [3, 7, 11]
+    assert 3 not in v.row_numbers and v.row_numbers[3] == 4
+    assert v.timestamps.iloc[3] == df[TIMESTAMP].iloc[4]
+
+
+def test_validate_all_rows_invalid_is_refused_even_with_drop_invalid():
+    df = features(3).assign(windspeed=np.nan)
+    with pytest.raises(WindpipeError, match="nothing is left"):
+        validate_input(df, drop_invalid=True)
+
+
+def test_read_input_missing_and_empty_files(tmp_path):
+    from windpipe.predict import read_input
+
+    with pytest.raises(WindpipeError, match="does not exist"):
+        read_input(tmp_path / "nope.parquet")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(WindpipeError, match="empty"):
+        read_input(tmp_path / "empty.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(WindpipeError, match="Cannot read"):
+        read_input(tmp_path / "junk.parquet")
+
+
+# ---------------------------------------------------------------- marts (SQLite in tmp)
+
+def test_record_batch_links_output_rows_to_input_rows(engine):
+    df = features(10)
+    pred = np.column_stack([np.arange(10.0), np.arange(10.0) * 2])
+    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9, 12])
+    bid = marts.record_batch(engine, df[FEATURES], pred, model_name="wind_solar", model_version=3,
+                             model_uri="models:/wind_solar/3", timestamps=df[TIMESTAMP], row_numbers=rows,
+                             source="cli")
+    b = marts.latest_batches(engine).iloc[0]
+    assert b.id == bid and b.row_count == 10 and b.model_version == "3" and b.source == "cli"
+    assert b.status == "complete" and b.drift_status == "unchecked" and len(b.input_hash) == 64
+    assert b.input_hash == marts.input_hash(df[FEATURES], df[TIMESTAMP])
+    joined = marts.batch_rows(engine, bid)
+    assert joined.row_no.tolist() == rows.tolist()
+    assert joined.solar_GW_pred.tolist() == pred[:, 0].tolist()
+    np.testing.assert_allclose(joined[FEATURES].to_numpy(), df[FEATURES].to_numpy())
+    assert pd.Timestamp(joined[TIMESTAMP].iloc[1]) == pd.Timestamp("2020-01-01 01:00")
+
+
+def test_output_rows_need_an_input_row(engine):
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(marts.output_mart.insert(), [{"batch_id": 999, "row_no": 0, "solar_GW_pred": 1.0,
+                                                   "wind_GW_pred": 1.0}])
+
+
+def test_failed_batch_leaves_no_rows(engine, monkeypatch):
+    marts.record_batch(engine, features(5)[FEATURES], np.zeros((5, 2)), model_name="m", model_version=1,
+                       model_uri="u")
+    before = marts.count_rows(engine)
+    real = marts._insert_rows
+
+    def fail_on_output(conn, table, columns, rows):
+        real(conn, table, columns, rows)  # the input rows are in, then the output insert dies
+        if table is marts.output_mart:
+            raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(marts, "_insert_rows", fail_on_output)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        marts.record_batch(engine, features(7)[FEATURES], np.ones((7, 2)), model_name="m", model_version=1,
+                           model_uri="u")
+    assert marts.count_rows(engine) == before
+
+
+def test_dashboard_batches_honour_the_setting(engine, tmp_path):
+    off = Settings(home=tmp_path, log_dashboard_predictions=False)
+    assert marts.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
+                              model_uri="u", source="dashboard", settings=off) is None
+    assert marts.count_rows(engine)["batches"] == 0
+    on = Settings(home=tmp_path, log_dashboard_predictions=True)
+    bid = marts.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
+                             model_uri="u", source="dashboard", settings=on)
+    assert marts.latest_batches(engine, source="dashboard").id.tolist() == [bid]
+
+
+def test_bad_marts_url_is_a_clear_error():
+    with pytest.raises(WindpipeError, match="Cannot open the data marts"):
+        marts.get_engine("nosuchdialect://x")
+
+
+# ---------------------------------------------------------------- drift (pure)
+
+def test_drift_flags_a_shifted_batch_not_an_in_distribution_one(engine):
+    train = tiny_processed()
+    same = train.sample(500, random_state=1)
+    shifted = same.assign(windspeed=same.windspeed * 1.8)
+    ok = drift.compare(same, train)
+    bad = drift.compare(shifted, train)
+    assert (ok.status == "ok").all(), ok
+    row = bad.set_index("feature").loc["windspeed"]
+    assert row.status == "drift" and row.psi > drift.PSI_DRIFT and row.ks > drift.KS_DRIFT
+    assert (bad.set_index("feature").drop("windspeed").status == "ok").all()
+    assert set(drift.mlflow_metrics(bad)) == {f"drift_{s}_{f}" for s in ("psi", "ks") for f in FEATURES}
+    bid = marts.record_batch(engine, shifted[FEATURES], np.zeros((500, 2)), model_name="m", model_version=1,
+                             model_uri="u", drift_rows=bad)
+    summary = drift.drift_summary(engine)
+    assert summary.columns.tolist() == ["batch", "created_at", "source", "model_version", "feature", "psi", "ks",
+                                        "status"]
+    assert summary.batch.unique().tolist() == [bid] and summary.feature.tolist() == FEATURES
+    assert marts.latest_batches(engine).drift_status.iloc[0] == "drift"
+
+
+def test_psi_is_zero_for_the_same_sample_and_grows_with_shift():
+    x = np.random.default_rng(0).normal(size=5000)
+    assert drift.psi(x, x) == pytest.approx(0, abs=1e-9)
+    assert drift.psi(x, x + 0.5) > drift.psi(x, x + 0.1) > 0
+
+
+# ---------------------------------------------------------------- the command on a real platform
+
+@pytest.fixture(scope="module")
+def model(shared_platform, tmp_path_factory):
+    """A registered LR model (pinned by version: other tests may move the production alias)."""
+    return log_registered_model(shared_platform, tmp_dir=tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def marts_env(use_platform, tmp_path, monkeypatch):
+    """This test's own marts database, for the in-process and the subprocess command."""
+    from windpipe.settings import clear_settings_cache
+
+    url = f"sqlite:///{tmp_path / 'marts.db'}"
+    monkeypatch.setenv("WINDPIPE_MARTS_URL", url)
+    clear_settings_cache()
+    yield {"WINDPIPE_MARTS_URL": url}
+    marts.dispose_engines()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """`windpipe ...` in this process (fast); returns exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from windpipe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code or 0
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_input(df: pd.DataFrame, path) -> str:
+    df.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_predict_cli_happy_path(model, marts_env, use_platform, tmp_path):
+    import mlflow
+
+    from windpipe.settings import get_settings
+
+    mlflow.MlflowClient().set_registered_model_alias(get_settings().model_name, "production", model["version"])
+    data = model["df"].sample(300, random_state=3).reset_index(drop=True)  # with the targets: extra columns
+    inp = write_input(data, tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    proc = use_platform.windpipe("predict", "--input", inp, "--output", str(out), extra_env=marts_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ignored column(s) not in the model's signature: solar_GW, wind_GW" in proc.stdout
+    res = pd.read_parquet(out)
+    assert res.columns.tolist() == ["row_no", TIMESTAMP, "solar_GW_pred", "wind_GW_pred", "model_name",
+                                    "model_version", "batch_id"]
+    expected = mlflow.pyfunc.load_model(model["model_uri"]).predict(data[FEATURES])
+    np.testing.assert_allclose(res[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), expected)
+    assert (res[TIMESTAMP] == data[TIMESTAMP]).all() and res.row_no.tolist() == list(range(300))
+    assert set(res.model_version.astype(str)) == {str(model["version"])} and set(res.model_name.astype(str)) == {
+        "wind_solar"}
+
+    engine = marts.get_engine(marts_env["WINDPIPE_MARTS_URL"])
+    b = marts.latest_batches(engine).iloc[0]
+    assert b.row_count == 300 and b.source == "cli" and b.model_name == "wind_solar"
+    assert b.model_version == str(model["version"]) and b.model_uri == f"models:/wind_solar/{model['version']}"
+    assert b.input_path == str(tmp_path / "in.parquet") and b.drift_status == "ok"
+    assert (res.batch_id == b.id).all()
+    joined = marts.batch_rows(engine, int(b.id))
+    np.testing.assert_allclose(joined[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), expected)
+    np.testing.assert_allclose(joined[FEATURES].to_numpy(), data[FEATURES].to_numpy())
+
+    run = latest_run(use_platform, "predict")
+    assert run.info.status == "FINISHED" and run.info.run_id == b.run_id
+    assert run.data.metrics["rows"] == 300
+    assert {f"drift_psi_{f}" for f in FEATURES} <= set(run.data.metrics)
+    assert run.data.tags["windpipe.model_version"] == str(model["version"])
+    assert run.data.tags["windpipe.drift.reference"] == model["entity_uri"]
+    cached = use_platform.home / "cache" / f"127.0.0.1_{use_platform.settings.mlflow_port}" / "wind_solar"
+    assert (cached / f"v{model['version']}" / "processed.parquet").exists()
+    assert (cached / f"v{model['version']}" / "model" / "MLmodel").exists()
+
+
+def mart_counts(marts_env) -> dict:
+    return marts.count_rows(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+
+
+@pytest.mark.slow
+def test_predict_cli_bad_inputs_leave_nothing(model, marts_env, tmp_path):
+    uri = f"models:/wind_solar/{model['version']}"
+    good = features(30)
+    nan = good.copy()
+    nan.loc[[2, 5], "windspeed"] = np.nan
+    text = good.assign(windspeed=good.windspeed.astype(str))
+    text.loc[4, "windspeed"] = "calm"
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    existing = tmp_path / "exists.parquet"
+    existing.write_bytes(b"keep me")
+    cases = [
+        (write_input(good.drop(columns=["rad_diffuse"]), tmp_path / "a.parquet"), "lacks column(s) rad_diffuse"),
+        (write_input(nan, tmp_path / "b.parquet"), "2 row(s) with missing (NaN) or infinite values"),
+        (write_input(text, tmp_path / "c.parquet"), "Column 'windspeed'"),
+        (write_input(good.head(0), tmp_path / "d.parquet"), "has no rows"),
+        (str(tmp_path / "empty.parquet"), "is empty (0 bytes)"),
+        (str(tmp_path / "missing.parquet"), "does not exist"),
+    ]
+    for inp, message in cases:
+        out = tmp_path / "out.parquet"
+        code, _, err = cli("predict", "--input", inp, "--output", str(out), "--model-uri", uri)
+        assert code == 1, (inp, err)
+        assert message in err and "fix:" in err, err
+        assert not out.exists()
+    code, _, err = cli("predict", "--input", write_input(good, tmp_path / "g.parquet"), "--output", str(existing),
+                       "--model-uri", uri)
+    assert code == 1 and "exists already" in err and "--overwrite" in err
+    assert existing.read_bytes() == b"keep me"
+    assert mart_counts(marts_env) == {"batches": 0, "input_mart": 0, "output_mart": 0, "drift": 0}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_predict_cli_drop_invalid_and_overwrite(model, marts_env, tmp_path):
+    uri = f"models:/wind_solar/{model['version']}"
+    df = features(40)
+    df.loc[[1, 30], "temperature"] = np.nan
+    inp, out = write_input(df, tmp_path / "in.parquet"), tmp_path / "out.parquet"
+    code, stdout, err = cli("predict", "--input", inp, "--output", str(out), "--model-uri", uri, "--drop-invalid")
+    assert code == 0, err
+    assert "dropped 2 row(s)" in stdout and "1, 30" in stdout
+    res = pd.read_parquet(out)
+    assert len(res) == 38 and 1 not in res.row_no.tolist() and res.row_no.iloc[1] == 2
+    code, _, err = cli("predict", "--input", inp, "--output", str(out), "--model-uri", uri, "--drop-invalid")
+    assert code == 1 and "exists already" in err
+    code, _, err = cli("predict", "--input", inp, "--output", str(out), "--model-uri", uri, "--drop-invalid",
+                       "--overwrite")
+    assert code == 0, err
+    assert pd.read_parquet(out).batch_id.iloc[0] == 2
+    batches = marts.latest_batches(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+    assert batches.rows_dropped.tolist() == [2, 2] and batches.row_count.tolist() == [38, 38]
+    assert mart_counts(marts_env)["output_mart"] == 76
+
+
+@pytest.mark.slow
+def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_env, tmp_path, monkeypatch):
+    import windpipe.predict as P
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(P.pd.DataFrame, "to_parquet", broken)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(OSError, match="disk full"):
+        P.run_batch(_plain_input(tmp_path), out, f"models:/wind_solar/{model['version']}", say=lambda _m: None)
+    assert not out.exists()
+    assert mart_counts(marts_env)["batches"] == 0
+
+
+def _plain_input(tmp_path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pandas(features(10), preserve_index=False), path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_predict_shifted_batch_flags_drift(model, marts_env, tmp_path):
+    from windpipe.predict import run_batch
+
+    shifted = model["df"].sample(400, random_state=5).reset_index(drop=True)
+    shifted["windspeed"] *= 1.8
+    res = run_batch(write_input(shifted, tmp_path / "in.parquet"), tmp_path / "out.parquet",
+                    f"models:/wind_solar/{model['version']}", say=lambda _m: None)
+    assert res.drift_status == "drift"
+    summary = drift.drift_summary(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+    by = summary.set_index("feature")
+    assert by.loc["windspeed", "status"] == "drift" and by.loc["temperature", "status"] == "ok"
+
+
+@pytest.mark.slow
+def test_predict_without_production_alias_says_what_to_run(marts_env, tmp_path, monkeypatch):
+    from windpipe.settings import clear_settings_cache
+
+    monkeypatch.setenv("WINDPIPE_MODEL_NAME", "no_such_model")
+    clear_settings_cache()
+    code, _, err = cli("predict", "--input", write_input(features(5), tmp_path / "in.parquet"),
+                       "--output", str(tmp_path / "out.parquet"))
+    assert code == 1
+    assert "No version of the registered model 'no_such_model' has the alias 'production'" in err
+    assert "windpipe promote" in err
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_run_projects_predict(model, marts_env, use_platform, tmp_path):
+    data = model["df"].head(100)
+    out = tmp_path / "out.parquet"
+    use_platform.env.update(marts_env)
+    try:
+        proc = mlflow_run(use_platform, "predict", "-P", f"input={write_input(data, tmp_path / 'in.parquet')}",
+                          "-P", f"output={out}", "-P", f"model_uri=models:/wind_solar/{model['version']}")
+    finally:
+        use_platform.env.pop("WINDPIPE_MARTS_URL")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(pd.read_parquet(out)) == 100
+    run = latest_run(use_platform, "predict")
+    assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 100
+    b = marts.latest_batches(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"])).iloc[0]
+    assert b.source == "project" and b.run_id == run.info.run_id
+
+
+def test_generic_sqlalchemy_path_writes_the_same_rows(tmp_path, monkeypatch):
+    """The path every non-SQLite URL takes, exercised on SQLite."""
+    df = features(7)
+    pred = np.arange(14.0).reshape(7, 2)
+    got = []
+    for fast in (True, False):
+        monkeypatch.setattr(marts, "SQLITE_FAST_PATH", fast)
+        eng = marts.get_engine(f"sqlite:///{tmp_path / f'm{fast}.db'}")
+        bid = marts.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=1, model_uri="u",
+                                 timestamps=df[TIMESTAMP])
+        got.append(marts.batch_rows(eng, bid))
+    marts.dispose_engines()
+    pd.testing.assert_frame_equal(got[0], got[1])

@@ -1,0 +1,296 @@
+"""Registry: promotion through the quality gate, rollback, listing, concurrency, bad input.
+
+Each test works in its own experiment and registered model on the shared platform.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from windpipe.entities import data_date
+from windpipe.errors import WindpipeError
+from windpipe.registry import gate, improvement, instance_name
+
+from .conftest import REPO
+from .registry_helpers import Scope, log_candidate, make_scope, new_id, small_df
+
+# ----------------------------------------------------------------------------------- pure functions
+
+
+def test_improvement_knows_the_direction_of_each_metric():
+    assert improvement(0.9, 1.0, "rmse") == pytest.approx(0.1)
+    assert improvement(1.1, 1.0, "mae") == pytest.approx(-0.1)
+    assert improvement(0.9, 0.8, "r2") == pytest.approx(0.125)
+    assert improvement(0.7, 0.8, "r2_wind_GW") < 0
+
+
+def test_gate_is_relative_and_needs_a_strict_improvement():
+    assert gate(0.97, 1.0, "rmse", 0.02)[0]          # 3 % better, margin 2 %
+    assert not gate(0.99, 1.0, "rmse", 0.02)[0]      # 1 % better, margin 2 %
+    assert not gate(1.0, 1.0, "rmse", 0.0)[0]        # equal is not better
+    passes, why = gate(1.2, 1.0, "rmse", 0.0)
+    assert not passes and "not better" in why and "rmse" in why
+
+
+def test_instance_name_from_tag_or_parts():
+    from mlflow.entities.model_registry import ModelVersion
+
+    v = ModelVersion("wind_solar", "3", 0, tags=[])
+    assert instance_name(v) == "wind_solar_v3_nodate"
+    from mlflow.entities.model_registry import ModelVersionTag
+
+    v = ModelVersion("wind_solar", "3", 0, tags=[ModelVersionTag("windpipe.data_date", "20161231")])
+    assert instance_name(v) == "wind_solar_v3_20161231"
+
+
+# ------------------------------------------------------------------------------------- with servers
+
+
+@pytest.fixture
+def scope(use_platform, monkeypatch):
+    return make_scope(use_platform, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def DATE():  # noqa: N802 - a constant, computed once
+    return data_date(small_df())
+
+
+def _tags(scope, version: int) -> dict:
+    from mlflow import MlflowClient
+
+    return MlflowClient(scope.platform.tracking_uri).get_model_version(scope.model_name, str(version)).tags
+
+
+@pytest.mark.slow
+def test_promote_gate_rollback_and_models(scope, DATE):  # noqa: N803
+    from windpipe.registry import list_versions, promote, rollback
+
+    first = log_candidate(scope, scale=1.2)
+    res = promote(scope.settings)
+    assert (res.promoted, res.version, res.previous, res.production) == (True, 1, None, 1)
+    assert res.reason == "no production version yet"
+    tags = _tags(scope, 1)
+    assert tags["windpipe.instance_name"] == f"{scope.model_name}_v1_{DATE}"
+    assert tags["windpipe.data_date"] == DATE and tags["windpipe.run_id"] == first
+    assert float(tags["holdout_rmse"]) == pytest.approx(res.challenger_metrics["rmse"], rel=1e-5)
+    assert {"holdout_mae", "holdout_r2", "holdout_rmse_solar_GW"} <= set(tags)
+    assert tags["windpipe.previous_production"] == ""
+    datetime.fromisoformat(tags["windpipe.promoted_at"])
+
+    # a worse challenger: challenger alias set, production unchanged
+    worse = log_candidate(scope, scale=1.6)
+    res = promote(scope.settings, run_id=worse)
+    assert (res.promoted, res.version, res.production) == (False, 2, 1)
+    assert "not better" in res.reason
+    assert res.production_metrics["rmse"] < res.challenger_metrics["rmse"]
+    assert scope.snapshot() == ([1, 2], {"production": "1", "challenger": "2"})
+
+    # a better run, but not by a 90 % margin; then with no margin (same version reused)
+    better = log_candidate(scope, scale=1.0)
+    res = promote(scope.settings, run_id=better, margin=0.9)
+    assert (res.promoted, res.version, res.production) == (False, 3, 1)
+    res = promote(scope.settings)  # the best run by rmse is `better`
+    assert (res.promoted, res.version, res.previous, res.production) == (True, 3, 1, 3)
+    assert res.run_id == better and "better by" in res.reason
+    tags = _tags(scope, 3)
+    assert tags["windpipe.previous_production"] == "1" and tags["windpipe.promotion_reason"] == res.reason
+    assert scope.snapshot() == ([1, 2, 3], {"production": "3", "challenger": "3"})
+
+    # promoting production again changes nothing
+    res = promote(scope.settings, run_id=better)
+    assert (res.promoted, res.version, res.production) == (False, 3, 3)
+
+    df = list_versions(scope.settings)
+    assert df["version"].tolist() == [3, 2, 1]
+    assert df.loc[0, "aliases"] == "challenger,production" and df.loc[2, "aliases"] == ""
+    assert df["status"].eq("READY").all()
+
+    proc = scope.cli("models")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{scope.model_name}_v3_{DATE}" in proc.stdout and "challenger,production" in proc.stdout
+
+    # --force moves production to the worse version; rollback restores the one it replaced
+    proc = scope.cli("promote", "--run-id", worse, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "promoted" in proc.stdout and "forced" in proc.stdout
+    assert scope.snapshot()[1]["production"] == "2"
+    proc = scope.cli("rollback")
+    assert proc.returncode == 0, proc.stderr
+    assert f"-> v3 ({scope.model_name}_v3_{DATE}), was v2" in proc.stdout
+    assert scope.snapshot()[1]["production"] == "3"
+    assert _tags(scope, 3)["windpipe.promotion_reason"] == "rollback from v2"
+    # rolling back again walks further back (v3 replaced v1) ... and v1 had no predecessor
+    assert rollback(scope.settings).version == 1
+    assert scope.snapshot()[1]["production"] == "1"
+    before = scope.snapshot()
+    proc = scope.cli("rollback")
+    assert proc.returncode == 1
+    assert "error: " in proc.stderr and "no previous one" in proc.stderr and "Traceback" not in proc.stderr
+    assert scope.snapshot() == before
+
+
+@pytest.mark.slow
+def test_bad_input_gives_clear_errors_and_changes_nothing(scope, tmp_path):
+    # runs without a model / FAILED; an empty experiment; no registered model at all
+    import mlflow
+
+    no_model = log_candidate(scope, with_model=False)
+    failed = log_candidate(scope, status="FAILED")
+    other = Scope(scope.platform, f"empty_{new_id()[:8]}", scope.model_name)
+    mlflow.create_experiment(other.experiment)
+    before = scope.snapshot()
+    out = tmp_path / "ctx"
+    calls = {
+        "no runs": lambda: other.cli("promote"),
+        "no model": lambda: scope.cli("promote", "--run-id", no_model),
+        "failed run": lambda: scope.cli("promote", "--run-id", failed),
+        "unknown run": lambda: scope.cli("promote", "--run-id", new_id()),
+        "unknown metric": lambda: scope.cli("promote", "--metric", "accuracy"),
+        "negative margin": lambda: scope.cli("promote", "--margin", "-0.1"),
+        "rollback": lambda: scope.cli("rollback"),
+        "package": lambda: scope.cli("package", "--registry", "r.example.com", "--env", "dev", "--zone", "z1",
+                                     "--out", str(out)),
+        "models": lambda: scope.cli("models"),
+    }
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        procs = dict(zip(calls, pool.map(lambda f: f(), calls.values()), strict=True))
+    expect = {
+        "no runs": "Nothing to promote",
+        "no model": "has no model",
+        "failed run": "only finished runs",
+        "unknown run": "There is no run",
+        "unknown metric": "cannot score 'accuracy'",
+        "negative margin": "margin must be",
+        "rollback": "no production version",
+        "package": "no production version to package",
+    }
+    for case, text in expect.items():
+        proc = procs[case]
+        assert proc.returncode == 1, (case, proc.stdout, proc.stderr)
+        assert text in proc.stderr, (case, proc.stderr)
+        assert proc.stderr.startswith("error: ") and "fix: " in proc.stderr, (case, proc.stderr)
+        assert "Traceback" not in proc.stderr, case
+    assert procs["models"].returncode == 0 and "no versions yet" in procs["models"].stdout
+    assert scope.snapshot() == before == ([], None)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+    # the same through the Python API: WindpipeError, nothing changed
+    from windpipe.registry import promote, rollback
+
+    with pytest.raises(WindpipeError, match="has no model"):
+        promote(scope.settings, run_id=no_model)
+    with pytest.raises(WindpipeError, match="no production version"):
+        rollback(scope.settings)
+    assert scope.snapshot() == before
+
+
+@pytest.mark.slow
+def test_production_never_moves_to_a_version_whose_run_is_gone(scope):
+    from mlflow import MlflowClient
+
+    from windpipe.registry import check_promotable, promote, rollback
+
+    first = log_candidate(scope, scale=1.2)
+    assert promote(scope.settings).version == 1
+    log_candidate(scope, scale=1.0)
+    assert promote(scope.settings).production == 2
+    client = MlflowClient(scope.platform.tracking_uri)
+    client.delete_run(first)
+    before = scope.snapshot()
+    with pytest.raises(WindpipeError, match="run behind .* version 1 is finished/deleted"):
+        rollback(scope.settings)
+    with pytest.raises(WindpipeError, match="does not exist"):
+        check_promotable(client, scope.model_name, 99)
+    assert scope.snapshot() == before and before[1]["production"] == "2"
+
+
+@pytest.mark.slow
+def test_two_promotions_at_once_leave_one_consistent_winner(scope):
+    from mlflow import MlflowClient
+
+    worse = log_candidate(scope, scale=1.3)
+    better = log_candidate(scope, scale=1.0)
+    env = {**scope.platform.env, **scope.env}
+    procs = [subprocess.Popen([sys.executable, "-m", "windpipe.cli", "promote", "--run-id", rid], env=env,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rid in (worse, better)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    versions, aliases = scope.snapshot()
+    assert versions == [1, 2]
+    client = MlflowClient(scope.platform.tracking_uri)
+    prod = client.get_model_version_by_alias(scope.model_name, "production")
+    assert prod.run_id == better and prod.status == "READY"
+    assert client.get_run(prod.run_id).info.status == "FINISHED"
+    # whichever ran second compared itself with the first: exactly one "not promoted" or a move
+    texts = "\n".join(o for o, _ in outs)
+    assert texts.count("promoted: ") + texts.count("not promoted: ") >= 2
+    tags = prod.tags
+    assert tags["windpipe.run_id"] == better and tags["windpipe.instance_name"].startswith(f"{scope.model_name}_v")
+
+
+@pytest.mark.slow
+def test_notebooks_run_headless(scope, tmp_path, DATE):  # noqa: N803
+    from windpipe.notebooks import run_notebook
+    from windpipe.registry import promote
+
+    log_candidate(scope, scale=1.1)
+    log_candidate(scope, scale=1.0)
+    assert promote(scope.settings).promoted
+    # a Keras-like run with per-epoch history, for the learning-curve cell
+    import mlflow
+
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(scope.experiment).experiment_id,
+                          tags={"windpipe.model_family": "keras", "windpipe.model_uri": "models:/m-keras"}):
+        mlflow.log_metric("rmse", 9.0)
+        for epoch in range(3):
+            mlflow.log_metrics({"loss": 3.0 - epoch, "val_loss": 3.5 - epoch}, step=epoch)
+    env = {**scope.platform.env, **scope.env}
+    for name in ("compare_runs.ipynb", "get_prod_model.ipynb"):
+        nb = run_notebook(REPO / "notebooks" / name, cwd=tmp_path, env=env, out=tmp_path / name, timeout=300)
+        text = json.dumps(nb.cells[-1].get("outputs", []))
+        assert "error" not in [o.get("output_type") for c in nb.cells for o in c.get("outputs", [])], name
+        assert text, name
+        if name == "compare_runs.ipynb":
+            assert "Keras learning curves" in json.dumps(nb.cells[-1]["outputs"])
+    outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert f"{scope.model_name}_v1_{DATE}" in outputs and "solar_GW" in outputs
+    assert Path(tmp_path / "get_prod_model.ipynb").exists()
+
+
+def test_registry_lock_is_exclusive(tmp_path):
+    import threading
+
+    from windpipe.registry import registry_lock
+    from windpipe.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def holder():
+        with registry_lock(settings):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(30)
+    try:
+        with pytest.raises(WindpipeError, match="Another promotion"):
+            with registry_lock(settings, timeout=0.3):
+                errors.append("entered while held")
+    finally:
+        release.set()
+        t.join()
+    assert errors == []
+    with registry_lock(settings, timeout=5):  # free again
+        pass

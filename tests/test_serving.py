@@ -1,0 +1,86 @@
+"""Serving: a real `mlflow models serve` process answers like the in-process model; clear errors otherwise."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from windpipe import serving
+from windpipe.entities import FEATURES, TARGETS
+from windpipe.errors import WindpipeError
+from windpipe.procs import free_port
+from windpipe.settings import get_settings
+
+from .conftest import REPO
+from .models import log_registered_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_payload_is_dataframe_split():
+    import pandas as pd
+
+    body = serving.payload(pd.DataFrame({"windspeed": [1.0], "temperature": [2.0]}))
+    assert body == {"dataframe_split": {"columns": ["windspeed", "temperature"], "data": [[1.0, 2.0]]}}
+    assert "dataframe_split" in serving.curl_example("http://127.0.0.1:1")
+
+
+def test_served_predictions_equal_in_process_predictions(use_platform, tmp_path):
+    import mlflow
+
+    info = log_registered_model(use_platform, tmp_dir=tmp_path)
+    df = info["df"].head(50)
+    settings = get_settings()
+    proc, url = serving.start(settings, free_port(), log=tmp_path / "serve.log")
+    try:
+        served = serving.score(url, df)
+        # the server and this process answer the same model (production) ...
+        local = mlflow.pyfunc.load_model(serving.default_model_uri(settings)).predict(df[FEATURES])
+        assert list(served.columns) == TARGETS
+        np.testing.assert_allclose(served.to_numpy(), np.asarray(local), rtol=1e-6, atol=1e-9)
+        # ... and a bad request gets a clear error, not a stack trace
+        with pytest.raises(WindpipeError, match="refused"):
+            serving.score(url, df.assign(windspeed="fast"))
+    finally:
+        serving.stop(proc)
+    assert proc.poll() is not None
+
+
+def test_windpipe_serve_prints_url_and_a_working_curl(use_platform, tmp_path):
+    log_registered_model(use_platform, tmp_dir=tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "windpipe.cli", "serve", "--port", str(port)],
+                            env=use_platform.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.strip().startswith("curl "):
+                break
+        curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+        assert f"http://127.0.0.1:{port}" in "".join(lines)
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert '"predictions"' in out.stdout, out.stdout + out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    time.sleep(0.5)
+    assert not serving.ping(f"http://127.0.0.1:{port}"), "the model server outlived `windpipe serve`"
+
+
+def test_serve_without_production_alias_is_a_clear_error(use_platform):
+    proc = use_platform.windpipe("serve", "--port", str(free_port()),
+                                 extra_env={"WINDPIPE_MODEL_NAME": "no_such_model"}, timeout=120)
+    assert proc.returncode == 1
+    assert "no alias 'production'" in proc.stderr and "windpipe pipeline run" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,152 @@
+"""`mlflow run projects/{lr,rf,keras}` as a user types it, against a real platform.
+
+One small processed entity (from tests/models.py) is written once and passed by path; the
+`latest` default is checked once, after a real process run.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from windpipe.entities import PROCESSED, write_entity
+
+from .conftest import latest_run, mlflow_run
+from .models import tiny_processed
+
+pytestmark = pytest.mark.slow
+
+METRICS = {"rmse", "mae", "r2", "rmse_solar_GW", "mae_solar_GW", "r2_solar_GW", "rmse_wind_GW", "r2_wind_GW"}
+
+
+@pytest.fixture(scope="module")
+def entity(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("entity") / "processed.parquet"
+    write_entity(PROCESSED, tiny_processed(24 * 30), path)
+    return str(path)
+
+
+def ok(proc):
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+
+
+def assert_trained(run, family: str, entity_uri: str) -> str:
+    assert run.info.status == "FINISHED"
+    assert METRICS <= set(run.data.metrics)
+    tags = run.data.tags
+    assert tags["windpipe.model_family"] == family
+    assert tags["windpipe.entity.processed"] == entity_uri
+    assert tags["windpipe.data_date"].isdigit() and tags["windpipe.model_uri"].startswith("models:/m-")
+    assert {"split_seed", "test_size", "split_by"} <= set(run.data.params)
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["processed"]
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "figures")] == \
+        ["figures/predicted_vs_recorded.html"]
+    model = mlflow.pyfunc.load_model(tags["windpipe.model_uri"])
+    schema = model.metadata.get_input_schema()
+    if family == "keras":  # mlflow.keras wants tensors: (-1, 4) float64, columns in FEATURES order
+        assert schema.is_tensor_spec() and schema.inputs[0].shape == (-1, 4)
+    else:
+        assert schema.input_names() == PROCESSED_FEATURES
+    out = pd.DataFrame(model.predict(pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=PROCESSED_FEATURES)))
+    assert out.shape == (1, 2)
+    return tags["windpipe.model_uri"]
+
+
+PROCESSED_FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
+
+
+def test_lr_main_then_evaluate(use_platform, entity):
+    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}"))
+    model_uri = assert_trained(latest_run(use_platform, "lr", "main"), "lr", entity)
+    ok(mlflow_run(use_platform, "lr", "-e", "evaluate", "-P", f"model_uri={model_uri}", "-P", f"data={entity}",
+                  "-P", "scope=all"))
+    run = latest_run(use_platform, "lr", "evaluate")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["eval_r2"] > 0.5 and run.data.params["eval_rows"] == str(24 * 30)
+    assert not run.outputs or not run.outputs.model_outputs
+
+
+def test_rf_main_and_small_grid(use_platform, entity):
+    ok(mlflow_run(use_platform, "rf", "-P", f"data={entity}", "-P", "n_estimators=4", "-P", "max_depth=4"))
+    assert_trained(latest_run(use_platform, "rf", "main"), "rf", entity)
+    ok(mlflow_run(use_platform, "rf", "-e", "grid", "-P", f"data={entity}", "-P", "n_estimators=2,4",
+                  "-P", "max_depth=3,none"))
+    parent = latest_run(use_platform, "rf", "grid")
+    assert_trained(parent, "rf", entity)
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4
+    best = max(children, key=lambda r: r.data.metrics["r2"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["r2"] == pytest.approx(best.data.metrics["r2"])
+    assert all(not c.outputs or not c.outputs.model_outputs for c in children)
+
+
+def test_keras_main_logs_epochs_and_model(use_platform, entity):
+    ok(mlflow_run(use_platform, "keras", "-P", f"data={entity}", "-P", "epochs=2", "-P", "hidden_units=8",
+                  "-P", "learning_rate=0.01"))
+    run = latest_run(use_platform, "keras", "main")
+    assert_trained(run, "keras", entity)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert len(history) == 2  # autolog: one point per epoch
+    assert run.data.params["learning_rate"] == "0.01"
+
+
+def test_latest_default_uses_the_newest_process_run(use_platform, raw_dir):
+    ok(mlflow_run(use_platform, "process", "-P", f"raw_dir={raw_dir}"))
+    entity_uri = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
+    ok(mlflow_run(use_platform, "lr"))
+    assert latest_run(use_platform, "lr", "main").data.tags["windpipe.entity.processed"] == entity_uri
+
+
+@pytest.fixture(scope="module")
+def bad_entities(tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("bad")
+    df = tiny_processed(48)
+    df.drop(columns="windspeed").to_parquet(out / "missing.parquet", index=False)
+    df.head(0).to_parquet(out / "empty.parquet", index=False)
+    return {"missing_column": str(out / "missing.parquet"), "empty": str(out / "empty.parquet"),
+            "no_file": str(out / "nowhere.parquet"), "no_run": "runs:/0123456789abcdef0123456789abcdef/x.parquet"}
+
+
+@pytest.mark.parametrize(("project", "params", "message"), [
+    ("rf", {"n_estimators": "-3"}, "n_estimators must be at least 1"),
+    ("keras", {"epochs": "0"}, "epochs must be at least 1"),
+    ("keras", {"learning_rate": "abc"}, "learning_rate must be a number"),
+    ("lr", {"data": "missing_column"}, "lacks column(s) windspeed"),
+    ("lr", {"data": "empty"}, "has no rows"),
+    ("rf", {"data": "no_file"}, "does not exist"),
+    ("lr", {"data": "no_run"}, "Cannot fetch the entity"),
+])
+def test_bad_input_fails_the_run_with_reason_and_no_model(use_platform, entity, bad_entities, project, params,
+                                                          message):
+    params = {"data": entity, **params}
+    params["data"] = bad_entities.get(params["data"], params["data"])
+    args = [a for k, v in params.items() for a in ("-P", f"{k}={v}")]
+    proc = mlflow_run(use_platform, project, *args)
+    assert proc.returncode != 0
+    assert "error: " in proc.stderr and message in proc.stderr and "fix:" in proc.stderr
+    run = latest_run(use_platform, project, "main")
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["windpipe.failure_reason"]
+    assert not run.outputs or not run.outputs.model_outputs
+    assert "windpipe.model_uri" not in run.data.tags
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert models == []
+
+
+def test_evaluate_bad_model_uri_fails(use_platform, entity):
+    proc = mlflow_run(use_platform, "lr", "-e", "evaluate", "-P", "model_uri=models:/m-doesnotexist",
+                      "-P", f"data={entity}")
+    assert proc.returncode != 0 and "Cannot load the model" in proc.stderr
+    run = latest_run(use_platform, "lr", "evaluate")
+    assert run.info.status == "FAILED" and "Cannot load the model" in run.data.tags["windpipe.failure_reason"]
+
+
+def test_lr_runs_in_its_own_virtualenv(use_platform, entity):
+    """The default environment manager builds the env from python_env.yaml (same deps as process: cached)."""
+    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}", env_manager="", timeout=1500))
+    run = latest_run(use_platform, "lr", "main")
+    assert run.data.tags.get("mlflow.project.env") == "virtualenv" and run.info.status == "FINISHED"

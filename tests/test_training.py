@@ -1,0 +1,166 @@
+"""Pure training functions on tiny in-code data: split, features, metrics, models, figure, parameter checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
+from windpipe.errors import WindpipeError
+from windpipe.training import models as M
+from windpipe.training.figures import predicted_vs_recorded
+from windpipe.training.metrics import regression_metrics
+from windpipe.training.split import split, xy
+
+
+def frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ws = rng.uniform(0, 12, n)
+    temp = rng.uniform(-5, 30, n)
+    rh = rng.uniform(0, 600, n)
+    rd = rng.uniform(0, 200, n)
+    return pd.DataFrame({
+        TIMESTAMP: pd.date_range("2013-01-01", periods=n, freq="h", tz="UTC"),
+        "solar_GW": 0.04 * rh + 0.05 * rd - 0.1 * temp + rng.normal(0, 0.5, n),
+        "wind_GW": 0.02 * ws ** 3 + rng.normal(0, 0.5, n),
+        "windspeed": ws, "temperature": temp, "rad_horizontal": rh, "rad_diffuse": rd,
+    })
+
+
+# ------------------------------------------------------------ split and features
+
+def test_random_split_is_sklearns_seeded_80_20():
+    from sklearn.model_selection import train_test_split
+
+    df = frame(101)
+    train, test = split(df)
+    ref_train, ref_test = train_test_split(df, test_size=0.2, random_state=42)
+    assert train.index.equals(ref_train.index) and test.index.equals(ref_test.index)
+    again, _ = split(df, seed=42)
+    other, _ = split(df, seed=1)
+    assert train.index.equals(again.index) and not train.index.equals(other.index)
+
+
+def test_time_split_takes_the_last_fraction_as_test():
+    df = frame(100).sample(frac=1, random_state=0)
+    train, test = split(df, test_size=0.25, split_by="time")
+    assert len(test) == 25 and len(train) == 75
+    assert train[TIMESTAMP].max() < test[TIMESTAMP].min()
+
+
+@pytest.mark.parametrize("kwargs", [{"test_size": 0}, {"test_size": 1.0}, {"test_size": -0.1},
+                                    {"split_by": "season"}])
+def test_split_rejects_bad_parameters(kwargs):
+    with pytest.raises(WindpipeError):
+        split(frame(10), **kwargs)
+
+
+def test_split_needs_two_rows():
+    with pytest.raises(WindpipeError, match="at least 2"):
+        split(frame(1))
+
+
+def test_xy_selects_features_and_targets_in_order():
+    X, y = xy(frame(5)[list(reversed(frame(5).columns))])
+    assert list(X.columns) == FEATURES and list(y.columns) == TARGETS
+    assert all(X.dtypes == "float64")
+
+
+# ------------------------------------------------------------ metrics
+
+def test_metrics_overall_and_per_target():
+    y = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    p = y + np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0]])
+    m = regression_metrics(y, p)
+    assert m["rmse_solar_GW"] == 0 and m["mae_wind_GW"] == pytest.approx(1.0)
+    assert m["rmse"] == pytest.approx(0.5) and m["mae"] == pytest.approx(0.5)
+    assert m["r2_solar_GW"] == 1.0 and m["r2"] == pytest.approx((1.0 + m["r2_wind_GW"]) / 2)
+    assert set(regression_metrics(y, p, prefix="eval_")) == {f"eval_{k}" for k in m}
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_metrics_reject_mismatched_shapes():
+    with pytest.raises(ValueError):
+        regression_metrics(np.zeros((3, 2)), np.zeros((3, 1)))
+
+
+# ------------------------------------------------------------ parameter checks (before any work)
+
+@pytest.mark.parametrize("kwargs", [{"n_estimators": -3}, {"n_estimators": 0}, {"n_estimators": "abc"},
+                                    {"n_estimators": 2.5}, {"max_depth": -1}, {"max_depth": "deep"},
+                                    {"min_samples_leaf": 0}, {"seed": -1}, {"n_jobs": 0}])
+def test_rf_params_rejected(kwargs):
+    with pytest.raises(WindpipeError):
+        M.RFParams.check(**kwargs)
+
+
+def test_rf_params_parse_strings():
+    p = M.RFParams.check(n_estimators="16", max_depth="none", seed="7.0")
+    assert (p.n_estimators, p.max_depth, p.seed) == (16, None, 7)
+
+
+@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"epochs": "ten"}, {"batch_size": 0}, {"learning_rate": "abc"},
+                                    {"learning_rate": 0}, {"learning_rate": -0.1}, {"learning_rate": "nan"},
+                                    {"hidden_units": ""}, {"hidden_units": "64,0"}, {"hidden_units": "64,x"},
+                                    {"patience": -1}, {"validation_split": 1.0}])
+def test_keras_params_rejected(kwargs):
+    with pytest.raises(WindpipeError):
+        M.KerasParams.check(**kwargs)
+
+
+def test_keras_params_parse_strings():
+    p = M.KerasParams.check(epochs="3", learning_rate="0.01", hidden_units="8, 4")
+    assert (p.epochs, p.learning_rate, p.hidden_units) == (3, 0.01, (8, 4))
+
+
+def test_grid_lists():
+    assert M.as_int_list("n_estimators", "8,16") == [8, 16]
+    assert M.as_depth_list("max_depth", "6,none") == [6, None]
+    for bad in ("", "8,-3", "a"):
+        with pytest.raises(WindpipeError):
+            M.as_int_list("n_estimators", bad)
+    with pytest.raises(WindpipeError):
+        M.as_depth_list("max_depth", "")
+
+
+# ------------------------------------------------------------ models
+
+def test_lr_learns_the_cubic_wind_curve_from_raw_features():
+    train, test = split(frame(400))
+    model = M.train_lr(*xy(train))
+    pred = M.predict(model, xy(test)[0])
+    assert pred.shape == (len(test), 2)
+    assert regression_metrics(xy(test)[1], pred)["r2"] > 0.95
+
+
+def test_rf_fits_and_is_reproducible():
+    train, test = split(frame(300))
+    p = M.RFParams.check(n_estimators=5, max_depth=4, n_jobs=1)
+    a = M.predict(M.train_rf(*xy(train), p), xy(test)[0])
+    b = M.predict(M.train_rf(*xy(train), p), xy(test)[0])
+    assert a.shape == (len(test), 2) and np.array_equal(a, b)
+
+
+def test_training_rejects_empty_or_incomplete_data():
+    X, y = xy(frame(10))
+    with pytest.raises(WindpipeError):
+        M.train_lr(X.iloc[:0], y.iloc[:0])
+    with pytest.raises(WindpipeError):
+        M.train_rf(X.drop(columns="windspeed"), y)
+
+
+def test_keras_fits_with_early_stopping():
+    pytest.importorskip("keras")
+    train, test = split(frame(200))
+    p = M.KerasParams.check(epochs=3, batch_size=32, hidden_units="8", patience=1)
+    model, history = M.train_keras(*xy(train), p)
+    assert 1 <= len(history.history["loss"]) <= 3 and "val_loss" in history.history
+    assert M.predict(model, xy(test)[0]).shape == (len(test), 2)
+
+
+def test_figure_has_one_panel_per_target():
+    y = frame(50)[TARGETS]
+    fig = predicted_vs_recorded(y, y.to_numpy() * 1.1, max_points=20)
+    assert len(fig.data) == 4  # a scatter and an identity line per target
+    assert "solar_GW" in fig.layout.annotations[0].text and "wind_GW" in fig.layout.annotations[1].text

@@ -1,0 +1,166 @@
+"""Serving the production model with `mlflow models serve`, and a client for it.
+
+`serve_command` builds the command, `start` launches it and waits until `/ping` answers,
+`score(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from windpipe.errors import WindpipeError
+from windpipe.settings import Settings
+
+PRODUCTION = "production"
+
+
+def default_model_uri(settings: Settings) -> str:
+    return f"models:/{settings.model_name}@{PRODUCTION}"
+
+
+def check_model_uri(settings: Settings, model_uri: str) -> None:
+    """For `models:/<name>@<alias>`: the alias must exist, else a clear error naming the fix."""
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, _, alias = model_uri[len("models:/"):].partition("@")
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise WindpipeError(
+            f"The registered model {name!r} has no alias {alias!r} at {mlflow.get_tracking_uri()}, "
+            "so there is nothing to serve.",
+            "run the pipeline first: `windpipe pipeline run` (or `windpipe promote`), "
+            "or pass --model-uri models:/<name>/<version>",
+        ) from None
+
+
+def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", env_manager: str = "local",
+                  workers: int = 1) -> list[str]:
+    """`mlflow models serve ...` for this Python (its uvicorn; DESIGN fact 5)."""
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
+            "--env-manager", env_manager, "-w", str(workers)]
+
+
+def serve_env(settings: Settings) -> dict[str, str]:
+    """The server's environment: the tracking URI (models:/ resolves there) and this venv first on PATH."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = settings.effective_tracking_uri
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def ping(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/ping", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll `/ping` until it answers; raise with the log's tail if the server dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise WindpipeError(f"The model server exited ({proc.returncode}) while starting.{_tail(log)}",
+                                "check the model URI and that the tracking server runs (`windpipe status`)")
+        if ping(url):
+            return
+        time.sleep(0.5)
+    raise WindpipeError(f"The model server at {url} did not answer /ping in {timeout:.0f} s.{_tail(log)}",
+                        "the machine may be busy: try again, or raise WINDPIPE_STARTUP_TIMEOUT")
+
+
+def _tail(log: Path | None, n: int = 8) -> str:
+    if not log or not log.exists():
+        return ""
+    return "\nLast log lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+
+
+def start(settings: Settings, port: int, model_uri: str | None = None, log: Path | None = None,
+          timeout: float | None = None, stdout: object = None) -> tuple[subprocess.Popen, str]:
+    """Check the model exists, start `mlflow models serve` on 127.0.0.1:`port`, wait for /ping.
+
+    Returns (process, url). The caller stops the process (`stop`).
+    """
+    from windpipe.procs import port_is_free
+
+    model_uri = model_uri or default_model_uri(settings)
+    check_model_uri(settings, model_uri)
+    host = settings.host
+    if not port_is_free(host, port):
+        raise WindpipeError(f"Port {port} on {host} is taken, so the model server cannot start.",
+                            "stop what holds it, or pass --port <another>")
+    out = open(log, "ab") if log else stdout  # noqa: SIM115 - the server outlives this function
+    proc = subprocess.Popen(serve_command(model_uri, port, host), env=serve_env(settings),
+                            stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://{host}:{port}"
+    try:
+        wait_until_ready(url, proc, timeout or max(settings.startup_timeout, 120.0), log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers (its own process group)."""
+    from windpipe.procs import stop_pid
+
+    if proc.poll() is None:
+        stop_pid(proc.pid)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def payload(df: pd.DataFrame) -> dict:
+    """The scoring payload MLflow 3 accepts: `dataframe_split`."""
+    split = json.loads(df.to_json(orient="split", index=False, date_format="iso"))
+    return {"dataframe_split": {"columns": split["columns"], "data": split["data"]}}
+
+
+def score(url: str, df: pd.DataFrame, timeout: float = 60.0) -> pd.DataFrame:
+    """POST `df` to `<url>/invocations`; return the predictions as a frame (one column per target)."""
+    from windpipe.entities import FEATURES, TARGETS
+
+    cols = [c for c in FEATURES if c in df.columns] or list(df.columns)
+    req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=json.dumps(payload(df[cols])).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): "
+                            f"{exc.read().decode(errors='replace')[:500]}",
+                            f"send the columns {', '.join(FEATURES)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise WindpipeError(f"The model server at {url} does not answer ({exc}).",
+                            "start it: `windpipe serve`") from None
+    preds = body.get("predictions", body) if isinstance(body, dict) else body
+    frame = pd.DataFrame(preds)
+    if frame.shape[1] == len(TARGETS) and list(frame.columns) == list(range(len(TARGETS))):
+        frame.columns = TARGETS
+    return frame
+
+
+def curl_example(url: str) -> str:
+    """A curl command that works against the server (two rows of features)."""
+    body = json.dumps({"dataframe_split": {
+        "columns": ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"],
+        "data": [[5.2, 12.0, 310.0, 120.0], [8.9, 4.5, 0.0, 0.0]]}})
+    return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"

@@ -1,0 +1,115 @@
+"""Run a step from its interface: read its input entities, call its pure `transform`, log its outputs.
+
+Steps made by `windpipe new-step` call `run_interface_step(step_dir, transform, {entity: uri})`:
+
+- an input URI is a path, any URI MLflow can download (`runs:/...`), or `latest`: the entity
+  the newest finished run in the experiment tagged `windpipe.entity.<name>` wrote;
+- each output is validated against its schema, written as parquet, logged under `entities/`
+  and as an MLflow dataset, and its URI set as the `windpipe.entity.<name>` tag.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from windpipe.entities import TIMESTAMP, Entity, data_date, log_entity, log_entity_input, read_entity, resolve_uri
+from windpipe.errors import WindpipeError
+from windpipe.steps.runs import DATA_DATE_TAG, step_run
+
+LATEST = "latest"
+Transform = Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]
+
+
+def sample_frame(columns: Mapping[str, str], rows: int = 24) -> pd.DataFrame:
+    """A small deterministic table with `columns` (name -> kind): hourly timestamps from 2013, ramps."""
+    data: dict[str, object] = {}
+    for i, (col, kind) in enumerate(columns.items()):
+        if kind == "datetime":
+            data[col] = pd.date_range("2013-01-01", periods=rows, freq="h", tz="UTC")
+        elif kind == "int":
+            data[col] = pd.Series(range(rows), dtype="int64") + i
+        else:
+            data[col] = pd.Series(range(rows), dtype="float64") * 0.5 + i
+    return pd.DataFrame(data)
+
+
+def pass_through(source: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
+    """`source` restricted to `columns`; a column it lacks is filled from `sample_frame` (a placeholder)."""
+    out = pd.DataFrame(index=source.index)
+    filler = sample_frame(columns, rows=len(source)).set_index(source.index)
+    for col in columns:
+        out[col] = source[col] if col in source.columns else filler[col]
+    return out.reset_index(drop=True)
+
+
+def latest_entity_uri(entity: str, experiment_id: str | None = None) -> str:
+    """The URI of `entity` in the newest finished run that tagged it (`windpipe.entity.<name>`)."""
+    import mlflow
+
+    from windpipe.stepspec import ENTITY_TAG_PREFIX
+
+    tag = f"{ENTITY_TAG_PREFIX}{entity}"
+    if experiment_id is None:
+        run = mlflow.active_run()
+        experiment_id = run.info.experiment_id if run else None
+    kwargs = {"experiment_ids": [experiment_id]} if experiment_id else {"search_all_experiments": True}
+    runs = mlflow.search_runs(filter_string=f"tags.`{tag}` LIKE '%' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+                              **kwargs)
+    if not runs:
+        raise WindpipeError(f"No finished run has written the {entity!r} entity yet (no run tagged {tag}).",
+                            f"run the step that produces {entity} first, or pass its URI "
+                            f"(-P {entity}_uri=runs:/<run_id>/entities/{entity}.parquet or a local file)")
+    return runs[0].data.tags[tag]
+
+
+def read_input(entity: Entity, uri: str, tmp: Path) -> tuple[pd.DataFrame, str]:
+    """Read and validate a table entity from `uri` (`latest` allowed); return the frame and the resolved URI."""
+    if not uri or uri == LATEST:
+        uri = latest_entity_uri(entity.name)
+    df = read_entity(entity, resolve_uri(uri, dst=tmp))
+    return df, uri
+
+
+def run_interface_step(step_dir: Path | str, transform: Transform, input_uris: Mapping[str, str],
+                       entry_point: str = "main") -> dict[str, str]:
+    """Run a table-in, table-out step described by `<step_dir>/step.yaml`; return the output URIs by entity."""
+    import mlflow
+
+    from windpipe.stepspec import load_spec
+
+    step_dir = Path(step_dir)
+    spec = load_spec(step_dir)
+    with step_run(spec.name, entry_point=entry_point, step_dir=step_dir), \
+            tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        frames: dict[str, pd.DataFrame] = {}
+        for port in spec.inputs:
+            df, uri = read_input(port.as_entity(), input_uris.get(port.entity, LATEST), tmp / "in" / port.entity)
+            log_entity_input(port.as_entity(), df, uri, context="input")
+            mlflow.set_tag(f"windpipe.input.{port.entity}", uri)  # the parameter may say `latest`
+            frames[port.entity] = df
+        outputs = transform(frames)
+        wanted = {p.entity for p in spec.outputs}
+        if set(outputs) != wanted:
+            raise WindpipeError(f"transform of step {spec.name!r} returned {sorted(outputs)}, but step.yaml declares "
+                                f"the outputs {sorted(wanted)}.",
+                                "return one DataFrame per declared output (or fix step.yaml)")
+        uris: dict[str, str] = {}
+        for port in spec.outputs:
+            entity = port.as_entity()
+            df = entity.validate(outputs[port.entity], where=f"the output of step {spec.name}")
+            path = tmp / "out" / entity.filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(path, index=False)
+            uris[port.entity] = log_entity(entity, df, path, context="output")
+            mlflow.set_tag(port.tag, uris[port.entity])
+            mlflow.log_metric(f"rows_{port.entity}", len(df))
+            if TIMESTAMP in df.columns:
+                mlflow.set_tag(DATA_DATE_TAG, data_date(df))
+            print(f"{spec.name}: wrote {port.entity} ({len(df)} rows) -> {uris[port.entity]}")
+        return uris

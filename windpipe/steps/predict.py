@@ -1,0 +1,55 @@
+"""The predict step: score a parquet batch with the production model, inside an MLflow run.
+
+Reads:  IN.parquet (the four features; utc_timestamp optional) and models:/wind_solar@production
+        (or --model-uri); the model's training entity (for drift, cached in <home>/cache/).
+Writes: OUT.parquet (row_no, utc_timestamp, solar_GW_pred, wind_GW_pred, model_name, model_version,
+        batch_id), one batch in the data marts, and a run tagged windpipe.step=predict with metrics
+        rows, rows_dropped, rows_per_s, drift_psi_<feature>, drift_ks_<feature>.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from windpipe.predict import BatchResult, run_batch
+from windpipe.steps.runs import step_run
+
+
+def main(input: str, output: str, model_uri: str | None = None, overwrite: bool = False,  # noqa: A002
+         drop_invalid: bool = False, source: str = "cli", step_dir: Path | None = None) -> BatchResult:
+    """Run one batch inside a `predict` run; return what was done."""
+    import mlflow
+
+    from windpipe import drift
+
+    with step_run("predict", step_dir=step_dir) as run:
+        # (not the MLproject's parameter names: `mlflow run` logged those already)
+        mlflow.log_params({"input_path": str(Path(input).resolve()), "output_path": str(Path(output).resolve()),
+                           "model_requested": model_uri or "production alias", "source": source})
+        started = time.perf_counter()
+        res = run_batch(input, output, model_uri, overwrite, drop_invalid, source, run_id=run.info.run_id)
+        seconds = time.perf_counter() - started
+        metrics = {"rows": res.rows, "rows_dropped": res.rows_dropped, "extra_columns": len(res.extra_columns),
+                   "predict_seconds": seconds, "rows_per_s": res.rows / seconds if seconds else 0.0,
+                   **{f"seconds_{k}": v for k, v in res.seconds.items() if k != "total"}}
+        tags = {"windpipe.batch_id": str(res.batch_id), "windpipe.drift_status": res.drift_status,
+                "windpipe.predict.model_uri": res.model.load_uri}
+        if res.model.version:
+            tags["windpipe.model_version"] = res.model.version
+        if res.model.instance_name:
+            tags["windpipe.instance_name"] = res.model.instance_name
+        if res.model.training_entity_uri:
+            tags["windpipe.drift.reference"] = res.model.training_entity_uri
+        if res.drift is not None:
+            metrics.update(drift.mlflow_metrics(res.drift))
+            mlflow.log_dict(res.drift.to_dict("records"), "drift.json")
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        print(f"scored {res.rows} rows with {res.model.name or res.model.load_uri} "
+              f"v{res.model.version or '?'} in {seconds:.2f} s -> {res.output} "
+              f"(batch {res.batch_id}, drift {res.drift_status})")
+        if res.drift is not None:
+            for r in res.drift.itertuples():
+                print(f"  {r.feature:<15} psi {r.psi:6.3f}  ks {r.ks:5.3f}  {r.status}")
+        return res
