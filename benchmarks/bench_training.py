@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import table
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DEFAULT_CSV = REPO.parent / "shared" / "data" / "germany.csv"
@@ -64,15 +66,6 @@ def last_run(step: str, entry: str):  # noqa: ANN201
     filt = f"tags.`windpipe.step` = '{step}' and tags.`windpipe.entry_point` = '{entry}'"
     return mlflow.search_runs(filter_string=filt, search_all_experiments=True, order_by=["start_time DESC"],
                               max_results=1, output_format="list")[0]
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

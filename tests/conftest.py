@@ -18,7 +18,10 @@ from windpipe.settings import Settings, clear_settings_cache
 
 REPO = Path(__file__).resolve().parent.parent
 PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
-                 "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE")
+                 "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE",
+                 # MLflow 3's set_experiment() exports MLFLOW_EXPERIMENT_ID into os.environ; an earlier
+                 # test's id must not reach a later test's subprocesses
+                 "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 
 
 def free_port_range(n: int = 10) -> str:

@@ -35,6 +35,19 @@ def test_cache_key_changes_with_every_input():
     assert base != pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h2"})
 
 
+def test_training_steps_follow_their_interfaces(tmp_path, monkeypatch):
+    """Upstream steps and the entity parameter come from step.yaml; a broken interface stops the pipeline."""
+    specs = {s.name: s for s in pipeline.steps()}
+    assert specs["lr"].upstream == specs["rf"].upstream == specs["keras"].upstream == ("process",)
+    projects = tmp_path / "projects"
+    shutil.copytree(REPO / "projects", projects, symlinks=True)
+    monkeypatch.setattr(pipeline, "PROJECTS_DIR", projects)
+    yaml = projects / "lr" / "step.yaml"
+    yaml.write_text(yaml.read_text().replace("parameter: data", "parameter: dataset"))
+    with pytest.raises(WindpipeError, match="lr"):
+        pipeline.steps()
+
+
 def test_raw_hash_missing_files_is_a_clear_error(tmp_path):
     with pytest.raises(WindpipeError, match="windpipe data synth"):
         pipeline.raw_hash(tmp_path)

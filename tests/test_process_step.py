@@ -25,9 +25,12 @@ def test_process_step_logs_entity_and_dataset(use_platform, raw_dir, tmp_path):
     df = pd.read_parquet(local)
     PROCESSED.validate(df)
     assert run.data.metrics["rows"] == len(df)
+    assert run.data.tags["windpipe.entity.processed"] == f"runs:/{run.info.run_id}/entities/processed.parquet"
     inputs = run.inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["processed"]
-    assert "runs:/" in inputs[0].dataset.source
+    # MLflow keeps one dataset per (name, digest) in an experiment, so the digest identifies the data
+    # (its source is the first run that logged identical data)
+    assert inputs[0].dataset.digest == mlflow.data.from_pandas(df).digest
 
 
 def test_process_step_bad_raw_dir_fails_the_run_with_reason(use_platform, tmp_path):

@@ -102,21 +102,44 @@ def _training_runs(up: dict[str, StepResult]) -> str:
     return ",".join(up[n].run_id for n in ("lr", "rf", "keras") if n in up)
 
 
+def _interfaces():  # noqa: ANN202 - a stepspec.PipelineGraph
+    """The step interfaces (step.yaml) as a DAG, each checked against its MLproject.
+
+    A broken interface (disagreement, cycle, an input nobody produces) stops the pipeline
+    before anything runs.
+    """
+    from windpipe.stepspec import build_graph, check_interface, load_specs
+
+    specs = load_specs(PROJECTS_DIR)
+    for spec in specs:
+        check_interface(spec)
+    return build_graph(specs)
+
+
+def _training_step(graph, name: str, entry_point: str,  # noqa: ANN001 - a stepspec.PipelineGraph
+                   extra: Callable[[PipelineConfig], dict[str, object]]) -> StepSpec:
+    """A training step whose upstream steps and entity parameter come from its step.yaml."""
+    port = graph.specs[name].input("processed")
+    if port is None or not port.parameter:
+        raise WindpipeError(f"projects/{name}/step.yaml declares no `processed` input with a parameter.",
+                            "add `inputs: [{entity: processed, parameter: data}]` to it")
+    param = port.parameter
+    return StepSpec(name, name, entry_point, upstream=tuple(graph.upstream(name)),
+                    params=lambda c, up: {param: _entity(up), "seed": c.seed, **extra(c)})
+
+
 def steps() -> list[StepSpec]:
-    """The pipeline, as data. Parameter names follow each project's MLproject."""
+    """The pipeline, as data. Parameter names follow each project's MLproject; the training steps'
+    upstream and entity parameter come from their step.yaml interfaces."""
+    graph = _interfaces()
     return [
         StepSpec("process", "process", "main", key_metric="rows",
                  params=lambda c, up: {"raw_dir": str(Path(c.raw_dir).resolve())},
                  extra_key=lambda c: {"raw_sha256": raw_hash(c.raw_dir)}),
-        StepSpec("lr", "lr", "main", upstream=("process",),
-                 params=lambda c, up: {"data": _entity(up), "seed": c.seed}),
-        StepSpec("rf", "rf", "grid", upstream=("process",),
-                 params=lambda c, up: {"data": _entity(up), "seed": c.seed,
-                                       "n_estimators": "16,32" if c.quick else "32,64",
-                                       "max_depth": "6,10" if c.quick else "10,14"}),
-        StepSpec("keras", "keras", "main", upstream=("process",),
-                 params=lambda c, up: {"data": _entity(up), "seed": c.seed,
-                                       "epochs": 3 if c.quick else 20}),
+        _training_step(graph, "lr", "main", lambda c: {}),
+        _training_step(graph, "rf", "grid", lambda c: {"n_estimators": "16,32" if c.quick else "32,64",
+                                                "max_depth": "6,10" if c.quick else "10,14"}),
+        _training_step(graph, "keras", "main", lambda c: {"epochs": 3 if c.quick else 20}),
         StepSpec("compare", "pipeline", "compare", upstream=("lr", "rf", "keras"), key_metric="best_rmse",
                  params=lambda c, up: {"runs": _training_runs(up), "metric": c.metric}),
         StepSpec("promote", "pipeline", "promote", upstream=("compare",), key_metric="promoted_version",

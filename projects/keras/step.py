@@ -13,12 +13,11 @@ from pathlib import Path
 import typer
 
 from windpipe.steps.runs import run_step
-from windpipe.steps.train import evaluate, train
+from windpipe.steps.train import train
+from windpipe.steps.train_cli import DATA, SPLIT_BY, TEST_SIZE, step_app
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 STEP_DIR = Path(__file__).parent
-DATA = typer.Option("latest", help="Processed entity: path, runs:/ or mlflow-artifacts:/ URI, or `latest` "
-                                   "(the newest successful process run's entity).")
+app = step_app("keras", STEP_DIR)
 
 
 @app.command()
@@ -28,19 +27,11 @@ def main(data: str = DATA, epochs: str = typer.Option("150", help="Maximum epoch
          hidden_units: str = typer.Option("128,128", help="Comma list: units per hidden layer."),
          patience: str = typer.Option("10", help="Early-stopping patience (epochs)."),
          seed: str = typer.Option("42", help="Split and weight-initialisation seed."),
-         test_size: str = typer.Option("0.2", help="Holdout fraction."),
-         split_by: str = typer.Option("random", help="random (seeded) or time (last part is the holdout).")) -> None:
+         test_size: str = TEST_SIZE,
+         split_by: str = SPLIT_BY) -> None:
     """Train the Keras MLP with early stopping and log it."""
     run_step(train, "keras", data, seed, test_size, split_by, step_dir=STEP_DIR, epochs=epochs,
              batch_size=batch_size, learning_rate=learning_rate, hidden_units=hidden_units, patience=patience)
-
-
-@app.command("evaluate")
-def evaluate_cmd(model_uri: str = typer.Option(..., help="Model to score, e.g. models:/m-... ."),
-                 data: str = DATA, scope: str = typer.Option("holdout", help="holdout (test split) or all rows."),
-                 seed: str = "42", test_size: str = "0.2", split_by: str = "random") -> None:
-    """Score MODEL_URI on the processed entity; log eval_ metrics."""
-    run_step(evaluate, "keras", model_uri, data, scope, seed, test_size, split_by, step_dir=STEP_DIR)
 
 
 if __name__ == "__main__":

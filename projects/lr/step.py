@@ -12,28 +12,19 @@ from pathlib import Path
 import typer
 
 from windpipe.steps.runs import run_step
-from windpipe.steps.train import evaluate, train
+from windpipe.steps.train import train
+from windpipe.steps.train_cli import DATA, SPLIT_BY, TEST_SIZE, step_app
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 STEP_DIR = Path(__file__).parent
-DATA = typer.Option("latest", help="Processed entity: path, runs:/ or mlflow-artifacts:/ URI, or `latest` "
-                                   "(the newest successful process run's entity).")
+app = step_app("lr", STEP_DIR)
 
 
 @app.command()
 def main(data: str = DATA, seed: str = typer.Option("42", help="Split seed."),
-         test_size: str = typer.Option("0.2", help="Holdout fraction."),
-         split_by: str = typer.Option("random", help="random (seeded) or time (last part is the holdout).")) -> None:
+         test_size: str = TEST_SIZE,
+         split_by: str = SPLIT_BY) -> None:
     """Train LinearRegression (with windspeed^2, ^3 and radiation x temperature terms) and log it."""
     run_step(train, "lr", data, seed, test_size, split_by, step_dir=STEP_DIR)
-
-
-@app.command("evaluate")
-def evaluate_cmd(model_uri: str = typer.Option(..., help="Model to score, e.g. models:/m-... ."),
-                 data: str = DATA, scope: str = typer.Option("holdout", help="holdout (test split) or all rows."),
-                 seed: str = "42", test_size: str = "0.2", split_by: str = "random") -> None:
-    """Score MODEL_URI on the processed entity; log eval_ metrics."""
-    run_step(evaluate, "lr", model_uri, data, scope, seed, test_size, split_by, step_dir=STEP_DIR)
 
 
 if __name__ == "__main__":

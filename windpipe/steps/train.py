@@ -59,15 +59,10 @@ class Data:
         """Log the entity as an MLflow dataset input; the dataset (and its digest) is built once per Data."""
         import mlflow
 
-        from windpipe.entities import _dataset
+        from windpipe.entities import dataset
 
         if self._dataset is None:
-            from mlflow.models import infer_signature
-
-            self._dataset = _dataset(PROCESSED, self.df, self.uri)
-            # MLflow infers the dataset schema from every row (~1 s for 35k rows); the columns are
-            # typed, so a sample gives the same schema (set on the dataset's cached property)
-            self._dataset.__dict__["schema"] = infer_signature(self.df.head(100)).inputs
+            self._dataset = dataset(PROCESSED, self.df, self.uri)
         mlflow.log_input(self._dataset, context=context)
 
     def split_params(self) -> dict[str, object]:
