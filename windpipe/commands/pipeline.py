@@ -46,8 +46,29 @@ def run(
     _run(raw, quick, force, env_manager, param, from_git, git_version)
 
 
+def _demo_batch_and_report(raw: Path, settings) -> None:  # noqa: ANN001
+    """Score the last four weeks as a batch (marts + drift) and write the weekly report."""
+    import pandas as pd
+
+    from windpipe.data.process import process, read_raw
+    from windpipe.entities import FEATURES, TIMESTAMP
+    from windpipe.fileio import atomic_path
+    from windpipe.report import create_report
+    from windpipe.steps.predict import main as predict_main
+
+    df = process(*read_raw(raw))
+    batch = df[df[TIMESTAMP] > df[TIMESTAMP].max() - pd.Timedelta(days=28)][[TIMESTAMP, *FEATURES]]
+    out_dir = settings.home / "demo"
+    features = out_dir / "last_4_weeks_features.parquet"
+    with atomic_path(features) as tmp:
+        batch.to_parquet(tmp, index=False)
+    predict_main(str(features), str(out_dir / "last_4_weeks_predictions.parquet"), None, True, False, source="cli")
+    path, rep = create_report(settings)
+    typer.echo(f"report: week {rep.week} -> {path}")
+
+
 def _demo_finale(settings) -> None:  # noqa: ANN001
-    """DEMO HOOK (dashboard): what `windpipe demo` does after the pipeline; extend here."""
+    """What `windpipe demo` does last: the dashboard in the background."""
     from windpipe.dashboard import serve
 
     pid, url = serve.start(settings)
@@ -63,7 +84,8 @@ def register(app: typer.Typer) -> None:
         raw: Annotated[Path, typer.Option(help="Raw data folder; generated (4 years) if missing.")] = Path("data/raw"),
         quick: Annotated[bool, typer.Option(help="Small grid and few epochs.")] = False,
     ) -> None:
-        """Generate raw data if needed, run the whole pipeline, promote, and say what to do next."""
+        """Generate raw data if needed, run the whole pipeline and promote, score the last four weeks
+        as a prediction batch, write the weekly report and start the dashboard in the background."""
         from windpipe.settings import get_settings
 
         if not raw.exists() or not any(raw.glob("*.csv")):
@@ -81,4 +103,5 @@ def register(app: typer.Typer) -> None:
             f"  rerun (all cached):     windpipe pipeline run --raw {raw}\n"
             f"  change a step:          windpipe pipeline run --raw {raw} --param rf.max_depth=8,12\n"
         )
+        _demo_batch_and_report(raw, settings)
         _demo_finale(settings)
