@@ -219,7 +219,10 @@ def test_promotion_is_followed_and_each_version_loads_once(use_platform):
     assert board.source.loads == 2
     steps = D.pipeline_status(get_settings())
     assert any(s.step == "lr" and s.status == "FINISHED" for s in steps)
-    assert "pipeline-table" in str(board.pipeline(store))
+    view = str(board.pipeline(store))
+    assert "pipeline-table" in view
+    assert "pipeline-graph" in view
+    assert "<b>lr</b><br>finished" in view  # the DAG node of lr, labelled with its latest run
 
 
 @pytest.mark.slow

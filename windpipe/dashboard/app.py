@@ -168,7 +168,7 @@ class Dashboard:
             steps = D.pipeline_status(self.settings)
         except Exception as exc:  # server errors: say so, keep the page
             return dbc.Alert(f"Cannot read runs: {str(exc).splitlines()[0][:300]}", color="warning")
-        return pipeline_view(steps, recent_batches(self.settings))
+        return html.Div([pipeline_graph(self.settings), pipeline_view(steps, recent_batches(self.settings))])
 
 
 # --- components -----------------------------------------------------------------------------------
@@ -262,6 +262,17 @@ def recent_batches(settings: Settings) -> pd.DataFrame | None:
     except Exception:  # marts absent or unreadable: the page simply omits them
         return None
     return df if len(df) else None
+
+
+def pipeline_graph(settings: Settings) -> object:
+    """The steps and entities as a DAG from the step.yaml interfaces, coloured by each step's latest run."""
+    from windpipe.stepgraph import live_pipeline_figure
+
+    try:
+        fig = live_pipeline_figure(settings=settings)
+    except WindpipeError as exc:  # no projects/ folder beside an installed package, or a broken interface
+        return dbc.Alert(f"Pipeline graph unavailable: {exc.problem}", color="secondary")
+    return dcc.Graph(id="pipeline-graph", figure=fig, config={"displaylogo": False})
 
 
 def pipeline_view(steps: list[D.StepStatus], batches: pd.DataFrame | None = None) -> object:

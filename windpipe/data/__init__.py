@@ -1,0 +1,1 @@
+"""Data: the synthetic OPSD-shaped generator and the raw -> processed transformation."""

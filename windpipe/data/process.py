@@ -1,0 +1,85 @@
+"""Raw OPSD-shaped files -> the processed entity (pure functions; I/O only in `read_raw`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from windpipe.data.synth import TIMESERIES_FILE, WEATHER_FILE
+from windpipe.entities import PROCESSED, TIMESTAMP
+from windpipe.errors import WindpipeError
+
+POWER_COLUMNS = {"DE_solar_generation_actual": "solar_GW", "DE_wind_generation_actual": "wind_GW"}
+WEATHER_COLUMNS = {
+    "DE_windspeed_10m": "windspeed",
+    "DE_temperature": "temperature",
+    "DE_radiation_direct_horizontal": "rad_horizontal",
+    "DE_radiation_diffuse_horizontal": "rad_diffuse",
+}
+START = pd.Timestamp("2013-01-01", tz="UTC")
+
+
+def _read_csv(path: Path, wanted: dict[str, str]) -> pd.DataFrame:
+    if not path.exists():
+        raise WindpipeError(f"Raw file {path.name} is missing from {path.parent}.",
+                            f"put {path.name} there (OPSD download, or `windpipe data synth --out {path.parent}`)")
+    try:
+        df = pd.read_csv(path, usecols=lambda c: c == TIMESTAMP or c in wanted, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise WindpipeError(f"Raw file {path} is empty.",
+                            "download it again or regenerate it with `windpipe data synth`") from None
+    missing = [c for c in [TIMESTAMP, *wanted] if c not in df.columns]
+    if missing:
+        raise WindpipeError(f"Raw file {path} lacks column(s) {', '.join(missing)}.",
+                            "use the OPSD file with German (DE_) columns, or regenerate it")
+    if df.empty:
+        raise WindpipeError(f"Raw file {path} has a header but no rows.",
+                            "download it again or regenerate it with `windpipe data synth`")
+    for col in wanted:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna()
+        if bad.any():
+            rows = (bad[bad].index[:3] + 2).tolist()  # +2: header line and 1-based lines
+            raise WindpipeError(
+                f"Raw file {path.name} has non-numeric values in {col} (e.g. {df[col][bad].iloc[0]!r} "
+                f"on line(s) {rows}).",
+                "fix or remove those lines; empty cells are fine (they are dropped)",
+            )
+        df[col] = values
+    return df
+
+
+def read_raw(raw_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and check the two raw files in `raw_dir`."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise WindpipeError(f"Raw data folder {raw_dir} does not exist.",
+                            f"create it with `windpipe data synth --out {raw_dir}` or download the OPSD files")
+    return (_read_csv(raw_dir / TIMESERIES_FILE, POWER_COLUMNS),
+            _read_csv(raw_dir / WEATHER_FILE, WEATHER_COLUMNS))
+
+
+def _parse_times(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    try:
+        stamps = pd.to_datetime(df[TIMESTAMP], utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise WindpipeError(f"{name}: utc_timestamp has values that are not ISO 8601 times ({exc}).",
+                            "keep utc_timestamp as e.g. 2015-01-01T00:00:00Z") from None
+    return df.assign(**{TIMESTAMP: stamps})
+
+
+def process(power: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
+    """Join power and weather on time, keep 2013 on, drop missing rows, MW -> GW, rename."""
+    power = _parse_times(power, TIMESERIES_FILE)[[TIMESTAMP, *POWER_COLUMNS]]
+    weather = _parse_times(weather, WEATHER_FILE)[[TIMESTAMP, *WEATHER_COLUMNS]]
+    df = power.merge(weather, on=TIMESTAMP, how="inner")
+    df = df[df[TIMESTAMP] >= START].dropna()
+    df[list(POWER_COLUMNS)] = df[list(POWER_COLUMNS)] / 1000.0
+    df = df.rename(columns={**POWER_COLUMNS, **WEATHER_COLUMNS})
+    df = df.sort_values(TIMESTAMP).drop_duplicates(TIMESTAMP).reset_index(drop=True)
+    df[[c for c in df.columns if c != TIMESTAMP]] = df[[c for c in df.columns if c != TIMESTAMP]].astype("float64")
+    if df.empty:
+        raise WindpipeError("The raw files share no complete rows from 2013 on.",
+                            "check that both files cover the same hours from 2013-01-01")
+    return PROCESSED.validate(df)
