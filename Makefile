@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_RAW := data/raw
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo demo-pipeline test test-fast lint bench up down status dashboard freeze clean
+.PHONY: install demo test test-fast lint bench up down status freeze clean
 
 install: $(STAMP)
 
@@ -32,13 +32,18 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
-up down status: install
+up status: install
 	$(BIN)/windpipe $@
+
+down: install
+	-$(BIN)/windpipe dashboard --stop
+	$(BIN)/windpipe down
 
 freeze:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^windpipe' > requirements.txt.new
 	@echo "review requirements.txt.new, then move it over requirements.txt (keep the header and -e line)"
 
 clean:
+	-$(BIN)/windpipe dashboard --stop
 	-$(BIN)/windpipe down
 	rm -rf $(VENV) .windpipe data/raw
