@@ -99,6 +99,8 @@ def resolve_model(model_uri: str | None = None, settings: Settings | None = None
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from windpipe.registry import is_not_found, production_version
+
     settings = settings or get_settings()
     uri = model_uri or f"models:/{settings.model_name}@production"
     client = mlflow.MlflowClient()
@@ -108,15 +110,16 @@ def resolve_model(model_uri: str | None = None, settings: Settings | None = None
         if m:
             name, alias, version = m.groups()
             try:
-                mv = (client.get_model_version_by_alias(name, alias) if alias
+                mv = (production_version(client, name, alias) if alias
                       else client.get_model_version(name, version))
             except MlflowException as exc:
+                if not is_not_found(exc):
+                    raise
+                mv = None
+            if mv is None:
                 what = f"alias '{alias}'" if alias else f"version {version}"
-                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                    raise WindpipeError(f"No version of the registered model '{name}' has the {what} "
-                                        f"(tracking server {mlflow.get_tracking_uri()}).",
-                                        _promote_hint(name)) from None
-                raise
+                raise WindpipeError(f"No version of the registered model '{name}' has the {what} "
+                                    f"(tracking server {mlflow.get_tracking_uri()}).", _promote_hint(name))
             ref.name, ref.version, ref.run_id = mv.name, str(mv.version), mv.run_id
             ref.load_uri = f"models:/{mv.name}/{mv.version}"
             ref.instance_name = (mv.tags or {}).get(INSTANCE_TAG)

@@ -107,7 +107,8 @@ def _client(settings: Settings):  # noqa: ANN202 - an MlflowClient
     return MlflowClient()
 
 
-def _not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
+    """True for the MLflow errors that mean "no such model, version or alias"."""
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
@@ -118,7 +119,7 @@ def production_version(client: Any, name: str, alias: str = PRODUCTION) -> Any: 
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _not_found(exc):
+        if is_not_found(exc):
             return None
         raise
 
@@ -137,7 +138,7 @@ def _get_run(client: Any, run_id: str) -> Any:  # noqa: ANN401
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        if _not_found(exc) or "not found" in str(exc).lower():
+        if is_not_found(exc) or "not found" in str(exc).lower():
             raise WindpipeError(f"There is no run {run_id!r} on this tracking server.",
                                 "pass a run id from `windpipe compare`") from None
         raise
@@ -320,7 +321,7 @@ def check_promotable(client: Any, name: str, version: str | int) -> Any:  # noqa
     try:
         mv = client.get_model_version(name, str(version))
     except MlflowException as exc:
-        if _not_found(exc):
+        if is_not_found(exc):
             raise WindpipeError(f"{name} version {version} does not exist.",
                                 "pick one from `windpipe models`") from None
         raise

@@ -32,18 +32,17 @@ def check_model_uri(settings: Settings, model_uri: str) -> None:
     if not model_uri.startswith("models:/") or "@" not in model_uri:
         return
     import mlflow
-    from mlflow.exceptions import MlflowException
+
+    from windpipe.registry import production_version
 
     name, _, alias = model_uri[len("models:/"):].partition("@")
-    try:
-        mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    if production_version(mlflow.MlflowClient(), name, alias) is None:
         raise WindpipeError(
             f"The registered model {name!r} has no alias {alias!r} at {mlflow.get_tracking_uri()}, "
             "so there is nothing to serve.",
             "run the pipeline first: `windpipe pipeline run` (or `windpipe promote`), "
             "or pass --model-uri models:/<name>/<version>",
-        ) from None
+        )
 
 
 def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", env_manager: str = "local",

@@ -136,19 +136,20 @@ class ModelSource:
         import mlflow
         from mlflow.exceptions import MlflowException
 
+        from windpipe.registry import production_version
+
         try:
-            mv = mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias(self.settings.model_name, ALIAS)
+            mv = production_version(mlflow.MlflowClient(tracking_uri=uri), self.settings.model_name, ALIAS)
         except MlflowException as exc:
-            code = getattr(exc, "error_code", "")
-            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return SourceStatus("no_model", None,
-                                    f"No model has the `{ALIAS}` alias in the registry "
-                                    f"({self.settings.model_name}) yet.", NO_MODEL_FIX)
             return SourceStatus("down", self.last_version, f"The model registry failed: {str(exc)[:300]}",
                                 "check `windpipe status`")
         except Exception as exc:  # connection errors surface as requests/urllib exceptions
             return SourceStatus("down", self.last_version, f"The model registry failed: {str(exc)[:300]}",
                                 "run `windpipe up`")
+        if mv is None:
+            return SourceStatus("no_model", None,
+                                f"No model has the `{ALIAS}` alias in the registry "
+                                f"({self.settings.model_name}) yet.", NO_MODEL_FIX)
         self.last_version = int(mv.version)
         return SourceStatus("ok", int(mv.version))
 
