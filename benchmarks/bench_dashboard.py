@@ -174,9 +174,9 @@ def bench_page_load(app, repeat: int = 5, screenshot: Path | None = None) -> lis
     srv = make_server("127.0.0.1", port, app.server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.support.ui import WebDriverWait
+
+        from tests.browser import chrome
     except ImportError:
         srv.shutdown()
         return [["first page load (browser)", "n/a", "selenium missing", "<= 2 s"]]
@@ -185,13 +185,7 @@ def bench_page_load(app, repeat: int = 5, screenshot: Path | None = None) -> lis
         return !!(g && g.data && g.data.length && h && h.data && h.data.length);"""
     times = []
     with tempfile.TemporaryDirectory(prefix="bench-chrome-") as tmp:
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = "/usr/bin/chromium"
-        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--no-first-run", f"--user-data-dir={tmp}", "--window-size=1400,1000"):
-            opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+        driver = chrome(Path(tmp), window="1400,1000")
         try:
             for i in range(repeat + 1):
                 driver.delete_all_cookies()

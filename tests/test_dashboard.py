@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.browser import chrome
 from tests.models import log_registered_model, tiny_processed
 from windpipe.dashboard import data as D
 from windpipe.dashboard import figures as F
@@ -263,17 +264,6 @@ class ServerThread(threading.Thread):
         self.srv.shutdown()
 
 
-def chrome(tmp_path: Path):  # noqa: ANN201
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1100"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
 FIRST_X = """const g = document.querySelector('#prediction-graph .js-plotly-plot');
@@ -296,7 +286,7 @@ def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
     port = free_port()
     server = ServerThread(app, port)
     server.start()
-    driver = chrome(tmp_path)
+    driver = chrome(tmp_path / "chrome")
     try:
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60)
