@@ -167,3 +167,35 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     proc = _cli(p, snapshot, *run, "--force")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"ran"}
+
+
+@pytest.mark.slow
+def test_pipeline_from_git_runs_the_committed_steps(make_platform, raw_dir, snapshot):
+    """--from-git: every step is cloned from the repository at one resolved commit, which keys the cache."""
+    import mlflow
+
+    git = ["git", "-C", str(snapshot), "-c", "user.name=windpipe", "-c", "user.email=windpipe@localhost"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "steps"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    p = make_platform()
+    mlflow.set_tracking_uri(p.tracking_uri)
+    run = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local",
+           "--from-git", f"file://{snapshot}", "--git-version", "main"]
+
+    proc = _cli(p, snapshot, *run)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = _status(latest_run(p, "pipeline"))
+    assert list(status) == STEPS and {how for _, how in status.values()} == {"ran"}
+    for name, (run_id, _) in status.items():
+        tags = mlflow.get_run(run_id).data.tags
+        assert tags["mlflow.source.git.commit"] == commit, name
+
+    # the same commit again: every step reused
+    proc = _cli(p, snapshot, *run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
+
+    # a ref that does not exist: a clear error before any step runs
+    proc = _cli(p, snapshot, *run[:-1], "no-such-branch")
+    assert proc.returncode == 1 and "has no ref 'no-such-branch'" in proc.stderr, proc.stderr[-2000:]

@@ -94,6 +94,19 @@ def test_read_input_missing_and_empty_files(tmp_path):
         read_input(tmp_path / "junk.parquet")
 
 
+def test_requirement_mismatches_names_each_unmet_pin(tmp_path):
+    from importlib.metadata import version
+
+    from windpipe.predict import requirement_mismatches
+
+    here = version("scikit-learn")
+    (tmp_path / "requirements.txt").write_text(
+        f"# comment\n-r other.txt\nscikit-learn=={here}\npandas==0.0.1\nno-such-package-xyz==1.0\nnumpy\n")
+    assert requirement_mismatches(tmp_path) == [f"pandas==0.0.1 (installed {version('pandas')})",
+                                                "no-such-package-xyz==1.0 (not installed)"]
+    assert requirement_mismatches(tmp_path / "missing") == []
+
+
 # ---------------------------------------------------------------- marts (SQLite in tmp)
 
 def test_record_batch_links_output_rows_to_input_rows(engine):
@@ -122,22 +135,26 @@ def test_output_rows_need_an_input_row(engine):
                                                    "wind_GW_pred": 1.0}])
 
 
-def test_failed_batch_leaves_no_rows(engine, monkeypatch):
+@pytest.mark.parametrize("writer", ["_SqliteWriter", "_CoreWriter"])
+def test_failed_batch_leaves_no_rows(engine, monkeypatch, writer):
+    monkeypatch.setattr(marts, "SQLITE_FAST_PATH", writer == "_SqliteWriter")
     marts.record_batch(engine, features(5)[FEATURES], np.zeros((5, 2)), model_name="m", model_version=1,
                        model_uri="u")
     before = marts.count_rows(engine)
-    real = marts._insert_rows
+    cls = getattr(marts, writer)
+    real = cls.insert_columns
 
-    def fail_on_output(conn, table, columns, rows):
-        real(conn, table, columns, rows)  # the input rows are in, then the output insert dies
+    def fail_on_output(self, table, columns):
+        real(self, table, columns)  # the output rows are in, then the insert dies
         if table is marts.output_mart:
             raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(marts, "_insert_rows", fail_on_output)
+    monkeypatch.setattr(cls, "insert_columns", fail_on_output)
     with pytest.raises(RuntimeError, match="disk on fire"):
         marts.record_batch(engine, features(7)[FEATURES], np.ones((7, 2)), model_name="m", model_version=1,
                            model_uri="u")
     assert marts.count_rows(engine) == before
+    assert before["output_mart"] == 5
 
 
 def test_dashboard_batches_honour_the_setting(engine, tmp_path):
