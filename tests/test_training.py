@@ -103,7 +103,7 @@ def test_rf_params_parse_strings():
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"epochs": "ten"}, {"batch_size": 0}, {"learning_rate": "abc"},
                                     {"learning_rate": 0}, {"learning_rate": -0.1}, {"learning_rate": "nan"},
                                     {"hidden_units": ""}, {"hidden_units": "64,0"}, {"hidden_units": "64,x"},
-                                    {"patience": -1}, {"validation_split": 1.0}])
+                                    {"patience": -1}, {"validation_split": 1.0}, {"ensemble": 0}, {"bins": -1}])
 def test_keras_params_rejected(kwargs):
     with pytest.raises(WindpipeError):
         M.KerasParams.check(**kwargs)
@@ -157,6 +157,17 @@ def test_keras_fits_with_early_stopping():
     model, history = M.train_keras(*xy(train), p)
     assert 1 <= len(history.history["loss"]) <= 3 and "val_loss" in history.history
     assert M.predict(model, xy(test)[0]).shape == (len(test), 2)
+
+
+def test_keras_bin_encoding_runs_from_0_to_1_over_each_features_training_range():
+    keras = pytest.importorskip("keras")
+    X, y = xy(frame(200))
+    model = M.build_keras(X, y, M.KerasParams.check(hidden_units="4", ensemble=1, bins=4))
+    encoding = keras.Model(model.inputs, model.get_layer("bins_clipped").output)
+    low, high = encoding.predict(np.asarray([X.min(), X.max()], dtype="float32"), verbose=0)
+    assert low.shape == (4 * len(FEATURES),) and np.allclose(low, 0, atol=1e-6) and np.allclose(high, 1)
+    plain = M.build_keras(X, y, M.KerasParams.check(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
+    assert "bins" not in [layer.name for layer in plain.layers]
 
 
 def test_figure_has_one_panel_per_target():

@@ -331,6 +331,6 @@ def _family(family: str, seed: object, kw: dict[str, object]) -> tuple[dict[str,
         p = M.KerasParams.check(seed=seed, **kw)
         params = {"epochs": p.epochs, "batch_size": p.batch_size, "learning_rate": p.learning_rate,
                   "hidden_units": ",".join(map(str, p.hidden_units)), "patience": p.patience, "seed": p.seed,
-                  "validation_split": p.validation_split}
+                  "validation_split": p.validation_split, "ensemble": p.ensemble, "bins": p.bins}
         return params, lambda X, y: M.train_keras(X, y, p)
     raise WindpipeError(f"Unknown model family {family!r}.", f"use one of {', '.join(M.FAMILIES)}")

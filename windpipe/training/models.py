@@ -101,19 +101,22 @@ class KerasParams:
     epochs: int = 150
     batch_size: int = 512
     learning_rate: float = 0.005
-    hidden_units: tuple[int, ...] = field(default=(128, 128))
+    hidden_units: tuple[int, ...] = field(default=(96, 96, 96))
     patience: int = 10
     seed: int = 42
     validation_split: float = 0.1
+    ensemble: int = 2
+    bins: int = 8
 
     @classmethod
     def check(cls, epochs: object = 150, batch_size: object = 512, learning_rate: object = 0.005,
-              hidden_units: object = "128,128", patience: object = 10, seed: object = 42,
-              validation_split: object = 0.1) -> KerasParams:
+              hidden_units: object = "96,96,96", patience: object = 10, seed: object = 42,
+              validation_split: object = 0.1, ensemble: object = 2, bins: object = 8) -> KerasParams:
         return cls(as_int("epochs", epochs, 1), as_int("batch_size", batch_size, 1),
                    as_float("learning_rate", learning_rate, 0.0, 10.0),
                    tuple(as_int_list("hidden_units", hidden_units, 1)), as_int("patience", patience, 0),
-                   as_int("seed", seed, 0), as_float("validation_split", validation_split, 0.0, 1.0))
+                   as_int("seed", seed, 0), as_float("validation_split", validation_split, 0.0, 1.0),
+                   as_int("ensemble", ensemble, 1), as_int("bins", bins, 0))
 
 
 # ---------------------------------------------------------------- sklearn families
@@ -164,28 +167,66 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, params: RFParams | None = None): 
 # ---------------------------------------------------------------- keras
 
 def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParams):  # noqa: ANN201
-    """An MLP: Normalization adapted on the training features -> Dense(relu)... -> Dense -> Rescaling.
+    """Per target, `ensemble` MLP towers averaged; input: the normalised features plus their bin encoding.
 
-    The last Dense learns standardised targets and a fixed Rescaling layer turns them back into GW,
-    so both targets weigh the same in the loss (as in the uniform r2 average) and outputs are in GW.
+    One tower per target: solar hangs on radiation, wind on wind speed, and a shared net has to serve
+    both (as with the forests). Averaging towers from different initialisations lowers the variance.
+    Each tower's last Dense learns a standardised target and a fixed Rescaling turns them back into GW,
+    so both targets weigh about the same in the loss (as in the uniform r2 average) and outputs are in GW.
+    Built-in layers only, so the saved model loads without windpipe.
     """
     import keras
 
+    X = np.asarray(X_train, dtype="float64")
     norm = keras.layers.Normalization(name="normalize")
-    norm.adapt(np.asarray(X_train, dtype="float32"))
+    norm.adapt(X.astype("float32"))
     inputs = keras.Input(shape=(len(FEATURES),), name="features")
     x = norm(inputs)
-    for i, units in enumerate(params.hidden_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(x)
+    encoded = _bin_encoding(inputs, X, params.bins) if params.bins else None
+    if encoded is not None:
+        x = keras.layers.Concatenate(name="encoded")([x, encoded])
     y = np.asarray(y_train, dtype="float64")
+    members = []
+    for k in range(params.ensemble):
+        towers = []
+        for t in range(y.shape[1]):
+            h = x
+            for i, units in enumerate(params.hidden_units):
+                h = keras.layers.Dense(units, activation="relu", name=f"m{k}_t{t}_hidden_{i}")(h)
+            towers.append(keras.layers.Dense(1, name=f"m{k}_t{t}_standardised")(h))
+        members.append(towers[0] if len(towers) == 1 else keras.layers.Concatenate(name=f"m{k}")(towers))
+    x = members[0] if len(members) == 1 else keras.layers.Average(name="standardised")(members)
     mean, std = y.mean(axis=0), y.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    x = keras.layers.Dense(y.shape[1], name="standardised")(x)
     outputs = keras.layers.Rescaling(scale=std.tolist(), offset=mean.tolist(), name="targets")(x)
     model = keras.Model(inputs, outputs, name="wind_solar_mlp")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss="mse",
                   metrics=["mae"])
     return model
+
+
+def _bin_encoding(inputs: object, X: np.ndarray, bins: int):  # noqa: ANN202 - a Keras tensor or None
+    """Piecewise-linear encoding of each feature (Gorishniy et al. 2022): for every quantile bin [lo, hi]
+    of the training data, clip((x - lo) / (hi - lo), 0, 1). It hands the towers sharp, data-placed kinks
+    (power curves, night), which is where the forests beat the plain MLP on wind. A frozen Dense and
+    ReLU(max_value=1), so nothing custom is saved. None when every feature is constant.
+    """
+    import keras
+
+    kernel, bias = [], []
+    for i in range(X.shape[1]):
+        edges = np.unique(np.quantile(X[:, i], np.linspace(0.0, 1.0, bins + 1)))
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            column = np.zeros(X.shape[1])
+            column[i] = 1.0 / (hi - lo)
+            kernel.append(column)
+            bias.append(-lo / (hi - lo))
+    if not bias:
+        return None
+    dense = keras.layers.Dense(len(bias), trainable=False, name="bins")
+    out = dense(inputs)
+    dense.set_weights([np.array(kernel, dtype="float32").T, np.array(bias, dtype="float32")])
+    return keras.layers.ReLU(max_value=1.0, name="bins_clipped")(out)
 
 
 def train_keras(X: pd.DataFrame, y: pd.DataFrame, params: KerasParams | None = None,  # noqa: ANN201
@@ -197,14 +238,19 @@ def train_keras(X: pd.DataFrame, y: pd.DataFrame, params: KerasParams | None = N
     _check_xy(X, y)
     keras.utils.set_random_seed(p.seed)
     model = build_keras(X[FEATURES], y, p)
-    # min_delta: an epoch counts as better only if it gains 0.01 GW^2 of validation MSE (~0.2 %)
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, min_delta=0.01,
+    # min_delta: an epoch counts as better if it gains 0.001 GW^2 of validation MSE (~0.02 %); 0.01 stopped
+    # runs while the net was still slowly improving at the full learning rate
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, min_delta=0.001,
                                                restore_best_weights=True),
                  keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                    patience=max(1, p.patience // 3), min_lr=1e-5)]
+    # 10 batches per graph call while fitting: the towers are small, so per-call overhead is ~25 % of the fit;
+    # 1 again afterwards (also what is saved), so predicting a few rows does not trace a 10-step loop
+    model.steps_per_execution = 10
     history = model.fit(np.asarray(X[FEATURES], dtype="float32"), np.asarray(y, dtype="float32"),
                         epochs=p.epochs, batch_size=p.batch_size, validation_split=p.validation_split,
                         callbacks=callbacks, verbose=verbose, shuffle=True)
+    model.steps_per_execution = 1
     return model, history
 
 
