@@ -114,6 +114,7 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     proc = _cli(p, snapshot, *run)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "artifact store" in proc.stderr and "windpipe up" in proc.stderr, proc.stderr[-2000:]
+    assert _step_runs(p) == []  # found before any step ran, not after MLflow's upload retries
     plat.up(p.settings, say=lambda _m: None)
 
     # cold: every step runs as a child of the pipeline run; entities go by URI

@@ -243,6 +243,16 @@ def _artifact_store_problem(tracking_uri: str) -> str | None:
     return None
 
 
+def _check_artifact_store(tracking_uri: str) -> None:
+    """Fail fast when the artifact store is down: a step would find out only after MLflow's upload
+    retries (about 4 minutes of backoff per artifact)."""
+    store = _artifact_store_problem(tracking_uri)
+    if store:
+        raise WindpipeError(f"Cannot run the pipeline's steps: {store}.",
+                            "check `windpipe status` (restart with `windpipe up`), then run the pipeline again: "
+                            "finished steps are reused")
+
+
 class _Interrupted(KeyboardInterrupt):
     pass
 
@@ -300,6 +310,8 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console=None) -> li
                 results[spec.name] = StepResult(spec.name, cached.info.run_id, True, seconds,
                                                 dict(cached.data.tags), dict(cached.data.metrics), spec.key_metric)
             else:
+                if not any(not r.reused for r in results.values()):  # the first step that runs
+                    _check_artifact_store(tracking_uri)
                 console.rule(f"{label}: running")
                 run = _launch(spec, config, params, key, upstream, parent.info.run_id, experiment_name,
                               tracking_uri, label)
