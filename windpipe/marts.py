@@ -195,7 +195,7 @@ class _CoreWriter:
                                                for row in zip(*(v[start:start + CHUNK] for v in lists), strict=True)])
 
 
-class _SqliteWriter:
+class _SqliteWriter(_CoreWriter):
     """SQLite: the DBAPI cursor's executemany of plain tuples, in the same connection and transaction.
 
     About four times faster than SQLAlchemy's per-row parameter processing for 1M rows. (The ADBC
@@ -203,12 +203,6 @@ class _SqliteWriter:
     in one process break each other's POSIX locks on a WAL database, and tests saw the file corrupted.)
     Timestamps go in as the text SQLAlchemy's SQLite DateTime writes, so Core reads them back as datetimes.
     """
-
-    def __init__(self, conn: Any) -> None:  # noqa: ANN401 - a SQLAlchemy Connection on SQLite
-        self.conn = conn
-
-    def insert_one(self, table: Table, values: dict[str, Any]) -> int:
-        return _CoreWriter(self.conn).insert_one(table, values)
 
     def insert_columns(self, table: Table, columns: Columns) -> None:
         lists = [_sqlite_text(v) if np.issubdtype(v.dtype, np.datetime64) else _python_values(v)
@@ -300,12 +294,11 @@ def record_batch(
         "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
         "status": "complete", "drift_status": drift_status,
     }
-    ids = np.zeros(n, dtype="int64")
     ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
     row_no = rows_no.astype("int64")
     with _transaction(engine) as writer, ThreadPoolExecutor(1) as pool:
         batch_id = writer.insert_one(batches, header)
-        ids[:] = batch_id
+        ids = np.full(n, batch_id, dtype="int64")
         # the caller's work (the predict step writes its output file) overlaps the row inserts:
         # pyarrow and sqlite release the GIL. Leaving the pool's block waits for it, even on error.
         pending = pool.submit(before_commit, batch_id) if before_commit is not None else None
