@@ -310,7 +310,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console=None) -> li
                 results[spec.name] = StepResult(spec.name, cached.info.run_id, True, seconds,
                                                 dict(cached.data.tags), dict(cached.data.metrics), spec.key_metric)
             else:
-                if not any(not r.reused for r in results.values()):  # the first step that runs
+                if all(r.reused for r in results.values()):  # the first step that runs
                     _check_artifact_store(tracking_uri)
                 console.rule(f"{label}: running")
                 run = _launch(spec, config, params, key, upstream, parent.info.run_id, experiment_name,
