@@ -110,5 +110,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise
 
 
+def run() -> None:
+    """The `windpipe` console script (and `python -m windpipe.cli`): main(), then a quick exit."""
+    from windpipe.procs import skip_final_gc
+
+    try:
+        main()
+    finally:
+        skip_final_gc()
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -61,8 +61,12 @@ def run_step(func, *args, **kwargs) -> None:  # noqa: ANN001 - any step body
     """Run a step body from a script: user errors print as `error: ...` and exit 1."""
     import sys
 
+    from windpipe.procs import skip_final_gc
+
     try:
         func(*args, **kwargs)
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        skip_final_gc()
