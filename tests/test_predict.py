@@ -157,6 +157,128 @@ def test_failed_batch_leaves_no_rows(engine, monkeypatch, writer):
     assert before["output_mart"] == 5
 
 
+def _helper(tmp_path, rows: int = 1) -> Settings:
+    """Settings that send batches of at least `rows` rows through the marts helper process (0: never)."""
+    return Settings(home=tmp_path, marts_helper_rows=rows)
+
+
+def _marts_state(engine) -> tuple:
+    """Everything a batch wrote, without the ids and times that differ between databases."""
+    b = marts.latest_batches(engine).drop(columns=["id", "created_at"])
+    rows = [marts.batch_rows(engine, int(i)) for i in marts.latest_batches(engine).id]
+    d = drift.drift_summary(engine).drop(columns=["batch", "created_at"])
+    return b, rows, d, marts.count_rows(engine)
+
+
+def test_helper_process_writes_what_the_local_path_writes(tmp_path, monkeypatch):
+    from windpipe import marts_process
+
+    started = []
+    monkeypatch.setattr(marts_process.ProcessBatch, "__init__", lambda self, url, _real=marts_process.ProcessBatch
+                        .__init__: (started.append(str(url)), _real(self, url))[1])
+    df = features(300)
+    df.loc[[4, 9], TIMESTAMP] = pd.NaT
+    bad = drift.compare(df.assign(windspeed=df.windspeed * 2)[FEATURES], df[FEATURES])
+    rows = np.delete(np.arange(302), [7, 100])
+    pred = np.random.default_rng(1).normal(size=(300, 2))
+    got = []
+    for helper in (0, 1):
+        eng = marts.get_engine(f"sqlite:///{tmp_path / f'm{helper}.db'}")
+        bid = marts.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=4, model_uri="u",
+                                 timestamps=df[TIMESTAMP], row_numbers=rows, drift_rows=bad, run_id="r",
+                                 rows_dropped=2, settings=_helper(tmp_path, helper))
+        assert bid == 1
+        got.append(_marts_state(eng))
+    assert len(started) == 1 and started[0].endswith("m1.db")
+    pd.testing.assert_frame_equal(got[0][0], got[1][0])
+    pd.testing.assert_frame_equal(got[0][1][0], got[1][1][0])
+    pd.testing.assert_frame_equal(got[0][2], got[1][2])
+    assert got[1][3] == {"batches": 1, "input_mart": 300, "output_mart": 300, "drift": 4}
+    joined = got[1][1][0]  # every output row found its input row, values exact
+    assert joined.row_no.tolist() == rows.tolist() and joined.solar_GW_pred.tolist() == pred[:, 0].tolist()
+    assert joined[FEATURES].to_numpy().tolist() == df[FEATURES].to_numpy().tolist()
+    assert joined[TIMESTAMP].isna().sum() == 2 and got[1][0].drift_status.iloc[0] == "drift"
+    marts.dispose_engines()
+
+
+def _open_batch(tmp_path, n: int = 50) -> marts.BatchWriter:
+    batch = marts.BatchWriter(f"sqlite:///{tmp_path / 'marts.db'}", rows=n, settings=_helper(tmp_path))
+    batch.start(features(n)[FEATURES], model_name="m", model_version=1, model_uri="u")
+    return batch
+
+
+def test_helper_rolls_back_when_the_caller_fails(tmp_path):
+    with pytest.raises(RuntimeError, match="model broke"), _open_batch(tmp_path) as batch:
+        proc = batch._batch._proc
+        assert batch.batch_id == 1  # the header and the input rows are in, uncommitted
+        raise RuntimeError("model broke")
+    assert proc.poll() is not None  # the helper has ended
+    assert marts.count_rows(marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["batches"] == 0
+    marts.dispose_engines()
+
+
+def test_a_helper_that_dies_is_a_clear_error_and_leaves_nothing(tmp_path):
+    with _open_batch(tmp_path) as batch:
+        _ = batch.batch_id
+        batch._batch._proc.kill()
+        batch.add_predictions(np.zeros((50, 2)))
+        with pytest.raises(WindpipeError, match=r"writer process stopped \(exit code -9\).*nothing of the batch"):
+            batch.commit()
+    assert marts.count_rows(marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["input_mart"] == 0
+    marts.dispose_engines()
+
+
+def test_a_database_error_in_the_helper_is_reported(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from windpipe.marts_process import ProcessBatch
+
+    marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")  # the tables
+    batch = ProcessBatch(make_url(f"sqlite:///{tmp_path / 'marts.db'}"))
+    try:
+        batch.start({"created_at": None, "row_count": 1, "input_hash": "x", "source": "cli", "status": "complete"})
+        with pytest.raises(WindpipeError, match="failed \\(IntegrityError: .*NOT NULL.*created_at"):
+            batch.commit()
+    finally:
+        batch.close()
+    marts.dispose_engines()
+
+
+def test_the_helper_gets_the_password_by_pipe_not_argv(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from windpipe.marts_process import ProcessBatch
+
+    batch = ProcessBatch(make_url("postgresql://ml:s3cret-pw@127.0.0.1:1/marts"))
+    try:
+        assert "s3cret-pw" not in " ".join(batch._proc.args)
+        batch.start({})
+        with pytest.raises(WindpipeError, match="data marts failed") as exc:  # no driver or no server: either way
+            batch.commit()
+        assert "s3cret-pw" not in str(exc.value)
+    finally:
+        batch.close()
+
+
+def test_bulk_mode_pragmas_stay_with_the_bulk_connection(engine):
+    bulk = marts.LocalBatch(engine, bulk=True)
+    assert bulk._conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+    bulk.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+
+
+def test_sqlite_statements_split_at_any_row_count(engine, monkeypatch):
+    monkeypatch.setattr(marts, "SQLITE_ROWS", 3)  # 7 rows: two full statements and one of 1 row
+    df = features(7)
+    bid = marts.record_batch(engine, df[FEATURES], np.arange(14.0).reshape(7, 2), model_name="m", model_version=1,
+                             model_uri="u", timestamps=df[TIMESTAMP])
+    joined = marts.batch_rows(engine, bid)
+    assert joined.row_no.tolist() == list(range(7)) and joined.wind_GW_pred.tolist() == list(range(1, 14, 2))
+    assert pd.Timestamp(joined[TIMESTAMP].iloc[6]) == pd.Timestamp("2020-01-01 06:00")
+
+
 def test_dashboard_batches_honour_the_setting(engine, tmp_path):
     off = Settings(home=tmp_path, log_dashboard_predictions=False)
     assert marts.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
@@ -253,7 +375,9 @@ def test_predict_cli_happy_path(model, marts_env, use_platform, tmp_path):
     data = model["df"].sample(300, random_state=3).reset_index(drop=True)  # with the targets: extra columns
     inp = write_input(data, tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
-    proc = use_platform.windpipe("predict", "--input", inp, "--output", str(out), extra_env=marts_env)
+    # (through the marts helper process, as big batches go)
+    proc = use_platform.windpipe("predict", "--input", inp, "--output", str(out),
+                                 extra_env={**marts_env, "WINDPIPE_MARTS_HELPER_ROWS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ignored column(s) not in the model's signature: solar_GW, wind_GW" in proc.stdout
     res = pd.read_parquet(out)
@@ -291,7 +415,11 @@ def mart_counts(marts_env) -> dict:
 
 
 @pytest.mark.slow
-def test_predict_cli_bad_inputs_leave_nothing(model, marts_env, tmp_path):
+def test_predict_cli_bad_inputs_leave_nothing(model, marts_env, tmp_path, monkeypatch):
+    from windpipe.settings import clear_settings_cache
+
+    monkeypatch.setenv("WINDPIPE_MARTS_HELPER_ROWS", "1")  # the helper process starts, then rolls back
+    clear_settings_cache()
     uri = f"models:/wind_solar/{model['version']}"
     good = features(30)
     nan = good.copy()
@@ -346,8 +474,14 @@ def test_predict_cli_drop_invalid_and_overwrite(model, marts_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_env, tmp_path, monkeypatch):
+@pytest.mark.parametrize("helper_rows", ["0", "1"])
+def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_env, tmp_path, monkeypatch,
+                                                                  helper_rows):
     import windpipe.predict as P
+    from windpipe.settings import clear_settings_cache
+
+    monkeypatch.setenv("WINDPIPE_MARTS_HELPER_ROWS", helper_rows)
+    clear_settings_cache()
 
     def broken(*_a, **_k):
         raise OSError("disk full")
@@ -401,18 +535,20 @@ def test_predict_without_production_alias_says_what_to_run(marts_env, tmp_path, 
 def test_mlflow_run_projects_predict(model, marts_env, use_platform, tmp_path):
     data = model["df"].head(100)
     out = tmp_path / "out.parquet"
-    use_platform.env.update(marts_env)
+    use_platform.env.update(marts_env, WINDPIPE_MARTS_HELPER_ROWS="1")  # the helper under `mlflow run` too
     try:
         proc = mlflow_run(use_platform, "predict", "-P", f"input={write_input(data, tmp_path / 'in.parquet')}",
                           "-P", f"output={out}", "-P", f"model_uri=models:/wind_solar/{model['version']}")
     finally:
         use_platform.env.pop("WINDPIPE_MARTS_URL")
+        use_platform.env.pop("WINDPIPE_MARTS_HELPER_ROWS")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(pd.read_parquet(out)) == 100
     run = latest_run(use_platform, "predict")
     assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 100
     b = marts.latest_batches(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"])).iloc[0]
     assert b.source == "project" and b.run_id == run.info.run_id
+    assert len(marts.batch_rows(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]), int(b.id))) == 100
 
 
 def test_generic_sqlalchemy_path_writes_the_same_rows(tmp_path, monkeypatch):

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from windpipe.columns import FEATURES, TARGETS, TIMESTAMP
 from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_path
-
-TIMESTAMP = "utc_timestamp"
-FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
-TARGETS = ["solar_GW", "wind_GW"]
 
 
 @dataclass(frozen=True)

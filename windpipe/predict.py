@@ -144,30 +144,43 @@ def resolve_model(model_uri: str | None = None, settings: Settings | None = None
 _models: dict[str, Any] = {}
 
 
-def _cached_model_dir(ref: ModelRef, settings: Settings) -> str:
-    """A registered version's files, downloaded once into <home>/cache/<name>/v<version>/model."""
+def _cannot_load(ref: ModelRef, exc: Exception) -> WindpipeError:
+    return WindpipeError(f"Cannot load the model {ref.load_uri} ({str(exc).splitlines()[0][:200]}).",
+                         "check --model-uri (models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id>) "
+                         "and that the tracking server is the right one")
+
+
+def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
+    """A registered version's folder, downloaded once into <home>/cache/<server>/<name>/v<version>/model.
+
+    None for a URI that is not a pinned registered version (not immutable: MLflow fetches it on load).
+    """
     import shutil
     import tempfile
 
     import mlflow
 
     if not (ref.name and ref.version and ref.load_uri.startswith("models:/")):
-        return ref.load_uri  # not immutable: let MLflow fetch it
-    target = Path(settings.home) / "cache" / ref.cache_key / "model"
-    if not (target / "MLmodel").exists():
+        return None
+    target = Path((settings or get_settings()).home) / "cache" / ref.cache_key / "model"
+    if (target / "MLmodel").exists():
+        return str(target)
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             dst = Path(tmp) / "download"
             dst.mkdir()
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=str(dst)))
             if not (local / "MLmodel").exists():
-                return ref.load_uri  # an unexpected layout: let MLflow load it directly
+                return None  # an unexpected layout: let MLflow load it directly
             shutil.rmtree(target, ignore_errors=True)
             try:
                 local.rename(target)  # a rename: other processes see no half-downloaded model
             except OSError:
                 if not (target / "MLmodel").exists():  # (another process won the race otherwise)
                     raise
+    except Exception as exc:  # MlflowException, OSError
+        raise _cannot_load(ref, exc) from None
     return str(target)
 
 
@@ -209,14 +222,12 @@ def load_model(ref: ModelRef, settings: Settings | None = None) -> Any:  # noqa:
 
     key = f"{ref.tracking_uri} {ref.load_uri}"
     if key not in _models:
+        local = model_files(ref, settings)
         try:
-            local = _cached_model_dir(ref, settings or get_settings())
-            _models[key] = mlflow.pyfunc.load_model(local, suppress_warnings=local != ref.load_uri)
+            _models[key] = mlflow.pyfunc.load_model(local or ref.load_uri, suppress_warnings=local is not None)
         except Exception as exc:  # MlflowException, OSError, pickle errors
-            raise WindpipeError(f"Cannot load the model {ref.load_uri} ({str(exc).splitlines()[0][:200]}).",
-                                "check --model-uri (models:/<name>/<version>, models:/<name>@<alias>, "
-                                "models:/m-<id>) and that the tracking server is the right one") from None
-        if local != ref.load_uri and (mismatches := requirement_mismatches(local)):
+            raise _cannot_load(ref, exc) from None
+        if local and (mismatches := requirement_mismatches(local)):
             log.warning("The model %s was saved with requirements this environment does not meet: %s. "
                         "Predictions may differ; install them or score in the model's own environment "
                         "(`mlflow run projects/predict`).", ref.load_uri, "; ".join(mismatches))
@@ -225,7 +236,21 @@ def load_model(ref: ModelRef, settings: Settings | None = None) -> Any:  # noqa:
 
 def signature_columns(model: Any) -> dict[str, str]:  # noqa: ANN401
     """Input column -> MLflow type name from the model signature (FEATURES as double without one)."""
-    schema = model.metadata.get_input_schema() if model is not None else None
+    return _schema_columns(model.metadata.get_input_schema() if model is not None else None)
+
+
+def file_signature_columns(model_dir: str | Path, ref: ModelRef | None = None) -> dict[str, str]:
+    """`signature_columns` from a model folder's MLmodel file: known before (and without) loading the model."""
+    from mlflow.models import Model
+
+    try:
+        schema = Model.load(str(Path(model_dir) / "MLmodel")).get_input_schema()
+    except Exception as exc:  # a damaged MLmodel file
+        raise _cannot_load(ref or ModelRef(uri=str(model_dir), load_uri=str(model_dir)), exc) from None
+    return _schema_columns(schema)
+
+
+def _schema_columns(schema: Any) -> dict[str, str]:  # noqa: ANN401 - an mlflow Schema or None
     if schema is None or not schema.has_input_names():
         return {f: "double" for f in FEATURES}
     return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
@@ -369,7 +394,7 @@ def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = No
 def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | None = None,
               overwrite: bool = False, drop_invalid: bool = False, source: str = "cli",
               run_id: str | None = None, settings: Settings | None = None, say=print) -> BatchResult:  # noqa: ANN001
-    """Validate, score, check drift, then write the output file and the marts together.
+    """Validate, then score and check drift while the marts take the input rows; write the output and commit.
 
     The marts transaction stays open while the output is written and renamed into place; if
     anything fails the transaction rolls back and the output is not there (or is removed).
@@ -385,18 +410,43 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         raise WindpipeError("--output is the same file as --input.", "write the predictions to another file")
     t: dict[str, float] = {}
     t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        t[name] = time.perf_counter() - t0 - sum(t.values())
+
     df = read_input(input_path)
-    t["read"] = time.perf_counter() - t0
-    ref = resolve_model(model_uri, settings)
-    model = load_model(ref, settings)
-    t["load_model"] = time.perf_counter() - t0 - sum(t.values())
-    valid = validate_input(df, signature_columns(model), drop_invalid, where=f"Input {input_path}")
-    del df
-    t["validate"] = time.perf_counter() - t0 - sum(t.values())
-    pred = score(model, valid.features)
-    t["score"] = time.perf_counter() - t0 - sum(t.values())
-    drift_rows = batch_drift(valid, ref, settings)
-    t["drift"] = time.perf_counter() - t0 - sum(t.values())
+    lap("read")
+    # the marts take the input rows (a helper process for big batches) while the model loads and scores
+    with marts.BatchWriter(rows=len(df), settings=settings) as batch:
+        ref = resolve_model(model_uri, settings)
+        files = model_files(ref, settings)
+        model = None if files else load_model(ref, settings)  # no local files: the signature needs the model
+        lap("resolve")
+        columns = signature_columns(model) if model is not None else file_signature_columns(files, ref)
+        valid = validate_input(df, columns, drop_invalid, where=f"Input {input_path}")
+        del df
+        lap("validate")
+        batch.start(valid.features, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
+                    source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, run_id=run_id,
+                    input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows))
+        lap("marts_start")
+        model = model or load_model(ref, settings)
+        lap("load_model")
+        pred = score(model, valid.features)
+        lap("score")
+        drift_rows = batch_drift(valid, ref, settings)
+        lap("drift")
+        batch.add_predictions(pred, drift_rows)
+        with atomic_path(output_path) as tmp:  # (while the marts insert the predictions)
+            output_frame(valid, pred, ref, batch.batch_id).to_parquet(tmp, index=False)
+            if output_path.exists() and not overwrite:  # appeared while we worked
+                raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
+        try:
+            batch_id = batch.commit()
+        except BaseException:  # the output is in place but the batch is not: take the file back
+            output_path.unlink(missing_ok=True)
+            raise
+    lap("write")
     if valid.extra_columns:
         say(f"ignored column(s) not in the model's signature: {', '.join(valid.extra_columns)}")
     if valid.dropped_rows:
@@ -404,29 +454,6 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
             f"(rows, counted from 0: {_row_list(np.asarray(valid.dropped_rows))})")
     if drift_rows is None:
         say("drift: unchecked (the model's run has no windpipe.entity.processed tag)")
-
-    placed = False
-
-    def write_output(batch_id: int) -> None:
-        nonlocal placed
-        with atomic_path(output_path) as tmp:
-            output_frame(valid, pred, ref, batch_id).to_parquet(tmp, index=False)
-            if output_path.exists() and not overwrite:  # appeared while we worked
-                raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
-        placed = True
-
-    engine = marts.get_engine(settings=settings)
-    try:
-        batch_id = marts.record_batch(
-            engine, valid.features, pred, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
-            source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, drift_rows=drift_rows,
-            run_id=run_id, input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows),
-            settings=settings, before_commit=write_output)
-    except BaseException:
-        if placed:  # the commit itself failed after the rename: take the file back
-            output_path.unlink(missing_ok=True)
-        raise
-    t["write"] = time.perf_counter() - t0 - sum(t.values())
     t["total"] = time.perf_counter() - t0
     return BatchResult(output_path, batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns, ref,
                        drift_rows, t)

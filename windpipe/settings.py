@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "WINDPIPE_TRACKING_URI")
     )
     marts_url: str | None = None
+    # batches of at least this many rows go into the marts through a helper process (overlapping the
+    # model's loading and scoring; windpipe.marts_process); 0: never
+    marts_helper_rows: int = Field(default=100_000, ge=0)
     log_dashboard_predictions: bool = True
     dashboard_port: int = 8050
     serve_port: int = 8003
