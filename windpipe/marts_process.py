@@ -22,9 +22,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from windpipe.errors import WindpipeError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 _REPLIES = {"start", "commit"}  # the calls the helper answers; the others only report failure
 _finishing: list[subprocess.Popen] = []  # helpers that committed and are checkpointing
@@ -46,7 +49,7 @@ def _wait_for_helpers() -> None:
 class ProcessBatch:
     """LocalBatch's interface, carried out by a `python -m windpipe.marts_process` child."""
 
-    def __init__(self, url: Any) -> None:  # noqa: ANN401 - a SQLAlchemy URL (with its password: sent by pipe)
+    def __init__(self, url: URL | str) -> None:  # (with its password: sent by pipe, not argv)
         package_root = str(Path(__file__).resolve().parent.parent)  # the same windpipe, wherever it came from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
@@ -55,7 +58,7 @@ class ProcessBatch:
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="marts-sender")
         self._batch_id: int | None = None
         self._committed = False
-        self._send(url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url))
+        self._send(url if isinstance(url, str) else url.render_as_string(hide_password=False))
 
     def _send(self, message: object) -> None:
         self._sender.submit(self._write, message)
