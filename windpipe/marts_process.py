@@ -40,10 +40,16 @@ def _register_exit_wait() -> None:
 
 def _wait_for_helpers() -> None:
     for proc in _finishing:
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _wait_or_kill(proc)
+
+
+def _wait_or_kill(proc: subprocess.Popen) -> None:
+    """Wait for a helper to end (a rollback or a checkpoint), killing it after two minutes."""
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ProcessBatch:
@@ -117,11 +123,7 @@ class ProcessBatch:
             _register_exit_wait()
             _finishing[:] = [p for p in _finishing if p.poll() is None] + [self._proc]
             return
-        try:
-            self._proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        _wait_or_kill(self._proc)
 
 
 def _answer(out: BinaryIO, kind: str, value: object) -> None:
