@@ -25,10 +25,10 @@ from common import GERMANY, REPO, table
 sys.path.insert(0, str(REPO))
 
 
-def real_data():  # noqa: ANN201
+def real_data():
     import pandas as pd
 
-    from windpipe.dashboard import data as D
+    from windpipe.views import frames as D
 
     if GERMANY.exists():
         df = pd.read_csv(GERMANY)
@@ -40,11 +40,11 @@ def real_data():  # noqa: ANN201
     return D.index_frame(process(*generate(seed=42, years=4))), "generated, 4 years"
 
 
-def pyfunc_model(df, tmp: Path):  # noqa: ANN001, ANN201
+def pyfunc_model(df, tmp: Path):
     import mlflow
     from sklearn.ensemble import RandomForestRegressor
 
-    from windpipe.entities import FEATURES, TARGETS
+    from windpipe.names import FEATURES, TARGETS
 
     rf = RandomForestRegressor(n_estimators=64, max_depth=10, random_state=42, n_jobs=1)
     rf.fit(df[FEATURES], df[TARGETS])
@@ -53,10 +53,10 @@ def pyfunc_model(df, tmp: Path):  # noqa: ANN001, ANN201
     return mlflow.pyfunc.load_model(str(tmp / "model"))
 
 
-def make_app(df, model):  # noqa: ANN001, ANN201
-    from windpipe.dashboard import data as D
-    from windpipe.dashboard.app import create_app
+def make_app(df, model):
     from windpipe.settings import Settings
+    from windpipe.views import frames as D
+    from windpipe.views.dashboard.app import create_app
 
     pm = D.ProductionModel("wind_solar", 1, "bench", {"windpipe.instance_name": "wind_solar_v1_bench"}, model, df)
 
@@ -67,8 +67,8 @@ def make_app(df, model):  # noqa: ANN001, ANN201
     return create_app(Settings(), source=Source(Settings(), loader=lambda _s, _v: pm), prediction_logger=None)
 
 
-def bench_callback(app, repeat: int = 20) -> list[list[object]]:  # noqa: ANN001
-    from windpipe.dashboard import data as D
+def bench_callback(app, repeat: int = 20) -> list[list[object]]:
+    from windpipe.views import frames as D
 
     board = app.windpipe
     store, _b, start, end = board.refresh(None, None, None)
@@ -106,7 +106,7 @@ def bench_callback(app, repeat: int = 20) -> list[list[object]]:  # noqa: ANN001
 
 
 def _body(outputs: list[tuple[str, str]], inputs: list[tuple[str, str, object]],
-          state: list[tuple[str, str, object]] = ()) -> str:  # noqa: B006
+          state: list[tuple[str, str, object]] = ()) -> str:
     out = "..." .join(f"{i}.{p}" for i, p in outputs)
     return json.dumps({
         "output": f"..{out}.." if len(outputs) > 1 else out,
@@ -118,12 +118,12 @@ def _body(outputs: list[tuple[str, str]], inputs: list[tuple[str, str, object]],
     })
 
 
-def bench_http_load(df, model, repeat: int = 5) -> list[list[object]]:  # noqa: ANN001
+def bench_http_load(df, model, repeat: int = 5) -> list[list[object]]:
     """HTTP: page, layout, dependencies, the status callback, then the callbacks it triggers (as the browser)."""
     import requests
     from werkzeug.serving import make_server
 
-    from windpipe.procs import free_port
+    from windpipe.stack.procs import free_port
 
     def load(base: str) -> float:
         t0 = time.perf_counter()
@@ -164,11 +164,11 @@ def bench_http_load(df, model, repeat: int = 5) -> list[list[object]]:  # noqa: 
     return rows
 
 
-def bench_page_load(app, repeat: int = 5, screenshot: Path | None = None) -> list[list[object]]:  # noqa: ANN001
+def bench_page_load(app, repeat: int = 5, screenshot: Path | None = None) -> list[list[object]]:
     """Browser: from navigation to the prediction graph drawn (layout + first callbacks answered)."""
     from werkzeug.serving import make_server
 
-    from windpipe.procs import free_port
+    from windpipe.stack.procs import free_port
 
     port = free_port()
     srv = make_server("127.0.0.1", port, app.server, threaded=True)

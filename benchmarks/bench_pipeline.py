@@ -31,7 +31,7 @@ def _snapshot(dst: Path) -> Path:
 
 
 def _pipeline(env: dict[str, str], code: Path, raw: Path, *extra: str) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "windpipe.cli", "pipeline", "run", "--raw", str(raw), "--env-manager", "local",
+    cmd = [sys.executable, "-m", "windpipe", "pipeline", "run", "--raw", str(raw), "--env-manager", "local",
            *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env={**env, "PYTHONPATH": str(code)}, cwd=code, capture_output=True, text=True,

@@ -21,7 +21,7 @@ def bench_up(repeat: int = 5) -> list[list[object]]:
         env = platform_env(Path(tmp))
 
         def cli(*args: str) -> None:
-            subprocess.run([sys.executable, "-m", "windpipe.cli", *args], env=env, check=True,
+            subprocess.run([sys.executable, "-m", "windpipe", *args], env=env, check=True,
                            capture_output=True, cwd=REPO)
 
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from common import GERMANY, REPO, running_platform, table
 sys.path.insert(0, str(REPO))
 
 
-def source_data():  # noqa: ANN201
+def source_data():
     import pandas as pd
 
     if GERMANY.exists():
@@ -38,11 +38,11 @@ def source_data():  # noqa: ANN201
     return tiny_processed(n=24 * 365), "generated (1 year)"
 
 
-def resample(df, n: int):  # noqa: ANN001, ANN201
+def resample(df, n: int):
     import numpy as np
     import pandas as pd
 
-    from windpipe.entities import FEATURES
+    from windpipe.names import FEATURES
 
     idx = np.random.default_rng(0).integers(0, len(df), n)
     out = df[FEATURES].iloc[idx].reset_index(drop=True)
@@ -50,7 +50,7 @@ def resample(df, n: int):  # noqa: ANN001, ANN201
     return out
 
 
-def timed(fn, repeat: int = 3) -> float:  # noqa: ANN001
+def timed(fn, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -62,9 +62,11 @@ def timed(fn, repeat: int = 3) -> float:  # noqa: ANN001
 def main() -> int:
     import numpy as np
 
-    from windpipe import drift, marts
-    from windpipe.entities import FEATURES
-    from windpipe.predict import load_model, resolve_model, score, validate_input
+    from windpipe.marts import local, tables, writers
+    from windpipe.models.loading import load, predict, resolve, training_entity
+    from windpipe.names import FEATURES
+    from windpipe.scoring import drift
+    from windpipe.scoring.validate import validate_input
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     train, label = source_data()
@@ -82,49 +84,49 @@ def main() -> int:
 
         P.settings = settings
         info = log_registered_model(P, df=train, tmp_dir=Path(tmp))
-        ref = resolve_model(None, settings)
-        model = load_model(ref, settings)
+        ref = resolve(None, settings)
+        model = load(ref, settings)
         valid = validate_input(batch)
         raw = model._model_impl.sklearn_model if hasattr(model._model_impl, "sklearn_model") else None
         if raw is not None:
             add("score: sklearn predict (LR)", timed(lambda: raw.predict(valid.features)))
-        add("score: windpipe.predict.score (LR)", timed(lambda: score(model, valid.features)),
+        add("score: windpipe.models.loading.predict (LR)", timed(lambda: predict(model, valid.features)),
             "what `windpipe predict` calls: the estimator's predict after our signature check")
         add("score: mlflow pyfunc predict (LR)", timed(lambda: model.predict(valid.features)),
             "MLflow's schema enforcement included")
         add("validate input", timed(lambda: validate_input(batch)))
-        pred = score(model, valid.features)
-        reference = drift.training_reference(ref.training_entity_uri, ref.cache_key, settings)
-        add("drift: PSI + KS, 4 features", timed(lambda: drift.compare(valid.features, reference), 1),
+        pred = predict(model, valid.features)
+        reference = training_entity(ref, settings)
+        add("drift: PSI + KS, 4 features", timed(lambda: drift.feature_drift(valid.features, reference), 1),
             f"vs {len(reference):,} training rows")
 
         def insert(url: str, helper_rows: int) -> float:
-            engine = marts.get_engine(url)
+            engine = tables.get_engine(url)
             t = time.perf_counter()
-            marts.record_batch(engine, valid.features, pred, model_name="wind_solar", model_version=1,
-                               model_uri="models:/wind_solar/1", timestamps=valid.timestamps,
-                               settings=settings.model_copy(update={"marts_helper_rows": helper_rows}))
+            writers.record_batch(engine, valid.features, pred, model_name="wind_solar", model_version=1,
+                                 model_uri="models:/wind_solar/1", timestamps=valid.timestamps,
+                                 settings=settings.model_copy(update={"marts_helper_rows": helper_rows}))
             return time.perf_counter() - t
 
         add("marts insert: helper process (what big batches take)", insert(f"sqlite:///{tmp}/helper.db", 1),
-            f"one transaction, {marts.SQLITE_ROWS:,} rows per INSERT, FK lookups off, WAL; process start "
+            f"one transaction, {local.SQLITE_ROWS:,} rows per INSERT, FK lookups off, WAL; process start "
             "and pickling included, nothing to overlap here")
         add("marts insert: in this process, SQLite", insert(f"sqlite:///{tmp}/local.db", 0),
-            f"one transaction, {marts.SQLITE_ROWS:,} rows per INSERT, FKs on, WAL")
-        marts.SQLITE_FAST_PATH = False
+            f"one transaction, {local.SQLITE_ROWS:,} rows per INSERT, FKs on, WAL")
+        local.SQLITE_FAST_PATH = False
         try:
             add("marts insert: in this process, generic SQLAlchemy path (on SQLite)",
                 insert(f"sqlite:///{tmp}/generic.db", 0),
-                f"executemany of dicts, {marts.CHUNK:,}-row chunks: what PostgreSQL etc. take without the helper")
+                f"executemany of dicts, {local.CHUNK:,}-row chunks: what PostgreSQL etc. take without the helper")
         finally:
-            marts.SQLITE_FAST_PATH = True
-        marts.dispose_engines()
+            local.SQLITE_FAST_PATH = True
+        tables.dispose_engines()
 
         inp, out = Path(tmp) / "in.parquet", Path(tmp) / "out.parquet"
         batch.to_parquet(inp, index=False)
         run_env = {**os.environ, **env, "WINDPIPE_MARTS_URL": f"sqlite:///{tmp}/cli.db"}
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "windpipe.cli", "predict", "--input", str(inp), "--output",
+        proc = subprocess.run([sys.executable, "-m", "windpipe", "predict", "--input", str(inp), "--output",
                                str(out), "--model-uri", f"models:/wind_solar/{info['version']}"],
                               env=run_env, capture_output=True, text=True, cwd=REPO)
         wall = time.perf_counter() - t

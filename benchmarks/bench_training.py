@@ -36,9 +36,9 @@ class _Done(Exception):
 
 
 def start_platform(home: Path):  # -> Settings
-    from windpipe import platform
-    from windpipe.procs import free_port
     from windpipe.settings import Settings, clear_settings_cache
+    from windpipe.stack import services as platform
+    from windpipe.stack.procs import free_port
 
     mlflow_port, ftp_port = free_port(), free_port()
     base = 31000 + (os.getpid() % 2000) * 10
@@ -54,13 +54,13 @@ def start_platform(home: Path):  # -> Settings
     return settings
 
 
-def timed(func, *args, **kwargs):  # noqa: ANN001, ANN201
+def timed(func, *args, **kwargs):
     started = time.perf_counter()
     out = func(*args, **kwargs)
     return out, time.perf_counter() - started
 
 
-def last_run(step: str, entry: str):  # noqa: ANN201
+def last_run(step: str, entry: str):
     import mlflow
 
     filt = f"tags.`windpipe.step` = '{step}' and tags.`windpipe.entry_point` = '{entry}'"
@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.csv} is absent (the real processed data is never committed)")
         return 0
 
-    from windpipe import platform
-    from windpipe.entities import PROCESSED, read_entity, write_entity
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import read_entity, write_entity
+    from windpipe.pipeline.interfaces import step_defaults
+    from windpipe.stack import services as platform
     from windpipe.steps import train as T
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
@@ -95,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wanted = set(args.steps.split(",")) - ({"keras"} if args.no_keras else set())
             # warm-up: the first run in a process pays the imports (mlflow flavors, skops, plotly); not counted
-            _, warm_s = timed(T.train, "lr", str(entity))
+            def defaults(step: str, entry_point: str = "main") -> dict[str, str]:
+                return {**step_defaults(step, entry_point), "data": str(entity)}
+
+            _, warm_s = timed(T.train, "lr", **defaults("lr"))
             print(f"  warm-up lr run (imports included): {warm_s:.2f} s", flush=True)
             for family, kw in [(f, {}) for f in ("lr", "rf", "keras") if f in wanted]:
                 totals, fits, r2 = [], [], None
                 for _ in range(args.repeats if family == "lr" else 1):
-                    out, total = timed(T.train, family, str(entity), **kw)
+                    out, total = timed(T.train, family, **{**defaults(family), **kw})
                     run = last_run(family, "main")
                     fits.append(run.data.metrics["fit_seconds"])
                     totals.append(total)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             if "grid" not in wanted:
                 raise _Done
             print("  rf grid (12 runs) ...", flush=True)
-            out, total = timed(T.grid, str(entity))
+            out, total = timed(T.grid, **defaults("rf", "grid"))
             parent = last_run("rf", "grid")
             import mlflow
 

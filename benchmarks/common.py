@@ -48,7 +48,7 @@ def platform_env(home: Path) -> dict[str, str]:
 def running_platform() -> Iterator[tuple[object, dict[str, str]]]:
     """A real local platform in a temp folder, stopped afterwards; yields (settings, env)."""
     from tests.conftest import settings_from
-    from windpipe import platform
+    from windpipe.stack import services as platform
 
     with tempfile.TemporaryDirectory(prefix="windpipe-bench-") as tmp:
         env = platform_env(Path(tmp))

@@ -51,7 +51,7 @@ def main() -> int:
                     run_env = {**os.environ, **env, "PYTHONPATH": str(code),
                                "WINDPIPE_MARTS_URL": f"sqlite:///{tmp}/marts-{i}-{code.name}.db"}
                     start = time.perf_counter()
-                    proc = subprocess.run([sys.executable, "-m", "windpipe.cli", "predict", "--input", str(inp),
+                    proc = subprocess.run([sys.executable, "-m", "windpipe", "predict", "--input", str(inp),
                                            "--output", str(Path(tmp) / f"out-{i}-{code.name}.parquet"),
                                            "--model-uri", f"models:/wind_solar/{version}"],
                                           env=run_env, cwd=code, capture_output=True, text=True)

@@ -3,7 +3,7 @@
 Same server `windpipe up` starts (settings from the environment or .env). Ctrl-C stops it.
 """
 
-from windpipe.ftp_server import serve
+from windpipe.stack.ftp import serve
 
 if __name__ == "__main__":
     serve()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def chrome(profile_dir: Path, window: str = "1400,1100"):  # noqa: ANN201 - a selenium WebDriver
+def chrome(profile_dir: Path, window: str = "1400,1100"):
     """A headless chromium with a fresh profile; no background networking (the machine is offline)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

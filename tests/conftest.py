@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from windpipe import platform
-from windpipe.procs import free_port, port_is_free
 from windpipe.settings import Settings, clear_settings_cache
+from windpipe.stack import services as platform
+from windpipe.stack.procs import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parent.parent
 PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
@@ -51,7 +51,7 @@ class Platform:
                  extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run the `windpipe` command as a user would, with this platform's environment."""
         env = {**self.env, **(extra_env or {})}
-        proc = subprocess.run([sys.executable, "-m", "windpipe.cli", *args], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "windpipe", *args], env=env, capture_output=True,
                               text=True, timeout=timeout, cwd=REPO)
         if check and proc.returncode != 0:
             raise AssertionError(f"windpipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -145,7 +145,7 @@ def mlflow_run(platform: Platform, project: str, *args: str, env_manager: str = 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def latest_run(platform: Platform, step: str, entry_point: str | None = None):  # noqa: ANN201
+def latest_run(platform: Platform, step: str, entry_point: str | None = None):
     """The newest run of a step (by the windpipe.step tag)."""
     import mlflow
 

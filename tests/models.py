@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 
 
 def tiny_processed(n: int = 24 * 60, seed: int = 0) -> pd.DataFrame:
@@ -22,7 +22,7 @@ def tiny_processed(n: int = 24 * 60, seed: int = 0) -> pd.DataFrame:
     return process(power, weather).head(n).reset_index(drop=True)
 
 
-def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | None = "production",  # noqa: ANN001
+def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | None = "production",
                          scale: float = 1.0, tmp_dir: Path | None = None) -> dict:
     """Fit a LinearRegression on `df`, log it (with its entity) as an `lr` run, register it, set `alias`.
 
@@ -35,7 +35,8 @@ def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | 
     from mlflow.models import infer_signature
     from sklearn.linear_model import LinearRegression
 
-    from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
+    from windpipe.entities.schema import PROCESSED, data_date
+    from windpipe.entities.store import log_entity, write_entity
 
     df = tiny_processed() if df is None else df
     mlflow.set_tracking_uri(platform.tracking_uri)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from windpipe.entities import FEATURES, TARGETS
+from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings, clear_settings_cache, get_settings
 
 from .models import tiny_processed
@@ -46,7 +46,7 @@ class Scope:
     def settings(self) -> Settings:
         return get_settings()
 
-    def cli(self, *args: str, **kwargs: object):  # noqa: ANN201
+    def cli(self, *args: str, **kwargs: object):
         return self.platform.windpipe(*args, extra_env=self.env, **kwargs)
 
     def snapshot(self) -> tuple:
@@ -57,12 +57,12 @@ class Scope:
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{self.model_name}'"))
         try:
             aliases = dict(client.get_registered_model(self.model_name).aliases or {})
-        except Exception:  # noqa: BLE001 - no registered model yet
+        except Exception:
             aliases = None
         return versions, aliases
 
 
-def make_scope(platform, monkeypatch: pytest.MonkeyPatch) -> Scope:  # noqa: ANN001
+def make_scope(platform, monkeypatch: pytest.MonkeyPatch) -> Scope:
     suffix = uuid.uuid4().hex[:8]
     scope = Scope(platform, f"exp_{suffix}", f"model_{suffix}")
     for k, v in scope.env.items():
@@ -83,7 +83,8 @@ def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.D
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.linear_model import LinearRegression
 
-    from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
+    from windpipe.entities.schema import PROCESSED, data_date
+    from windpipe.entities.store import log_entity, write_entity
     from windpipe.training.metrics import regression_metrics
     from windpipe.training.split import split
 

@@ -10,7 +10,8 @@ from types import SimpleNamespace as NS
 import pandas as pd
 import pytest
 
-from windpipe.compare import (
+from windpipe.errors import WindpipeError
+from windpipe.models.compare import (
     family_figure,
     format_runs,
     higher_is_better,
@@ -19,7 +20,6 @@ from windpipe.compare import (
     runs_frame,
     varying_params,
 )
-from windpipe.errors import WindpipeError
 
 from .registry_helpers import make_scope
 
@@ -90,7 +90,7 @@ def test_compare_cli_against_a_real_experiment(use_platform, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from windpipe.compare import compare_runs, learning_curves
+    from windpipe.models.compare import compare_runs, learning_curves
 
     scope = make_scope(use_platform, monkeypatch)
     client = MlflowClient(use_platform.tracking_uri)

@@ -12,11 +12,12 @@ import pytest
 
 from tests.browser import chrome
 from tests.models import log_registered_model, tiny_processed
-from windpipe.dashboard import data as D
-from windpipe.dashboard import figures as F
-from windpipe.entities import FEATURES, TARGETS
 from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings, get_settings
+from windpipe.views import figures as F
+from windpipe.views import frames as D
+from windpipe.views import source as S
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,8 +36,8 @@ def frame() -> pd.DataFrame:
     return D.index_frame(tiny_processed())
 
 
-def fake_model(frame: pd.DataFrame, version: int = 1) -> D.ProductionModel:
-    return D.ProductionModel("wind_solar", version, "run1", {"windpipe.instance_name": f"wind_solar_v{version}_x",
+def fake_model(frame: pd.DataFrame, version: int = 1) -> S.ProductionModel:
+    return S.ProductionModel("wind_solar", version, "run1", {"windpipe.instance_name": f"wind_solar_v{version}_x",
                                                              "holdout_rmse": "1.5", "holdout_r2": "0.9"},
                              SumModel(), frame)
 
@@ -102,11 +103,11 @@ def test_whatif_and_its_errors():
 def test_model_source_loads_each_version_once(frame):
     calls = []
 
-    def loader(_settings: Settings, version: int) -> D.ProductionModel:
+    def loader(_settings: Settings, version: int) -> S.ProductionModel:
         calls.append(version)
         return fake_model(frame, version)
 
-    src = D.ModelSource(Settings(), loader=loader, max_versions=2)
+    src = S.ModelSource(Settings(), loader=loader, max_versions=2)
     for v in (1, 1, 2, 1, 2):
         assert src.get(v).version == v
     assert calls == [1, 2] and src.loads == 2
@@ -114,11 +115,11 @@ def test_model_source_loads_each_version_once(frame):
 
 
 def test_callbacks_as_functions_with_a_fake_source(frame):
-    from windpipe.dashboard.app import create_app
+    from windpipe.views.dashboard.app import create_app
 
-    class Src(D.ModelSource):
-        def status(self) -> D.SourceStatus:
-            return D.SourceStatus("ok", 1)
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", 1)
 
     src = Src(Settings(), loader=lambda _s, v: fake_model(frame, v))
     logged = []
@@ -129,7 +130,7 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
     assert board.refresh(store, start, end)[0] is __import__("dash").no_update  # unchanged: no re-render
     fig, msg, _colour, table = board.predictions(store, start, end)
     assert msg == "" and len(fig["data"][0]["x"]) == 744 and table is not None
-    board._pool.shutdown(wait=True)
+    board.flush()
     assert logged == [744]
     _fig, msg, colour, _t = board.predictions(store, end, start)
     assert "reversed" in msg and colour == "warning"
@@ -150,7 +151,7 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
 
 @pytest.mark.slow
 def test_empty_state_without_production_model(use_platform):
-    from windpipe.dashboard.app import create_app
+    from windpipe.views.dashboard.app import create_app
 
     settings = get_settings(model_name="nobody_promoted_this")
     app = create_app(settings, prediction_logger=None)
@@ -168,8 +169,8 @@ def test_empty_state_without_production_model(use_platform):
 def test_server_down_banner_then_recovery(make_platform, monkeypatch):
     import mlflow
 
-    from windpipe import platform as plat
-    from windpipe.dashboard.app import create_app
+    from windpipe.stack import services as plat
+    from windpipe.views.dashboard.app import create_app
 
     p = make_platform()
     info = log_registered_model(p)
@@ -196,7 +197,7 @@ def test_server_down_banner_then_recovery(make_platform, monkeypatch):
 
 @pytest.mark.slow
 def test_promotion_is_followed_and_each_version_loads_once(use_platform):
-    from windpipe.dashboard.app import create_app
+    from windpipe.views.dashboard.app import create_app
 
     first = log_registered_model(use_platform)
     app = create_app(get_settings(), prediction_logger=None)
@@ -218,7 +219,9 @@ def test_promotion_is_followed_and_each_version_loads_once(use_platform):
     fig2 = board.predictions(store, "2013-01-08", "2013-01-14")[0]
     assert not np.allclose(fig1["data"][1]["y"], fig2["data"][1]["y"])
     assert board.source.loads == 2
-    steps = D.pipeline_status(get_settings())
+    from windpipe.views.dashboard.app import pipeline_status
+
+    steps = pipeline_status(get_settings())
     assert any(s.step == "lr" and s.status == "FINISHED" for s in steps)
     view = str(board.pipeline(store))
     assert "pipeline-table" in view
@@ -230,7 +233,7 @@ def test_promotion_is_followed_and_each_version_loads_once(use_platform):
 def test_cli_detach_and_stop(use_platform):
     import urllib.request
 
-    from windpipe.procs import free_port
+    from windpipe.stack.procs import free_port
 
     port = free_port()
     proc = use_platform.windpipe("dashboard", "--detach", "--port", str(port), check=True, timeout=120)
@@ -251,7 +254,7 @@ def test_cli_detach_and_stop(use_platform):
 # --- a real browser ---------------------------------------------------------------------------------
 
 class ServerThread(threading.Thread):
-    def __init__(self, app, port: int) -> None:  # noqa: ANN001
+    def __init__(self, app, port: int) -> None:
         super().__init__(daemon=True)
         from werkzeug.serving import make_server
 
@@ -277,8 +280,8 @@ def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from windpipe.dashboard.app import create_app
-    from windpipe.procs import free_port
+    from windpipe.stack.procs import free_port
+    from windpipe.views.dashboard.app import create_app
 
     info = log_registered_model(use_platform)
     week = len(D.index_frame(info["df"]).loc["2013-01-08":"2013-01-14"])
@@ -320,27 +323,27 @@ def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
 
 
 def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
-    from windpipe import marts
-    from windpipe.dashboard.app import create_app
+    from windpipe.marts import queries, tables
+    from windpipe.views.dashboard.app import create_app
 
-    class Src(D.ModelSource):
-        def status(self) -> D.SourceStatus:
-            return D.SourceStatus("ok", 1)
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", 1)
 
     settings = Settings(home=tmp_path, marts_url=f"sqlite:///{tmp_path / 'marts.db'}")
     app = create_app(settings, source=Src(settings, loader=lambda _s, v: fake_model(frame, v)))
     board = app.windpipe
     store, _b, start, end = board.refresh(None, None, None)
     board.predictions(store, start, end)
-    board._pool.shutdown(wait=True)
-    engine = marts.get_engine(settings=settings)
-    batches = marts.latest_batches(engine)
+    board.flush()
+    engine = tables.get_engine(settings=settings)
+    batches = queries.latest_batches(engine)
     assert batches["source"].tolist() == ["dashboard"] and batches["row_count"].tolist() == [744]
-    rows = marts.batch_rows(engine, int(batches["id"][0]))
+    rows = queries.batch_rows(engine, int(batches["id"][0]))
     np.testing.assert_allclose(rows["wind_GW_pred"], rows["windspeed"])  # SumModel: wind = windspeed
-    assert "Latest prediction batches" in str(__import__("windpipe.dashboard.app", fromlist=["x"]).pipeline_view(
-        [], marts.latest_batches(engine)))
+    assert "Latest prediction batches" in str(__import__("windpipe.views.dashboard.app", fromlist=["x"]).pipeline_view(
+        [], queries.latest_batches(engine)))
     # switched off by the setting
     off = Settings(home=tmp_path, marts_url=settings.marts_url, log_dashboard_predictions=False)
     assert create_app(off, source=Src(off, loader=lambda _s, v: fake_model(frame, v))).windpipe.logger is None
-    marts.dispose_engines()
+    tables.dispose_engines()

@@ -8,8 +8,10 @@ import pytest
 
 from windpipe.data.process import process, read_raw
 from windpipe.data.synth import TIMESERIES_FILE, WEATHER_FILE, generate, write_raw
-from windpipe.entities import FEATURES, PROCESSED, TARGETS, read_entity, write_entity
+from windpipe.entities.schema import PROCESSED
+from windpipe.entities.store import read_entity, write_entity
 from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES, TARGETS
 
 
 def test_synth_is_deterministic_and_opsd_shaped(tmp_path):
@@ -111,10 +113,10 @@ def test_synth_cli_writes_files(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "windpipe.cli", "data", "synth", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "data", "synth", "--out", str(tmp_path),
                            "--years", "1", "--seed", "5"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / TIMESERIES_FILE).exists() and (tmp_path / WEATHER_FILE).exists()
-    bad = subprocess.run([sys.executable, "-m", "windpipe.cli", "data", "synth", "--out", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "windpipe", "data", "synth", "--out", str(tmp_path / "x"),
                           "--years", "0"], capture_output=True, text=True)
     assert bad.returncode == 1 and "years must be at least 1" in bad.stderr

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from windpipe.errors import WindpipeError
-from windpipe.notebooks import INJECTED_TAG, inject_parameters, main, run_notebook
+from windpipe.workbench.notebooks import INJECTED_TAG, inject_parameters, main, run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "1_starting_point"
@@ -89,7 +89,7 @@ def test_run_notebook_missing_file_is_an_error(tmp_path: Path, capsys: pytest.Ca
 
 # ---- 1_starting_point: untracked, but it runs ---------------------------------------------------
 
-def _load_app(path: Path, name: str):  # noqa: ANN202
+def _load_app(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Dash looks its module up to find the assets folder

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from windpipe.deploy.packaging import check_context, image_name
 from windpipe.errors import WindpipeError
-from windpipe.packaging import check_context, image_name
 
 from .registry_helpers import log_candidate, make_scope
 
@@ -27,8 +27,8 @@ def test_check_context_names_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 def test_package_writes_a_complete_context(use_platform, monkeypatch, tmp_path):
-    from windpipe.packaging import package
-    from windpipe.registry import promote
+    from windpipe.deploy.packaging import package
+    from windpipe.models.promotion import promote
 
     scope = make_scope(use_platform, monkeypatch)
     run_id = log_candidate(scope, family="rf")

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from windpipe import pipeline
-from windpipe.errors import WindpipeError
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.names import MODEL_URI_TAG, PROCESSED_TAG
+from windpipe.pipeline.cache import cache_key, content_hash
+from windpipe.pipeline.interfaces import load_interfaces
+from windpipe.pipeline.plan import make_plan, parse_overrides
+from windpipe.pipeline.runner import StepResult, input_values
 
 from .conftest import REPO, latest_run
 
@@ -18,39 +22,81 @@ STEPS = ["process", "lr", "rf", "keras", "compare", "promote"]
 
 
 def test_parse_overrides():
-    assert pipeline.parse_overrides(["rf.max_depth=8,12", "keras.epochs=5"]) == {
+    assert parse_overrides(["rf.max_depth=8,12", "keras.epochs=5"]) == {
         "rf": {"max_depth": "8,12"}, "keras": {"epochs": "5"}}
     for bad in ("max_depth=8", "rf.max_depth", ".x=1"):
-        with pytest.raises(WindpipeError, match="STEP.NAME=VALUE"):
-            pipeline.parse_overrides([bad])
+        with pytest.raises(UsageError, match="STEP.NAME=VALUE"):
+            parse_overrides([bad])
 
 
 def test_cache_key_changes_with_every_input():
-    spec = pipeline.steps()[0]
-    base = pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h"})
-    assert base == pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h"})
-    assert base != pipeline.cache_key(spec, {"a": "2"}, "c1", {"process": "r1"}, {"raw": "h"})
-    assert base != pipeline.cache_key(spec, {"a": "1"}, "c2", {"process": "r1"}, {"raw": "h"})
-    assert base != pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r2"}, {"raw": "h"})
-    assert base != pipeline.cache_key(spec, {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h2"})
+    """Each part of the key matters: project, entry point, params, code, upstream runs, external content."""
+    args = ("process", "main", {"a": "1"}, "c1", {"process": "r1"}, {"raw": "h"})
+    base = cache_key(*args)
+    assert base == cache_key(*args)
+    for i, other in enumerate(("lr", "grid", {"a": "2"}, "c2", {"process": "r2"}, {"raw": "h2"})):
+        changed = list(args)
+        changed[i] = other
+        assert cache_key(*changed) != base, f"argument {i} does not change the key"
 
 
-def test_training_steps_follow_their_interfaces(tmp_path, monkeypatch):
-    """Upstream steps and the entity parameter come from step.yaml; a broken interface stops the pipeline."""
-    specs = {s.name: s for s in pipeline.steps()}
-    assert specs["lr"].upstream == specs["rf"].upstream == specs["keras"].upstream == ("process",)
+def test_plan_follows_the_interfaces():
+    """Order, wiring and entry points come from step.yaml; presets too."""
+    plan = make_plan(load_interfaces(), "training", "quick", external={"raw": "/data"})
+    names = plan.names
+    assert names[0] == "process" and names[-2:] == ["compare", "promote"]
+    assert set(names[1:4]) == {"lr", "rf", "keras"}
+    assert plan.step("rf").entry_point == "grid"
+    assert plan.step("rf").params["n_estimators"] == "16,32"  # the quick preset
+    assert plan.step("keras").params["epochs"] == "3"
+    assert plan.step("lr").needs == ("process",)
+    assert plan.step("compare").needs == ("keras", "lr", "rf")  # every model producer, in run order
+    assert plan.step("promote").needs == ("compare",)
+    full = make_plan(load_interfaces(), "training", "full", external={"raw": "/data"})
+    assert full.step("rf").params["n_estimators"] == "32,64"
+    assert full.step("lr").params["seed"] == "42"  # the MLproject default
+    assert make_plan(load_interfaces(), "prediction", overrides={"predict": {"output": "/o"}},
+                     external={"features": "/f"}).names == ["predict"]
+
+
+def test_input_values_come_from_the_producers_runs():
+    plan = make_plan(load_interfaces(), "training", external={"raw": "/data/raw"})
+    results = {name: StepResult(name, f"run-{name}", False, 0.0, {}, {}) for name in plan.names}
+    results["process"].tags[PROCESSED_TAG] = "runs:/p/entities/processed.parquet"
+    for name in ("lr", "rf", "keras"):
+        results[name].tags[MODEL_URI_TAG] = f"models:/m-{name}"
+    assert input_values(plan, plan.step("process"), results) == {"raw_dir": "/data/raw"}
+    assert input_values(plan, plan.step("rf"), results) == {"data": "runs:/p/entities/processed.parquet"}
+    assert input_values(plan, plan.step("compare"), results) == {"models": "models:/m-keras,models:/m-lr,models:/m-rf"}
+    del results["lr"].tags[MODEL_URI_TAG]
+    with pytest.raises(WindpipeError, match="lr run run-lr recorded no model"):
+        input_values(plan, plan.step("compare"), results)
+
+
+def test_bad_overrides_are_refused_before_anything_runs():
+    specs = load_interfaces()
+    with pytest.raises(UsageError, match=r"'nope'.*steps: .*rf"):
+        make_plan(specs, "training", overrides={"nope": {"x": "1"}}, external={"raw": "/r"})
+    with pytest.raises(WindpipeError, match=r"Step 'rf' \(grid entry point\) has no parameter 'max_dpeth'.*max_depth"):
+        make_plan(specs, "training", overrides={"rf": {"max_dpeth": "8"}}, external={"raw": "/r"})
+    with pytest.raises(UsageError, match="wires from the 'processed' entity"):
+        make_plan(specs, "training", overrides={"lr": {"data": "x.parquet"}}, external={"raw": "/r"})
+    with pytest.raises(WindpipeError, match="'predict' reads the external entity 'features'.*does not provide"):
+        make_plan(specs, "prediction", overrides={"predict": {"output": "/o"}})  # nothing to score
+
+
+def test_a_broken_interface_stops_the_plan(tmp_path):
     projects = tmp_path / "projects"
     shutil.copytree(REPO / "projects", projects, symlinks=True)
-    monkeypatch.setattr(pipeline, "PROJECTS_DIR", projects)
     yaml = projects / "lr" / "step.yaml"
     yaml.write_text(yaml.read_text().replace("parameter: data", "parameter: dataset"))
-    with pytest.raises(WindpipeError, match="lr"):
-        pipeline.steps()
+    with pytest.raises(WindpipeError, match=r"lr.*'dataset'"):
+        make_plan(load_interfaces(projects), "training", external={"raw": "/r"})
 
 
-def test_raw_hash_missing_files_is_a_clear_error(tmp_path):
+def test_missing_raw_files_is_a_clear_error(tmp_path):
     with pytest.raises(WindpipeError, match="windpipe data synth"):
-        pipeline.raw_hash(tmp_path)
+        content_hash(tmp_path)
 
 
 def _status(run) -> dict[str, tuple[str, str]]:
@@ -87,7 +133,7 @@ def snapshot(tmp_path) -> Path:
 
 def _cli(p, snap: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**p.env, "PYTHONPATH": str(snap)}
-    return subprocess.run([sys.executable, "-m", "windpipe.cli", *args], env=env, cwd=snap, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "windpipe", *args], env=env, cwd=snap, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -101,16 +147,15 @@ def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.Completed
 def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
     import mlflow
 
-    from windpipe import platform as plat
-    from windpipe.procs import read_pid, stop_pid
+    from windpipe.stack import services as plat
+    from windpipe.stack.procs import read_pid, stop_pid
 
     p = make_platform()
     mlflow.set_tracking_uri(p.tracking_uri)
     run = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local"]
 
     # the FTP artifact server is down: a clear error, then (server back) the next run completes
-    pid_file, _ = plat.state_paths(p.settings, plat.FTP)
-    stop_pid(read_pid(pid_file, ("windpipe.ftp_server",)))
+    stop_pid(read_pid(p.settings.pid_file(plat.FTP), ("windpipe.stack.ftp",)))
     proc = _cli(p, snapshot, *run)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "artifact store" in proc.stderr and "windpipe up" in proc.stderr, proc.stderr[-2000:]
@@ -123,7 +168,7 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     parent = latest_run(p, "pipeline")
     assert parent.info.status == "FINISHED"
     status = _status(parent)
-    assert list(status) == STEPS and {how for _, how in status.values()} == {"ran"}
+    assert sorted(status) == sorted(STEPS) and {how for _, how in status.values()} == {"ran"}
     children = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {c.data.tags["windpipe.step"] for c in children} == set(STEPS)
@@ -133,7 +178,9 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     for name in ("lr", "rf", "keras"):
         assert runs[name].data.params["data"] == entity
         assert runs[name].info.status == "FINISHED"
-    assert runs["promote"].data.params["run_id"] == runs["compare"].data.tags["windpipe.best_run_id"]
+    assert runs["compare"].data.params["models"] == ",".join(runs[n].data.tags["windpipe.model_uri"]
+                                                             for n in ("keras", "lr", "rf"))
+    assert runs["promote"].data.params["model_uri"] == runs["compare"].data.tags["windpipe.entity.candidate"]
     assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     for name in STEPS:
         assert name in proc.stdout  # the summary table
@@ -156,7 +203,8 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert proc.returncode == 1 and "error:" in proc.stderr and "rf" in proc.stderr, proc.stderr[-2000:]
     failed = latest_run(p, "pipeline")
     assert failed.info.status == "FAILED"
-    assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "lr": "reused"}
+    assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "keras": "reused",
+                                                                   "lr": "reused"}
 
     # fixed and rerun: it resumes; only rf and what follows it run
     proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=4,6")
@@ -187,7 +235,7 @@ def test_pipeline_from_git_runs_the_committed_steps(make_platform, raw_dir, snap
     proc = _cli(p, snapshot, *run)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     status = _status(latest_run(p, "pipeline"))
-    assert list(status) == STEPS and {how for _, how in status.values()} == {"ran"}
+    assert sorted(status) == sorted(STEPS) and {how for _, how in status.values()} == {"ran"}
     for name, (run_id, _) in status.items():
         tags = mlflow.get_run(run_id).data.tags
         assert tags["mlflow.source.git.commit"] == commit, name

@@ -11,41 +11,54 @@ import time
 
 import pytest
 
-from windpipe import ftp_server, platform
 from windpipe.errors import WindpipeError
 from windpipe.settings import Settings
-
-pytestmark = pytest.mark.slow
+from windpipe.stack import ftp as ftp_server
+from windpipe.stack import services as platform
 
 
 def _password(p) -> str:
     return ftp_server.ftp_password(p.settings)
 
 
+@pytest.mark.slow
 def test_up_starts_both_and_status_is_healthy(make_platform):
     p = make_platform()
     proc = p.windpipe("status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up   ftp" in proc.stdout and "up   mlflow" in proc.stdout
     assert "artifact proxy ok" in proc.stdout
-    # loopback only
-    for port in (p.settings.ftp_port, p.settings.mlflow_port):
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
+    # every socket the servers listen on is bound to loopback, and not to 0.0.0.0 as well
+    listening = _listening(p)
+    assert {port for _, port in listening} >= {p.settings.ftp_port, p.settings.mlflow_port}
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
 
+def _listening(p) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the platform's server processes (and their children) listen on."""
+    import psutil
+
+    found = set()
+    for name in (platform.FTP, platform.MLFLOW):
+        proc = psutil.Process(platform.running_pid(p.settings, name))
+        for each in (proc, *proc.children(recursive=True)):
+            found |= {(c.laddr.ip, c.laddr.port) for c in each.net_connections("tcp") if c.status == "LISTEN"}
+    return found
+
+
+@pytest.mark.slow
 def test_up_twice_changes_nothing(make_platform):
     p = make_platform()
-    pids = {n: platform.read_pid(platform.state_paths(p.settings, n)[0], platform._marker(n))
-            for n in (platform.FTP, platform.MLFLOW)}
+    pids = {n: platform.running_pid(p.settings, n) for n in (platform.FTP, platform.MLFLOW)}
+    assert None not in pids.values()
     proc = p.windpipe("up")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("already running") == 2
-    after = {n: platform.read_pid(platform.state_paths(p.settings, n)[0], platform._marker(n))
-             for n in (platform.FTP, platform.MLFLOW)}
+    after = {n: platform.running_pid(p.settings, n) for n in (platform.FTP, platform.MLFLOW)}
     assert after == pids
 
 
+@pytest.mark.slow
 def test_generated_password_is_private_and_never_leaks(make_platform):
     import mlflow
 
@@ -69,14 +82,14 @@ def test_generated_password_is_private_and_never_leaks(make_platform):
         assert password not in log.read_text(errors="replace"), log
     db = sqlite3.connect(p.home / "mlflow.db")
     for (table,) in db.execute("select name from sqlite_master where type='table'"):
-        for row in db.execute(f"select * from {table}"):  # noqa: S608 - table names from sqlite itself
+        for row in db.execute(f"select * from {table}"):
             assert password not in " ".join(map(str, row)), table
     # and no process shows it on its command line
-    for pid in (platform.read_pid(platform.state_paths(p.settings, n)[0], platform._marker(n))
-                for n in (platform.FTP, platform.MLFLOW)):
+    for pid in (platform.running_pid(p.settings, n) for n in (platform.FTP, platform.MLFLOW)):
         assert password not in open(f"/proc/{pid}/cmdline").read()
 
 
+@pytest.mark.slow
 def test_no_anonymous_ftp_login(make_platform):
     import ftplib
 
@@ -87,6 +100,7 @@ def test_no_anonymous_ftp_login(make_platform):
             ftp.login()  # anonymous
 
 
+@pytest.mark.slow
 def test_wrong_ftp_password_is_named(make_platform):
     p = make_platform()
     proc = p.windpipe("status", extra_env={"WINDPIPE_FTP_PASSWORD": "not-the-password"})
@@ -97,6 +111,7 @@ def test_wrong_ftp_password_is_named(make_platform):
     assert "refused the login" in proc.stderr and "fix:" in proc.stderr
 
 
+@pytest.mark.slow
 def test_port_taken_by_another_program(make_platform):
     p = make_platform(start=False)
     with socket.socket() as blocker:
@@ -118,6 +133,7 @@ def test_state_folder_not_writable(tmp_path):
     assert "WINDPIPE_HOME" in str(err.value)
 
 
+@pytest.mark.slow
 def test_kill_tracking_server_then_up_keeps_runs_and_artifacts(make_platform):
     import mlflow
 
@@ -127,7 +143,7 @@ def test_kill_tracking_server_then_up_keeps_runs_and_artifacts(make_platform):
     with mlflow.start_run() as run:
         mlflow.log_metric("m", 1.5)
         mlflow.log_text("kept", "kept.txt")
-    pid = platform.read_pid(platform.state_paths(p.settings, platform.MLFLOW)[0], platform._marker(platform.MLFLOW))
+    pid = platform.running_pid(p.settings, platform.MLFLOW)
     os.kill(pid, signal.SIGKILL)
     deadline = time.time() + 10
     while time.time() < deadline and not platform.port_is_free("127.0.0.1", p.settings.mlflow_port):
@@ -140,9 +156,10 @@ def test_kill_tracking_server_then_up_keeps_runs_and_artifacts(make_platform):
     assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kept.txt") == "kept"
 
 
+@pytest.mark.slow
 def test_killed_ftp_server_is_named_by_status(make_platform):
     p = make_platform()
-    pid = platform.read_pid(platform.state_paths(p.settings, platform.FTP)[0], platform._marker(platform.FTP))
+    pid = platform.running_pid(p.settings, platform.FTP)
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     proc = p.windpipe("status")
@@ -151,25 +168,33 @@ def test_killed_ftp_server_is_named_by_status(make_platform):
     assert "up   mlflow" not in proc.stdout or "artifact" not in proc.stdout.split("mlflow", 1)[1]
 
 
+@pytest.mark.slow
 def test_down_stops_only_what_up_started(make_platform):
+    import subprocess
+    import sys
+
     p = make_platform()
-    with socket.socket() as other:  # an unrelated listener must survive `down`
-        other.bind(("127.0.0.1", 0))
-        other.listen()
+    # another platform's server process, unrelated to this state folder, must survive `down`
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "windpipe.stack.mlflow_server"],
+                             start_new_session=True)
+    try:
         proc = p.windpipe("down")
         assert proc.returncode == 0
-        assert "stopped" in proc.stdout
+        assert proc.stdout.count("stopped") == 2, proc.stdout
         assert platform.port_is_free("127.0.0.1", p.settings.mlflow_port)
         assert platform.port_is_free("127.0.0.1", p.settings.ftp_port)
-        other.getsockname()  # still open
+        assert other.poll() is None, "down stopped a process this state folder did not start"
+    finally:
+        other.kill()
+        other.wait()
     assert p.windpipe("status").returncode == 1
 
 
 def test_command_needing_tracking_says_run_up(tmp_path):
-    from windpipe.procs import free_port
-    from windpipe.tracking import connect
+    from windpipe.stack.procs import free_port
+    from windpipe.tracking.client import connect
 
     settings = Settings(home=tmp_path, tracking_uri=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(WindpipeError, match="unreachable") as err:
+    with pytest.raises(WindpipeError, match="does not answer") as err:
         connect(settings)
     assert "windpipe up" in str(err.value)

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windpipe import drift, marts
-from windpipe.entities import FEATURES, TIMESTAMP
 from windpipe.errors import WindpipeError
-from windpipe.predict import validate_input
+from windpipe.marts import local, queries, tables, writers
+from windpipe.names import FEATURES, TIMESTAMP
+from windpipe.scoring import drift
+from windpipe.scoring.validate import validate_input
 from windpipe.settings import Settings
 
 from .conftest import latest_run, mlflow_run
@@ -26,9 +27,9 @@ def features(n: int = 50, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture
 def engine(tmp_path):
-    eng = marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")
+    eng = tables.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")
     yield eng
-    marts.dispose_engines()
+    tables.dispose_engines()
 
 
 # ---------------------------------------------------------------- validation (no servers)
@@ -82,7 +83,7 @@ def test_validate_all_rows_invalid_is_refused_even_with_drop_invalid():
 
 
 def test_read_input_missing_and_empty_files(tmp_path):
-    from windpipe.predict import read_input
+    from windpipe.scoring.validate import read_input
 
     with pytest.raises(WindpipeError, match="does not exist"):
         read_input(tmp_path / "nope.parquet")
@@ -97,7 +98,7 @@ def test_read_input_missing_and_empty_files(tmp_path):
 def test_requirement_mismatches_names_each_unmet_pin(tmp_path):
     from importlib.metadata import version
 
-    from windpipe.predict import requirement_mismatches
+    from windpipe.models.loading import requirement_mismatches
 
     here = version("scikit-learn")
     (tmp_path / "requirements.txt").write_text(
@@ -113,14 +114,14 @@ def test_record_batch_links_output_rows_to_input_rows(engine):
     df = features(10)
     pred = np.column_stack([np.arange(10.0), np.arange(10.0) * 2])
     rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9, 12])
-    bid = marts.record_batch(engine, df[FEATURES], pred, model_name="wind_solar", model_version=3,
-                             model_uri="models:/wind_solar/3", timestamps=df[TIMESTAMP], row_numbers=rows,
-                             source="cli")
-    b = marts.latest_batches(engine).iloc[0]
+    bid = writers.record_batch(engine, df[FEATURES], pred, model_name="wind_solar", model_version=3,
+                               model_uri="models:/wind_solar/3", timestamps=df[TIMESTAMP], row_numbers=rows,
+                               source="cli")
+    b = queries.latest_batches(engine).iloc[0]
     assert b.id == bid and b.row_count == 10 and b.model_version == "3" and b.source == "cli"
     assert b.status == "complete" and b.drift_status == "unchecked" and len(b.input_hash) == 64
-    assert b.input_hash == marts.input_hash(df[FEATURES], df[TIMESTAMP])
-    joined = marts.batch_rows(engine, bid)
+    assert b.input_hash == writers.input_hash(df[FEATURES], df[TIMESTAMP])
+    joined = queries.batch_rows(engine, bid)
     assert joined.row_no.tolist() == rows.tolist()
     assert joined.solar_GW_pred.tolist() == pred[:, 0].tolist()
     np.testing.assert_allclose(joined[FEATURES].to_numpy(), df[FEATURES].to_numpy())
@@ -131,29 +132,29 @@ def test_output_rows_need_an_input_row(engine):
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError), engine.begin() as conn:
-        conn.execute(marts.output_mart.insert(), [{"batch_id": 999, "row_no": 0, "solar_GW_pred": 1.0,
+        conn.execute(tables.output_mart.insert(), [{"batch_id": 999, "row_no": 0, "solar_GW_pred": 1.0,
                                                    "wind_GW_pred": 1.0}])
 
 
-@pytest.mark.parametrize("writer", ["_SqliteWriter", "_CoreWriter"])
+@pytest.mark.parametrize("writer", ["SqliteWriter", "CoreWriter"])
 def test_failed_batch_leaves_no_rows(engine, monkeypatch, writer):
-    monkeypatch.setattr(marts, "SQLITE_FAST_PATH", writer == "_SqliteWriter")
-    marts.record_batch(engine, features(5)[FEATURES], np.zeros((5, 2)), model_name="m", model_version=1,
-                       model_uri="u")
-    before = marts.count_rows(engine)
-    cls = getattr(marts, writer)
+    monkeypatch.setattr(local, "SQLITE_FAST_PATH", writer == "SqliteWriter")
+    writers.record_batch(engine, features(5)[FEATURES], np.zeros((5, 2)), model_name="m", model_version=1,
+                         model_uri="u")
+    before = queries.count_rows(engine)
+    cls = getattr(local, writer)
     real = cls.insert_columns
 
     def fail_on_output(self, table, columns):
         real(self, table, columns)  # the output rows are in, then the insert dies
-        if table is marts.output_mart:
+        if table is tables.output_mart:
             raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(cls, "insert_columns", fail_on_output)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        marts.record_batch(engine, features(7)[FEATURES], np.ones((7, 2)), model_name="m", model_version=1,
-                           model_uri="u")
-    assert marts.count_rows(engine) == before
+        writers.record_batch(engine, features(7)[FEATURES], np.ones((7, 2)), model_name="m", model_version=1,
+                             model_uri="u")
+    assert queries.count_rows(engine) == before
     assert before["output_mart"] == 5
 
 
@@ -164,29 +165,30 @@ def _helper(tmp_path, rows: int = 1) -> Settings:
 
 def _marts_state(engine) -> tuple:
     """Everything a batch wrote, without the ids and times that differ between databases."""
-    b = marts.latest_batches(engine).drop(columns=["id", "created_at"])
-    rows = [marts.batch_rows(engine, int(i)) for i in marts.latest_batches(engine).id]
-    d = drift.drift_summary(engine).drop(columns=["batch", "created_at"])
-    return b, rows, d, marts.count_rows(engine)
+    b = queries.latest_batches(engine).drop(columns=["id", "created_at"])
+    rows = [queries.batch_rows(engine, int(i)) for i in queries.latest_batches(engine).id]
+    d = queries.drift_summary(engine).drop(columns=["batch", "created_at"])
+    return b, rows, d, queries.count_rows(engine)
 
 
 def test_helper_process_writes_what_the_local_path_writes(tmp_path, monkeypatch):
-    from windpipe import marts_process
+    from windpipe.marts import helper as marts_process
 
     started = []
     monkeypatch.setattr(marts_process.ProcessBatch, "__init__", lambda self, url, _real=marts_process.ProcessBatch
                         .__init__: (started.append(str(url)), _real(self, url))[1])
     df = features(300)
     df.loc[[4, 9], TIMESTAMP] = pd.NaT
-    bad = drift.compare(df.assign(windspeed=df.windspeed * 2)[FEATURES], df[FEATURES])
+    bad = drift.feature_drift(df.assign(windspeed=df.windspeed * 2)[FEATURES], df[FEATURES])
     rows = np.delete(np.arange(302), [7, 100])
     pred = np.random.default_rng(1).normal(size=(300, 2))
     got = []
     for helper in (0, 1):
-        eng = marts.get_engine(f"sqlite:///{tmp_path / f'm{helper}.db'}")
-        bid = marts.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=4, model_uri="u",
-                                 timestamps=df[TIMESTAMP], row_numbers=rows, drift_rows=bad, run_id="r",
-                                 rows_dropped=2, settings=_helper(tmp_path, helper))
+        eng = tables.get_engine(f"sqlite:///{tmp_path / f'm{helper}.db'}")
+        bid = writers.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=4, model_uri="u",
+                                   timestamps=df[TIMESTAMP], row_numbers=rows, drift_rows=bad,
+                                   drift_status=drift.batch_status(bad), run_id="r", rows_dropped=2,
+                                   settings=_helper(tmp_path, helper))
         assert bid == 1
         got.append(_marts_state(eng))
     assert len(started) == 1 and started[0].endswith("m1.db")
@@ -198,42 +200,42 @@ def test_helper_process_writes_what_the_local_path_writes(tmp_path, monkeypatch)
     assert joined.row_no.tolist() == rows.tolist() and joined.solar_GW_pred.tolist() == pred[:, 0].tolist()
     assert joined[FEATURES].to_numpy().tolist() == df[FEATURES].to_numpy().tolist()
     assert joined[TIMESTAMP].isna().sum() == 2 and got[1][0].drift_status.iloc[0] == "drift"
-    marts.dispose_engines()
+    tables.dispose_engines()
 
 
-def _open_batch(tmp_path, n: int = 50) -> marts.BatchWriter:
-    batch = marts.BatchWriter(f"sqlite:///{tmp_path / 'marts.db'}", rows=n, settings=_helper(tmp_path))
+def _open_batch(tmp_path, n: int = 50) -> writers.BatchWriter:
+    batch = writers.BatchWriter(f"sqlite:///{tmp_path / 'marts.db'}", rows=n, settings=_helper(tmp_path))
     batch.start(features(n)[FEATURES], model_name="m", model_version=1, model_uri="u")
     return batch
 
 
 def test_helper_rolls_back_when_the_caller_fails(tmp_path):
     with pytest.raises(RuntimeError, match="model broke"), _open_batch(tmp_path) as batch:
-        proc = batch._batch._proc
+        proc = batch.helper_process
         assert batch.batch_id == 1  # the header and the input rows are in, uncommitted
         raise RuntimeError("model broke")
     assert proc.poll() is not None  # the helper has ended
-    assert marts.count_rows(marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["batches"] == 0
-    marts.dispose_engines()
+    assert queries.count_rows(tables.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["batches"] == 0
+    tables.dispose_engines()
 
 
 def test_a_helper_that_dies_is_a_clear_error_and_leaves_nothing(tmp_path):
     with _open_batch(tmp_path) as batch:
         _ = batch.batch_id
-        batch._batch._proc.kill()
+        batch.helper_process.kill()
         batch.add_predictions(np.zeros((50, 2)))
         with pytest.raises(WindpipeError, match=r"writer process stopped \(exit code -9\).*nothing of the batch"):
             batch.commit()
-    assert marts.count_rows(marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["input_mart"] == 0
-    marts.dispose_engines()
+    assert queries.count_rows(tables.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["input_mart"] == 0
+    tables.dispose_engines()
 
 
 def test_a_database_error_in_the_helper_is_reported(tmp_path):
     from sqlalchemy.engine import make_url
 
-    from windpipe.marts_process import ProcessBatch
+    from windpipe.marts.helper import ProcessBatch
 
-    marts.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")  # the tables
+    tables.get_engine(f"sqlite:///{tmp_path / 'marts.db'}")  # the tables
     batch = ProcessBatch(make_url(f"sqlite:///{tmp_path / 'marts.db'}"))
     try:
         batch.start({"created_at": None, "row_count": 1, "input_hash": "x", "source": "cli", "status": "complete"})
@@ -241,17 +243,17 @@ def test_a_database_error_in_the_helper_is_reported(tmp_path):
             batch.commit()
     finally:
         batch.close()
-    marts.dispose_engines()
+    tables.dispose_engines()
 
 
 def test_the_helper_gets_the_password_by_pipe_not_argv(tmp_path):
     from sqlalchemy.engine import make_url
 
-    from windpipe.marts_process import ProcessBatch
+    from windpipe.marts.helper import ProcessBatch
 
     batch = ProcessBatch(make_url("postgresql://ml:s3cret-pw@127.0.0.1:1/marts"))
     try:
-        assert "s3cret-pw" not in " ".join(batch._proc.args)
+        assert "s3cret-pw" not in " ".join(batch.process.args)
         batch.start({})
         with pytest.raises(WindpipeError, match="data marts failed") as exc:  # no driver or no server: either way
             batch.commit()
@@ -261,8 +263,8 @@ def test_the_helper_gets_the_password_by_pipe_not_argv(tmp_path):
 
 
 def test_bulk_mode_pragmas_stay_with_the_bulk_connection(engine):
-    bulk = marts.LocalBatch(engine, bulk=True)
-    assert bulk._conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+    bulk = local.LocalBatch(engine, bulk=True)
+    assert bulk.connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
     bulk.close()
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -270,29 +272,29 @@ def test_bulk_mode_pragmas_stay_with_the_bulk_connection(engine):
 
 
 def test_sqlite_statements_split_at_any_row_count(engine, monkeypatch):
-    monkeypatch.setattr(marts, "SQLITE_ROWS", 3)  # 7 rows: two full statements and one of 1 row
+    monkeypatch.setattr(local, "SQLITE_ROWS", 3)  # 7 rows: two full statements and one of 1 row
     df = features(7)
-    bid = marts.record_batch(engine, df[FEATURES], np.arange(14.0).reshape(7, 2), model_name="m", model_version=1,
-                             model_uri="u", timestamps=df[TIMESTAMP])
-    joined = marts.batch_rows(engine, bid)
+    bid = writers.record_batch(engine, df[FEATURES], np.arange(14.0).reshape(7, 2), model_name="m", model_version=1,
+                               model_uri="u", timestamps=df[TIMESTAMP])
+    joined = queries.batch_rows(engine, bid)
     assert joined.row_no.tolist() == list(range(7)) and joined.wind_GW_pred.tolist() == list(range(1, 14, 2))
     assert pd.Timestamp(joined[TIMESTAMP].iloc[6]) == pd.Timestamp("2020-01-01 06:00")
 
 
 def test_dashboard_batches_honour_the_setting(engine, tmp_path):
     off = Settings(home=tmp_path, log_dashboard_predictions=False)
-    assert marts.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
-                              model_uri="u", source="dashboard", settings=off) is None
-    assert marts.count_rows(engine)["batches"] == 0
+    assert writers.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
+                                model_uri="u", source="dashboard", settings=off) is None
+    assert queries.count_rows(engine)["batches"] == 0
     on = Settings(home=tmp_path, log_dashboard_predictions=True)
-    bid = marts.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
-                             model_uri="u", source="dashboard", settings=on)
-    assert marts.latest_batches(engine, source="dashboard").id.tolist() == [bid]
+    bid = writers.record_batch(engine, features(2)[FEATURES], np.zeros((2, 2)), model_name="m", model_version=1,
+                               model_uri="u", source="dashboard", settings=on)
+    assert queries.latest_batches(engine, source="dashboard").id.tolist() == [bid]
 
 
 def test_bad_marts_url_is_a_clear_error():
     with pytest.raises(WindpipeError, match="Cannot open the data marts"):
-        marts.get_engine("nosuchdialect://x")
+        tables.get_engine("nosuchdialect://x")
 
 
 # ---------------------------------------------------------------- drift (pure)
@@ -301,20 +303,21 @@ def test_drift_flags_a_shifted_batch_not_an_in_distribution_one(engine):
     train = tiny_processed()
     same = train.sample(500, random_state=1)
     shifted = same.assign(windspeed=same.windspeed * 1.8)
-    ok = drift.compare(same, train)
-    bad = drift.compare(shifted, train)
+    ok = drift.feature_drift(same, train)
+    bad = drift.feature_drift(shifted, train)
     assert (ok.status == "ok").all(), ok
     row = bad.set_index("feature").loc["windspeed"]
     assert row.status == "drift" and row.psi > drift.PSI_DRIFT and row.ks > drift.KS_DRIFT
     assert (bad.set_index("feature").drop("windspeed").status == "ok").all()
     assert set(drift.mlflow_metrics(bad)) == {f"drift_{s}_{f}" for s in ("psi", "ks") for f in FEATURES}
-    bid = marts.record_batch(engine, shifted[FEATURES], np.zeros((500, 2)), model_name="m", model_version=1,
-                             model_uri="u", drift_rows=bad)
-    summary = drift.drift_summary(engine)
+    bid = writers.record_batch(engine, shifted[FEATURES], np.zeros((500, 2)), model_name="m", model_version=1,
+                               model_uri="u", drift_rows=bad,
+                               drift_status=drift.batch_status(bad))
+    summary = queries.drift_summary(engine)
     assert summary.columns.tolist() == ["batch", "created_at", "source", "model_version", "feature", "psi", "ks",
                                         "status"]
     assert summary.batch.unique().tolist() == [bid] and summary.feature.tolist() == FEATURES
-    assert marts.latest_batches(engine).drift_status.iloc[0] == "drift"
+    assert queries.latest_batches(engine).drift_status.iloc[0] == "drift"
 
 
 def test_psi_is_zero_for_the_same_sample_and_grows_with_shift():
@@ -340,7 +343,7 @@ def marts_env(use_platform, tmp_path, monkeypatch):
     monkeypatch.setenv("WINDPIPE_MARTS_URL", url)
     clear_settings_cache()
     yield {"WINDPIPE_MARTS_URL": url}
-    marts.dispose_engines()
+    tables.dispose_engines()
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -389,13 +392,13 @@ def test_predict_cli_happy_path(model, marts_env, use_platform, tmp_path):
     assert set(res.model_version.astype(str)) == {str(model["version"])} and set(res.model_name.astype(str)) == {
         "wind_solar"}
 
-    engine = marts.get_engine(marts_env["WINDPIPE_MARTS_URL"])
-    b = marts.latest_batches(engine).iloc[0]
+    engine = tables.get_engine(marts_env["WINDPIPE_MARTS_URL"])
+    b = queries.latest_batches(engine).iloc[0]
     assert b.row_count == 300 and b.source == "cli" and b.model_name == "wind_solar"
     assert b.model_version == str(model["version"]) and b.model_uri == f"models:/wind_solar/{model['version']}"
     assert b.input_path == str(tmp_path / "in.parquet") and b.drift_status == "ok"
     assert (res.batch_id == b.id).all()
-    joined = marts.batch_rows(engine, int(b.id))
+    joined = queries.batch_rows(engine, int(b.id))
     np.testing.assert_allclose(joined[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), expected)
     np.testing.assert_allclose(joined[FEATURES].to_numpy(), data[FEATURES].to_numpy())
 
@@ -411,7 +414,7 @@ def test_predict_cli_happy_path(model, marts_env, use_platform, tmp_path):
 
 
 def mart_counts(marts_env) -> dict:
-    return marts.count_rows(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+    return queries.count_rows(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
 
 
 @pytest.mark.slow
@@ -468,7 +471,7 @@ def test_predict_cli_drop_invalid_and_overwrite(model, marts_env, tmp_path):
                        "--overwrite")
     assert code == 0, err
     assert pd.read_parquet(out).batch_id.iloc[0] == 2
-    batches = marts.latest_batches(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+    batches = queries.latest_batches(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
     assert batches.rows_dropped.tolist() == [2, 2] and batches.row_count.tolist() == [38, 38]
     assert mart_counts(marts_env)["output_mart"] == 76
 
@@ -477,7 +480,7 @@ def test_predict_cli_drop_invalid_and_overwrite(model, marts_env, tmp_path):
 @pytest.mark.parametrize("helper_rows", ["0", "1"])
 def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_env, tmp_path, monkeypatch,
                                                                   helper_rows):
-    import windpipe.predict as P
+    import windpipe.scoring.batch as P
     from windpipe.settings import clear_settings_cache
 
     monkeypatch.setenv("WINDPIPE_MARTS_HELPER_ROWS", helper_rows)
@@ -505,14 +508,14 @@ def _plain_input(tmp_path) -> str:
 
 @pytest.mark.slow
 def test_predict_shifted_batch_flags_drift(model, marts_env, tmp_path):
-    from windpipe.predict import run_batch
+    from windpipe.scoring.batch import run_batch
 
     shifted = model["df"].sample(400, random_state=5).reset_index(drop=True)
     shifted["windspeed"] *= 1.8
     res = run_batch(write_input(shifted, tmp_path / "in.parquet"), tmp_path / "out.parquet",
                     f"models:/wind_solar/{model['version']}", say=lambda _m: None)
     assert res.drift_status == "drift"
-    summary = drift.drift_summary(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+    summary = queries.drift_summary(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
     by = summary.set_index("feature")
     assert by.loc["windspeed", "status"] == "drift" and by.loc["temperature", "status"] == "ok"
 
@@ -546,9 +549,9 @@ def test_mlflow_run_projects_predict(model, marts_env, use_platform, tmp_path):
     assert len(pd.read_parquet(out)) == 100
     run = latest_run(use_platform, "predict")
     assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 100
-    b = marts.latest_batches(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"])).iloc[0]
+    b = queries.latest_batches(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"])).iloc[0]
     assert b.source == "project" and b.run_id == run.info.run_id
-    assert len(marts.batch_rows(marts.get_engine(marts_env["WINDPIPE_MARTS_URL"]), int(b.id))) == 100
+    assert len(queries.batch_rows(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"]), int(b.id))) == 100
 
 
 def test_generic_sqlalchemy_path_writes_the_same_rows(tmp_path, monkeypatch):
@@ -557,10 +560,10 @@ def test_generic_sqlalchemy_path_writes_the_same_rows(tmp_path, monkeypatch):
     pred = np.arange(14.0).reshape(7, 2)
     got = []
     for fast in (True, False):
-        monkeypatch.setattr(marts, "SQLITE_FAST_PATH", fast)
-        eng = marts.get_engine(f"sqlite:///{tmp_path / f'm{fast}.db'}")
-        bid = marts.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=1, model_uri="u",
-                                 timestamps=df[TIMESTAMP])
-        got.append(marts.batch_rows(eng, bid))
-    marts.dispose_engines()
+        monkeypatch.setattr(local, "SQLITE_FAST_PATH", fast)
+        eng = tables.get_engine(f"sqlite:///{tmp_path / f'm{fast}.db'}")
+        bid = writers.record_batch(eng, df[FEATURES], pred, model_name="m", model_version=1, model_uri="u",
+                                   timestamps=df[TIMESTAMP])
+        got.append(queries.batch_rows(eng, bid))
+    tables.dispose_engines()
     pd.testing.assert_frame_equal(got[0], got[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from windpipe.entities import PROCESSED
+from windpipe.entities.schema import PROCESSED
 
 from .conftest import latest_run, mlflow_run
 

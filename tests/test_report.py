@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from tests.models import log_registered_model, tiny_processed
-from windpipe.dashboard import data as D
-from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
 from windpipe.errors import WindpipeError
-from windpipe.report import create_report, last_full_week, parse_week, week_label
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.settings import get_settings
+from windpipe.views import frames as D
+from windpipe.views.report import create_report, last_full_week, parse_week, week_label
 
 
 def test_parse_week_and_its_errors():
@@ -85,7 +85,7 @@ def test_report_week_without_data_writes_nothing(use_platform, tmp_path):
     assert proc.returncode == 1 and "error: No data in week 2016-W10" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
     proc = use_platform.windpipe("report", "--week", "2016-10", "--out", str(out))
-    assert proc.returncode == 1 and "YYYY-Www" in proc.stderr
+    assert proc.returncode == 2 and "YYYY-Www" in proc.stderr  # a usage error
 
 
 @pytest.mark.slow

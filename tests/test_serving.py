@@ -10,16 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from windpipe import serving
-from windpipe.entities import FEATURES, TARGETS
+from windpipe.deploy import serving
 from windpipe.errors import WindpipeError
-from windpipe.procs import free_port
+from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import get_settings
+from windpipe.stack.procs import free_port
 
 from .conftest import REPO
 from .models import log_registered_model
-
-pytestmark = pytest.mark.slow
 
 
 def test_payload_is_dataframe_split():
@@ -30,6 +28,7 @@ def test_payload_is_dataframe_split():
     assert "dataframe_split" in serving.curl_example("http://127.0.0.1:1")
 
 
+@pytest.mark.slow
 def test_served_predictions_equal_in_process_predictions(use_platform, tmp_path):
     import mlflow
 
@@ -38,23 +37,24 @@ def test_served_predictions_equal_in_process_predictions(use_platform, tmp_path)
     settings = get_settings()
     proc, url = serving.start(settings, free_port(), log=tmp_path / "serve.log")
     try:
-        served = serving.score(url, df)
+        served = serving.request_predictions(url, df)
         # the server and this process answer the same model (production) ...
         local = mlflow.pyfunc.load_model(serving.default_model_uri(settings)).predict(df[FEATURES])
         assert list(served.columns) == TARGETS
         np.testing.assert_allclose(served.to_numpy(), np.asarray(local), rtol=1e-6, atol=1e-9)
         # ... and a bad request gets a clear error, not a stack trace
         with pytest.raises(WindpipeError, match="refused"):
-            serving.score(url, df.assign(windspeed="fast"))
+            serving.request_predictions(url, df.assign(windspeed="fast"))
     finally:
         serving.stop(proc)
     assert proc.poll() is not None
 
 
+@pytest.mark.slow
 def test_windpipe_serve_prints_url_and_a_working_curl(use_platform, tmp_path):
     log_registered_model(use_platform, tmp_dir=tmp_path)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "windpipe.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "windpipe", "serve", "--port", str(port)],
                             env=use_platform.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines: list[str] = []
@@ -75,12 +75,14 @@ def test_windpipe_serve_prints_url_and_a_working_curl(use_platform, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     time.sleep(0.5)
-    assert not serving.ping(f"http://127.0.0.1:{port}"), "the model server outlived `windpipe serve`"
+    with pytest.raises(WindpipeError, match="does not answer"):  # the model server did not outlive `windpipe serve`
+        serving.ping(f"http://127.0.0.1:{port}")
 
 
+@pytest.mark.slow
 def test_serve_without_production_alias_is_a_clear_error(use_platform):
     proc = use_platform.windpipe("serve", "--port", str(free_port()),
                                  extra_env={"WINDPIPE_MODEL_NAME": "no_such_model"}, timeout=120)
     assert proc.returncode == 1
-    assert "no alias 'production'" in proc.stderr and "windpipe pipeline run" in proc.stderr
+    assert "has the alias 'production'" in proc.stderr and "windpipe pipeline run" in proc.stderr
     assert "Traceback" not in proc.stderr

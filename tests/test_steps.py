@@ -9,18 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from windpipe.errors import WindpipeError
-from windpipe.stepspec import (
-    build_graph,
-    check_interface,
-    interface_disagreements,
-    load_spec,
-    load_specs,
-    parse_spec,
-    pipeline_graph,
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.pipeline.graph import build_graph
+from windpipe.pipeline.interfaces import (
+    Parameter,
+    load_interface,
+    load_interfaces,
+    parse_interface,
+    step_defaults,
     step_folders,
-    step_source,
-    step_uri,
 )
 
 from .conftest import REPO
@@ -28,14 +25,14 @@ from .conftest import REPO
 PROJECTS = REPO / "projects"
 
 
-def spec(name: str, inputs=(), outputs=(), **extra):
-    """A tiny in-code interface (unknown entities get one float column)."""
+def spec(name: str, inputs=(), outputs=(), params=(), **extra):
+    """A tiny in-code interface (unknown entities get one float column; `params` are its MLproject's)."""
     def port(e):
         return e if isinstance(e, dict) else {"entity": e, "columns": {"v": "float"}}
 
-    data = {"step": name, "inputs": [port(e) for e in inputs], "outputs": [port(e) for e in outputs],
-            "entry_points": {"main": {"parameters": {}}}, **extra}
-    return parse_spec(data, Path(f"/nowhere/{name}"))
+    data = {"step": name, "inputs": [port(e) for e in inputs], "outputs": [port(e) for e in outputs], **extra}
+    eps = {"main": {p: Parameter(p, default="x") for p in params}}
+    return parse_interface(data, Path(f"/nowhere/{name}"), entry_points=eps)
 
 
 def listing(folder: Path) -> list[str]:
@@ -43,7 +40,7 @@ def listing(folder: Path) -> list[str]:
 
 
 def windpipe_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "windpipe.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "windpipe", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd, env=env or dict(os.environ))
 
 
@@ -66,63 +63,98 @@ def runs_of(platform, step: str):
 
 
 @pytest.mark.parametrize("folder", step_folders(PROJECTS), ids=lambda p: p.name)
-def test_every_step_interface_agrees_with_its_mlproject(folder):
+def test_every_step_has_an_interface_that_names_its_mlproject_parameters(folder):
     assert (folder / "step.yaml").exists(), f"{folder} has no step.yaml (its interface)"
-    s = load_spec(folder)
+    s = load_interface(folder)
     assert s.name == folder.name
-    assert interface_disagreements(s) == []
+    for port in s.inputs + s.outputs:
+        assert port.parameter is None or port.parameter in s.parameters
 
 
-def test_disagreeing_interface_is_reported(tmp_path):
-    (tmp_path / "MLproject").write_text("name: x\nentry_points:\n  main:\n    parameters:\n"
-                                        "      a: {type: float, default: 1}\n      b: string\n"
-                                        "    command: python step.py\n  other:\n    command: python o.py\n")
-    (tmp_path / "step.yaml").write_text("step: x\nentry_points:\n  main:\n    parameters:\n"
-                                        "      a: {type: float, default: 2}\n      c: {type: string}\n")
-    diffs = interface_disagreements(load_spec(tmp_path))
-    assert any("'other' is only in MLproject" in d for d in diffs)
-    assert any("'b' is only in MLproject" in d for d in diffs)
-    assert any("'c' is only in step.yaml" in d for d in diffs)
-    assert any("'a'" in d and "default" in d for d in diffs)
-    with pytest.raises(WindpipeError, match="disagrees with its MLproject"):
-        check_interface(load_spec(tmp_path))
+def test_parameter_defaults_live_in_the_mlproject_only():
+    """step.yaml repeats no parameter; the step script's options come from the MLproject."""
+    import yaml
+
+    for folder in step_folders(PROJECTS):
+        data = yaml.safe_load((folder / "step.yaml").read_text())
+        assert "entry_points" not in data and "parameters" not in data, folder
+    assert step_defaults("rf", "grid")["max_depth"] == "6,10,14"
+    assert step_defaults("rf")["max_depth"] == "14"
+    proc = subprocess.run([sys.executable, str(PROJECTS / "rf" / "step.py"), "grid", "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "[default: 6,10,14]" in proc.stdout and "comma list of depths" in proc.stdout
+
+
+def test_a_preset_naming_an_unknown_parameter_is_refused():
+    with pytest.raises(WindpipeError, match=r"Step 'x' \(main entry point\) has no parameter 'epoch'.*epochs"):
+        spec("x", params=["epochs"], presets={"quick": {"epoch": 3}})
+    assert spec("x", params=["epochs"], presets={"quick": {"epochs": 3}}).presets == {"quick": {"epochs": "3"}}
+
+
+MLPROJECT = "name: x\nentry_points:\n  main:\n    parameters: {a: {type: float, default: 1}}\n    command: x\n"
 
 
 @pytest.mark.parametrize("text, message", [
     ("step: [x", "not valid YAML"),
     ("- a\n- b\n", "must be a mapping"),
-    ("step: x\n", "lacks `entry_points:`"),
-    ("step: x\nentry_points: {main: {}}\nsurprise: 1\n", "unknown key"),
-    ("step: x\ninputs: [{entity: mystery}]\nentry_points: {main: {}}\n", "must declare `columns"),
-    ("step: x\ninputs: [{entity: processed, columns: {a: float}}]\nentry_points: {main: {}}\n", "windpipe.entities"),
-    ("step: x\ninputs: [{entity: t, columns: {a: text}}]\nentry_points: {main: {}}\n", "unknown kind"),
-    ("step: x\ninputs: [{entity: processed, parameter: nope}]\nentry_points: {main: {}}\n", "no entry point has"),
-    ("step: x\nentry_points: {main: {parameters: {a: {type: int}}}}\n", "has type 'int'"),
+    ("description: no name\n", "lacks `step: <name>`"),
+    ("step: x\nsurprise: 1\n", "unknown key"),
+    ("step: x\nentry_points: {main: {}}\n", "live in the MLproject only"),
+    ("step: x\ninputs: [{entity: mystery}]\n", "must declare `columns"),
+    ("step: x\ninputs: [{entity: processed, columns: {a: float}}]\n", "windpipe.entities"),
+    ("step: x\ninputs: [{entity: t, columns: {a: text}}]\n", "unknown kind"),
+    ("step: x\ninputs: [{entity: processed, parameter: nope}]\n", "parameter 'nope', which the main entry"),
+    ("step: x\nentry_point: grid\n", "entry point 'grid', which the MLproject does not have"),
+    ("step: x\npipeline: nightly\n", "not one of training"),
+    ("step: x\ninputs: [{entity: processed, paramter: a}]\n", "unknown key"),
 ])
 def test_bad_interfaces_are_refused_with_the_reason(tmp_path, text, message):
+    (tmp_path / "MLproject").write_text(MLPROJECT)
     (tmp_path / "step.yaml").write_text(text)
     with pytest.raises(WindpipeError, match=message):
-        load_spec(tmp_path)
+        load_interface(tmp_path)
 
 
-def test_missing_interface_names_the_file(tmp_path):
+def test_bad_mlproject_parameters_are_refused(tmp_path):
+    (tmp_path / "MLproject").write_text("name: x\nentry_points: {main: {parameters: {a: {type: int}}}}\n")
+    (tmp_path / "step.yaml").write_text("step: x\n")
+    with pytest.raises(WindpipeError, match="has type 'int'"):
+        load_interface(tmp_path)
+
+
+def test_missing_interface_or_mlproject_names_the_file(tmp_path):
+    folder = tmp_path / "projects" / "x"
+    folder.mkdir(parents=True)
+    (folder / "MLproject").write_text(MLPROJECT)
     with pytest.raises(WindpipeError, match="step.yaml does not exist"):
-        load_spec(tmp_path)
+        load_interface(folder)
+    (folder / "MLproject").unlink()
+    (folder / "step.yaml").write_text("step: x\n")
+    with pytest.raises(WindpipeError, match="has no MLproject, so MLflow cannot run it"):
+        load_interface(folder)
+    with pytest.raises(WindpipeError, match="has no MLproject"):
+        load_interfaces(folder.parent)  # a step folder without an MLproject stops every listing
 
 
 # ---------------------------------------------------------------------------------------------- the DAG
 
 
-def test_repository_dag_runs_process_before_training_before_predict():
-    g = pipeline_graph(PROJECTS)
+def test_repository_dag_runs_process_before_training_before_compare_and_predict():
+    g = build_graph(load_interfaces(PROJECTS))
     order = g.order
     assert order[0] == "process"
     for trainer in ("lr", "rf", "keras"):
-        assert order.index("process") < order.index(trainer) < order.index("predict")
+        assert order.index("process") < order.index(trainer) < order.index("compare") < order.index("promote")
         assert trainer in g.producers("model")
+    assert order.index("promote") < order.index("predict")
     assert "pipeline" in g.drivers and "pipeline" not in order
     assert set(g.external) == {"raw", "features"}
-    assert g.upstream("predict") == ["process", "keras", "lr", "rf"]
+    assert g.upstream("predict") == ["process", "keras", "lr", "rf", "compare", "promote"]
+    assert g.downstream("rf") == ["compare", "promote", "predict"]
+    training = build_graph(load_interfaces(PROJECTS), "training")
+    assert "predict" not in training.order and training.order[-1] == "promote"
+    assert build_graph(load_interfaces(PROJECTS), "prediction").order == ["predict"]
 
 
 def test_dag_order_layers_and_upstream():
@@ -131,6 +163,12 @@ def test_dag_order_layers_and_upstream():
     assert g.layers[0] == ["step:a"] and g.layers[-1] == ["entity:c1"]
     assert g.upstream("c") == ["a", "b"]
     assert sorted(g.consumers("a1")) == ["b", "c"] and g.producers("b1") == ["b"]
+
+
+def test_removing_an_input_from_step_yaml_changes_the_wiring():
+    with_input = build_graph([spec("a", [], ["x"]), spec("b", ["x"], ["y"])])
+    without = build_graph([spec("a", [], ["x"]), spec("b", [], ["y"])])
+    assert with_input.upstream("b") == ["a"] and without.upstream("b") == []
 
 
 def test_cycle_between_interfaces_names_steps_and_entities():
@@ -150,27 +188,21 @@ def test_input_no_step_produces_is_an_error_unless_external():
     assert build_graph([spec("b", [ext], ["y"])]).external == ["ghost"]
 
 
+def test_an_entity_two_steps_write_needs_all_true_in_its_reader():
+    two = [spec("a", [], ["x"]), spec("b", [], ["x"])]
+    with pytest.raises(WindpipeError, match="reads one 'x', but 2 steps write it"):
+        build_graph([*two, spec("c", ["x"], ["y"])])
+    g = build_graph([*two, spec("c", [{"entity": "x", "columns": {"v": "float"}, "all": True}], ["y"])])
+    assert g.needs("c") == ["a", "b"]
+
+
 def test_duplicate_step_names_are_refused(tmp_path):
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "MLproject").write_text("name: x\nentry_points: {main: {command: x}}\n")
-        (tmp_path / folder / "step.yaml").write_text("step: same\nentry_points: {main: {}}\n")
+        (tmp_path / folder / "step.yaml").write_text("step: same\n")
     with pytest.raises(WindpipeError, match="Two step folders declare the step 'same'"):
-        load_specs(tmp_path)
-
-
-def test_step_source_local_git_and_pinned(tmp_path):
-    assert step_uri("lr", root=PROJECTS) == str((PROJECTS / "lr").resolve())
-    src = step_source("lr", {"lr": "file:///srv/lr-repo@3f2c1ab"})
-    assert (src.uri, src.version, src.is_git) == ("file:///srv/lr-repo", "3f2c1ab", True)
-    src = step_source("lr", {"lr": "git@github.com:org/steps.git#lr"})
-    assert (src.uri, src.version) == ("git@github.com:org/steps.git#lr", None)
-    assert step_uri("lr", {"rf": "https://x/rf.git"}, root=PROJECTS).endswith("projects/lr")
-    assert step_source("lr", {"lr": str(PROJECTS / "lr")}).uri == str((PROJECTS / "lr").resolve())
-    with pytest.raises(WindpipeError, match="has no MLproject"):
-        step_source("lr", {"lr": str(tmp_path)})
-    with pytest.raises(WindpipeError, match="There is no step 'nope'"):
-        step_source("nope", root=PROJECTS)
+        load_interfaces(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- new-step
@@ -190,19 +222,19 @@ def steps_dir(tmp_path) -> Path:
 def test_new_step_creates_a_runnable_folder(steps_dir):
     import yaml
 
-    from windpipe.scaffold import new_step
+    from windpipe.pipeline.scaffold import new_step
 
     folder = new_step("describe_weather", inputs="processed", outputs="weather_copy", dest=steps_dir)
     assert sorted(p.name for p in folder.iterdir()) == ["MLproject", "README.md", "python_env.yaml", "step.py",
                                                       "step.yaml", "test_step.py", "windpipe"]
-    assert (folder / "windpipe").is_symlink() and (folder / "windpipe" / "stepspec.py").exists()
+    assert (folder / "windpipe").is_symlink() and (folder / "windpipe" / "names.py").exists()
     assert yaml.safe_load((folder / "python_env.yaml").read_text())["dependencies"] == \
         yaml.safe_load((PROJECTS / "process" / "python_env.yaml").read_text())["dependencies"]
-    s = load_spec(folder)
-    check_interface(s)
+    s = load_interface(folder)
     assert [p.entity for p in s.inputs] == ["processed"] and s.inputs[0].parameter == "processed_uri"
+    assert s.parameters["processed_uri"].default == "latest"
     assert s.output("weather_copy").columns["solar_GW"] == "float"
-    g = build_graph(load_specs(steps_dir))
+    g = build_graph(load_interfaces(steps_dir))
     assert g.order == ["process", "describe_weather"]
     compile((folder / "step.py").read_text(), "step.py", "exec")
     assert not [p for p in steps_dir.iterdir() if p.name.startswith(".")]
@@ -211,10 +243,10 @@ def test_new_step_creates_a_runnable_folder(steps_dir):
 @pytest.mark.parametrize("name", ["", "a", "Bad", "1abc", "with-dash", "has space", "class", "windpipe", "tests",
                                   "x" * 41, "../evil"])
 def test_new_step_refuses_bad_names_and_writes_nothing(steps_dir, name):
-    from windpipe.scaffold import new_step
+    from windpipe.pipeline.scaffold import new_step
 
     before = listing(steps_dir)
-    with pytest.raises(WindpipeError, match="not a valid step name|reserved"):
+    with pytest.raises(UsageError, match="not a valid step name|reserved"):
         new_step(name, dest=steps_dir)
     assert listing(steps_dir) == before
 
@@ -229,7 +261,7 @@ def test_new_step_refuses_bad_names_and_writes_nothing(steps_dir, name):
     ({"name": "other", "inputs": "processed,processed"}, "listed twice"),
 ])
 def test_new_step_bad_input_writes_nothing(steps_dir, kwargs, message):
-    from windpipe.scaffold import new_step
+    from windpipe.pipeline.scaffold import new_step
 
     before = listing(steps_dir)
     with pytest.raises(WindpipeError, match=message):
@@ -239,15 +271,15 @@ def test_new_step_bad_input_writes_nothing(steps_dir, kwargs, message):
 
 def test_new_step_cli_reports_errors_without_traceback(steps_dir):
     proc = windpipe_cli("new-step", "process", "--dest", str(steps_dir))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error
     assert "error:" in proc.stderr and "exists already" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_new_steps_run_with_mlflow_and_chain_through_latest(use_platform, steps_dir):
     """A source step (sample table) and a consumer reading its newest output (`latest`), both via `mlflow run`."""
-    from windpipe.scaffold import new_step
-    from windpipe.stepgraph import step_statuses
+    from windpipe.pipeline.figure import step_statuses
+    from windpipe.pipeline.scaffold import new_step
 
     proc = windpipe_cli("new-step", "tiny_source", "--dest", str(steps_dir), env=use_platform.env)
     assert proc.returncode == 0, proc.stderr
@@ -274,7 +306,7 @@ def test_new_steps_run_with_mlflow_and_chain_through_latest(use_platform, steps_
     assert sorted(d.dataset.name for d in use.inputs.dataset_inputs) == ["tiny_copy", "tiny_source"]
 
     statuses = step_statuses(["tiny_source", "tiny_use", "never_ran"])
-    assert statuses["tiny_use"].status == "FINISHED" and statuses["tiny_use"].start_time is not None
+    assert statuses["tiny_use"].status == "FINISHED" and statuses["tiny_use"].start_ms is not None
     assert statuses["never_ran"].status == "NO RUNS"
 
 
@@ -286,7 +318,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 def test_export_step_makes_a_standalone_repository(tmp_path):
-    from windpipe.export import export_step
+    from windpipe.pipeline.export import export_step
 
     res = export_step(PROJECTS / "process", tmp_path / "process-repo")
     repo = res.dest
@@ -295,16 +327,16 @@ def test_export_step_makes_a_standalone_repository(tmp_path):
     assert git(repo, "status", "--porcelain") == ""
     tracked = git(repo, "ls-files").splitlines()
     for f in ("MLproject", "python_env.yaml", "step.py", "step.yaml", "EXPORTED.md", ".gitignore",
-              "windpipe/__init__.py", "windpipe/stepspec.py", "windpipe/steps/process.py"):
+              "windpipe/__init__.py", "windpipe/names.py", "windpipe/steps/process.py"):
         assert f in tracked, f
     assert not (repo / "windpipe").is_symlink()
     assert not any("__pycache__" in f for f in tracked)
-    check_interface(load_spec(repo))
+    assert load_interface(repo).name == "process"
     assert "vendored" in (repo / "EXPORTED.md").read_text()
 
 
 def test_export_to_a_non_empty_folder_writes_nothing(tmp_path):
-    from windpipe.export import export_step
+    from windpipe.pipeline.export import export_step
 
     dest = tmp_path / "taken"
     dest.mkdir()
@@ -314,7 +346,7 @@ def test_export_to_a_non_empty_folder_writes_nothing(tmp_path):
         export_step(PROJECTS / "process", dest)
     assert listing(tmp_path) == before
     proc = windpipe_cli("export-step", "projects/process", str(dest))
-    assert proc.returncode == 1 and "not empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "not empty" in proc.stderr and "Traceback" not in proc.stderr
     assert listing(tmp_path) == before
     with pytest.raises(WindpipeError, match="no MLproject"):
         export_step(tmp_path, tmp_path / "new")
@@ -322,7 +354,7 @@ def test_export_to_a_non_empty_folder_writes_nothing(tmp_path):
 
 
 def test_export_into_an_empty_folder_is_fine(tmp_path):
-    from windpipe.export import export_step
+    from windpipe.pipeline.export import export_step
 
     (tmp_path / "empty").mkdir()
     assert (export_step(PROJECTS / "process", tmp_path / "empty").dest / ".git").is_dir()
@@ -332,8 +364,8 @@ def test_export_into_an_empty_folder_is_fine(tmp_path):
 def test_exported_lr_runs_with_mlflow_at_its_commit(use_platform, raw_dir, tmp_path):
     """`mlflow run DEST --version <commit>`: the exported lr step trains on a local processed file."""
     from windpipe.data.process import process, read_raw
-    from windpipe.entities import PROCESSED, write_entity
-    from windpipe.export import export_step
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import write_entity
 
     data = write_entity(PROCESSED, process(*read_raw(raw_dir)), tmp_path / "processed.parquet")
     proc = windpipe_cli("export-step", "projects/lr", str(tmp_path / "lr-repo"))
@@ -350,16 +382,16 @@ def test_exported_lr_runs_with_mlflow_at_its_commit(use_platform, raw_dir, tmp_p
     assert run.data.tags["mlflow.source.git.commit"] == commit
     assert run.data.tags["windpipe.model_uri"].startswith("models:/")
     assert "r2" in run.data.metrics
-    assert export_step  # the CLI and the function are the same code path
 
 
 # ---------------------------------------------------------------------------------------------- graph
 
 
 def test_pipeline_figure_and_offline_html(tmp_path):
-    from windpipe.stepgraph import StepStatus, pipeline_figure, write_pipeline_html
+    from windpipe.pipeline.figure import pipeline_figure, write_pipeline_html
+    from windpipe.tracking.runs import StepStatus
 
-    specs = load_specs(PROJECTS)
+    specs = load_interfaces(PROJECTS)
     fig = pipeline_figure(specs, {"lr": StepStatus("lr", "FAILED", reason="boom")})
     steps_trace = next(t for t in fig.data if t.name == "steps")
     labels = " ".join(steps_trace.text)
@@ -373,22 +405,21 @@ def test_pipeline_figure_and_offline_html(tmp_path):
 
 
 def test_graph_cli_without_platform_says_statuses_unavailable(tmp_path):
-    from windpipe.procs import free_port
+    from windpipe.stack.procs import free_port
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     proc = windpipe_cli("graph", "--out", str(tmp_path / "g.html"), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "run statuses unavailable" in proc.stdout
     html = (tmp_path / "g.html").read_text()
-    for name in ("process", "lr", "rf", "keras", "predict", "pipeline"):
+    for name in ("process", "lr", "rf", "keras", "compare", "promote", "predict", "pipeline"):
         assert name in html
 
 
 def test_graph_cli_refuses_a_cycle(steps_dir, tmp_path):
     (steps_dir / "loop").mkdir()
     (steps_dir / "loop" / "MLproject").write_text("name: loop\nentry_points: {main: {command: x}}\n")
-    (steps_dir / "loop" / "step.yaml").write_text("step: loop\ninputs: [processed]\noutputs: [raw]\n"
-                                                  "entry_points: {main: {}}\n")
+    (steps_dir / "loop" / "step.yaml").write_text("step: loop\ninputs: [processed]\noutputs: [raw]\n")
     proc = windpipe_cli("graph", "--projects", str(steps_dir), "--no-statuses", "--out", str(tmp_path / "g.html"))
     assert proc.returncode == 1 and "cycle" in proc.stderr and "loop" in proc.stderr
     assert not (tmp_path / "g.html").exists()
@@ -396,7 +427,7 @@ def test_graph_cli_refuses_a_cycle(steps_dir, tmp_path):
 
 @pytest.mark.slow
 def test_visualize_pipeline_notebook_runs_headless(use_platform, tmp_path):
-    from windpipe.notebooks import run_notebook
+    from windpipe.workbench.notebooks import run_notebook
 
     nb = run_notebook(REPO / "notebooks" / "visualize_pipeline.ipynb", env=use_platform.env,
                       out=tmp_path / "executed.ipynb", timeout=300)

@@ -10,7 +10,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from windpipe.entities import PROCESSED, write_entity
+from windpipe.entities.schema import PROCESSED
+from windpipe.entities.store import write_entity
 
 from .conftest import latest_run, mlflow_run
 from .models import tiny_processed
@@ -78,7 +79,7 @@ def test_rf_main_and_small_grid(use_platform, entity):
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4
     best = max(children, key=lambda r: r.data.metrics["r2"])
-    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.tags["windpipe.best_run_id"] == best.info.run_id
     assert parent.data.metrics["r2"] == pytest.approx(best.data.metrics["r2"])
     assert all(not c.outputs or not c.outputs.model_outputs for c in children)
 
@@ -140,9 +141,10 @@ def test_bad_input_fails_the_run_with_reason_and_no_model(use_platform, entity, 
 def test_evaluate_bad_model_uri_fails(use_platform, entity):
     proc = mlflow_run(use_platform, "lr", "-e", "evaluate", "-P", "model_uri=models:/m-doesnotexist",
                       "-P", f"data={entity}")
-    assert proc.returncode != 0 and "Cannot load the model" in proc.stderr
+    assert proc.returncode != 0 and "Cannot resolve the model models:/m-doesnotexist" in proc.stderr
     run = latest_run(use_platform, "lr", "evaluate")
-    assert run.info.status == "FAILED" and "Cannot load the model" in run.data.tags["windpipe.failure_reason"]
+    assert run.info.status == "FAILED"
+    assert "Cannot resolve the model models:/m-doesnotexist" in run.data.tags["windpipe.failure_reason"]
 
 
 def test_lr_runs_in_its_own_virtualenv(use_platform, entity):

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
 from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.pipeline.interfaces import step_defaults
 from windpipe.training import models as M
 from windpipe.training.figures import predicted_vs_recorded
 from windpipe.training.metrics import regression_metrics
@@ -87,16 +88,32 @@ def test_metrics_reject_mismatched_shapes():
 
 # ------------------------------------------------------------ parameter checks (before any work)
 
+RF_KEYS = ("n_estimators", "max_depth", "min_samples_leaf", "seed")
+KERAS_KEYS = ("epochs", "batch_size", "learning_rate", "hidden_units", "patience", "seed", "validation_split",
+              "ensemble", "bins")
+
+
+def rf_params(**kw):
+    """RFParams from the rf step's MLproject defaults (the one place they live), with `kw` changed."""
+    defaults = step_defaults("rf")
+    return M.RFParams.check(**{**{k: defaults[k] for k in RF_KEYS}, **kw})
+
+
+def keras_params(**kw):
+    defaults = step_defaults("keras")
+    return M.KerasParams.check(**{**{k: defaults[k] for k in KERAS_KEYS}, **kw})
+
+
 @pytest.mark.parametrize("kwargs", [{"n_estimators": -3}, {"n_estimators": 0}, {"n_estimators": "abc"},
                                     {"n_estimators": 2.5}, {"max_depth": -1}, {"max_depth": "deep"},
                                     {"min_samples_leaf": 0}, {"seed": -1}, {"n_jobs": 0}])
 def test_rf_params_rejected(kwargs):
     with pytest.raises(WindpipeError):
-        M.RFParams.check(**kwargs)
+        rf_params(**kwargs)
 
 
 def test_rf_params_parse_strings():
-    p = M.RFParams.check(n_estimators="16", max_depth="none", seed="7.0")
+    p = rf_params(n_estimators="16", max_depth="none", seed="7.0")
     assert (p.n_estimators, p.max_depth, p.seed) == (16, None, 7)
 
 
@@ -106,11 +123,11 @@ def test_rf_params_parse_strings():
                                     {"patience": -1}, {"validation_split": 1.0}, {"ensemble": 0}, {"bins": -1}])
 def test_keras_params_rejected(kwargs):
     with pytest.raises(WindpipeError):
-        M.KerasParams.check(**kwargs)
+        keras_params(**kwargs)
 
 
 def test_keras_params_parse_strings():
-    p = M.KerasParams.check(epochs="3", learning_rate="0.01", hidden_units="8, 4")
+    p = keras_params(epochs="3", learning_rate="0.01", hidden_units="8, 4")
     assert (p.epochs, p.learning_rate, p.hidden_units) == (3, 0.01, (8, 4))
 
 
@@ -129,16 +146,16 @@ def test_grid_lists():
 def test_lr_learns_the_cubic_wind_curve_from_raw_features():
     train, test = split(frame(400))
     model = M.train_lr(*xy(train))
-    pred = M.predict(model, xy(test)[0])
+    pred = M.predict_fitted(model, xy(test)[0])
     assert pred.shape == (len(test), 2)
     assert regression_metrics(xy(test)[1], pred)["r2"] > 0.95
 
 
 def test_rf_fits_and_is_reproducible():
     train, test = split(frame(300))
-    p = M.RFParams.check(n_estimators=5, max_depth=4, n_jobs=1)
-    a = M.predict(M.train_rf(*xy(train), p), xy(test)[0])
-    b = M.predict(M.train_rf(*xy(train), p), xy(test)[0])
+    p = rf_params(n_estimators=5, max_depth=4, n_jobs=1)
+    a = M.predict_fitted(M.train_rf(*xy(train), p), xy(test)[0])
+    b = M.predict_fitted(M.train_rf(*xy(train), p), xy(test)[0])
     assert a.shape == (len(test), 2) and np.array_equal(a, b)
 
 
@@ -147,26 +164,26 @@ def test_training_rejects_empty_or_incomplete_data():
     with pytest.raises(WindpipeError):
         M.train_lr(X.iloc[:0], y.iloc[:0])
     with pytest.raises(WindpipeError):
-        M.train_rf(X.drop(columns="windspeed"), y)
+        M.train_rf(X.drop(columns="windspeed"), y, rf_params())
 
 
 def test_keras_fits_with_early_stopping():
     pytest.importorskip("keras")
     train, test = split(frame(200))
-    p = M.KerasParams.check(epochs=3, batch_size=32, hidden_units="8", patience=1)
+    p = keras_params(epochs=3, batch_size=32, hidden_units="8", patience=1)
     model, history = M.train_keras(*xy(train), p)
     assert 1 <= len(history.history["loss"]) <= 3 and "val_loss" in history.history
-    assert M.predict(model, xy(test)[0]).shape == (len(test), 2)
+    assert M.predict_fitted(model, xy(test)[0]).shape == (len(test), 2)
 
 
 def test_keras_bin_encoding_runs_from_0_to_1_over_each_features_training_range():
     keras = pytest.importorskip("keras")
     X, y = xy(frame(200))
-    model = M.build_keras(X, y, M.KerasParams.check(hidden_units="4", ensemble=1, bins=4))
+    model = M.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=4))
     encoding = keras.Model(model.inputs, model.get_layer("bins_clipped").output)
     low, high = encoding.predict(np.asarray([X.min(), X.max()], dtype="float32"), verbose=0)
     assert low.shape == (4 * len(FEATURES),) and np.allclose(low, 0, atol=1e-6) and np.allclose(high, 1)
-    plain = M.build_keras(X, y, M.KerasParams.check(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
+    plain = M.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
     assert "bins" not in [layer.name for layer in plain.layers]
 
 

@@ -1,6 +1,8 @@
-"""The one settings object, read from the environment and `.env`.
+"""The one settings object, read from the environment and `.env`, and every path convention.
 
 Nothing here touches the disk at import time; `get_settings()` builds the object on demand.
+Where a file lives (pid files, logs, caches, generated secrets, databases) is decided here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,20 @@ def repo_root() -> Path:
     if (here / "pyproject.toml").exists() and (here / "windpipe").is_dir():
         return here
     return Path.cwd()
+
+
+def package_dir() -> Path:
+    """The `windpipe` package folder (code version hashes, vendoring on export)."""
+    return Path(__file__).resolve().parent
+
+
+def projects_dir() -> Path:
+    """The `projects/` folder of this checkout: one MLflow project per step."""
+    return repo_root() / "projects"
+
+
+def default_report_path() -> Path:
+    return repo_root() / "report" / "output" / "weekly_report.html"
 
 
 def _env_file() -> Path:
@@ -48,12 +64,14 @@ class Settings(BaseSettings):
     )
     marts_url: str | None = None
     # batches of at least this many rows go into the marts through a helper process (overlapping the
-    # model's loading and scoring; windpipe.marts_process); 0: never
+    # model's loading and scoring; windpipe.marts.helper); 0: never
     marts_helper_rows: int = Field(default=100_000, ge=0)
     log_dashboard_predictions: bool = True
     dashboard_port: int = 8050
     serve_port: int = 8003
     startup_timeout: float = 60.0
+
+    # ------------------------------------------------------------------ addresses
 
     @property
     def local_tracking_uri(self) -> str:
@@ -72,6 +90,43 @@ class Settings(BaseSettings):
     @property
     def effective_marts_url(self) -> str:
         return self.marts_url or f"sqlite:///{self.home / 'marts.db'}"
+
+    # ------------------------------------------------------------------ the state folder
+
+    def pid_file(self, service: str) -> Path:
+        """Where a detached service (ftp, mlflow, dashboard, ...) records its pid."""
+        return self.home / "run" / f"{service}.pid"
+
+    def log_file(self, service: str) -> Path:
+        return self.home / "logs" / f"{service}.log"
+
+    def run_file(self, name: str) -> Path:
+        """Small runtime facts beside the pid files (e.g. the dashboard's URL)."""
+        return self.home / "run" / name
+
+    def secret_file(self, name: str) -> Path:
+        """A generated secret (mode 0600), e.g. the FTP password."""
+        return self.home / name
+
+    @property
+    def ftp_root(self) -> Path:
+        return self.home / "ftp"
+
+    @property
+    def backend_store_uri(self) -> str:
+        return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def registry_lock_file(self) -> Path:
+        return self.home / "registry.lock"
+
+    def cache_dir(self, *parts: str) -> Path:
+        """Downloads kept between commands (model versions, training entities): <home>/cache/..."""
+        return self.home.joinpath("cache", *parts)
+
+    def output_dir(self, *parts: str) -> Path:
+        """What commands write for the user inside the state folder (docker contexts, the demo batch)."""
+        return self.home.joinpath(*parts)
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -8,25 +8,8 @@ Writes OUTPUT (parquet: row_no, utc_timestamp, solar_GW_pred, wind_GW_pred, mode
 
 from pathlib import Path
 
-import typer
-
-from windpipe.steps.predict import main
-from windpipe.steps.runs import run_step
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes")
-
-
-def cli(input: str = typer.Option(..., help="Parquet of features to score."),
-        output: str = typer.Option(..., help="Parquet of predictions to write."),
-        model_uri: str = typer.Option("", help="Model URI; empty = models:/wind_solar@production."),
-        overwrite: str = typer.Option("false", help="true: replace OUTPUT if it exists."),
-        drop_invalid: str = typer.Option("false", help="true: skip rows with missing values.")) -> None:
-    """Score INPUT with the production model and log the batch."""
-    run_step(main, input, output, model_uri or None, _flag(overwrite), _flag(drop_invalid), source="project",
-             step_dir=Path(__file__).parent)
-
+from windpipe.steps.cli import run_entry_points
+from windpipe.steps.predict import project_main
 
 if __name__ == "__main__":
-    typer.run(cli)
+    run_entry_points(Path(__file__).parent, main=project_main)

@@ -6,16 +6,8 @@ Writes the `processed` entity: entities/processed.parquet on the run, also an ML
 
 from pathlib import Path
 
-import typer
-
+from windpipe.steps.cli import run_entry_points
 from windpipe.steps.process import main
-from windpipe.steps.runs import run_step
-
-
-def cli(raw_dir: str = typer.Option(..., help="Folder with the two raw OPSD-shaped CSV files.")) -> None:
-    """Turn raw files into the processed entity and log it."""
-    run_step(main, raw_dir, step_dir=Path(__file__).parent)
-
 
 if __name__ == "__main__":
-    typer.run(cli)
+    run_entry_points(Path(__file__).parent, main=main)

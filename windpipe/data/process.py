@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from windpipe.data.synth import TIMESERIES_FILE, WEATHER_FILE
-from windpipe.entities import PROCESSED, TIMESTAMP
+from windpipe.entities.schema import PROCESSED
 from windpipe.errors import WindpipeError
+from windpipe.names import TIMESTAMP
 
 POWER_COLUMNS = {"DE_solar_generation_actual": "solar_GW", "DE_wind_generation_actual": "wind_GW"}
 WEATHER_COLUMNS = {

@@ -1,6 +1,7 @@
 """Run a step from its interface: read its input entities, call its pure `transform`, log its outputs.
 
-Steps made by `windpipe new-step` call `run_interface_step(step_dir, transform, {entity: uri})`:
+Steps made by `windpipe new-step` run `interface_step(transform)` as their entry point, which calls
+`run_interface_step(step_dir, transform, params)` with the MLproject's parameters:
 
 - an input URI is a path, any URI MLflow can download (`runs:/...`), or `latest`: the entity
   the newest finished run in the experiment tagged `windpipe.entity.<name>` wrote;
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from windpipe.entities import TIMESTAMP, Entity, data_date, log_entity, log_entity_input, read_entity, resolve_uri
+from windpipe import names
+from windpipe.entities.schema import Entity, data_date
+from windpipe.entities.store import log_entity, log_entity_input, read_entity, resolve_uri
 from windpipe.errors import WindpipeError
-from windpipe.steps.runs import DATA_DATE_TAG, step_run
+from windpipe.names import TIMESTAMP
+from windpipe.tracking.runs import latest_entity_uri, step_run
 
 LATEST = "latest"
 Transform = Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]
@@ -46,28 +50,7 @@ def pass_through(source: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFra
     return out.reset_index(drop=True)
 
 
-def latest_entity_uri(entity: str, experiment_id: str | None = None) -> str:
-    """The URI of `entity` in the newest finished run that tagged it (`windpipe.entity.<name>`)."""
-    import mlflow
-
-    from windpipe.stepspec import ENTITY_TAG_PREFIX
-
-    tag = f"{ENTITY_TAG_PREFIX}{entity}"
-    if experiment_id is None:
-        run = mlflow.active_run()
-        experiment_id = run.info.experiment_id if run else None
-    kwargs = {"experiment_ids": [experiment_id]} if experiment_id else {"search_all_experiments": True}
-    runs = mlflow.search_runs(filter_string=f"tags.`{tag}` LIKE '%' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
-                              **kwargs)
-    if not runs:
-        raise WindpipeError(f"No finished run has written the {entity!r} entity yet (no run tagged {tag}).",
-                            f"run the step that produces {entity} first, or pass its URI "
-                            f"(-P {entity}_uri=runs:/<run_id>/entities/{entity}.parquet or a local file)")
-    return runs[0].data.tags[tag]
-
-
-def read_input(entity: Entity, uri: str, tmp: Path) -> tuple[pd.DataFrame, str]:
+def read_input_entity(entity: Entity, uri: str, tmp: Path) -> tuple[pd.DataFrame, str]:
     """Read and validate a table entity from `uri` (`latest` allowed); return the frame and the resolved URI."""
     if not uri or uri == LATEST:
         uri = latest_entity_uri(entity.name)
@@ -75,23 +58,27 @@ def read_input(entity: Entity, uri: str, tmp: Path) -> tuple[pd.DataFrame, str]:
     return df, uri
 
 
-def run_interface_step(step_dir: Path | str, transform: Transform, input_uris: Mapping[str, str],
+def run_interface_step(step_dir: Path | str, transform: Transform, params: Mapping[str, str],
                        entry_point: str = "main") -> dict[str, str]:
-    """Run a table-in, table-out step described by `<step_dir>/step.yaml`; return the output URIs by entity."""
+    """Run a table-in, table-out step described by `<step_dir>/step.yaml`; return the output URIs by entity.
+
+    `params` are the entry point's parameters; each input's parameter holds its entity's URI (or `latest`).
+    """
     import mlflow
 
-    from windpipe.stepspec import load_spec
+    from windpipe.pipeline.interfaces import load_interface
 
     step_dir = Path(step_dir)
-    spec = load_spec(step_dir)
+    spec = load_interface(step_dir)
     with step_run(spec.name, entry_point=entry_point, step_dir=step_dir), \
             tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         frames: dict[str, pd.DataFrame] = {}
         for port in spec.inputs:
-            df, uri = read_input(port.as_entity(), input_uris.get(port.entity, LATEST), tmp / "in" / port.entity)
+            uri = params.get(port.parameter or "", LATEST) or LATEST
+            df, uri = read_input_entity(port.as_entity(), uri, tmp / "in" / port.entity)
             log_entity_input(port.as_entity(), df, uri, context="input")
-            mlflow.set_tag(f"windpipe.input.{port.entity}", uri)  # the parameter may say `latest`
+            mlflow.set_tag(names.input_tag(port.entity), uri)  # the parameter may say `latest`
             frames[port.entity] = df
         outputs = transform(frames)
         wanted = {p.entity for p in spec.outputs}
@@ -110,6 +97,16 @@ def run_interface_step(step_dir: Path | str, transform: Transform, input_uris: M
             mlflow.set_tag(port.tag, uris[port.entity])
             mlflow.log_metric(f"rows_{port.entity}", len(df))
             if TIMESTAMP in df.columns:
-                mlflow.set_tag(DATA_DATE_TAG, data_date(df))
+                mlflow.set_tag(names.DATA_DATE_TAG, data_date(df))
             print(f"{spec.name}: wrote {port.entity} ({len(df)} rows) -> {uris[port.entity]}")
         return uris
+
+
+def interface_step(transform: Transform) -> Callable[..., dict[str, str]]:
+    """The `main` entry point of a step made by `windpipe new-step`: its inputs through `transform` to its outputs."""
+
+    def main(step_dir: Path, **params: str) -> dict[str, str]:
+        """Read the input entities, transform them, write and log the output entities."""
+        return run_interface_step(step_dir, transform, params)
+
+    return main

@@ -12,16 +12,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from windpipe.predict import BatchResult, run_batch
-from windpipe.steps.runs import step_run
+from windpipe import names
+from windpipe.scoring import drift
+from windpipe.scoring.batch import BatchResult, run_batch
+from windpipe.steps.cli import flag
+from windpipe.tracking.runs import step_run
 
 
-def main(input: str, output: str, model_uri: str | None = None, overwrite: bool = False,  # noqa: A002
+def main(input: str, output: str, model_uri: str | None = None, overwrite: bool = False,
          drop_invalid: bool = False, source: str = "cli", step_dir: Path | None = None) -> BatchResult:
     """Run one batch inside a `predict` run; return what was done."""
     import mlflow
-
-    from windpipe import drift
 
     with step_run("predict", step_dir=step_dir) as run:
         # (not the MLproject's parameter names: `mlflow run` logged those already)
@@ -33,14 +34,14 @@ def main(input: str, output: str, model_uri: str | None = None, overwrite: bool 
         metrics = {"rows": res.rows, "rows_dropped": res.rows_dropped, "extra_columns": len(res.extra_columns),
                    "predict_seconds": seconds, "rows_per_s": res.rows / seconds if seconds else 0.0,
                    **{f"seconds_{k}": v for k, v in res.seconds.items() if k != "total"}}
-        tags = {"windpipe.batch_id": str(res.batch_id), "windpipe.drift_status": res.drift_status,
-                "windpipe.predict.model_uri": res.model.load_uri}
+        tags = {names.BATCH_ID_TAG: str(res.batch_id), names.DRIFT_STATUS_TAG: res.drift_status,
+                names.PREDICT_MODEL_TAG: res.model.load_uri}
         if res.model.version:
-            tags["windpipe.model_version"] = res.model.version
+            tags[names.MODEL_VERSION_TAG] = res.model.version
         if res.model.instance_name:
-            tags["windpipe.instance_name"] = res.model.instance_name
+            tags[names.INSTANCE_TAG] = res.model.instance_name
         if res.model.training_entity_uri:
-            tags["windpipe.drift.reference"] = res.model.training_entity_uri
+            tags[names.DRIFT_REFERENCE_TAG] = res.model.training_entity_uri
         if res.drift is not None:
             metrics.update(drift.mlflow_metrics(res.drift))
             mlflow.log_dict(res.drift.to_dict("records"), "drift.json")
@@ -53,3 +54,10 @@ def main(input: str, output: str, model_uri: str | None = None, overwrite: bool 
             for r in res.drift.itertuples():
                 print(f"  {r.feature:<15} psi {r.psi:6.3f}  ks {r.ks:5.3f}  {r.status}")
         return res
+
+
+def project_main(input: str, output: str, model_uri: str, overwrite: str, drop_invalid: str,
+                 step_dir: Path | None = None) -> BatchResult:
+    """Score INPUT with the production model (or MODEL_URI) and log the batch (`mlflow run projects/predict`)."""
+    return main(input, output, model_uri or None, flag(overwrite), flag(drop_invalid), source="project",
+                step_dir=step_dir)

@@ -11,13 +11,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from windpipe import names
 from windpipe.data.process import process, read_raw
-from windpipe.entities import PROCESSED, data_date, log_entity, write_entity
-from windpipe.steps.runs import DATA_DATE_TAG, step_run
+from windpipe.entities.schema import PROCESSED, data_date
+from windpipe.entities.store import log_entity, write_entity
+from windpipe.tracking.runs import step_run
 
 
 def main(raw_dir: str, step_dir: Path | None = None) -> str:
-    """Process `raw_dir` inside a run; return the entity's artifact URI."""
+    """Turn the raw files in RAW_DIR into the processed entity and log it; return the entity's artifact URI."""
     import mlflow
 
     with step_run("process", step_dir=step_dir):
@@ -31,6 +33,6 @@ def main(raw_dir: str, step_dir: Path | None = None) -> str:
             uri = log_entity(PROCESSED, df, path, context="output")
         mlflow.log_metrics({"rows": len(df), "process_seconds": work_s,
                             "rows_dropped": len(power) - len(df)})
-        mlflow.set_tags({DATA_DATE_TAG: data_date(df), "windpipe.entity.processed": uri})
+        mlflow.set_tags({names.DATA_DATE_TAG: data_date(df), names.PROCESSED_TAG: uri})
         print(f"processed {len(df)} rows in {work_s:.2f} s -> {uri}")
         return uri

@@ -17,18 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from windpipe.entities import FEATURES, PROCESSED, TARGETS, data_date, read_entity, resolve_uri
+from windpipe import names
+from windpipe.entities.schema import PROCESSED, data_date
+from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
-from windpipe.steps.runs import DATA_DATE_TAG, STEP_TAG, step_run
+from windpipe.models import loading
+from windpipe.names import FEATURES, TARGETS
+from windpipe.tracking.runs import latest_entity_uri, log_batch, step_run
 from windpipe.training import models as M
 from windpipe.training.split import check_split, split, xy
 
-ENTITY_TAG = "windpipe.entity.processed"
-MODEL_URI_TAG = "windpipe.model_uri"
-FAMILY_TAG = "windpipe.model_family"
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
+
 FIGURE_PATH = "figures/predicted_vs_recorded.html"
 LATEST = ("", "latest")
 # what a logged model needs to load and predict (pinned to the versions that trained it)
@@ -59,7 +66,7 @@ class Data:
         """Log the entity as an MLflow dataset input; the dataset (and its digest) is built once per Data."""
         import mlflow
 
-        from windpipe.entities import dataset
+        from windpipe.entities.store import dataset
 
         if self._dataset is None:
             self._dataset = dataset(PROCESSED, self.df, self.uri)
@@ -70,33 +77,12 @@ class Data:
                 "train_rows": len(self.train), "test_rows": len(self.test)}
 
 
-def latest_processed_uri(experiment_id: str | None = None) -> str:
-    """The entity URI of the newest FINISHED `process` run in the (active) experiment."""
-    import mlflow
-
-    if experiment_id is None:
-        run = mlflow.active_run()
-        experiment_id = run.info.experiment_id if run else None
-    if experiment_id is None:
-        raise WindpipeError("No experiment to look for a process run in.", "pass -P data=<entity path or URI>")
-    runs = mlflow.search_runs(experiment_ids=[experiment_id],
-                              filter_string=f"tags.`{STEP_TAG}` = 'process' and attributes.status = 'FINISHED'",
-                              order_by=["start_time DESC"], max_results=1, output_format="list")
-    uri = runs[0].data.tags.get(ENTITY_TAG) if runs else None
-    if not uri:
-        raise WindpipeError("No successful process run (with a processed entity) in this experiment.",
-                            "run the process step first: mlflow run projects/process -P raw_dir=<raw folder>, "
-                            "or pass -P data=<entity path or URI>")
-    return uri
-
-
-def load_data(data: str, seed: object = 42, test_size: object = 0.2, split_by: str = "random",
-              tmp_dir: Path | None = None) -> Data:
+def load_data(data: str, seed: object, test_size: object, split_by: str, tmp_dir: Path | None = None) -> Data:
     """Check the split parameters, fetch and validate the entity, split it."""
     seed = M.as_int("seed", seed, 0)
     test_size = M.as_float("test_size", test_size, 0.0, 1.0)
     check_split(test_size, split_by)
-    uri = latest_processed_uri() if str(data).strip() in LATEST else str(data).strip()
+    uri = latest_entity_uri(PROCESSED.name) if str(data).strip() in LATEST else str(data).strip()
     path = resolve_uri(uri, tmp_dir)
     df = read_entity(PROCESSED, path)
     if "://" not in uri and not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
@@ -118,7 +104,7 @@ def pip_requirements(family: str) -> list[str]:
     return out
 
 
-def signature(family: str, X: pd.DataFrame, pred: object):  # noqa: ANN201 - an mlflow ModelSignature
+def signature(family: str, X: pd.DataFrame, pred: np.ndarray) -> ModelSignature:
     """Columns FEATURES -> TARGETS (float64); Keras models need tensors: (-1, 4) -> (-1, 2), same order."""
     import numpy as np
     from mlflow.models import ModelSignature, infer_signature
@@ -130,7 +116,7 @@ def signature(family: str, X: pd.DataFrame, pred: object):  # noqa: ANN201 - an 
     return infer_signature(X[FEATURES].astype("float64"), pd.DataFrame(pred, columns=TARGETS))
 
 
-def log_model(family: str, model: object, X: pd.DataFrame, pred: object):  # noqa: ANN201 - ModelInfo
+def log_model(family: str, model: object, X: pd.DataFrame, pred: np.ndarray) -> ModelInfo:
     """Log `model` as `model` with signature, input example and explicit requirements."""
     import mlflow
 
@@ -172,38 +158,18 @@ def log_training(family: str, model: object, params: dict[str, object], data: Da
     from windpipe.training.metrics import regression_metrics
 
     X_test, y_test = xy(data.test)
-    pred = M.predict(model, X_test)
+    pred = M.predict_fitted(model, X_test)
     metrics = regression_metrics(y_test, pred)
     data.log_input("training")
-    tags = {FAMILY_TAG: family, DATA_DATE_TAG: data_date(data.train), ENTITY_TAG: data.uri}
+    tags = {names.FAMILY_TAG: family, names.DATA_DATE_TAG: data_date(data.train), names.PROCESSED_TAG: data.uri}
     model_uri = None
     if log_model_too:
         fig = predicted_vs_recorded(y_test, pred, title=f"{family}: holdout ({len(y_test)} rows)")
         mlflow.log_figure(fig, FIGURE_PATH)
         info = log_model(family, model, X_test, pred)
-        model_uri = tags[MODEL_URI_TAG] = info.model_uri
+        model_uri = tags[names.MODEL_URI_TAG] = info.model_uri
     log_batch({**params, **data.split_params()}, {**metrics, "fit_seconds": fit_seconds}, tags)
     return {**metrics, "model_uri": model_uri}
-
-
-def log_batch(params: dict[str, object], metrics: dict[str, float] | None = None,
-              tags: dict[str, str] | None = None) -> None:
-    """Params, metrics and tags in one request; params the run already has are skipped
-    (`mlflow run` logs the MLproject parameters as typed, e.g. seed=42.0; MLflow refuses to change them)."""
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
-    run_id = mlflow.active_run().info.run_id
-    client = mlflow.MlflowClient()
-    have = client.get_run(run_id).data.params
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have],
-                     metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
-
-
-def log_params(params: dict[str, object]) -> None:
-    log_batch(params)
 
 
 def fit_timed(fit: Callable[[], object]) -> tuple[object, float]:
@@ -214,15 +180,18 @@ def fit_timed(fit: Callable[[], object]) -> tuple[object, float]:
 
 # ---------------------------------------------------------------- entry points
 
-def train(family: str, data: str = "", seed: object = 42, test_size: object = 0.2, split_by: str = "random",
-          step_dir: Path | None = None, **family_params: object) -> dict[str, object]:
-    """The `main` entry point of a family: check parameters, read, split, fit, log. Returns metrics + model_uri."""
+def train(family: str, data: str, seed: str, test_size: str, split_by: str, step_dir: Path | None = None,
+          **family_params: str) -> dict[str, object]:
+    """Fit one model of `family` on the processed entity and log it (the `main` entry point of lr, rf, keras).
+
+    Checks the parameters, then reads, splits, fits and logs; returns the holdout metrics and model_uri.
+    """
     import mlflow
 
     with step_run(family, "main", step_dir=step_dir), tempfile.TemporaryDirectory() as tmp:
         params, fit = _family(family, seed, family_params)           # 1. parameters (before any work)
         d = load_data(data, seed, test_size, split_by, Path(tmp))     # 2. the entity (before any training)
-        log_params({**params, **d.split_params()})                    # ours first (autolog logs fit args)
+        log_batch({**params, **d.split_params()})                     # ours first (autolog logs fit args)
         if family == "keras":
             mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
         try:
@@ -238,10 +207,9 @@ def train(family: str, data: str = "", seed: object = 42, test_size: object = 0.
         return out
 
 
-def grid(data: str = "", n_estimators: object = "8,16,32,64", max_depth: object = "6,10,14",
-         min_samples_leaf: object = 3, seed: object = 42, test_size: object = 0.2, split_by: str = "random",
-         n_jobs: object = -1, step_dir: Path | None = None) -> dict[str, object]:
-    """The rf `grid` entry point: one nested child run per combination, fitted in this process.
+def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, seed: str, test_size: str,
+         split_by: str, step_dir: Path | None = None, n_jobs: object = -1) -> dict[str, object]:
+    """Grid search of random forests: one child run per (n_estimators, max_depth), the best model on the parent.
 
     Children log params and holdout metrics; the parent logs the best child's params and metrics,
     tags `best_run_id`, and logs the best model (refitting nothing: the fitted model is kept).
@@ -257,12 +225,12 @@ def grid(data: str = "", n_estimators: object = "8,16,32,64", max_depth: object 
         best: tuple[float, str, object, M.RFParams, float] | None = None
         for i, p in enumerate(combos, 1):
             with mlflow.start_run(nested=True, run_name=f"rf_n{p.n_estimators}_d{p.max_depth}",
-                                  tags={STEP_TAG: "rf", "windpipe.entry_point": "grid_child"}) as child:
+                                  tags={names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
                 model, fit_s = fit_timed(lambda p=p: M.train_rf(X, y, p))
                 out = log_training("rf", model, _rf_params(p), d, fit_s, log_model_too=False)
             print(f"[{i}/{len(combos)}] n_estimators={p.n_estimators} max_depth={p.max_depth}: "
                   f"r2 {out['r2']:.4f} ({fit_s:.1f} s)", flush=True)
-            if best is None or out["r2"] > best[0]:
+            if best is None or names.better(out["r2"], best[0], "r2"):
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
             else:
                 del model
@@ -272,20 +240,18 @@ def grid(data: str = "", n_estimators: object = "8,16,32,64", max_depth: object 
                                          "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
                                          "grid_max_depth": str(max_depth)},
                            d, fit_s)
-        mlflow.set_tag("best_run_id", best_id)
+        mlflow.set_tag(names.BEST_RUN_TAG, best_id)
         print(f"best: n_estimators={p.n_estimators} max_depth={p.max_depth} r2 {r2:.4f} (run {best_id})"
               f" -> {out['model_uri']}")
         return {**out, "best_run_id": best_id}
 
 
-def evaluate(family: str, model_uri: str, data: str = "", scope: str = "holdout", seed: object = 42,
-             test_size: object = 0.2, split_by: str = "random", step_dir: Path | None = None) -> dict[str, float]:
-    """Score `model_uri` on the entity's holdout split (`scope=holdout`) or all of it (`scope=all`).
+def evaluate(family: str, model_uri: str, data: str, scope: str, seed: str, test_size: str, split_by: str,
+             step_dir: Path | None = None) -> dict[str, float]:
+    """Score MODEL_URI on the entity's holdout split (`scope=holdout`) or all of it (`scope=all`).
 
     Logs metrics `eval_rmse`, `eval_r2`, ... and tags the model and entity URIs.
     """
-    import mlflow
-
     from windpipe.training.metrics import regression_metrics
 
     with step_run(family, "evaluate", step_dir=step_dir), tempfile.TemporaryDirectory() as tmp:
@@ -293,21 +259,16 @@ def evaluate(family: str, model_uri: str, data: str = "", scope: str = "holdout"
             raise WindpipeError(f"scope must be holdout or all, got {scope!r}.",
                                 "pass -P scope=holdout (the test split) or -P scope=all (every row)")
         if not str(model_uri).strip():
-            raise WindpipeError("No model to evaluate.", "pass -P model_uri=models:/m-... (a run's windpipe.model_uri)")
+            raise WindpipeError("No model to evaluate.", "pass -P model_uri=models:/m-... (a run's model URI)")
         d = load_data(data, seed, test_size, split_by, Path(tmp))
-        try:
-            model = mlflow.pyfunc.load_model(model_uri)
-        except Exception as exc:  # MLflow raises several types for a bad URI
-            raise WindpipeError(f"Cannot load the model {model_uri} ({str(exc).splitlines()[0][:200]}).",
-                                "pass a model URI such as models:/m-... or models:/wind_solar@production") from None
+        model, _ = loading.load_uri(str(model_uri).strip())
         rows = d.test if scope == "holdout" else d.df
         X, y = xy(rows)
-        pred = pd.DataFrame(model.predict(X)).to_numpy(dtype="float64")
-        metrics = regression_metrics(y, pred, prefix="eval_")
+        metrics = regression_metrics(y, loading.predict(model, X), prefix="eval_")
         d.log_input("evaluation")
         log_batch({"model_uri": model_uri, "scope": scope, "eval_rows": len(rows), **d.split_params()}, metrics,
-                  {"windpipe.evaluated_model_uri": model_uri, ENTITY_TAG: d.uri, FAMILY_TAG: family,
-                   DATA_DATE_TAG: data_date(rows)})
+                  {names.EVALUATED_MODEL_TAG: model_uri, names.PROCESSED_TAG: d.uri, names.FAMILY_TAG: family,
+                   names.DATA_DATE_TAG: data_date(rows)})
         print(f"evaluate {model_uri} on {scope} ({len(rows)} rows): r2 {metrics['eval_r2']:.4f}")
         return metrics
 

@@ -6,15 +6,20 @@ matplotlib PNG with tight layout cost seconds on a busy 2-core machine (tracking
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
-from windpipe.entities import TARGETS
+from windpipe.names import TARGETS
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 
-def predicted_vs_recorded(  # noqa: ANN201 - a plotly Figure
-        y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndarray, targets: list[str] = TARGETS,
-        title: str = "", max_points: int = 2000, seed: int = 0):
+def predicted_vs_recorded(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndarray,
+                          targets: list[str] = TARGETS, title: str = "", max_points: int = 2000,
+                          seed: int = 0) -> go.Figure:
     """Scatter of predicted against recorded values per target (a random sample of rows), identity line."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from windpipe.entities import TARGETS
+from windpipe.names import TARGETS
 
 
 def regression_metrics(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndarray,

@@ -7,13 +7,20 @@ fail fast with a WindpipeError that names the bad value and the fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from windpipe.entities import FEATURES
 from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES
+
+if TYPE_CHECKING:
+    import keras
+    from sklearn.compose import ColumnTransformer
+    from sklearn.multioutput import MultiOutputRegressor
+    from sklearn.pipeline import Pipeline
 
 FAMILIES = ("lr", "rf", "keras")
 
@@ -73,22 +80,20 @@ def as_depth_list(name: str, value: object) -> list[int | None]:
 
 # ---------------------------------------------------------------- parameters per family
 
-@dataclass(frozen=True)
-class LRParams:
-    pass
-
+# The defaults of every parameter live in the steps' MLproject files (projects/<family>/MLproject);
+# these classes only check values and carry them.
 
 @dataclass(frozen=True)
 class RFParams:
-    n_estimators: int = 64
-    max_depth: int | None = 14
-    min_samples_leaf: int = 3
-    seed: int = 42
-    n_jobs: int = -1
+    n_estimators: int
+    max_depth: int | None
+    min_samples_leaf: int
+    seed: int
+    n_jobs: int = -1  # not a step parameter: all cores
 
     @classmethod
-    def check(cls, n_estimators: object = 64, max_depth: object = 14, min_samples_leaf: object = 3,
-              seed: object = 42, n_jobs: object = -1) -> RFParams:
+    def check(cls, n_estimators: object, max_depth: object, min_samples_leaf: object, seed: object,
+              n_jobs: object = -1) -> RFParams:
         n_jobs = as_int("n_jobs", n_jobs)
         if n_jobs == 0:
             raise WindpipeError("Parameter n_jobs must not be 0.", "pass -1 (all cores) or a positive number")
@@ -98,20 +103,20 @@ class RFParams:
 
 @dataclass(frozen=True)
 class KerasParams:
-    epochs: int = 150
-    batch_size: int = 512
-    learning_rate: float = 0.005
-    hidden_units: tuple[int, ...] = field(default=(96, 96, 96))
-    patience: int = 10
-    seed: int = 42
-    validation_split: float = 0.1
-    ensemble: int = 2
-    bins: int = 8
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    hidden_units: tuple[int, ...]
+    patience: int
+    seed: int
+    validation_split: float
+    ensemble: int
+    bins: int
 
     @classmethod
-    def check(cls, epochs: object = 150, batch_size: object = 512, learning_rate: object = 0.005,
-              hidden_units: object = "96,96,96", patience: object = 10, seed: object = 42,
-              validation_split: object = 0.1, ensemble: object = 2, bins: object = 8) -> KerasParams:
+    def check(cls, epochs: object, batch_size: object, learning_rate: object, hidden_units: object,
+              patience: object, seed: object, validation_split: object, ensemble: object,
+              bins: object) -> KerasParams:
         return cls(as_int("epochs", epochs, 1), as_int("batch_size", batch_size, 1),
                    as_float("learning_rate", learning_rate, 0.0, 10.0),
                    tuple(as_int_list("hidden_units", hidden_units, 1)), as_int("patience", patience, 0),
@@ -121,7 +126,7 @@ class KerasParams:
 
 # ---------------------------------------------------------------- sklearn families
 
-def physics_features():  # noqa: ANN201 - an sklearn transformer
+def physics_features() -> ColumnTransformer:
     """Cheap, physically motivated features inside the model (input stays the raw FEATURES):
 
     wind power grows with wind speed cubed up to saturation, so windspeed, windspeed^2, windspeed^3;
@@ -138,7 +143,7 @@ def physics_features():  # noqa: ANN201 - an sklearn transformer
     )
 
 
-def train_lr(X: pd.DataFrame, y: pd.DataFrame, params: LRParams | None = None):  # noqa: ANN201
+def train_lr(X: pd.DataFrame, y: pd.DataFrame) -> Pipeline:
     """LinearRegression on physics features (a sklearn Pipeline taking the raw FEATURES)."""
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import Pipeline
@@ -147,7 +152,7 @@ def train_lr(X: pd.DataFrame, y: pd.DataFrame, params: LRParams | None = None): 
     return Pipeline([("features", physics_features()), ("lr", LinearRegression())]).fit(X[FEATURES], y)
 
 
-def train_rf(X: pd.DataFrame, y: pd.DataFrame, params: RFParams | None = None):  # noqa: ANN201
+def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> MultiOutputRegressor:
     """One RandomForestRegressor per target on the raw FEATURES.
 
     Solar hangs on radiation and wind on wind speed: a joint multi-output forest has to pick
@@ -157,7 +162,6 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, params: RFParams | None = None): 
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.multioutput import MultiOutputRegressor
 
-    p = params or RFParams()
     _check_xy(X, y)
     forest = RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth, max_features=0.5,
                                    min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs)
@@ -166,7 +170,7 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, params: RFParams | None = None): 
 
 # ---------------------------------------------------------------- keras
 
-def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParams):  # noqa: ANN201
+def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParams) -> keras.Model:
     """Per target, `ensemble` MLP towers averaged; input: the normalised features plus their bin encoding.
 
     One tower per target: solar hangs on radiation, wind on wind speed, and a shared net has to serve
@@ -205,7 +209,7 @@ def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParam
     return model
 
 
-def _bin_encoding(inputs: object, X: np.ndarray, bins: int):  # noqa: ANN202 - a Keras tensor or None
+def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int) -> keras.KerasTensor | None:
     """Piecewise-linear encoding of each feature (Gorishniy et al. 2022): for every quantile bin [lo, hi]
     of the training data, clip((x - lo) / (hi - lo), 0, 1). It hands the towers sharp, data-placed kinks
     (power curves, night), which is where the forests beat the plain MLP on wind. A frozen Dense and
@@ -229,12 +233,11 @@ def _bin_encoding(inputs: object, X: np.ndarray, bins: int):  # noqa: ANN202 - a
     return keras.layers.ReLU(max_value=1.0, name="bins_clipped")(out)
 
 
-def train_keras(X: pd.DataFrame, y: pd.DataFrame, params: KerasParams | None = None,  # noqa: ANN201
-                verbose: int = 0):
+def train_keras(X: pd.DataFrame, y: pd.DataFrame, p: KerasParams,
+                verbose: int = 0) -> tuple[keras.Model, keras.callbacks.History]:
     """Fit the MLP with EarlyStopping(restore_best_weights) on a validation split of the training data."""
     import keras
 
-    p = params or KerasParams()
     _check_xy(X, y)
     keras.utils.set_random_seed(p.seed)
     model = build_keras(X[FEATURES], y, p)
@@ -254,8 +257,8 @@ def train_keras(X: pd.DataFrame, y: pd.DataFrame, params: KerasParams | None = N
     return model, history
 
 
-def predict(model: object, X: pd.DataFrame) -> np.ndarray:
-    """Predictions of any family as a (rows, targets) float64 array."""
+def predict_fitted(model: object, X: pd.DataFrame) -> np.ndarray:
+    """Predictions of a freshly fitted model of any family as a (rows, targets) float64 array."""
     if hasattr(model, "predict") and type(model).__module__.startswith("keras"):
         out = model.predict(np.asarray(X[FEATURES], dtype="float32"), verbose=0)
     else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from windpipe.entities import FEATURES, TARGETS, TIMESTAMP
 from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 
 SPLIT_BY = ("random", "time")
 

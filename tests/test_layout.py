@@ -1,0 +1,162 @@
+"""The package's shape: layers, one owner per contract, nothing imported that does not exist."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from windpipe import names
+from windpipe.models.compare import rank_runs
+from windpipe.models.promotion import gate, improvement
+
+from .conftest import REPO
+
+PACKAGE = REPO / "windpipe"
+# where code that uses windpipe lives (teaching material and entry points included)
+USERS = [PACKAGE, REPO / "projects", REPO / "tests", REPO / "benchmarks", REPO / "dashboard", REPO / "report",
+         REPO / "server", REPO / "notebooks", REPO / "1_starting_point", REPO / "2_tracked"]
+
+
+def sources() -> dict[Path, str]:
+    """Every Python source that uses windpipe: modules, scripts and the code cells of the notebooks."""
+    out: dict[Path, str] = {}
+    for root in USERS:
+        for path in root.rglob("*"):
+            if "__pycache__" in path.parts or any(part == "windpipe" for part in path.relative_to(root).parts[:-1]):
+                continue  # (projects/<step>/windpipe is a link to the package)
+            if path.suffix == ".py":
+                out[path] = path.read_text()
+            elif path.suffix == ".jinja":  # the step templates write code that uses windpipe
+                out[path] = path.read_text()
+            elif path.suffix == ".ipynb":
+                cells = json.loads(path.read_text())["cells"]
+                out[path] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return out
+
+
+def test_import_contracts_hold():
+    """The layers of pyproject.toml's import-linter contracts: no upward import, no cycle."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_the_package_has_few_top_level_modules():
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= 8, modules
+
+
+def test_every_windpipe_import_names_something_that_exists():
+    """Deleting or renaming a public function that anything imports (even inside a function) fails here."""
+    missing = []
+    for path, text in sources().items():
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:  # notebook cells with IPython magics
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "windpipe":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.relative_to(REPO)}: {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "windpipe":
+                        importlib.import_module(alias.name)
+    assert missing == []
+
+
+def _public_functions() -> list[tuple[str, str]]:
+    out = []
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                out.append((str(path.relative_to(REPO)), node.name))
+    return out
+
+
+def test_every_public_function_is_used_somewhere():
+    """No dead code: each public function or class of the package is used by code other than its definition."""
+    texts = sources()
+    unused = []
+    for where, name in _public_functions():
+        uses = sum(text.count(name) for text in texts.values())
+        own = texts[REPO / where]
+        defined = own.count(f"def {name}(") + own.count(f"class {name}(") + own.count(f"class {name}:")
+        if uses - defined <= 0:
+            unused.append(f"{where}: {name}")
+    assert unused == []
+
+
+def _string_constants(tree: ast.AST) -> list[str]:
+    """String literals of a module, docstrings left out (f-strings give their constant parts)."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_tag_strings_and_alias_names_are_written_only_in_names():
+    """windpipe.names owns the run-tag and alias contract: no other module spells a tag or an alias."""
+    tags = {v for k, v in vars(names).items() if k.endswith("_TAG") and isinstance(v, str)}
+    prefixes = {v for k, v in vars(names).items() if k.endswith("_PREFIX") and v.startswith("windpipe.")}
+    aliases = {names.PRODUCTION, names.CHALLENGER}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "names.py" and path.parent == PACKAGE or "__pycache__" in path.parts:
+            continue
+        for value in _string_constants(ast.parse(path.read_text())):
+            is_module = value.startswith("windpipe.") and importlib.util.find_spec(value.split(" ")[0]) is not None
+            if (value in tags or value in aliases or any(f"@{a}" in value for a in aliases)
+                    or (not is_module and any(value.startswith(p) for p in prefixes))):
+                offenders.append(f"{path.relative_to(REPO)}: {value!r}")
+    assert offenders == []
+
+
+def test_the_templates_spell_no_tag_either():
+    for path in (PACKAGE / "templates").rglob("*"):
+        if path.is_file():
+            assert "windpipe.data_date" not in path.read_text() and "windpipe.promot" not in path.read_text(), path
+
+
+# -------------------------------------------------------------------------- metric direction, one owner
+
+
+@pytest.mark.parametrize("metric, higher", [
+    ("r2", True), ("r2_wind_GW", True), ("holdout_r2", True), ("eval_r2_solar_GW", True), ("best_r2", True),
+    ("rmse", False), ("mae_wind_GW", False), ("holdout_rmse", False), ("best_rmse", False), ("loss", False),
+    ("val_loss", False), ("r2x", False),
+])
+def test_metric_direction(metric, higher):
+    assert names.higher_is_better(metric) is higher
+
+
+def test_ranking_and_the_gate_follow_the_metric_direction():
+    """`windpipe compare`, the compare step (rank_runs) and the promotion gate agree on which is better."""
+    frame = pd.DataFrame({"run_id": ["a", "b", "c"], "model_uri": ["m1", "m2", "m3"], "r2": [0.5, 0.9, 0.7],
+                          "rmse": [3.0, 1.0, 2.0], "start_time": pd.to_datetime([1, 2, 3], unit="s", utc=True)})
+    assert rank_runs(frame, "r2")["run_id"].tolist() == ["b", "c", "a"]
+    assert rank_runs(frame, "rmse")["run_id"].tolist() == ["b", "c", "a"]
+    assert improvement(0.9, 0.8, "r2") > 0 > improvement(0.8, 0.9, "r2")
+    assert improvement(1.0, 2.0, "rmse") > 0 > improvement(2.0, 1.0, "rmse")
+    assert gate(0.9, 0.8, "r2", 0.0)[0] and not gate(0.8, 0.9, "r2", 0.0)[0]
+    assert names.better(0.9, 0.8, "r2") and names.better(1.0, 2.0, "rmse")

@@ -1,0 +1,5 @@
+"""`python -m windpipe ...` is the `windpipe` command."""
+
+from windpipe.cli import run
+
+run()

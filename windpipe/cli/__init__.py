@@ -1,0 +1,62 @@
+"""The `windpipe` command: one typer app made of the command groups in this package.
+
+Each module holds its commands at module level and imports its heavy libraries inside the
+commands, so `windpipe --help` is instant. Errors a user can fix print `error: ... fix: ...`
+without a traceback: exit code 2 for usage errors (a bad option, an unknown command), 1 for
+the rest; `--debug` (or WINDPIPE_DEBUG=1) shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Optional
+
+import typer
+
+from windpipe.cli import dashboard, data, models, pipeline, platform, predict, serving, steps
+from windpipe.errors import UsageError, WindpipeError
+
+app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+for _module in (platform, data, pipeline, models, predict, serving, dashboard, steps):
+    app.add_typer(_module.app, **getattr(_module, "GROUP", {}))
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("WINDPIPE_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run the command line; user-facing errors print as `error: ...` plus the fix."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(args)
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="windpipe")  # click's standalone mode: usage errors print usage, exit 2
+    except UsageError as exc:
+        _report(exc, debug)
+        sys.exit(2)
+    except WindpipeError as exc:
+        _report(exc, debug)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def _report(exc: WindpipeError, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"error: {exc}", err=True)
+
+
+def run() -> None:
+    """The `windpipe` console script (and `python -m windpipe`): main(), then a quick exit."""
+    from windpipe.stack.procs import skip_final_gc
+
+    try:
+        main()
+    finally:
+        skip_final_gc()

@@ -1,0 +1,52 @@
+"""`windpipe up | down | status | env`: the platform on this machine."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def up() -> None:
+    """Start the FTP artifact server and the MLflow tracking server (detached, idempotent)."""
+    from windpipe.settings import get_settings
+    from windpipe.stack import services
+
+    settings = get_settings()
+    services.up(settings)
+    typer.echo(f"tracking: {settings.local_tracking_uri}   (export MLFLOW_TRACKING_URI={settings.local_tracking_uri})")
+
+
+@app.command()
+def down() -> None:
+    """Stop the servers `windpipe up` started."""
+    from windpipe.settings import get_settings
+    from windpipe.stack import services
+
+    services.down(get_settings())
+
+
+@app.command()
+def status() -> None:
+    """Report the health of every server; exit 0 only when all are healthy."""
+    from windpipe.settings import get_settings
+    from windpipe.stack import services
+
+    states = services.status(get_settings())
+    for st in states:
+        mark = "up  " if st.healthy else "DOWN"
+        pid = f"pid {st.pid}" if st.pid else "no pid"
+        typer.echo(f"{mark} {st.name:<7} {st.url:<28} {pid:<10} {st.detail}")
+    if not all(st.healthy for st in states):
+        raise typer.Exit(1)
+
+
+@app.command("env")
+def env() -> None:
+    """Print shell exports that point MLflow at the platform: `eval "$(windpipe env)"`."""
+    from windpipe.settings import get_settings
+
+    settings = get_settings()
+    typer.echo(f"export MLFLOW_TRACKING_URI={settings.effective_tracking_uri}")
+    typer.echo(f"export MLFLOW_EXPERIMENT_NAME={settings.experiment}")

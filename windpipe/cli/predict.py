@@ -1,0 +1,34 @@
+"""`windpipe predict`: score a parquet batch with the production model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from windpipe.names import alias_uri
+
+app = typer.Typer()
+
+
+@app.command("predict")
+def predict(
+    input: Annotated[Path, typer.Option("--input", help="Parquet with windspeed, temperature, rad_horizontal, "
+                                        "rad_diffuse (utc_timestamp optional; other columns ignored).")],
+    output: Annotated[Path, typer.Option("--output", help="Parquet to write: row_no, utc_timestamp, "
+                                         "solar_GW_pred, wind_GW_pred, model_name, model_version, batch_id.")],
+    model_uri: Annotated[Optional[str], typer.Option(
+        help=f"Model to use (default {alias_uri('<model>')}).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    drop_invalid: Annotated[bool, typer.Option(help="Skip rows with missing values instead of refusing.")]
+    = False,
+) -> None:
+    """Score INPUT with the production model; write OUTPUT, the data marts and drift, in an MLflow run.
+
+    Reads INPUT (parquet) and the model; writes OUTPUT atomically, one batch in the marts
+    (WINDPIPE_MARTS_URL, default SQLite in the state folder) and a run tagged windpipe.step=predict.
+    """
+    from windpipe.steps.predict import main
+
+    main(str(input), str(output), model_uri, overwrite, drop_invalid, source="cli")

@@ -1,0 +1,104 @@
+"""`windpipe steps | graph | new-step | export-step`: the step interfaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("new-step")
+def new_step(
+    name: Annotated[str, typer.Argument(help="Step name: lower-case letters, digits and _, e.g. clean_weather.")],
+    inputs: Annotated[Optional[str], typer.Option(
+        help="Entities it reads, comma-separated (e.g. processed); each becomes a <entity>_uri parameter.")] = None,
+    outputs: Annotated[Optional[str], typer.Option(
+        help="Entities it writes, comma-separated (default: one named after the step).")] = None,
+    dest: Annotated[Optional[Path], typer.Option(help="Folder of step folders (default: projects/).")] = None,
+    description: Annotated[Optional[str], typer.Option(help="One line on what the step does.")] = None,
+) -> None:
+    """Create DEST/NAME: MLproject, python_env.yaml, step.py, step.yaml, README.md, test_step.py.
+
+    Reads the interfaces of the existing steps (to find the schema of each input) and writes
+    nothing unless the new step fits the pipeline. The step runs at once:
+    `mlflow run projects/NAME --env-manager local`.
+    """
+    from windpipe.pipeline.scaffold import new_step as make
+
+    folder = make(name, inputs, outputs, dest, description)
+    typer.echo(f"created {folder}")
+    typer.echo(f"run it:  mlflow run {folder} --env-manager local")
+
+@app.command("export-step")
+def export_step(
+    step_dir: Annotated[Path, typer.Argument(help="The step folder, e.g. projects/lr.")],
+    dest: Annotated[Path, typer.Argument(help="A new (or empty) folder for the repository.")],
+) -> None:
+    """Make STEP_DIR a standalone git repository at DEST (windpipe vendored, one initial commit).
+
+    Run it with `mlflow run DEST --version <commit> --env-manager local`; the run records the
+    commit as `mlflow.source.git.commit`.
+    """
+    from windpipe.pipeline.export import export_step as export
+
+    result = export(step_dir, dest)
+    typer.echo(f"exported step {result.step} -> {result.dest} (commit {result.commit})")
+    typer.echo(f"run it:  mlflow run {result.dest} --version {result.commit} --env-manager local")
+
+@app.command("graph")
+def graph(
+    out: Annotated[Path, typer.Option(help="HTML file to write (plotly.js inlined: opens offline).")] = Path(
+        "pipeline.html"),
+    projects: Annotated[Optional[Path], typer.Option(help="Folder of step folders (default: projects/).")] = None,
+    statuses: Annotated[bool, typer.Option(help="Colour steps by their latest run (needs the platform).")] = True,
+) -> None:
+    """Draw the pipeline from the step interfaces (steps, entities, latest run of each step) as HTML.
+
+    Reads projects/*/step.yaml; writes OUT. Without a running platform the graph is drawn
+    anyway and says the run statuses are unavailable.
+    """
+    from windpipe.pipeline.figure import pipeline_figure, statuses_or_note, write_pipeline_html
+    from windpipe.pipeline.graph import build_graph
+    from windpipe.pipeline.interfaces import load_interfaces, missing_interfaces
+
+    g = build_graph(load_interfaces(projects))
+    found, note = statuses_or_note([*g.order, *g.drivers]) if statuses else (None, "run statuses not fetched")
+    path = write_pipeline_html(pipeline_figure(g, found, note=note), out)
+    typer.echo(f"wrote {path}: {len(g.order)} steps in run order {' -> '.join(g.order)}")
+    typer.echo(note)
+    for folder in missing_interfaces(projects):
+        typer.echo(f"note: {folder} has an MLproject but no step.yaml, so it is not drawn", err=True)
+
+@app.command("steps")
+def steps(
+    projects: Annotated[Optional[Path], typer.Option(help="Folder of step folders (default: projects/).")] = None,
+) -> None:
+    """List the steps of each pipeline in run order with the entities they read and write; check every interface."""
+    from windpipe.pipeline.graph import build_graph
+    from windpipe.pipeline.interfaces import PIPELINES, load_interfaces, missing_interfaces
+
+    specs = load_interfaces(projects)
+    build_graph(specs)  # the whole graph: a cycle or an unproduced input is an error here
+    for pipeline in PIPELINES:
+        names = [s.name for s in specs if s.pipeline == pipeline and not s.driver]
+        if not names:
+            continue
+        g = build_graph(specs, None if pipeline == "none" else pipeline)
+        typer.echo(f"{pipeline} pipeline:" if pipeline != "none" else "run by hand:")
+        for name in [n for n in g.order if n in names]:
+            spec = g.specs[name]
+            ins = ", ".join(p.entity for p in spec.inputs) or "-"
+            outs = ", ".join(p.entity for p in spec.outputs) or "-"
+            typer.echo(f"  {name:<12} {ins:<22} -> {outs:<22} runs {spec.entry_point} "
+                       f"(entry points: {', '.join(spec.entry_points)})")
+    for spec in specs:
+        if spec.driver:
+            typer.echo(f"driver: {spec.name} (runs the training pipeline)")
+    missing = missing_interfaces(projects)
+    for folder in missing:
+        typer.echo(f"{folder.name:<12} no step.yaml (interface missing)", err=True)
+    if missing:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Getting the production model out: an HTTP scoring server, and a Docker build context."""

@@ -1,0 +1,135 @@
+"""Serving the production model with `mlflow models serve`, and a client for it.
+
+`serve_command` builds the command, `start` launches it and waits until `/ping` answers,
+`request_predictions(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from windpipe import names
+from windpipe.errors import WindpipeError
+from windpipe.models import loading
+from windpipe.names import FEATURES, TARGETS
+from windpipe.settings import Settings
+from windpipe.stack.procs import log_tail, port_is_free, stop_pid, wait_until
+
+
+def default_model_uri(settings: Settings) -> str:
+    return names.alias_uri(settings.model_name)
+
+
+def check_model_uri(settings: Settings, model_uri: str) -> None:
+    """The model must resolve (an alias must exist), else a clear error naming the fix."""
+    loading.resolve(model_uri, settings)
+
+
+def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", env_manager: str = "local",
+                  workers: int = 1) -> list[str]:
+    """`mlflow models serve ...` for this Python (its uvicorn; DESIGN fact 5)."""
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
+            "--env-manager", env_manager, "-w", str(workers)]
+
+
+def serve_env(settings: Settings) -> dict[str, str]:
+    """The server's environment: the tracking URI (models:/ resolves there) and this venv first on PATH."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = settings.effective_tracking_uri
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def ping(url: str, timeout: float = 2.0) -> None:
+    """Raise WindpipeError unless the scoring server answers /ping."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/ping", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            raise WindpipeError(f"The model server at {url} answered /ping with HTTP {resp.status}.")
+    except (urllib.error.URLError, OSError) as exc:
+        raise WindpipeError(f"The model server at {url} does not answer ({getattr(exc, 'reason', exc)}).",
+                            "start it: `windpipe serve`") from None
+
+
+def start(settings: Settings, port: int, model_uri: str | None = None, log: Path | None = None,
+          timeout: float | None = None, stdout: object = None) -> tuple[subprocess.Popen, str]:
+    """Check the model exists, start `mlflow models serve` on 127.0.0.1:`port`, wait for /ping.
+
+    Returns (process, url). The caller stops the process (`stop`).
+    """
+    model_uri = model_uri or default_model_uri(settings)
+    check_model_uri(settings, model_uri)
+    host = settings.host
+    if not port_is_free(host, port):
+        raise WindpipeError(f"Port {port} on {host} is taken, so the model server cannot start.",
+                            "stop what holds it, or pass --port <another>")
+    out = open(log, "ab") if log else stdout
+    proc = subprocess.Popen(serve_command(model_uri, port, host), env=serve_env(settings),
+                            stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://{host}:{port}"
+    try:
+        wait_until(lambda: ping(url), timeout or max(settings.startup_timeout, 120.0), f"The model server at {url}",
+                   alive=lambda: proc.poll() is None,
+                   exited=lambda: WindpipeError(f"The model server exited ({proc.returncode}) while starting."
+                                                f"{log_tail(log)}", "check the model URI and that the tracking "
+                                                "server runs (`windpipe status`)"))
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers (its own process group)."""
+    if proc.poll() is None:
+        stop_pid(proc.pid)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def payload(df: pd.DataFrame) -> dict:
+    """The scoring payload MLflow 3 accepts: `dataframe_split`."""
+    split = json.loads(df.to_json(orient="split", index=False, date_format="iso"))
+    return {"dataframe_split": {"columns": split["columns"], "data": split["data"]}}
+
+
+def request_predictions(url: str, df: pd.DataFrame, timeout: float = 60.0) -> pd.DataFrame:
+    """POST `df` to `<url>/invocations`; return the predictions as a frame (one column per target)."""
+    cols = [c for c in FEATURES if c in df.columns] or list(df.columns)
+    req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=json.dumps(payload(df[cols])).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): "
+                            f"{exc.read().decode(errors='replace')[:500]}",
+                            f"send the columns {', '.join(FEATURES)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise WindpipeError(f"The model server at {url} does not answer ({exc}).",
+                            "start it: `windpipe serve`") from None
+    preds = body.get("predictions", body) if isinstance(body, dict) else body
+    frame = pd.DataFrame(preds)
+    if frame.shape[1] == len(TARGETS) and list(frame.columns) == list(range(len(TARGETS))):
+        frame.columns = TARGETS
+    return frame
+
+
+def curl_example(url: str) -> str:
+    """A curl command that works against the server (two rows of features)."""
+    body = json.dumps({"dataframe_split": {
+        "columns": FEATURES,
+        "data": [[5.2, 12.0, 310.0, 120.0], [8.9, 4.5, 0.0, 0.0]]}})
+    return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"

@@ -1,0 +1,2 @@
+"""Entities: the tables steps hand to each other. `schema` declares them (pure); `store` reads, writes
+and logs them."""

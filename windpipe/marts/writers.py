@@ -1,0 +1,191 @@
+"""Writing one scored batch to the data marts in one transaction, while the caller still works on it.
+
+A batch is there completely or not at all (BatchWriter, or record_batch in one call). Big
+batches are written by a helper process (windpipe.marts.helper) while the caller loads and runs
+its model. On SQLite the row inserts are multi-row INSERT statements through the DBAPI cursor
+(same connection, same transaction), six times faster than SQLAlchemy's parameter processing for
+1M rows; other databases get SQLAlchemy's executemany in chunks ("insertmanyvalues" batching).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import Engine
+
+from windpipe.marts.helper import ProcessBatch
+from windpipe.marts.local import LocalBatch
+from windpipe.marts.tables import SOURCES, drift, get_engine
+from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
+
+if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer process starts without it)
+    import subprocess
+
+    import pandas as pd
+
+    from windpipe.settings import Settings
+
+def input_hash(features: pd.DataFrame, timestamps: pd.Series | None = None) -> str:
+    """sha256 of the scored feature matrix (float64, C order, FEATURES order) and the timestamps."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(features[FEATURES].to_numpy(dtype="float64")).tobytes())
+    if timestamps is not None:
+        digest.update(np.ascontiguousarray(_ts_ns(timestamps)).tobytes())
+    return digest.hexdigest()
+
+
+def _ts_ns(ts: pd.Series) -> np.ndarray:
+    import pandas as pd
+
+    ts = pd.to_datetime(ts, utc=True)
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+class BatchWriter:
+    """One scored batch in the marts, written in one transaction while the caller still works on it.
+
+        with BatchWriter(engine, rows=len(df)) as batch:  # big batches: a helper process starts
+            batch.start(features, model_name=..., ...)    # the header and the input rows go in ...
+            pred = model.predict(...)                     # ... while this runs
+            batch.add_predictions(pred, drift_rows)
+            write_output_file(batch.batch_id)
+            batch.commit()                                # returns the batch id
+
+    Leaving the block without commit() (an exception) rolls everything back. Batches of at least
+    `settings.marts_helper_rows` rows (100,000) on a database file or server are written by a helper
+    process (windpipe.marts_process), so that inserting 1M input rows overlaps loading and running the
+    model. `engine` is an Engine, a URL, or None for the settings' marts URL.
+    """
+
+    def __init__(self, engine: Engine | str | None = None, rows: int = 0, settings: Settings | None = None) -> None:
+        from sqlalchemy.engine import make_url
+
+        from windpipe.settings import get_settings
+
+        settings = settings or get_settings()
+        if not isinstance(engine, Engine):
+            engine = engine or settings.effective_marts_url
+        url = engine.url if isinstance(engine, Engine) else make_url(engine)
+        helper = settings.marts_helper_rows
+        if helper and rows >= helper and url.database not in (None, "", ":memory:"):
+            self._batch: LocalBatch | ProcessBatch = ProcessBatch(url)
+        else:
+            self._batch = LocalBatch(engine if isinstance(engine, Engine) else get_engine(engine))
+        self.row_no = np.zeros(0, dtype="int64")
+
+    def start(
+        self,
+        features: pd.DataFrame,
+        *,
+        model_name: str | None,
+        model_version: str | int | None,
+        model_uri: str | None,
+        source: str = "cli",
+        timestamps: pd.Series | None = None,
+        row_numbers: Sequence[int] | np.ndarray | None = None,
+        run_id: str | None = None,
+        input_path: str | None = None,
+        rows_dropped: int = 0,
+    ) -> None:
+        """Write the batch's header and its input rows (see record_batch for the arguments)."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+        n = len(features)
+        if timestamps is None and TIMESTAMP in features.columns:
+            timestamps = features[TIMESTAMP]
+        self.row_no = (np.arange(n) if row_numbers is None else np.asarray(row_numbers)).astype("int64")
+        if len(self.row_no) != n:
+            raise ValueError("row_numbers must have one entry per scored row")
+        self._batch.start({
+            "created_at": datetime.now(UTC).replace(tzinfo=None),
+            "model_name": model_name, "model_version": None if model_version is None else str(model_version),
+            "model_uri": model_uri, "run_id": run_id, "row_count": n, "rows_dropped": int(rows_dropped),
+            "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
+            "status": "complete", "drift_status": None,  # set with the predictions
+        })
+        ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+        self._batch.add_inputs({"row_no": self.row_no, TIMESTAMP: ts,
+                                **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
+
+    @property
+    def helper_process(self) -> subprocess.Popen | None:
+        """The helper process writing this batch, or None when it is written in this process."""
+        return self._batch.process if isinstance(self._batch, ProcessBatch) else None
+
+    @property
+    def batch_id(self) -> int:
+        """The new batch's id (the batches table's primary key)."""
+        return int(self._batch.batch_id)
+
+    def add_predictions(self, predictions: np.ndarray | pd.DataFrame, drift_rows: pd.DataFrame | None = None,
+                        drift_status: str = "unchecked") -> None:
+        """The (n, 2) predictions in TARGETS order, the drift rows of windpipe.scoring.drift.feature_drift (or None)
+        and the batch's drift status (the worst feature's)."""
+        preds = np.asarray(predictions, dtype="float64")
+        if preds.shape != (len(self.row_no), len(TARGETS)):
+            raise ValueError(f"predictions have shape {preds.shape}, expected ({len(self.row_no)}, {len(TARGETS)})")
+        drift_columns = None
+        if drift_rows is not None and len(drift_rows):
+            drift_columns = {c.name: drift_rows[c.name].to_numpy() for c in drift.columns if c.name in drift_rows}
+        self._batch.add_outputs({"row_no": self.row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}},
+                                drift_columns, drift_status)
+
+    def commit(self) -> int:
+        """Commit the batch (waiting for the helper process, if any); return its id."""
+        self._batch.commit()
+        return self.batch_id
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._batch.close()  # rolls back unless committed
+
+
+def record_batch(
+    engine: Engine | None,
+    features: pd.DataFrame,
+    predictions: np.ndarray | pd.DataFrame,
+    *,
+    model_name: str | None,
+    model_version: str | int | None,
+    model_uri: str | None,
+    source: str = "cli",
+    timestamps: pd.Series | None = None,
+    row_numbers: Sequence[int] | np.ndarray | None = None,
+    drift_rows: pd.DataFrame | None = None,
+    drift_status: str = "unchecked",
+    run_id: str | None = None,
+    input_path: str | None = None,
+    rows_dropped: int = 0,
+    settings: Settings | None = None,
+) -> int | None:
+    """Write one scored batch to the marts in one transaction; return its batch id.
+
+    features     the frame the model scored (FEATURES columns, float)
+    predictions  (n, 2) array or frame in TARGETS order (solar_GW, wind_GW)
+    timestamps   optional utc_timestamp per row (else taken from features[utc_timestamp] if present)
+    row_numbers  the input row number of each scored row (default 0..n-1; differs after --drop-invalid)
+    drift_rows   optional frame from windpipe.scoring.drift.feature_drift (feature, psi, ks, ks_pvalue, status, ...)
+    drift_status the batch's drift status (ok, warn, drift; unchecked without drift rows)
+    source       cli | project | dashboard. For "dashboard" nothing is written (returns None)
+                 when settings.log_dashboard_predictions is off.
+    engine       None -> get_engine(settings=settings)
+    (BatchWriter does this in steps, so that the inserts can overlap the scoring.)
+    """
+    from windpipe.settings import get_settings
+
+    if source == "dashboard" and not (settings or get_settings()).log_dashboard_predictions:
+        return None
+    with BatchWriter(engine or get_engine(settings=settings), rows=len(features), settings=settings) as batch:
+        batch.start(features, model_name=model_name, model_version=model_version, model_uri=model_uri,
+                    source=source, timestamps=timestamps, row_numbers=row_numbers, run_id=run_id,
+                    input_path=input_path, rows_dropped=rows_dropped)
+        batch.add_predictions(predictions, drift_rows, drift_status)
+        return batch.commit()
+
+

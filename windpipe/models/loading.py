@@ -1,0 +1,306 @@
+"""The one way to a model: resolve a URI to a pinned version, cache its files, load it, predict.
+
+Every consumer (predict, the dashboard, the report, the promotion gate, `evaluate`, serving)
+goes through here, so each gets the same guarantees:
+
+- `resolve("models:/wind_solar@production")` pins an alias to a version (`models:/wind_solar/3`)
+  and finds the run that logged it and the entity it was trained on;
+- a registered version's files are downloaded once into `<home>/cache/<server>/<name>/v<version>`
+  (renamed into place: no process sees half a model) and its signature is readable before the
+  model is loaded (`file_signature_columns`);
+- a model is loaded once per process and URI, with a clear error when it cannot be;
+- `predict` returns a (rows, targets) float64 array, checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from windpipe import names
+from windpipe.errors import WindpipeError, first_line
+from windpipe.names import FEATURES, TARGETS
+from windpipe.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.pyfunc import PyFuncModel
+
+log = logging.getLogger("windpipe.models")
+_URI = re.compile(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))")
+_loaded: dict[str, Any] = {}
+
+
+@dataclass
+class ModelRef:
+    """Which model: what was asked for, what is loaded, and where its training data lives."""
+
+    uri: str  # what was asked for, e.g. models:/wind_solar@production
+    load_uri: str  # what is loaded: a pinned version when known (models:/wind_solar/3)
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    instance_name: str | None = None
+    training_entity_uri: str | None = None
+    tracking_uri: str = ""  # versions are numbered per server: caches are kept per server
+    tags: dict[str, str] | None = None  # the registered version's tags
+
+    @property
+    def cache_key(self) -> str:
+        """<server>/<name>/v<version> (or run-<id>): a folder name below <home>/cache."""
+        server = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.tracking_uri.split("://")[-1]).strip("_") or "local"
+        if self.name and self.version:
+            return f"{server}/{self.name}/v{self.version}"
+        return f"{server}/" + (f"run-{self.run_id}" if self.run_id else re.sub(r"[^A-Za-z0-9_.-]", "_", self.load_uri))
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the instance name, else name v<version>, else the URI."""
+        if self.instance_name:
+            return self.instance_name
+        return f"{self.name} v{self.version}" if self.name and self.version else self.load_uri
+
+
+def promote_hint(name: str) -> str:
+    return (f"train a model (`windpipe pipeline run` or `mlflow run projects/lr`), then give a version the alias: "
+            f"`windpipe promote`; or pass --model-uri {names.version_uri(name, '<version>')}")
+
+
+def is_not_found(exc: Exception) -> bool:
+    """True for the MLflow errors that mean "no such model, version, alias or run"."""
+    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def version_by_alias(client: Any, name: str, alias: str = names.PRODUCTION) -> Any:
+    """The ModelVersion `name@alias` points at, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def resolve(model_uri: str | None = None, settings: Settings | None = None, client: Any = None) -> ModelRef:
+    """Pin `model_uri` (default models:/<model_name>@production) to a version and find its training entity.
+
+    Accepts models:/<name>@<alias>, models:/<name>/<version>, models:/m-<id> and runs:/<id>/<path>.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    uri = model_uri or names.alias_uri(settings.model_name)
+    client = client or mlflow.MlflowClient()
+    ref = ModelRef(uri=uri, load_uri=uri, tracking_uri=mlflow.get_tracking_uri())
+    m = _URI.fullmatch(uri)
+    try:
+        if m:
+            name, alias, version = m.groups()
+            try:
+                mv = version_by_alias(client, name, alias) if alias else client.get_model_version(name, version)
+            except MlflowException as exc:
+                if not is_not_found(exc):
+                    raise
+                mv = None
+            if mv is None:
+                what = f"alias '{alias}'" if alias else f"version {version}"
+                raise WindpipeError(f"No version of the registered model '{name}' has the {what} "
+                                    f"(tracking server {ref.tracking_uri}).", promote_hint(name))
+            ref.name, ref.version, ref.run_id = mv.name, str(mv.version), mv.run_id
+            ref.load_uri = names.version_uri(mv.name, mv.version)
+            ref.tags = dict(mv.tags or {})
+            ref.instance_name = ref.tags.get(names.INSTANCE_TAG)
+        elif uri.startswith("models:/m-"):
+            logged = client.get_logged_model(uri[len("models:/"):].split("/")[0])
+            ref.run_id = logged.source_run_id
+            ref.name = logged.name
+        elif uri.startswith("runs:/"):
+            ref.run_id = uri[len("runs:/"):].split("/")[0]
+        if ref.run_id:
+            ref.training_entity_uri = client.get_run(ref.run_id).data.tags.get(names.PROCESSED_TAG)
+    except WindpipeError:
+        raise
+    except MlflowException as exc:
+        raise WindpipeError(f"Cannot resolve the model {uri} ({first_line(exc)}).",
+                            promote_hint(settings.model_name)) from None
+    return ref
+
+
+def cannot_load(ref: ModelRef, exc: Exception) -> WindpipeError:
+    return WindpipeError(f"Cannot load the model {ref.load_uri} ({first_line(exc)}).",
+                         "check the model URI (models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id>) "
+                         "and that the tracking server and its artifact store run (`windpipe status`)")
+
+
+def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
+    """A registered version's folder, downloaded once into <home>/cache/<server>/<name>/v<version>/model.
+
+    None for a URI that is not a pinned registered version (not immutable: MLflow fetches it on load).
+    """
+    import mlflow
+
+    if not (ref.name and ref.version and ref.load_uri.startswith("models:/")):
+        return None
+    target = (settings or get_settings()).cache_dir(*ref.cache_key.split("/"), "model")
+    if (target / "MLmodel").exists():
+        return str(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            dst = Path(tmp) / "download"
+            dst.mkdir()
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=str(dst)))
+            if not (local / "MLmodel").exists():
+                return None  # an unexpected layout: let MLflow load it directly
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                local.rename(target)  # a rename: other processes see no half-downloaded model
+            except OSError:
+                if not (target / "MLmodel").exists():  # (another process won the race otherwise)
+                    raise
+    except Exception as exc:  # MlflowException, OSError
+        raise cannot_load(ref, exc) from None
+    return str(target)
+
+
+def requirement_mismatches(model_dir: Path | str) -> list[str]:
+    """The model's pinned requirements that this environment does not satisfy ("name==1.2 (installed 1.3)").
+
+    MLflow's own check on load costs ~1.2 s (it maps every installed module to its package);
+    reading the few pins in the model's requirements.txt takes milliseconds.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    path = Path(model_dir) / "requirements.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    out = []
+    for line in (x.strip() for x in lines):
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            req = Requirement(line)
+            installed = version(req.name)
+        except InvalidRequirement:
+            continue
+        except PackageNotFoundError:
+            out.append(f"{line} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            out.append(f"{line} (installed {installed})")
+    return out
+
+
+def load(ref: ModelRef, settings: Settings | None = None) -> PyFuncModel:
+    """The pyfunc model of `ref`, loaded once per process and pinned URI (files cached per version).
+
+    Requirement mismatches are logged as a warning (`windpipe.models` logger), as MLflow would.
+    """
+    import mlflow
+
+    key = f"{ref.tracking_uri} {ref.load_uri}"
+    if key not in _loaded:
+        local = model_files(ref, settings)
+        try:
+            _loaded[key] = mlflow.pyfunc.load_model(local or ref.load_uri, suppress_warnings=local is not None)
+        except Exception as exc:  # MlflowException, OSError, pickle errors
+            raise cannot_load(ref, exc) from None
+        if local and (mismatches := requirement_mismatches(local)):
+            log.warning("The model %s was saved with requirements this environment does not meet: %s. "
+                        "Predictions may differ; install them or score in the model's own environment "
+                        "(`mlflow run projects/predict`).", ref.load_uri, "; ".join(mismatches))
+    return _loaded[key]
+
+
+def load_uri(model_uri: str | None = None, settings: Settings | None = None) -> tuple[PyFuncModel, ModelRef]:
+    """`resolve` then `load`: the model and what it is."""
+    ref = resolve(model_uri, settings)
+    return load(ref, settings), ref
+
+
+def signature_columns(model: PyFuncModel | None) -> dict[str, str]:
+    """Input column -> MLflow type name from the model signature (FEATURES as double without one)."""
+    return _schema_columns(model.metadata.get_input_schema() if model is not None else None)
+
+
+def file_signature_columns(model_dir: str | Path, ref: ModelRef | None = None) -> dict[str, str]:
+    """`signature_columns` from a model folder's MLmodel file: known before (and without) loading the model."""
+    from mlflow.models import Model
+
+    try:
+        schema = Model.load(str(Path(model_dir) / "MLmodel")).get_input_schema()
+    except Exception as exc:  # a damaged MLmodel file
+        raise cannot_load(ref or ModelRef(uri=str(model_dir), load_uri=str(model_dir)), exc) from None
+    return _schema_columns(schema)
+
+
+def _schema_columns(schema: Any) -> dict[str, str]:
+    if schema is None or not schema.has_input_names():
+        return {f: "double" for f in FEATURES}
+    return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+
+
+def predict(model: PyFuncModel, features: pd.DataFrame) -> np.ndarray:
+    """Predictions (rows, 2) in TARGETS order, float64, from a pyfunc model (or anything with `predict`).
+
+    `features` holds the signature's columns as float64 (scoring.validate makes it so). For
+    scikit-learn models the estimator's own predict is called: the input was checked against the
+    signature already, and MLflow's second schema enforcement costs more than the linear model itself.
+    """
+    raw = None
+    if "sklearn" in (getattr(getattr(model, "metadata", None), "flavors", None) or {}):
+        try:
+            raw = model.get_raw_model()
+        except Exception:
+            raw = None
+    try:
+        pred = raw.predict(features) if raw is not None and hasattr(raw, "predict") else model.predict(features)
+    except Exception as exc:  # a model that cannot predict this input
+        raise WindpipeError(f"The model cannot predict these rows ({first_line(exc)}).",
+                            f"use a model that takes {', '.join(FEATURES)} and predicts {', '.join(TARGETS)}"
+                            ) from None
+    pred = np.asarray(pred.to_numpy() if hasattr(pred, "to_numpy") else pred, dtype="float64")
+    if pred.ndim == 1 and len(features) and pred.size == len(features) * len(TARGETS):
+        pred = pred.reshape(len(features), len(TARGETS))
+    if pred.shape != (len(features), len(TARGETS)):
+        raise WindpipeError(f"The model returned predictions of shape {pred.shape}, expected "
+                            f"({len(features)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
+                            "use a model trained on the processed entity's two targets")
+    return pred
+
+
+def training_entity(ref: ModelRef, settings: Settings | None = None) -> pd.DataFrame:
+    """The processed entity the model was trained on, downloaded once into <home>/cache/<cache key>/."""
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import read_entity, resolve_uri
+
+    if not ref.training_entity_uri:
+        raise WindpipeError(f"The model {ref.label} has no training data on record: its run lacks the "
+                            f"{names.entity_tag('processed')} tag.",
+                            "use a model trained by the windpipe steps (they record the entity they read)")
+    settings = settings or get_settings()
+    target = settings.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            local = resolve_uri(ref.training_entity_uri, Path(tmp))
+            if local.is_dir():
+                local = local / PROCESSED.filename
+            if not local.exists():
+                raise WindpipeError(f"The training entity {ref.training_entity_uri} was not found.",
+                                    "check the model run's entity tag")
+            staged = Path(tmp) / "staged.parquet"
+            shutil.copyfile(local, staged)
+            staged.replace(target)  # atomic: a reader never sees half a file
+    return read_entity(PROCESSED, target)

@@ -1,0 +1,244 @@
+"""The promotion gate: score challenger and production on the same holdout, move `production` when
+the challenger is better by the margin.
+
+`promote()` registers the best run (or the one given) as a new version of `settings.model_name`
+with the alias `challenger`, scores challenger and current `production` on the SAME holdout
+(the challenger run's processed entity, split with the run's own split params) and moves
+`production` only when the challenger is better by the margin, when forced, or when there is
+no production yet.
+
+The gate (documented in docs/registry.md): the margin is RELATIVE. With production score P and
+challenger score C on the same holdout, the improvement is (P - C) / |P| for lower-is-better
+metrics (rmse, mae) and (C - P) / |P| for higher-is-better ones (r2), the direction coming from
+`windpipe.names.higher_is_better`. The challenger is promoted when the improvement is > 0 and
+>= margin (margin 0.02 = "at least 2 % better").
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from windpipe import names
+from windpipe.entities.schema import PROCESSED
+from windpipe.entities.store import read_entity, resolve_uri
+from windpipe.errors import WindpipeError
+from windpipe.models import loading
+from windpipe.models.compare import compare_runs
+from windpipe.models.registry import (
+    check_promotable,
+    existing_version,
+    get_run,
+    now_iso,
+    register,
+    registry_lock,
+    set_tags,
+)
+from windpipe.names import FEATURES, TARGETS, higher_is_better
+from windpipe.settings import Settings, get_settings
+from windpipe.tracking.client import client as tracking_client
+
+HOLDOUT_METRICS = ("rmse", "mae", "r2", *(f"{m}_{t}" for m in ("rmse", "mae", "r2") for t in TARGETS))
+
+
+@dataclass
+class Holdout:
+    """The rows both models are scored on, and where they came from."""
+
+    df: pd.DataFrame
+    entity_uri: str
+    split_by: str
+    split_seed: int
+    test_size: float
+
+    def describe(self) -> str:
+        return (f"{len(self.df)} rows of {self.entity_uri} ({self.split_by} split, test_size {self.test_size:g}"
+                + (f", seed {self.split_seed}" if self.split_by == "random" else "") + ")")
+
+
+@dataclass
+class PromotionResult:
+    """What `promote()` did. `version` is the challenger's version; `previous` the production before."""
+
+    promoted: bool
+    version: int
+    previous: int | None
+    reason: str
+    metric: str
+    run_id: str
+    instance_name: str
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    production_metrics: dict[str, float] | None = None
+    production: int | None = None  # production version after the call
+    holdout: str = ""
+
+
+def holdout_split(df: pd.DataFrame, test_size: float = 0.2, split_seed: int = 42,
+                  split_by: str = "random") -> pd.DataFrame:
+    """The holdout rows exactly as the training steps cut them (windpipe.training.split)."""
+    from windpipe.training.split import split
+
+    return split(df, test_size=test_size, seed=split_seed, split_by=split_by)[1]
+
+
+def load_holdout(run: Any, dst: Path | None = None) -> Holdout:
+    """The challenger run's processed entity, split with the run's split params."""
+    uri = run.data.tags.get(names.PROCESSED_TAG)
+    if not uri:
+        raise WindpipeError(f"Run {run.info.run_id} has no {names.PROCESSED_TAG} tag, so there is no holdout to "
+                            "score on.",
+                            "promote a run of the lr, rf or keras steps (they tag the entity they trained on)")
+    params = run.data.params
+    try:
+        test_size = float(params.get("test_size", 0.2))
+        split_seed = int(float(params.get("split_seed", 42)))
+    except ValueError as exc:
+        raise WindpipeError(f"Run {run.info.run_id} has unreadable split params ({exc}).",
+                            "retrain it with numeric split_seed and test_size") from None
+    split_by = params.get("split_by", "random")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = resolve_uri(uri, Path(dst or tmp))
+        df = read_entity(PROCESSED, path)
+    return Holdout(holdout_split(df, test_size, split_seed, split_by).reset_index(drop=True), uri, split_by,
+                   split_seed, test_size)
+
+
+def holdout_metrics(model: Any, holdout: pd.DataFrame) -> dict[str, float]:
+    """rmse, mae, r2 (uniform average over the targets) and per target, on `holdout` (as training logs them)."""
+    from windpipe.training.metrics import regression_metrics
+
+    pred = loading.predict(model, holdout[FEATURES].astype("float64"))
+    return regression_metrics(holdout[TARGETS].to_numpy(dtype="float64"), pred)
+
+
+def _scored(model_uri: str, holdout: pd.DataFrame, settings: Settings) -> dict[str, float]:
+    """Load `model_uri` through the one loader and score it on the holdout."""
+    model, _ = loading.load_uri(model_uri, settings)
+    try:
+        return holdout_metrics(model, holdout)
+    except WindpipeError as exc:
+        raise WindpipeError(f"The model {model_uri} cannot be scored on the holdout ({exc.problem}).",
+                            exc.fix) from None
+
+
+def improvement(challenger: float, production: float, metric: str) -> float:
+    """Relative improvement of the challenger over production (> 0: better), direction-aware."""
+    gain = challenger - production if higher_is_better(metric) else production - challenger
+    if production == 0:
+        return math.inf if gain > 0 else (0.0 if gain == 0 else -math.inf)
+    return gain / abs(production)
+
+
+def gate(challenger: float, production: float, metric: str, margin: float) -> tuple[bool, str]:
+    """The quality gate: (passes, why) for relative `margin`."""
+    imp = improvement(challenger, production, metric)
+    passes = imp > 0 and imp >= margin
+    verdict = "better" if imp > 0 else "not better"
+    why = (f"challenger {metric} {challenger:.4g} vs production {production:.4g}: {verdict} by {imp:+.2%} "
+           f"(margin {margin:.2%})")
+    return passes, why
+
+
+def candidate_run(client: Any, settings: Settings, metric: str = "rmse", run_id: str | None = None) -> Any:
+    """The run to promote: `run_id` (validated) or the best finished run with a model and an entity."""
+    if run_id:
+        run = get_run(client, run_id)
+        if run.info.status != "FINISHED" or run.info.lifecycle_stage != "active":
+            raise WindpipeError(f"Run {run_id} is {run.info.status.lower()}"
+                                f"{' (deleted)' if run.info.lifecycle_stage != 'active' else ''}; "
+                                "only finished runs can be promoted.", "pick a FINISHED run from `windpipe compare`")
+        if not run.data.tags.get(names.MODEL_URI_TAG):
+            raise WindpipeError(f"Run {run_id} has no model (no {names.MODEL_URI_TAG} tag).",
+                                "pick a run of the lr, rf or keras steps from `windpipe compare`")
+        if not run.data.tags.get(names.PROCESSED_TAG):
+            raise WindpipeError(f"Run {run_id} has no {names.PROCESSED_TAG} tag, so there is no holdout to score "
+                                "it on.",
+                                "pick a run of the lr, rf or keras steps from `windpipe compare`")
+        return run
+    try:
+        ranked = compare_runs(settings, metric=metric, client=client)
+    except WindpipeError as exc:
+        raise WindpipeError(f"Nothing to promote: {exc.problem}",
+                            "train a model first (e.g. `mlflow run projects/lr`), then `windpipe promote`") from None
+    ranked = ranked[ranked["entity_uri"].astype(str) != ""]
+    if ranked.empty:
+        raise WindpipeError(f"Nothing to promote: no finished run in {settings.experiment!r} has a model, "
+                            f"the metric {metric!r} and a processed entity.",
+                            "train a model first (e.g. `mlflow run projects/lr`), then `windpipe promote`")
+    return client.get_run(str(ranked.iloc[0]["run_id"]))
+
+
+def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str | None = None,
+            margin: float = 0.0, force: bool = False, say: Any = None) -> PromotionResult:
+    """Register the best run (or `run_id`) as `challenger`; move `production` if it passes the gate.
+
+    Everything a user can get wrong (no runs, a run without a model, an unknown run id, an
+    unknown metric, a negative margin) is checked before the registry is touched.
+    """
+    settings = settings or get_settings()
+    say = say or (lambda _msg: None)
+    name = settings.model_name
+    if metric not in HOLDOUT_METRICS:
+        raise WindpipeError(f"The gate cannot score {metric!r} on a holdout; it can score "
+                            f"{', '.join(HOLDOUT_METRICS)}.", "pass --metric rmse (or mae, r2)")
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise WindpipeError(f"The margin must be a finite number >= 0, got {margin}.",
+                            "pass e.g. --margin 0.02 (challenger at least 2 % better)")
+    client = tracking_client(settings)
+    run = candidate_run(client, settings, metric, run_id)
+    run_id = run.info.run_id
+    say(f"challenger run {run_id} ({run.data.tags.get(names.FAMILY_TAG, '?')}, {run.data.tags[names.MODEL_URI_TAG]})")
+    holdout = load_holdout(run)
+    challenger_metrics = _scored(run.data.tags[names.MODEL_URI_TAG], holdout.df, settings)
+    say(f"holdout: {holdout.describe()}")
+
+    with registry_lock(settings):
+        current = loading.version_by_alias(client, name)  # re-read under the lock
+        previous = int(current.version) if current is not None else None
+        existing = existing_version(client, name, run)
+        production_metrics, promoted, reason = None, None, ""
+        if current is None:
+            promoted, reason = True, "no production version yet"
+        elif existing is not None and int(existing.version) == previous:
+            promoted, reason = False, f"v{previous} (this run) is already production"
+        else:
+            # score production BEFORE registering anything: a failure here changes nothing
+            try:
+                production_metrics = _scored(names.version_uri(name, previous), holdout.df, settings)
+            except WindpipeError as exc:
+                if not force:
+                    raise WindpipeError(f"The production version v{previous} cannot be scored on the holdout: "
+                                        f"{exc.problem}", "check `windpipe status` and retry; pass --force to "
+                                        "replace production without comparing") from None
+                promoted, reason = True, f"forced: production v{previous} cannot be scored ({exc.problem})"
+            else:
+                passes, why = gate(challenger_metrics[metric], production_metrics[metric], metric, margin)
+                promoted, reason = (True, why) if passes else (force, f"forced: {why}" if force else why)
+        data_date = run.data.tags.get(names.DATA_DATE_TAG) or "nodate"
+        tags = {names.DATA_DATE_TAG: data_date, names.RUN_ID_TAG: run_id,
+                names.FAMILY_TAG: run.data.tags.get(names.FAMILY_TAG, ""),
+                names.HOLDOUT_TAG: holdout.describe(), names.GATE_TAG: reason,
+                **{f"{names.HOLDOUT_PREFIX}{k}": f"{v:.6g}" for k, v in challenger_metrics.items()}}
+        mv = existing or register(client, name, run, tags)
+        version = int(mv.version)
+        inst = names.instance_name_for(name, version, data_date)
+        set_tags(client, mv, {**tags, names.INSTANCE_TAG: inst})
+        client.set_registered_model_alias(name, names.CHALLENGER, str(version))
+        if promoted:
+            check_promotable(client, name, version)
+            set_tags(client, mv, {names.PREVIOUS_TAG: "" if previous is None else str(previous),
+                                  names.REASON_TAG: reason, names.PROMOTED_AT_TAG: now_iso()})
+            client.set_registered_model_alias(name, names.PRODUCTION, str(version))
+        final = loading.version_by_alias(client, name)
+    return PromotionResult(promoted=promoted, version=version, previous=previous, reason=reason, metric=metric,
+                           run_id=run_id, instance_name=inst, challenger_metrics=challenger_metrics,
+                           production_metrics=production_metrics,
+                           production=int(final.version) if final is not None else None,
+                           holdout=holdout.describe())
+
+

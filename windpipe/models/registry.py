@@ -1,0 +1,213 @@
+"""The model registry: aliases, the promotion lock, registering, rolling back, listing versions.
+
+Aliases, not stages (stages are deprecated since MLflow 2.9). Every change of an alias goes
+through `registry_lock` (an exclusive file lock in the state folder), so two promotions or
+rollbacks at once leave one consistent state. The promotion gate that decides whether
+`production` moves lives in `windpipe.models.promotion`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from windpipe import names
+from windpipe.errors import WindpipeError, first_line
+from windpipe.models.loading import is_not_found, version_by_alias
+from windpipe.settings import Settings, get_settings
+from windpipe.tracking.client import client as tracking_client
+
+
+@dataclass
+class RollbackResult:
+    """What `rollback()` did: production moved from `from_version` back to `version`."""
+
+    version: int
+    from_version: int
+    instance_name: str
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def instance_name(version: Any) -> str:
+    """`<name>_v<version>_<data date>`, e.g. wind_solar_v3_20161231 (the tag when set)."""
+    tags = version.tags or {}
+    return tags.get(names.INSTANCE_TAG) or names.instance_name_for(version.name, version.version,
+                                                               tags.get(names.DATA_DATE_TAG))
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if is_not_found(exc) or "not found" in str(exc).lower():
+            raise WindpipeError(f"There is no run {run_id!r} on this tracking server.",
+                                "pass a run id from `windpipe compare`") from None
+        raise
+
+
+@contextlib.contextmanager
+def registry_lock(settings: Settings, timeout: float = 300.0) -> Iterator[None]:
+    """Exclusive lock (fcntl.flock on settings.home/registry.lock) around a registry change."""
+    import fcntl
+
+    path = settings.registry_lock_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WindpipeError(f"Another promotion has held {path} for over {timeout:.0f} s.",
+                                        "wait for it to finish; if none runs, retry (the lock is freed "
+                                        "when its process ends)") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def existing_version(client: Any, name: str, run: Any) -> Any:
+    """A READY version already registered from this run's model (promote twice = one version)."""
+    from mlflow.exceptions import MlflowException
+
+    model_uri = run.data.tags[names.MODEL_URI_TAG]
+    model_id = model_uri.removeprefix("models:/").split("/")[0]
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    except MlflowException:
+        return None
+    for v in sorted(found, key=lambda v: int(v.version)):
+        if v.status == "READY" and (v.source == model_uri or getattr(v, "model_id", None) == model_id):
+            return client.get_model_version(name, v.version)
+    return None
+
+
+def set_tags(client: Any, mv: Any, tags: dict[str, str]) -> None:
+    """Set the version tags whose value differs (one request each: skip the unchanged ones)."""
+    for key, value in tags.items():
+        if (mv.tags or {}).get(key) != value:
+            client.set_model_version_tag(mv.name, str(mv.version), key, value)
+
+
+def register(client: Any, name: str, run: Any, tags: dict[str, str]) -> Any:
+    import mlflow
+
+    try:
+        mv = mlflow.register_model(run.data.tags[names.MODEL_URI_TAG], name, await_registration_for=120, tags=tags)
+    except Exception as exc:  # MlflowException or HTTP errors
+        raise WindpipeError(f"Registering {run.data.tags[names.MODEL_URI_TAG]} as {name} failed "
+                            f"({first_line(exc)}).", "check `windpipe status` and retry") from None
+    return client.get_model_version(name, mv.version)
+
+
+def check_promotable(client: Any, name: str, version: str | int) -> Any:
+    """The version, after checking it is READY and its run FINISHED (never alias a broken version)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_not_found(exc):
+            raise WindpipeError(f"{name} version {version} does not exist.",
+                                "pick one from `windpipe models`") from None
+        raise
+    if mv.status != "READY":
+        raise WindpipeError(f"{name} version {version} is {mv.status}, not READY.",
+                            "register the model again (`windpipe promote --run-id ...`)")
+    run = get_run(client, mv.run_id) if mv.run_id else None
+    if run is None or run.info.status != "FINISHED" or run.info.lifecycle_stage != "active":
+        state = "missing" if run is None else f"{run.info.status.lower()}/{run.info.lifecycle_stage}"
+        raise WindpipeError(f"The run behind {name} version {version} is {state}.",
+                            "promote a version whose run finished")
+    return mv
+
+
+def rollback(settings: Settings | None = None) -> RollbackResult:
+    """Point `production` back at the version it replaced (the `windpipe.previous_production` tag).
+
+    Rolling back again walks further back. No production, or none before it: WindpipeError,
+    nothing changed.
+    """
+    settings = settings or get_settings()
+    name = settings.model_name
+    client = tracking_client(settings)
+    with registry_lock(settings):
+        current = version_by_alias(client, name)
+        if current is None:
+            raise WindpipeError(f"{name} has no production version, so there is nothing to roll back.",
+                                "promote a model first: `windpipe promote`")
+        previous = (current.tags or {}).get(names.PREVIOUS_TAG, "")
+        if not previous:
+            raise WindpipeError(f"{name} v{current.version} is the first production version; there is no "
+                                "previous one to roll back to.",
+                                "promote another version instead: `windpipe promote --run-id <id> --force`")
+        mv = check_promotable(client, name, previous)
+        client.set_model_version_tag(name, str(mv.version), names.REASON_TAG, f"rollback from v{current.version}")
+        client.set_model_version_tag(name, str(mv.version), names.PROMOTED_AT_TAG, now_iso())
+        client.set_model_version_tag(name, str(current.version), names.ROLLED_BACK_AT_TAG, now_iso())
+        client.set_registered_model_alias(name, names.PRODUCTION, str(mv.version))
+        mv = client.get_model_version(name, str(mv.version))
+    return RollbackResult(version=int(mv.version), from_version=int(current.version), instance_name=instance_name(mv))
+
+
+VERSION_COLUMNS = ["version", "instance_name", "aliases", "status", "run_id", "family", "data_date",
+                   "holdout_rmse", "holdout_mae", "holdout_r2", "previous_production", "promoted_at", "gate",
+                   "created"]
+
+
+def list_versions(settings: Settings | None = None, client: Any = None, name: str | None = None) -> pd.DataFrame:
+    """Every version of the registered model, newest first (empty frame when none)."""
+    settings = settings or get_settings()
+    client = client or tracking_client(settings)
+    name = name or settings.model_name
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    aliases: dict[str, list[str]] = {}
+    if found:
+        try:
+            for alias, ver in (client.get_registered_model(name).aliases or {}).items():
+                aliases.setdefault(str(ver), []).append(alias)
+        except Exception:
+            pass
+    rows = []
+    for v in found:
+        tags = v.tags or {}
+
+        def num(key: str, tags: dict = tags) -> float:
+            try:
+                return float(tags[key])
+            except (KeyError, ValueError):
+                return float("nan")
+
+        rows.append({
+            "version": int(v.version), "instance_name": instance_name(v),
+            "aliases": ",".join(sorted(aliases.get(str(v.version), v.aliases or []))),
+            "status": v.status, "run_id": v.run_id or "", "family": tags.get(names.FAMILY_TAG, ""),
+            "data_date": tags.get(names.DATA_DATE_TAG, ""),
+            **{names.HOLDOUT_PREFIX + m: num(names.HOLDOUT_PREFIX + m) for m in ("rmse", "mae", "r2")},
+            "previous_production": tags.get(names.PREVIOUS_TAG, ""), "promoted_at": tags.get(names.PROMOTED_AT_TAG, ""),
+            "gate": tags.get(names.GATE_TAG, ""),
+            "created": pd.Timestamp(v.creation_timestamp, unit="ms", tz="UTC"),
+        })
+    return (pd.DataFrame(rows, columns=VERSION_COLUMNS).sort_values("version", ascending=False)
+            .reset_index(drop=True))

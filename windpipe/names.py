@@ -1,0 +1,124 @@
+"""Every name the parts of windpipe share: columns, run and version tags, aliases, metric direction.
+
+This module owns those contracts: no other module writes a tag string, an alias name or a
+metric's direction. It imports nothing, so the lightest process (the marts writer) can use it.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------- columns
+
+TIMESTAMP = "utc_timestamp"
+FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
+TARGETS = ["solar_GW", "wind_GW"]
+PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
+
+# ---------------------------------------------------------------------------------- run tags
+
+_P = "windpipe."
+STEP_TAG = _P + "step"  # process, lr, rf, keras, compare, promote, predict, pipeline, ...
+ENTRY_TAG = _P + "entry_point"  # main, grid, evaluate, grid_child, ...
+CODE_VERSION_TAG = _P + "code_version"  # git commit + hash of the library and the step folder
+DATA_DATE_TAG = _P + "data_date"  # last timestamp of the training data, YYYYMMDD
+FAILURE_TAG = _P + "failure_reason"  # why a run FAILED
+MODEL_URI_TAG = _P + "model_uri"  # models:/m-... of the model the run logged
+FAMILY_TAG = _P + "model_family"  # lr, rf, keras
+BEST_RUN_TAG = _P + "best_run_id"  # a grid parent or the compare step: the winning run
+BEST_FAMILY_TAG = _P + "best_model_family"
+EVALUATED_MODEL_TAG = _P + "evaluated_model_uri"
+ENTITY_TAG_PREFIX = _P + "entity."  # + entity name: the URI of the entity a run read or wrote
+PROCESSED_TAG = ENTITY_TAG_PREFIX + "processed"  # the processed entity a training run read
+INPUT_TAG_PREFIX = _P + "input."  # + entity name: the URI an interface step resolved `latest` to
+# the pipeline driver and its cache
+CACHE_KEY_TAG = _P + "cache_key"
+UPSTREAM_TAG = _P + "upstream"
+PIPELINE_RUN_TAG = _P + "pipeline_run_id"
+PIPELINE_STEP_TAG_PREFIX = _P + "pipeline."  # + step name, on the pipeline run: "<run id> ran|reused"
+QUICK_TAG = _P + "quick"
+FORCE_TAG = _P + "force"
+ENV_MANAGER_TAG = _P + "env_manager"
+PROMOTE_TAG_PREFIX = _P + "promote."  # + field of the promotion result, on the promote step's run
+# batch prediction
+BATCH_ID_TAG = _P + "batch_id"
+DRIFT_STATUS_TAG = _P + "drift_status"
+DRIFT_REFERENCE_TAG = _P + "drift.reference"
+PREDICT_MODEL_TAG = _P + "predict.model_uri"
+MODEL_VERSION_TAG = _P + "model_version"
+
+# MLflow's own tags that windpipe reads or sets
+MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"
+MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
+MLFLOW_PROJECT_ENV_TAG = "mlflow.project.env"
+MLFLOW_PROJECT_ENTRY_TAG = "mlflow.project.entryPoint"
+
+# ---------------------------------------------------------------------------------- version tags
+
+INSTANCE_TAG = _P + "instance_name"  # <model>_v<version>_<data date>, e.g. wind_solar_v3_20161231
+RUN_ID_TAG = _P + "run_id"
+PREVIOUS_TAG = _P + "previous_production"
+REASON_TAG = _P + "promotion_reason"
+PROMOTED_AT_TAG = _P + "promoted_at"
+ROLLED_BACK_AT_TAG = _P + "rolled_back_at"
+GATE_TAG = _P + "gate"
+HOLDOUT_TAG = _P + "holdout"
+HOLDOUT_PREFIX = "holdout_"  # + metric: the version's score on its holdout
+
+# ---------------------------------------------------------------------------------- aliases
+
+PRODUCTION = "production"
+CHALLENGER = "challenger"
+
+# ---------------------------------------------------------------------------------- entities and steps
+
+MODEL_ENTITY = "model"  # what a training step writes; its URI is in MODEL_URI_TAG
+
+
+def entity_tag(entity: str) -> str:
+    """The run tag holding the URI of `entity` that a run read or wrote: windpipe.entity.<name>."""
+    return MODEL_URI_TAG if entity == MODEL_ENTITY else ENTITY_TAG_PREFIX + entity
+
+
+def input_tag(entity: str) -> str:
+    return INPUT_TAG_PREFIX + entity
+
+
+def pipeline_step_tag(step: str) -> str:
+    return PIPELINE_STEP_TAG_PREFIX + step
+
+
+def alias_uri(model_name: str, alias: str = PRODUCTION) -> str:
+    """models:/<name>@<alias>."""
+    return f"models:/{model_name}@{alias}"
+
+
+def version_uri(model_name: str, version: int | str) -> str:
+    """models:/<name>/<version>."""
+    return f"models:/{model_name}/{version}"
+
+
+def instance_name_for(model_name: str, version: int | str, data_date: str | None) -> str:
+    """`<name>_v<version>_<data date>`: how a model instance is named everywhere."""
+    return f"{model_name}_v{version}_{data_date or 'nodate'}"
+
+
+# ---------------------------------------------------------------------------------- metric direction
+
+#: metric names (or prefixes, before `_<target>`) where a bigger value is better
+HIGHER_IS_BETTER = ("r2", "explained_variance", "accuracy", "f1", "precision", "recall", "auc")
+
+
+def higher_is_better(metric: str) -> bool:
+    """True for metrics where bigger is better (`r2`, `r2_solar_GW`, `holdout_r2`, `best_r2`, ...).
+
+    The one place that knows a metric's direction: `windpipe compare`, the pipeline's compare
+    step and the promotion gate all rank through it.
+    """
+    base = metric.lower()
+    for prefix in (HOLDOUT_PREFIX, "val_", "eval_", "best_"):
+        base = base.removeprefix(prefix)
+    return any(base == m or base.startswith(f"{m}_") for m in HIGHER_IS_BETTER)
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    """True when `a` is strictly better than `b` for `metric`."""
+    return a > b if higher_is_better(metric) else a < b

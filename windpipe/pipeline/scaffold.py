@@ -1,0 +1,168 @@
+"""`windpipe new-step`: a new step folder from the jinja2 templates in windpipe/templates/step/.
+
+The folder is rendered into a temporary folder beside the target, checked (its interface
+parses, agrees with its MLproject, and fits the pipeline DAG without a cycle or an unproduced
+input), and only then renamed into place: on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from windpipe import names
+from windpipe.entities.schema import ENTITIES
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.fileio import atomic_folder
+from windpipe.pipeline.graph import build_graph
+from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface, load_interface, load_interfaces
+from windpipe.settings import package_dir, projects_dir
+
+TEMPLATE_DIR = package_dir() / "templates" / "step"
+TEMPLATES = {"MLproject.jinja": "MLproject", "python_env.yaml.jinja": "python_env.yaml", "step.py.jinja": "step.py",
+             "step.yaml.jinja": SPEC_FILE, "README.md.jinja": "README.md", "test_step.py.jinja": "test_step.py"}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
+RESERVED = frozenset({"windpipe", "mlflow", "step", "steps", "test", "tests", "templates", "projects", "graph",
+                      "new_step", "export_step", "all", "none", "latest", "main", "data", "entities"})
+DEMO_COLUMNS = {"utc_timestamp": "datetime", "value": "float"}
+REFERENCE_ENV = "process"  # new steps copy this step's python_env.yaml pins
+
+
+def check_name(name: str, what: str = "step") -> str:
+    """A lower-case slug usable as a folder, an MLflow tag value and a Python identifier; not reserved."""
+    if not NAME_RE.match(name or ""):
+        raise UsageError(f"{name!r} is not a valid {what} name.",
+                            f"use 2-40 characters: a lower-case letter, then lower-case letters, digits or _ "
+                            f"(e.g. {'clean_weather' if what == 'step' else 'weather_daily'})")
+    if keyword.iskeyword(name) or name in RESERVED:
+        raise UsageError(f"{name!r} is reserved and cannot be a {what} name.",
+                            f"pick another name (reserved: Python keywords and {', '.join(sorted(RESERVED))})")
+    return name
+
+
+def _split(values: Sequence[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    dupes = sorted({v for v in out if out.count(v) > 1})
+    if dupes:
+        raise UsageError(f"Entity {', '.join(dupes)} is listed twice.", "list each entity once")
+    return out
+
+
+def reference_env(root: Path | None = None) -> dict[str, Any]:
+    """python, build_dependencies and dependencies of projects/process/python_env.yaml (so pins never diverge)."""
+    import yaml
+
+    path = (root or projects_dir()) / REFERENCE_ENV / "python_env.yaml"
+    if not path.exists():
+        path = projects_dir() / REFERENCE_ENV / "python_env.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise WindpipeError(f"Cannot read the reference environment {path} ({exc}).",
+                            "new steps copy its pins: restore projects/process/python_env.yaml") from None
+    return {"python": str(data["python"]), "build_dependencies": list(data.get("build_dependencies") or ["pip"]),
+            "dependencies": list(data["dependencies"])}
+
+
+def _input_port(entity: str, specs: list[StepInterface]) -> dict[str, Any]:
+    check_name(entity, "entity")
+    known = ENTITIES.get(entity)
+    if known is not None:
+        if known.kind != "table":
+            raise WindpipeError(f"new-step scaffolds steps that read tables; {entity!r} is a {known.kind} entity.",
+                                "start from a table input and add the rest by hand (see projects/predict for a model)")
+        columns = dict(known.columns)
+    else:
+        port = next((p for s in specs if not s.driver for p in s.outputs if p.entity == entity), None)
+        if port is None:
+            producers = sorted({p.entity for s in specs for p in s.outputs} | set(ENTITIES))
+            raise WindpipeError(f"No step produces the entity {entity!r}, so the new step could not read it.",
+                                f"create the producing step first, or read one of: {', '.join(producers)}")
+        if port.kind != "table":
+            raise WindpipeError(f"new-step scaffolds steps that read tables; {entity!r} is a {port.kind} entity.",
+                                "start from a table input and add the rest by hand")
+        columns = dict(port.columns)
+    return {"entity": entity, "parameter": f"{entity}_uri", "option": f"{entity}-uri".replace("_", "-"),
+            "columns": columns, "known": known is not None}
+
+
+def _output_port(entity: str, source_columns: dict[str, str], specs: list[StepInterface]) -> dict[str, Any]:
+    check_name(entity, "entity")
+    known = ENTITIES.get(entity)
+    if known is not None and known.kind != "table":
+        raise WindpipeError(f"new-step scaffolds steps that write tables; {entity!r} is a {known.kind} entity.",
+                            "write a table here and log models by hand (see projects/lr)")
+    if known is not None:
+        columns = dict(known.columns)
+    else:  # another step may write it already: keep its schema
+        port = next((p for s in specs if not s.driver for p in s.outputs if p.entity == entity), None)
+        columns = dict(port.columns) if port is not None and port.columns else dict(source_columns)
+    return {"entity": entity, "tag": names.entity_tag(entity), "columns": columns, "known": known is not None}
+
+
+def render_step(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], target: Path,
+                description: str, env: dict[str, Any]) -> None:
+    """Render every template into the (existing, empty) folder `target`."""
+    import jinja2
+
+    from windpipe import __version__
+
+    jenv = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    jenv.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)  # valid YAML and Python literals
+    try:
+        dest_hint = os.path.relpath(target.parent, Path.cwd()) + f"/{name}"
+    except ValueError:
+        dest_hint = str(target.parent / name)
+    if dest_hint.startswith("../.."):
+        dest_hint = str(target.parent / name)
+    ctx = {"name": name, "inputs": inputs, "outputs": outputs, "description": description, "env": env,
+           "windpipe_version": __version__, "dest_hint": dest_hint}
+    for template, filename in TEMPLATES.items():
+        (target / filename).write_text(jenv.get_template(template).render(**ctx), encoding="utf-8")
+
+
+def new_step(name: str, inputs: Sequence[str] | str | None = None, outputs: Sequence[str] | str | None = None,
+             dest: Path | str | None = None, description: str | None = None) -> Path:
+    """Create `<dest>/<name>` (dest: projects/) ready for `mlflow run`; return the folder.
+
+    `inputs`/`outputs` are entity names (or comma-separated strings). With no outputs the step
+    writes an entity named after itself. Raises WindpipeError, writing nothing, on a bad or taken
+    name, an input no step produces, a non-table entity, or an interface that would make a cycle.
+    """
+    name = check_name(name)
+    dest = Path(dest) if dest else projects_dir()
+    target = dest / name
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{target} exists already.", "pick another step name (or delete that folder)")
+    specs = load_interfaces(dest) if dest.is_dir() else []
+    if any(s.name == name for s in specs):
+        raise UsageError(f"A step named {name!r} exists already in {dest}.", "pick another step name")
+    in_names, out_names = _split(inputs), _split(outputs) or [name]
+    ins = [_input_port(e, specs) for e in in_names]
+    source = ins[0]["columns"] if ins else dict(DEMO_COLUMNS)
+    outs = [_output_port(e, source, specs) for e in out_names]
+    both = sorted(set(in_names) & set(out_names))
+    if both:
+        raise UsageError(f"The step would read and write {', '.join(both)}: a cycle {name} -> {both[0]} -> {name}.",
+                         "write a new entity (e.g. --outputs " + f"{both[0]}_{name}) instead")
+    reads = ", ".join(in_names) or "a sample table"
+    description = description or f"{reads} -> {', '.join(out_names)} (made by windpipe new-step; edit transform)"
+    env = reference_env(dest)
+    with atomic_folder(target) as tmp:
+        render_step(name, ins, outs, tmp, description, env)
+        os.symlink(os.path.relpath(package_dir(), dest.resolve() / name), tmp / "windpipe")
+        spec = load_interface(tmp)
+        build_graph([*specs, spec])  # fits the pipeline: no cycle, every input produced
+        if target.exists() or target.is_symlink():
+            raise UsageError(f"{target} exists already.", "pick another step name (or delete that folder)")
+    return target

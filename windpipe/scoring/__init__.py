@@ -1,0 +1,1 @@
+"""Batch scoring: input validation, drift statistics (pure) and the batch that ties them to the marts."""

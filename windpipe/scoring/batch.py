@@ -1,0 +1,143 @@
+"""Batch prediction: a parquet of features in, a parquet of predictions out, recorded in the marts.
+
+Reads:  IN.parquet with the model signature's columns (windspeed, temperature, rad_horizontal,
+        rad_diffuse; numbers), optionally utc_timestamp; other columns are ignored and reported.
+Writes: OUT.parquet with row_no, utc_timestamp (when the input has it), solar_GW_pred,
+        wind_GW_pred, model_name, model_version, batch_id; and one batch in the data marts
+        (windpipe.marts), with its drift against the model's training entity (windpipe.scoring.drift).
+
+`run_batch` strings validation, the model (windpipe.models.loading), drift and the marts
+together; the MLflow run lives in windpipe.steps.predict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from windpipe import names
+from windpipe.errors import WindpipeError
+from windpipe.fileio import atomic_path
+from windpipe.models import loading
+from windpipe.models.loading import ModelRef
+from windpipe.names import PRED_COLUMNS, TIMESTAMP
+from windpipe.scoring import drift
+from windpipe.scoring.validate import ValidInput, read_input, row_list, validate_input
+from windpipe.settings import Settings, get_settings
+
+OUTPUT_COLUMNS = ["row_no", TIMESTAMP, *PRED_COLUMNS, "model_name", "model_version", "batch_id"]
+
+
+@dataclass
+class BatchResult:
+    """What `run_batch` did."""
+
+    output: Path
+    batch_id: int | None
+    rows: int
+    rows_dropped: int
+    extra_columns: list[str]
+    model: ModelRef
+    drift: pd.DataFrame | None
+    seconds: dict[str, float]
+
+    @property
+    def drift_status(self) -> str:
+        return drift.batch_status(self.drift)
+
+
+def output_frame(valid: ValidInput, pred: np.ndarray, ref: ModelRef, batch_id: int | None = None) -> pd.DataFrame:
+    """The output table: row_no, utc_timestamp (if known), predictions, model name/version, batch_id."""
+    n = len(pred)
+    out = {"row_no": valid.row_numbers.astype("int64")}
+    if valid.timestamps is not None:  # (not .to_numpy(): that makes a Timestamp object per row)
+        out[TIMESTAMP] = pd.to_datetime(valid.timestamps, utc=True).array
+    for i, col in enumerate(PRED_COLUMNS):
+        out[col] = pred[:, i]
+    out["model_name"] = pd.Categorical.from_codes(np.zeros(n, dtype="int8"), [ref.name or ""])
+    out["model_version"] = pd.Categorical.from_codes(np.zeros(n, dtype="int8"), [ref.version or ""])
+    out["batch_id"] = pd.arrays.IntegerArray(np.full(n, batch_id or 0, dtype="int64"), np.full(n, batch_id is None))
+    return pd.DataFrame(out)
+
+
+def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = None) -> pd.DataFrame | None:
+    """Drift of the scored features against the model's training entity (None when it is unknown)."""
+    if not ref.training_entity_uri:
+        return None
+    reference = loading.training_entity(ref, settings)
+    return drift.feature_drift(valid.features, reference, ref.training_entity_uri)
+
+
+def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | None = None,
+              overwrite: bool = False, drop_invalid: bool = False, source: str = "cli",
+              run_id: str | None = None, settings: Settings | None = None,
+              say: Callable[[str], None] = print) -> BatchResult:
+    """Validate, then score and check drift while the marts take the input rows; write the output and commit.
+
+    The marts transaction stays open while the output is written and renamed into place; if
+    anything fails the transaction rolls back and the output is not there (or is removed).
+    """
+    from windpipe.marts.writers import BatchWriter
+
+    settings = settings or get_settings()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.exists() and not overwrite:
+        raise WindpipeError(f"Output {output_path} exists already.",
+                            "pass --overwrite to replace it, or choose another --output")
+    if output_path.resolve() == input_path.resolve():
+        raise WindpipeError("--output is the same file as --input.", "write the predictions to another file")
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        t[name] = time.perf_counter() - t0 - sum(t.values())
+
+    df = read_input(input_path)
+    lap("read")
+    # the marts take the input rows (a helper process for big batches) while the model loads and scores
+    with BatchWriter(rows=len(df), settings=settings) as batch:
+        ref = loading.resolve(model_uri, settings)
+        files = loading.model_files(ref, settings)
+        model = None if files else loading.load(ref, settings)  # no local files: the signature needs the model
+        lap("resolve")
+        columns = (loading.signature_columns(model) if model is not None
+                   else loading.file_signature_columns(files, ref))
+        valid = validate_input(df, columns, drop_invalid, where=f"Input {input_path}")
+        del df
+        lap("validate")
+        batch.start(valid.features, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
+                    source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, run_id=run_id,
+                    input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows))
+        lap("marts_start")
+        model = model or loading.load(ref, settings)
+        lap("load_model")
+        pred = loading.predict(model, valid.features)
+        lap("score")
+        drift_rows = batch_drift(valid, ref, settings)
+        lap("drift")
+        batch.add_predictions(pred, drift_rows, drift.batch_status(drift_rows))
+        with atomic_path(output_path) as tmp:  # (while the marts insert the predictions)
+            output_frame(valid, pred, ref, batch.batch_id).to_parquet(tmp, index=False)
+            if output_path.exists() and not overwrite:  # appeared while we worked
+                raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
+        try:
+            batch_id = batch.commit()
+        except BaseException:  # the output is in place but the batch is not: take the file back
+            output_path.unlink(missing_ok=True)
+            raise
+    lap("write")
+    if valid.extra_columns:
+        say(f"ignored column(s) not in the model's signature: {', '.join(valid.extra_columns)}")
+    if valid.dropped_rows:
+        say(f"dropped {len(valid.dropped_rows)} row(s) with missing values "
+            f"(rows, counted from 0: {row_list(np.asarray(valid.dropped_rows))})")
+    if drift_rows is None:
+        say(f"drift: unchecked (the model's run has no {names.PROCESSED_TAG} tag)")
+    t["total"] = time.perf_counter() - t0
+    return BatchResult(output_path, batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns, ref,
+                       drift_rows, t)

@@ -1,0 +1,100 @@
+"""Checking a batch of features against the model's signature before anything is scored (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from windpipe.errors import WindpipeError, first_line
+from windpipe.names import FEATURES, TIMESTAMP
+
+_NUMERIC = {"double", "float", "long", "integer"}
+
+
+@dataclass
+class ValidInput:
+    """The part of an input file the model scores."""
+
+    features: pd.DataFrame  # FEATURES order, float64, no NaN
+    timestamps: pd.Series | None
+    row_numbers: np.ndarray  # input row number (from 0) of each scored row
+    extra_columns: list[str] = field(default_factory=list)
+    dropped_rows: list[int] = field(default_factory=list)
+
+
+def read_input(path: Path | str) -> pd.DataFrame:
+    """Read the input parquet, with a clear error for a missing, empty or unreadable file."""
+    path = Path(path)
+    if not path.exists():
+        raise WindpipeError(f"Input file {path} does not exist.", "pass an existing parquet file with --input")
+    if path.is_dir():
+        raise WindpipeError(f"Input {path} is a folder, not a file.", "pass a parquet file with --input")
+    if path.stat().st_size == 0:
+        raise WindpipeError(f"Input file {path} is empty (0 bytes).",
+                            "write the features into it as parquet (pandas: df.to_parquet(path))")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for a bad file
+        raise WindpipeError(f"Cannot read {path} as parquet ({first_line(exc)}).",
+                            "pass a parquet file (pandas: df.to_parquet(path))") from None
+
+
+def row_list(rows: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (", ..." if len(rows) > limit else "")
+
+
+def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop_invalid: bool = False,
+                   where: str = "the input") -> ValidInput:
+    """Check `df` against the signature `columns` (name -> MLflow type); return what the model scores.
+
+    Refuses: no rows, missing columns, non-numeric columns, rows with NaN/inf (unless `drop_invalid`).
+    Row numbers count from 0 in the input's order.
+    """
+    columns = columns or {f: "double" for f in FEATURES}
+    if df.empty:
+        raise WindpipeError(f"{where} has no rows.", "pass a file with at least one row of features")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise WindpipeError(
+            f"{where} lacks column(s) {', '.join(missing)} that the model's signature requires; "
+            f"it has {', '.join(map(str, df.columns))}.",
+            "add the column(s); the model reads " + ", ".join(f"{c} ({t})" for c, t in columns.items()))
+    for col, kind in columns.items():
+        s = df[col]
+        if kind in _NUMERIC and (not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
+            example = f" (e.g. {s[bad].iloc[0]!r} in row {int(np.flatnonzero(bad.to_numpy())[0])})" if bad.any() else ""
+            raise WindpipeError(f"Column {col!r} of {where} has dtype {s.dtype}{example}; the model wants {kind} "
+                                "numbers.", f"convert {col} to numbers (pandas: pd.to_numeric(df[{col!r}]))")
+    extra = [str(c) for c in df.columns if c not in columns and c != TIMESTAMP]
+    feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in columns})
+    values = feats.to_numpy()
+    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    row_numbers = np.arange(len(df))
+    if len(bad_rows):
+        if not drop_invalid:
+            raise WindpipeError(
+                f"{where} has {len(bad_rows)} row(s) with missing (NaN) or infinite values in the model's columns "
+                f"(rows, counted from 0: {row_list(bad_rows)}).",
+                "fill or remove those rows, or pass --drop-invalid to skip them")
+        keep = np.ones(len(df), dtype=bool)
+        keep[bad_rows] = False
+        feats = feats[keep].reset_index(drop=True)
+        row_numbers = row_numbers[keep]
+        if feats.empty:
+            raise WindpipeError(f"Every row of {where} has missing values; nothing is left to score.",
+                                "fill the missing values")
+    timestamps = None
+    if TIMESTAMP in df.columns:
+        ts = df[TIMESTAMP]
+        try:
+            ts = pd.to_datetime(ts, utc=True) if not isinstance(ts.dtype, pd.DatetimeTZDtype) else ts
+        except (ValueError, TypeError) as exc:
+            raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc}).",
+                                f"write {TIMESTAMP} as UTC datetimes, or leave it out") from None
+        timestamps = ts.iloc[row_numbers].reset_index(drop=True) if len(bad_rows) else ts.reset_index(drop=True)
+    return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [])

@@ -1,0 +1,205 @@
+"""The local platform: the FTP artifact server and the MLflow tracking server on SQLite.
+
+`up` starts both detached and waits until they answer, `down` stops what `up` started
+(pid files in the state folder), `status` checks both for real (an FTP login, the
+tracking server's /health and an artifact listing through its proxy).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from windpipe.errors import WindpipeError
+from windpipe.settings import Settings
+from windpipe.stack import ftp
+from windpipe.stack.procs import (
+    log_tail,
+    pid_alive,
+    port_is_free,
+    read_pid,
+    start_detached,
+    stop_pid,
+    wait_until,
+)
+from windpipe.tracking.client import probe_artifacts, probe_health
+
+FTP = "ftp"
+MLFLOW = "mlflow"
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    detail: str
+
+
+def _marker(name: str) -> tuple[str, ...]:
+    """What our servers' command lines contain (either MLflow launcher)."""
+    return ("windpipe.stack.ftp",) if name == FTP else ("windpipe.stack.mlflow_server", "mlflow server")
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of the `name` server this state folder started, when it runs."""
+    return read_pid(settings.pid_file(name), _marker(name))
+
+
+def ensure_state_folder(settings: Settings) -> None:
+    """Create the state folder (FTP root, logs, pid files) or say why it cannot be used."""
+    home = settings.home
+    try:
+        for folder in (settings.ftp_root / "artifacts", settings.log_file(FTP).parent, settings.pid_file(FTP).parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = settings.run_file(".write-test")
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise WindpipeError(
+            f"The state folder {home} is not writable ({exc.strerror or exc}).",
+            "make it writable, or point WINDPIPE_HOME at a folder you own",
+        ) from None
+
+
+def _url(settings: Settings, name: str) -> str:
+    if name == FTP:
+        return f"ftp://{settings.host}:{settings.ftp_port}"
+    return settings.local_tracking_uri
+
+
+def _port(settings: Settings, name: str) -> int:
+    return settings.ftp_port if name == FTP else settings.mlflow_port
+
+
+def _check(settings: Settings, name: str) -> str:
+    """Check one service for real; raise WindpipeError naming the problem."""
+    if name == FTP:
+        ftp.check_login(settings, ftp.ftp_password(settings))
+        return "login ok"
+    probe_health(settings.local_tracking_uri, timeout=3.0)
+    return "health ok"
+
+
+def service_state(settings: Settings, name: str) -> ServiceState:
+    """Check one service for real."""
+    pid = running_pid(settings, name)
+    try:
+        detail = _check(settings, name)
+        if name == MLFLOW and status_ok(settings, FTP):
+            probe_artifacts(settings.local_tracking_uri)
+            detail += ", artifact proxy ok"
+        return ServiceState(name, _url(settings, name), True, pid, detail)
+    except WindpipeError as exc:
+        detail = str(exc)
+        if pid is None and not port_is_free(settings.host, _port(settings, name)):
+            detail += "\n  note: the port is held by a program windpipe did not start"
+        return ServiceState(name, _url(settings, name), False, pid, detail)
+
+
+def status_ok(settings: Settings, name: str) -> bool:
+    try:
+        _check(settings, name)
+    except WindpipeError:
+        return False
+    return True
+
+
+def status(settings: Settings) -> list[ServiceState]:
+    return [service_state(settings, FTP), service_state(settings, MLFLOW)]
+
+
+def _server_env(settings: Settings, password: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # settings travel by environment so no password shows in a process list
+    env.update({
+        "WINDPIPE_HOME": str(settings.home.resolve()),
+        "WINDPIPE_HOST": settings.host,
+        "WINDPIPE_FTP_PORT": str(settings.ftp_port),
+        "WINDPIPE_FTP_PASSIVE_PORTS": settings.ftp_passive_ports,
+        "WINDPIPE_FTP_USER": settings.ftp_user,
+        "WINDPIPE_FTP_PASSWORD": password,
+        "MLFLOW_ARTIFACTS_DESTINATION": ftp.artifact_destination(settings, password),
+        "WINDPIPE_MLFLOW_PORT": str(settings.mlflow_port),
+        "WINDPIPE_BACKEND_STORE_URI": settings.backend_store_uri,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _command(settings: Settings, name: str) -> list[str]:
+    if name == FTP:
+        return [sys.executable, "-m", "windpipe.stack.ftp"]
+    if settings.mlflow_launcher == "fast":
+        return [sys.executable, "-m", "windpipe.stack.mlflow_server"]
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", settings.host, "--port", str(settings.mlflow_port),
+        "--backend-store-uri", settings.backend_store_uri,
+        "--serve-artifacts", "--workers", str(settings.mlflow_workers),
+    ]
+
+
+def _start(settings: Settings, name: str, env: dict[str, str]) -> int:
+    port = _port(settings, name)
+    if not port_is_free(settings.host, port):
+        var = "WINDPIPE_FTP_PORT" if name == FTP else "WINDPIPE_MLFLOW_PORT"
+        raise WindpipeError(
+            f"Port {port} on {settings.host} is taken by another program, so the {name} server cannot start.",
+            f"stop that program, or choose another port with {var}=<port>",
+        )
+    return start_detached(_command(settings, name), env, settings.log_file(name), settings.pid_file(name),
+                          cwd=settings.home)
+
+
+def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> None:
+    log = settings.log_file(name)
+    wait_until(lambda: _check(settings, name), max(deadline - time.monotonic(), 0.0), f"The {name} server",
+               alive=lambda: pid_alive(pid),
+               exited=lambda: WindpipeError(f"The {name} server exited while starting.{log_tail(log, 5)}",
+                                            f"see {log}"),
+               fix=f"see {log}")
+
+
+def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
+    """Start whatever is not running, wait until both answer. Running services are left alone."""
+    ensure_state_folder(settings)
+    password = ftp.ftp_password(settings, create=True)
+    env = _server_env(settings, password)
+    deadline = time.monotonic() + settings.startup_timeout
+    started: dict[str, int] = {}
+    for name in (FTP, MLFLOW):
+        pid = running_pid(settings, name)
+        if pid is not None:
+            if name == FTP:
+                _check(settings, FTP)  # a running server with another password is an error, not "ok"
+            say(f"{name}: already running (pid {pid}) at {_url(settings, name)}")
+            continue
+        started[name] = _start(settings, name, env)
+        say(f"{name}: starting (pid {started[name]})")
+    for name, pid in started.items():
+        _wait_healthy(settings, name, pid, deadline)
+    states = status(settings)
+    for st in states:
+        if not st.healthy:
+            raise WindpipeError(f"{st.name} is not healthy: {st.detail}", "see `windpipe status`")
+        if st.name in started:
+            say(f"{st.name}: up at {st.url}")
+    return states
+
+
+def down(settings: Settings, say: Callable[[str], None] = print) -> None:
+    """Stop the servers `up` started (and only those)."""
+    for name in (MLFLOW, FTP):
+        pid_file = settings.pid_file(name)
+        pid = running_pid(settings, name)
+        if pid is None:
+            say(f"{name}: not running")
+        else:
+            stop_pid(pid)
+            say(f"{name}: stopped (pid {pid})")
+        pid_file.unlink(missing_ok=True)

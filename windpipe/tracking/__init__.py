@@ -1,0 +1,1 @@
+"""The MLflow tracking server as a client sees it: connecting, health probes, and the runs of steps."""

@@ -1,0 +1,82 @@
+"""Connecting to the tracking server, and the two probes everything else uses.
+
+`probe_health` asks `/health` (is the server there?), `probe_artifacts` lists the artifact root
+through the server's proxy (can it reach its artifact store?). Both answer in seconds with a
+message naming the part that is down, where MLflow's own client would retry for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+from windpipe.errors import WindpipeError
+from windpipe.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+UP_FIX = "run `windpipe up` (or set MLFLOW_TRACKING_URI to a server that runs)"
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe_health(uri: str, timeout: float = 5.0) -> None:
+    """Raise WindpipeError unless the tracking server at `uri` answers /health with OK (non-HTTP URIs pass)."""
+    if not is_http(uri):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            body = resp.read().decode(errors="replace").strip()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise WindpipeError(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+    if body != "OK":
+        raise WindpipeError(f"The MLflow tracking server at {uri} answered /health with {body[:80]!r}.",
+                            "check its log (`windpipe status` names it)")
+
+
+def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
+    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store)."""
+    if not is_http(uri):
+        return
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        raise WindpipeError(f"The MLflow tracking server at {uri} cannot reach its artifact store (HTTP {exc.code}).",
+                            "run `windpipe status` to see which server is down, then `windpipe up`") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise WindpipeError(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+
+
+def connect(settings: Settings | None = None, experiment: bool = True) -> str:
+    """Point MLflow at the configured tracking server after checking that it answers.
+
+    Returns the tracking URI. Raises WindpipeError (with `windpipe up` as the fix) when an
+    http(s) server does not answer, instead of MLflow's long retry loop.
+    """
+    import mlflow
+
+    settings = settings or get_settings()
+    uri = settings.effective_tracking_uri
+    probe_health(uri)
+    mlflow.set_tracking_uri(uri)
+    # under `mlflow run` the run exists already, in the experiment the caller chose
+    if experiment and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(settings.experiment)
+    return uri
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """An MlflowClient on the configured server, after `connect` checked it answers."""
+    from mlflow import MlflowClient
+
+    connect(settings or get_settings(), experiment=False)
+    return MlflowClient()

@@ -1,0 +1,178 @@
+"""The runs of steps: opening one (tags, code version, FAILED with a reason), finding the latest ones."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from windpipe import names
+from windpipe.errors import WindpipeError
+from windpipe.settings import get_settings, package_dir
+from windpipe.tracking.client import connect
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+
+def git_commit(path: Path | str = ".") -> str | None:
+    """The commit of the git checkout holding `path`, or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def tree_hash(paths: list[Path]) -> str:
+    """A hash of the content of all files below `paths` (code version of uncommitted work)."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            if {"__pycache__", ".git"} & set(f.relative_to(root).parts) or f.suffix == ".pyc":
+                continue
+            digest.update(str(f.relative_to(root.parent)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def code_version(step_dir: Path | None) -> str:
+    """Git commit plus a hash of the step folder and the library (uncommitted edits count)."""
+    paths = [package_dir()] + ([step_dir.resolve()] if step_dir else [])
+    commit = git_commit(package_dir()) or "nogit"
+    return f"{commit[:12]}-{tree_hash(paths)}"
+
+
+@contextlib.contextmanager
+def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
+             run_name: str | None = None, nested: bool = False) -> Iterator[Run]:
+    """Open (or join, under `mlflow run`) the step's run.
+
+    A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised,
+    so the step exits non-zero with a clear message.
+    """
+    import mlflow
+
+    connect(get_settings())
+    tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir)}
+    commit = git_commit(package_dir())
+    if commit:
+        tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
+    # under `mlflow run` MLFLOW_RUN_ID names the run already created for us; start_run(run_id=None)
+    # joins it and unsets the variable, so runs started inside (nested grid runs) are new runs
+    joined = bool(os.environ.get("MLFLOW_RUN_ID"))
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    try:
+        with run:
+            if joined:
+                mlflow.set_tags(tags)
+            yield run
+    except WindpipeError as exc:
+        fail_run(run.info.run_id, str(exc))
+        raise
+
+
+def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
+    """End a run FAILED (or KILLED) with the reason in the failure tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, names.FAILURE_TAG, reason[:4000])
+    client.set_terminated(run_id, status=status)
+
+
+def log_batch(params: dict[str, object], metrics: dict[str, float] | None = None,
+              tags: dict[str, str] | None = None) -> None:
+    """Params, metrics and tags of the active run in one request; params the run already has are skipped
+    (`mlflow run` logs the MLproject parameters as typed, e.g. seed=42.0; MLflow refuses to change them)."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    have = client.get_run(run_id).data.params
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+
+def experiment_id(client: Any = None, name: str | None = None) -> str | None:
+    """The id of the experiment of the active run, else of `name` (default: settings.experiment)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is not None:
+        return run.info.experiment_id
+    exp = (client or mlflow.MlflowClient()).get_experiment_by_name(name or get_settings().experiment)
+    return exp.experiment_id if exp is not None else None
+
+
+def latest_runs(filter_string: str, experiment_ids: Iterable[str] | None = None, max_results: int = 1,
+                finished: bool = True) -> list[Run]:
+    """The newest runs matching `filter_string` (FINISHED ones only by default), newest first."""
+    import mlflow
+
+    filt = " and ".join(f for f in (filter_string, "attributes.status = 'FINISHED'" if finished else "") if f)
+    ids = list(experiment_ids) if experiment_ids is not None else [i for i in [experiment_id()] if i]
+    kwargs: dict[str, Any] = {"experiment_ids": ids} if ids else {"search_all_experiments": True}
+    return mlflow.search_runs(filter_string=filt, order_by=["attributes.start_time DESC"], max_results=max_results,
+                              output_format="list", **kwargs)
+
+
+def latest_entity_uri(entity: str, experiment_ids: Iterable[str] | None = None) -> str:
+    """The URI of `entity` in the newest finished run that recorded it (tag windpipe.entity.<name>)."""
+    tag = names.entity_tag(entity)
+    runs = latest_runs(f"tags.`{tag}` LIKE '%'", experiment_ids)
+    if not runs:
+        raise WindpipeError(f"No finished run has written the {entity!r} entity yet (no run tagged {tag}).",
+                            f"run the step that produces {entity} first, or pass its URI "
+                            f"(runs:/<run_id>/entities/{entity}.parquet or a local file)")
+    return runs[0].data.tags[tag]
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """A step's latest run: run id, status (FINISHED, FAILED, ...), start (UTC, ms), duration and reason."""
+
+    step: str
+    status: str
+    run_id: str | None = None
+    run_name: str = ""
+    entry_point: str = ""
+    start_ms: int | None = None
+    end_ms: int | None = None
+    reason: str = ""
+
+    @property
+    def duration_s(self) -> float | None:
+        return (self.end_ms - self.start_ms) / 1000.0 if self.end_ms and self.start_ms else None
+
+
+def latest_step_runs(client: Any, experiment: str, steps: Iterable[str] | None = None,
+                     max_results: int = 500) -> dict[str, StepStatus]:
+    """The latest run of each step (by the step tag) in `experiment`, any status; `steps` given:
+    every one of them, those without a run as `NO RUNS`."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{names.STEP_TAG}` != ''",
+        order_by=["attributes.start_time DESC"], max_results=max_results)
+    out: dict[str, StepStatus] = {}
+    for run in runs:
+        step = run.data.tags.get(names.STEP_TAG)
+        if not step or step in out or run.data.tags.get(names.ENTRY_TAG) == "grid_child":
+            continue
+        out[step] = StepStatus(step, run.info.status, run.info.run_id, run.info.run_name or "",
+                               run.data.tags.get(names.ENTRY_TAG, ""), run.info.start_time, run.info.end_time,
+                               run.data.tags.get(names.FAILURE_TAG, ""))
+    if steps is not None:
+        out = {s: out.get(s, StepStatus(s, "NO RUNS")) for s in steps}
+    return out

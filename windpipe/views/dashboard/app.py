@@ -1,0 +1,409 @@
+"""The Dash app factory: layout first, then callbacks; frames and figures come from windpipe.views.
+
+The app follows the `production` alias. A status callback (page load, the Refresh button and
+a timer) resolves the alias and puts `{state, version}` into a store; every page reads the
+model of that version from `ModelSource`, which loads each version once. A tracking server
+that is down shows a banner; the timer keeps checking, so the page recovers by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dash
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, dcc, html
+from dash.development.base_component import Component
+
+from windpipe import names
+from windpipe.errors import WindpipeError, first_line
+from windpipe.names import FEATURES, TARGETS
+from windpipe.settings import Settings
+from windpipe.tracking.runs import StepStatus, latest_step_runs
+from windpipe.views import figures as F
+from windpipe.views import frames as D
+from windpipe.views.source import ModelSource, ProductionModel, SourceStatus
+
+log = logging.getLogger("windpipe.dashboard")
+ASSETS = Path(__file__).resolve().parent / "assets"
+# a prediction logger gets (the scored frame with features, the predict_frame result, the model)
+PredictionLogger = Callable[[pd.DataFrame, pd.DataFrame, ProductionModel], None]
+
+FEATURE_HELP = {
+    "windspeed": ("Wind speed (m/s, 10 m)", 5.0),
+    "temperature": ("Temperature (°C)", 10.0),
+    "rad_horizontal": ("Direct horizontal radiation (W/m²)", 200.0),
+    "rad_diffuse": ("Diffuse radiation (W/m²)", 80.0),
+}
+
+
+def marts_logger(settings: Settings) -> PredictionLogger | None:
+    """Log dashboard predictions to the data marts (windpipe.marts) unless settings turn it off."""
+    if not settings.log_dashboard_predictions:
+        return None
+    def write(scored: pd.DataFrame, frame: pd.DataFrame, pm: ProductionModel) -> None:
+        preds = frame[[f"pred_{t}" for t in TARGETS]].to_numpy()
+        from windpipe.marts.writers import record_batch
+
+        record_batch(None, scored[FEATURES], preds, model_name=pm.name, model_version=pm.version,
+                     model_uri=names.version_uri(pm.name, pm.version), source="dashboard",
+                     timestamps=pd.Series(scored.index), settings=settings)
+
+    return write
+
+
+class Dashboard:
+    """The callbacks' logic as plain methods (tests call them directly)."""
+
+    def __init__(self, settings: Settings, source: ModelSource | None = None,
+                 prediction_logger: PredictionLogger | None | str = "default") -> None:
+        self.settings = settings
+        self.source = source or ModelSource(settings)
+        self.logger = marts_logger(settings) if prediction_logger == "default" else prediction_logger
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-marts")
+        self._history_cache: dict[int, dict] = {}
+        self._lock = threading.Lock()
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until the predictions queued for the marts are written (tests; a clean shutdown)."""
+        self._pool.submit(lambda: None).result(timeout=timeout)
+
+    # -- status ----------------------------------------------------------------------------------
+    def refresh(self, current: dict | None, start: str | None, end: str | None) -> tuple:
+        """Resolve the alias; return (store or no_update, banner, start, end)."""
+        st = self.source.status()
+        status = st.to_dict()
+        start_out, end_out = dash.no_update, dash.no_update
+        if st.state == "ok" and st.version is not None:
+            try:
+                pm = self.source.get(st.version)
+            except WindpipeError as exc:
+                status = SourceStatus("error", st.version, exc.problem, exc.fix or "").to_dict()
+            except Exception as exc:  # download/load failures: keep the page alive and say so
+                log.exception("loading model version %s failed", st.version)
+                status = SourceStatus("error", st.version, f"Loading model version {st.version} failed: "
+                                        f"{first_line(exc, 300)}", "see the dashboard log").to_dict()
+            else:
+                if not start or not end:
+                    start_out, end_out = D.default_range(pm.data)
+        store = dash.no_update if status == current else status
+        return store, banner(status), start_out, end_out
+
+    def model(self, status: dict | None) -> ProductionModel | None:
+        """The model the store points at (cached; also while the server is down)."""
+        if not status or status.get("version") is None:
+            return None
+        cached = self.source.cached(status["version"])
+        if cached is not None or status.get("state") != "ok":
+            return cached
+        return self.source.get(status["version"])
+
+    # -- pages -----------------------------------------------------------------------------------
+    def history(self, status: dict | None) -> dict:
+        pm = self.model(status)
+        if pm is None:
+            return F.empty_figure(empty_message(status))
+        with self._lock:
+            fig = self._history_cache.get(pm.version)
+        if fig is None:
+            fig = F.history_figure(D.weekly_rolling(pm.data))
+            with self._lock:
+                self._history_cache = {pm.version: fig}
+        return fig
+
+    def predictions(self, status: dict | None, start: str | None, end: str | None) -> tuple:
+        """(figure, message, message colour, errors table) for the chosen range."""
+        pm = self.model(status)
+        if pm is None:
+            return F.empty_figure(empty_message(status)), "", "secondary", None
+        try:
+            rng = D.parse_range(start, end, pm.data)
+        except WindpipeError as exc:
+            return dash.no_update, str(exc), "warning", dash.no_update
+        scored = pm.data.loc[(pm.data.index >= rng.start) & (pm.data.index < rng.end)]
+        frame = D.predict_frame(pm.model, scored)
+        self._log_predictions(scored, frame, pm)
+        errs = D.errors(frame)
+        title = f"{pm.instance_name}: recorded vs predicted, {start} to {end} ({len(frame)} hours)"
+        return F.prediction_figure(frame, title), "", "secondary", errors_table(errs)
+
+    def _log_predictions(self, scored: pd.DataFrame, frame: pd.DataFrame, pm: ProductionModel) -> None:
+        if self.logger is None:
+            return
+
+        def run() -> None:
+            try:
+                self.logger(scored, frame, pm)
+            except Exception:  # logging must never break the page
+                log.warning("logging dashboard predictions failed", exc_info=True)
+
+        self._pool.submit(run)
+
+    def whatif(self, status: dict | None, values: dict[str, float | None]) -> Component:
+        pm = self.model(status)
+        if pm is None:
+            return dbc.Alert(empty_message(status), color="secondary")
+        try:
+            pred = D.whatif(pm.model, values)
+        except WindpipeError as exc:
+            return dbc.Alert(str(exc), color="warning", id="whatif-error")
+        return dbc.Row([
+            dbc.Col(dbc.Card(dbc.CardBody([html.H6(F.LABELS[t], className="text-muted"),
+                                           html.H3(f"{v:.2f} GW", id=f"whatif-{t}")])), md=6)
+            for t, v in pred.items()
+        ] + [dbc.Col(html.Small(f"model {pm.instance_name} (version {pm.version})", className="text-muted"),
+                     width=12, className="mt-2")])
+
+    def model_card(self, status: dict | None) -> Component:
+        pm = self.model(status)
+        if pm is None:
+            return empty_state(status)
+        return model_card(pm, self.settings)
+
+    def pipeline(self, status: dict | None) -> Component:
+        if not status or status.get("state") == "down":
+            return dbc.Alert("The tracking server does not answer; pipeline status is unavailable.",
+                             color="secondary")
+        try:
+            steps = pipeline_status(self.settings)
+        except Exception as exc:  # server errors: say so, keep the page
+            return dbc.Alert(f"Cannot read runs: {first_line(exc, 300)}", color="warning")
+        return html.Div([pipeline_graph(self.settings), pipeline_view(steps, recent_batches(self.settings))])
+
+
+# --- components -----------------------------------------------------------------------------------
+
+def empty_message(status: dict | None) -> str:
+    if not status:
+        return "Loading…"
+    if status.get("state") == "no_model":
+        return f"No production model yet: {status.get('fix', '')}"
+    if status.get("state") in ("down", "error"):
+        return status.get("message") or "The tracking server does not answer."
+    return "Loading…"
+
+
+def empty_state(status: dict | None) -> Component:
+    if status and status.get("state") == "no_model":
+        return dbc.Alert([html.H4("No production model yet", className="alert-heading"),
+                          html.P(status.get("message", "")),
+                          html.P(["Train and promote one: ", html.Code("windpipe pipeline run"),
+                                  " (or ", html.Code("windpipe promote"), " a registered version), then press "
+                                  "Refresh."])], color="info", id="empty-state")
+    return dbc.Alert(empty_message(status), color="secondary")
+
+
+def banner(status: dict) -> Component:
+    state = status.get("state")
+    if state == "down":
+        return dbc.Alert([html.Strong("Tracking server unreachable. "), status.get("message", ""), " ",
+                          html.Em(status.get("fix", ""))], color="danger", id="server-down", className="mb-2")
+    if state == "error":
+        return dbc.Alert([html.Strong("Model problem. "), status.get("message", ""), " ",
+                          html.Em(status.get("fix", ""))], color="warning", id="model-error", className="mb-2")
+    if state == "no_model":
+        return empty_state(status)
+    return html.Div(f"production: version {status.get('version')}", id="ok-banner",
+                    className="text-muted small mb-2")
+
+
+def errors_table(errs: dict[str, dict[str, float]]) -> Component:
+    rows = [html.Tr([html.Td(F.LABELS[t]), html.Td(f"{e['rmse']:.3f}"), html.Td(f"{e['mae']:.3f}")])
+            for t, e in errs.items()]
+    return dbc.Table([html.Thead(html.Tr([html.Th("target"), html.Th("RMSE (GW)"), html.Th("MAE (GW)")])),
+                      html.Tbody(rows)], bordered=False, size="sm", className="w-auto")
+
+
+def _fmt_time(value: str | None) -> str:
+    if not value:
+        return "—"
+    try:
+        return f"{pd.Timestamp(value):%Y-%m-%d %H:%M %Z}".strip()
+    except (ValueError, TypeError):
+        return value
+
+
+def model_card(pm: ProductionModel, settings: Settings) -> Component:
+    ident = [(k, _fmt_time(v) if k == "promoted at" else v) for k, v in pm.facts()]
+    ident.append(("data", f"{len(pm.data):,} rows, {pm.data.index.min():%Y-%m-%d} to {pm.data.index.max():%Y-%m-%d}"))
+    metrics = pm.metrics()
+    metric_view: object
+    if metrics:
+        metric_view = dbc.Table([html.Thead(html.Tr([html.Th("holdout metric"), html.Th("value")])),
+                                 html.Tbody([html.Tr([html.Td(k), html.Td(f"{v:.4f}")]) for k, v in metrics.items()])],
+                                size="sm", className="w-auto")
+    else:
+        metric_view = html.P(f"No holdout metrics recorded on this version (tags {names.HOLDOUT_PREFIX}*).",
+                             className="text-muted")
+    return dbc.Card(dbc.CardBody([
+        html.H4(pm.instance_name, className="card-title", id="model-instance"),
+        dbc.Table(html.Tbody([html.Tr([html.Th(k, className="fw-normal text-muted"), html.Td(v)]) for k, v in ident]),
+                  size="sm", className="w-auto"),
+        metric_view,
+        html.Small(f"tracking server: {settings.effective_tracking_uri}", className="text-muted"),
+    ]))
+
+
+def recent_batches(settings: Settings) -> pd.DataFrame | None:
+    """The newest prediction batches from the data marts (None when there are none or no marts)."""
+    try:
+        from windpipe.marts.queries import latest_batches
+        from windpipe.marts.tables import get_engine
+
+        df = latest_batches(get_engine(settings=settings), limit=8)
+    except Exception:  # marts absent or unreadable: the page simply omits them
+        return None
+    return df if len(df) else None
+
+
+def pipeline_graph(settings: Settings) -> Component:
+    """The steps and entities as a DAG from the step.yaml interfaces, coloured by each step's latest run."""
+    from windpipe.pipeline.figure import live_pipeline_figure
+
+    try:
+        fig = live_pipeline_figure(settings=settings)
+    except WindpipeError as exc:  # no projects/ folder beside an installed package, or a broken interface
+        return dbc.Alert(f"Pipeline graph unavailable: {exc.problem}", color="secondary")
+    return dcc.Graph(id="pipeline-graph", figure=fig, config={"displaylogo": False})
+
+
+def pipeline_status(settings: Settings) -> list[StepStatus]:
+    """The latest run of each step, newest first."""
+    from mlflow import MlflowClient
+
+    found = latest_step_runs(MlflowClient(tracking_uri=settings.effective_tracking_uri), settings.experiment)
+    return sorted(found.values(), key=lambda s: s.start_ms or 0, reverse=True)
+
+
+def pipeline_view(steps: list[StepStatus], batches: pd.DataFrame | None = None) -> Component:
+    parts: list[object] = []
+    if not steps:
+        parts.append(dbc.Alert("No step runs yet: run `windpipe pipeline run`.", color="info"))
+    else:
+        colour = {"FINISHED": "success", "FAILED": "danger", "RUNNING": "primary", "KILLED": "secondary"}
+        rows = [html.Tr([html.Td(s.step), html.Td(s.entry_point),
+                         html.Td(dbc.Badge(s.status, color=colour.get(s.status, "secondary"))),
+                         html.Td(f"{pd.Timestamp(s.start_ms, unit='ms'):%Y-%m-%d %H:%M} UTC" if s.start_ms else "—"),
+                         html.Td(f"{s.duration_s:.1f} s" if s.duration_s is not None else "—"),
+                         html.Td(html.Code((s.run_id or "")[:12])), html.Td(s.reason[:200])]) for s in steps]
+        parts.append(dbc.Table([html.Thead(html.Tr([html.Th(h) for h in (
+            "step", "entry point", "status", "started", "duration", "run", "failure reason")])),
+            html.Tbody(rows)], size="sm", hover=True, id="pipeline-table"))
+    if batches is not None:
+        cols = [c for c in ("id", "created_at", "source", "model_version", "row_count", "drift_status")
+                if c in batches.columns]
+        parts.append(html.H5("Latest prediction batches (data marts)", className="mt-4"))
+        parts.append(dbc.Table([html.Thead(html.Tr([html.Th(c) for c in cols])),
+                                html.Tbody([html.Tr([html.Td(str(r[c])) for c in cols])
+                                            for _, r in batches.iterrows()])], size="sm"))
+    return html.Div(parts)
+
+
+def _whatif_inputs() -> Component:
+    return dbc.Row([
+        dbc.Col([dbc.Label(label, html_for=f"whatif-in-{f}"),
+                 dbc.Input(id=f"whatif-in-{f}", type="number", value=default, step="any")], md=3)
+        for f, (label, default) in FEATURE_HELP.items()
+    ], className="g-3 mb-3")
+
+
+def layout(settings: Settings, refresh_seconds: float) -> Component:
+    """The page: header with Refresh, the status banner, and one tab per page."""
+    header = dbc.Navbar(dbc.Container([
+        dbc.NavbarBrand("windpipe · German solar and wind", className="fw-semibold"),
+        dbc.Button("Refresh", id="refresh", color="light", size="sm"),
+    ], fluid=True), color="primary", dark=True, className="mb-3")
+    predictions = html.Div([
+        dbc.Row([
+            dbc.Col([dbc.Label("From (YYYY-MM-DD)", html_for="range-start"),
+                     dbc.Input(id="range-start", type="text", debounce=True, placeholder="2016-12-01")], md=3),
+            dbc.Col([dbc.Label("To (YYYY-MM-DD, inclusive)", html_for="range-end"),
+                     dbc.Input(id="range-end", type="text", debounce=True, placeholder="2016-12-31")], md=3),
+            dbc.Col(dbc.Button("Predict", id="predict", color="primary", className="mt-4"), md=2),
+        ], className="g-3 mb-2"),
+        dbc.Alert(id="range-message", color="secondary", is_open=False),
+        dcc.Loading(dcc.Graph(id="prediction-graph", config={"displaylogo": False})),
+        html.Div(id="prediction-errors"),
+    ])
+    whatif = html.Div([
+        html.P("Enter weather values; the production model predicts the power they give.", className="text-muted"),
+        _whatif_inputs(),
+        dbc.Button("Predict", id="whatif-go", color="primary", className="mb-3"),
+        html.Div(id="whatif-result"),
+    ])
+    tabs = dbc.Tabs([
+        dbc.Tab(dcc.Loading(dcc.Graph(id="history-graph", config={"displaylogo": False})), label="History",
+                tab_id="history"),
+        dbc.Tab(predictions, label="Predictions", tab_id="predictions"),
+        dbc.Tab(whatif, label="What-if", tab_id="whatif"),
+        dbc.Tab(html.Div(id="model-card"), label="Model", tab_id="model"),
+        dbc.Tab(html.Div(id="pipeline-status"), label="Pipeline", tab_id="pipeline"),
+    ], id="tabs", active_tab="predictions", className="mb-3")
+    return html.Div([
+        dcc.Store(id="status"),
+        dcc.Interval(id="tick", interval=int(refresh_seconds * 1000)),
+        header,
+        dbc.Container([html.Div(id="banner"), tabs], fluid=True),
+    ])
+
+
+def create_app(settings: Settings, source: ModelSource | None = None,
+               prediction_logger: PredictionLogger | None | str = "default",
+               refresh_seconds: float = 15.0) -> dash.Dash:
+    """Build the dashboard. No network work here: data loads in the callbacks, lazily.
+
+    source             where the production model comes from (default: the registry in `settings`)
+    prediction_logger  called with each prediction batch, off the request thread ("default":
+                       the data marts when settings.log_dashboard_predictions; None: off)
+    refresh_seconds    how often an open page re-resolves the production alias
+    """
+    app = dash.Dash(__name__, assets_folder=str(ASSETS), title="windpipe dashboard",
+                    suppress_callback_exceptions=False, serve_locally=True, update_title=None)
+    board = Dashboard(settings, source, prediction_logger)
+    app.layout = layout(settings, refresh_seconds)
+    app.windpipe = board  # tests and benchmarks reach the logic through this
+
+    @app.callback(Output("status", "data"), Output("banner", "children"),
+                  Output("range-start", "value"), Output("range-end", "value"),
+                  Input("refresh", "n_clicks"), Input("tick", "n_intervals"),
+                  State("status", "data"), State("range-start", "value"), State("range-end", "value"))
+    def _refresh(_clicks: int | None, _ticks: int | None, current: dict | None, start: str | None,
+                 end: str | None) -> tuple:
+        return board.refresh(current, start, end)
+
+    @app.callback(Output("history-graph", "figure"), Input("status", "data"))
+    def _history(status: dict | None) -> dict:
+        return board.history(status)
+
+    @app.callback(Output("prediction-graph", "figure"), Output("range-message", "children"),
+                  Output("range-message", "color"), Output("prediction-errors", "children"),
+                  Input("status", "data"), Input("predict", "n_clicks"),
+                  Input("range-start", "value"), Input("range-end", "value"))
+    def _predictions(status: dict | None, _clicks: int | None, start: str | None, end: str | None) -> tuple:
+        return board.predictions(status, start, end)
+
+    @app.callback(Output("range-message", "is_open"), Input("range-message", "children"))
+    def _message_open(message: str | None) -> bool:
+        return bool(message)
+
+    @app.callback(Output("whatif-result", "children"), Input("whatif-go", "n_clicks"), Input("status", "data"),
+                  *[State(f"whatif-in-{f}", "value") for f in FEATURES])
+    def _whatif(_clicks: int | None, status: dict | None, *values: float | None) -> Component:
+        return board.whatif(status, dict(zip(FEATURES, values, strict=True)))
+
+    @app.callback(Output("model-card", "children"), Input("status", "data"))
+    def _model_card(status: dict | None) -> Component:
+        return board.model_card(status)
+
+    @app.callback(Output("pipeline-status", "children"), Input("status", "data"), Input("tabs", "active_tab"))
+    def _pipeline(status: dict | None, tab: str | None) -> Component:
+        if tab != "pipeline":
+            return dash.no_update
+        return board.pipeline(status)
+
+    return app

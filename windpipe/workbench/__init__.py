@@ -1,0 +1,1 @@
+"""The notebook workbench: running the workshop notebooks headless."""
