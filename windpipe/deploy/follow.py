@@ -211,7 +211,9 @@ def _iso(ts: float) -> str:
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or a clear error when the port is taken."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, as uvicorn's own sockets have it: asyncio turns Nagle's algorithm off (TCP_NODELAY)
+    # only for connections of such sockets; with proto 0 every response waited for the client's delayed ACK
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
