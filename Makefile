@@ -38,6 +38,7 @@ up status: install
 
 down: install
 	-$(BIN)/windpipe dashboard --stop
+	-$(BIN)/windpipe lab --stop
 	$(BIN)/windpipe down
 
 freeze:
@@ -46,5 +47,6 @@ freeze:
 
 clean:
 	-$(BIN)/windpipe dashboard --stop
+	-$(BIN)/windpipe lab --stop
 	-$(BIN)/windpipe down
 	rm -rf $(VENV) .windpipe data/raw

@@ -66,3 +66,27 @@ def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | 
         client.set_registered_model_alias(version.name, alias, version.version)
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": int(version.version),
             "entity_uri": entity_uri, "df": df, "timestamp_col": TIMESTAMP}
+
+
+class BrokenOnLoad:
+    """A pyfunc model whose loading fails (as a version with a missing dependency or damaged files would)."""
+
+    @staticmethod
+    def log_registered(platform, alias: str | None = "production") -> int:
+        import mlflow
+
+        class _Broken(mlflow.pyfunc.PythonModel):
+            def load_context(self, context):
+                raise RuntimeError("this version is broken on purpose")
+
+            def predict(self, context, model_input):
+                return model_input
+
+        mlflow.set_tracking_uri(platform.tracking_uri)
+        mlflow.set_experiment(platform.settings.experiment)
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(name="model", python_model=_Broken(), pip_requirements=["pandas"])
+        version = mlflow.register_model(info.model_uri, platform.settings.model_name)
+        if alias:
+            mlflow.MlflowClient().set_registered_model_alias(version.name, alias, version.version)
+        return int(version.version)

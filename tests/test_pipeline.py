@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,26 @@ def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.Completed
                            "--env-manager", "local"], env=env, cwd=snap, capture_output=True, text=True, timeout=900)
 
 
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|cudart_stub|cpu_feature_guard", re.M)
+
+
+def _assert_quiet(output: str, runs: dict) -> None:
+    """What a person reads: no C++ log lines, no progress bars, no MLflow chatter, one line per run;
+    the diagnostics are in each step run's log artifact."""
+    import mlflow
+
+    assert not NATIVE_LOG_LINE.search(output), NATIVE_LOG_LINE.search(output).group(0)
+    assert "/step" not in output and "\r" not in output and "\x1b[" not in output  # Keras progress bars
+    assert "View run" not in output and "=== Running command" not in output, output[-3000:]
+    for name, run in [*runs.items(), ("pipeline", None)]:
+        assert len(re.findall(rf"^{name} run: http://\S+/runs/", output, re.M)) == 1, (name, output[-3000:])
+        if run is not None:
+            logged = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "logs")]
+            assert logged == [f"logs/{name}.log"], (name, logged)
+    log = Path(mlflow.artifacts.download_artifacts(run_id=runs["keras"].info.run_id, artifact_path="logs/keras.log"))
+    assert "INFO" in log.read_text()  # at least Keras's progress, which went to the log instead of the console
+
+
 @pytest.mark.slow
 def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
     import mlflow
@@ -184,6 +205,7 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     for name in STEPS:
         assert name in proc.stdout  # the summary table
+    _assert_quiet(proc.stdout + proc.stderr, runs)
     n_step_runs = len(_step_runs(p))
 
     # warm: everything reused, no new step run
@@ -198,9 +220,10 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
 
-    # a bad rf parameter fails rf with a clear error; upstream steps were reused
-    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana")
+    # a bad rf parameter fails rf with a clear error; upstream steps were reused; --verbose shows the diagnostics
+    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana", "--verbose")
     assert proc.returncode == 1 and "error:" in proc.stderr and "rf" in proc.stderr, proc.stderr[-2000:]
+    assert "=== Running command 'python step.py grid" in proc.stderr  # MLflow's projects log, hidden by default
     failed = latest_run(p, "pipeline")
     assert failed.info.status == "FAILED"
     assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "keras": "reused",

@@ -76,3 +76,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def kept_secret(path: Path | str) -> str:
+    """The secret kept in `path`; generated (and written with mode 0600, atomically) when there is none yet."""
+    import secrets
+
+    path = Path(path)
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    secret = secrets.token_urlsafe(24)
+    atomic_write_text(path, secret, mode=0o600)  # no newline: Jupyter reads its token file as it is
+    return secret

@@ -69,7 +69,12 @@ class Settings(BaseSettings):
     log_dashboard_predictions: bool = True
     dashboard_port: int = 8050
     serve_port: int = 8003
+    # `windpipe serve` resolves its alias this often and swaps in a newly promoted version
+    serve_poll_seconds: float = Field(default=3.0, gt=0)
+    lab_port: int = 8888
     startup_timeout: float = 60.0
+    # show diagnostics on the console (`windpipe --verbose`): library logs, TensorFlow's C++ lines, warnings
+    verbose: bool = False
 
     # ------------------------------------------------------------------ addresses
 

@@ -3,7 +3,9 @@
 Each module holds its commands at module level and imports its heavy libraries inside the
 commands, so `windpipe --help` is instant. Errors a user can fix print `error: ... fix: ...`
 without a traceback: exit code 2 for usage errors (a bad option, an unknown command), 1 for
-the rest; `--debug` (or WINDPIPE_DEBUG=1) shows the traceback too.
+the rest; `--debug` (or WINDPIPE_DEBUG=1) shows the traceback too. The console shows what a person
+needs; `--verbose` (or WINDPIPE_VERBOSE=1) adds the diagnostics that otherwise go to each step run's
+log file (windpipe.tracking.output).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from typing import Optional
 
 import typer
 
-from windpipe.cli import dashboard, data, models, pipeline, platform, predict, serving, steps
+from windpipe.cli import dashboard, data, models, pipeline, platform, predict, serving, steps, workbench
 from windpipe.errors import UsageError, WindpipeError
 
 app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-for _module in (platform, data, pipeline, models, predict, serving, dashboard, steps):
+for _module in (platform, data, pipeline, models, predict, serving, dashboard, workbench, steps):
     app.add_typer(_module.app, **getattr(_module, "GROUP", {}))
 
 
@@ -30,9 +32,17 @@ def _debug(argv: list[str]) -> bool:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the command line; user-facing errors print as `error: ...` plus the fix."""
+    from windpipe.tracking.output import VERBOSE_VAR, setup_process
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(args)
-    args = [a for a in args if a != "--debug"]
+    if "--verbose" in args:  # for every command and the step processes it starts (they inherit the variable)
+        os.environ[VERBOSE_VAR] = "1"
+        from windpipe.settings import clear_settings_cache
+
+        clear_settings_cache()
+    args = [a for a in args if a not in ("--debug", "--verbose")]
+    setup_process()
     try:
         app(args=args, prog_name="windpipe")  # click's standalone mode: usage errors print usage, exit 2
     except UsageError as exc:

@@ -86,7 +86,7 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Small grid and few epochs.")] = False,
 ) -> None:
     """Generate raw data if needed, run the whole pipeline and promote, score the last four weeks
-    as a prediction batch, write the weekly report and start the dashboard in the background."""
+    as a prediction batch, write the weekly report, start JupyterLab and the dashboard in the background."""
     from windpipe.settings import get_settings
     from windpipe.views.dashboard import serve
 
@@ -106,5 +106,20 @@ def demo(
         f"  change a step:          windpipe pipeline run --raw {raw} -P rf.max_depth=8,12\n"
     )
     _demo_batch_and_report(raw, settings)
+    _demo_lab(settings)
     pid, url = serve.start(settings)
     typer.echo(f"dashboard: running (pid {pid}) at {url}   (stop: windpipe dashboard --stop)")
+
+
+def _demo_lab(settings: Settings) -> None:
+    """Start JupyterLab for the notebooks; a lab that cannot start (its port taken) does not stop the demo."""
+    from windpipe.cli.workbench import describe
+    from windpipe.errors import WindpipeError
+    from windpipe.workbench import lab
+
+    try:
+        pid, url = lab.start(settings)
+    except WindpipeError as exc:
+        typer.echo(f"lab: not started: {exc}")
+        return
+    typer.echo(describe(settings, pid, url))

@@ -32,8 +32,11 @@ def status() -> None:
     """Report the health of every server; exit 0 only when all are healthy."""
     from windpipe.settings import get_settings
     from windpipe.stack import services
+    from windpipe.workbench import lab
 
-    states = services.status(get_settings())
+    settings = get_settings()
+    states = services.status(settings)
+    states += [st for st in [lab.state(settings)] if st is not None]  # listed while it runs
     for st in states:
         mark = "up  " if st.healthy else "DOWN"
         pid = f"pid {st.pid}" if st.pid else "no pid"

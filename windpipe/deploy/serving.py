@@ -1,7 +1,9 @@
-"""Serving the production model with `mlflow models serve`, and a client for it.
+"""Serving a model with plain `mlflow models serve` (a pinned version; `windpipe serve` follows an alias:
+`windpipe.deploy.follow`), and the client side of both.
 
 `serve_command` builds the command, `start` launches it and waits until `/ping` answers,
-`request_predictions(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`).
+`request_predictions(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`),
+`Load` sends a bounded load of concurrent requests and records every answer.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -133,3 +139,83 @@ def curl_example(url: str) -> str:
         "columns": FEATURES,
         "data": [[5.2, 12.0, 310.0, 120.0], [8.9, 4.5, 0.0, 0.0]]}})
     return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of a `Load`: when it started (monotonic s), how long it took, what came back."""
+
+    worker: int
+    started: float
+    seconds: float
+    status: int  # 0: no HTTP answer at all (refused, reset, timed out)
+    version: str | None  # the X-Model-Version header
+    error: str | None = None
+
+
+class Load:
+    """A bounded load of concurrent requests to a scoring server's /invocations (tests and benchmarks).
+
+    `concurrency` threads each keep one HTTP connection and send `body` back to back until `stop()`, or until
+    `max_requests` answers or `max_seconds` have passed, whichever comes first. Every answer is recorded.
+    """
+
+    def __init__(self, url: str, body: bytes, concurrency: int = 4, max_requests: int = 100_000,
+                 max_seconds: float = 120.0, header: str = "X-Model-Version") -> None:
+        self.url = urllib.parse.urlsplit(url)
+        self.body = body
+        self.concurrency = concurrency
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.header = header
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Load:
+        self._deadline = time.monotonic() + self.max_seconds
+        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(self.concurrency)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[Answer]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.max_seconds + 30)
+        return self.answers
+
+    def run(self) -> list[Answer]:
+        """Start, wait until the bound is reached, return the answers."""
+        self.start()
+        for t in self._threads:
+            t.join()
+        return self.answers
+
+    def _done(self) -> bool:
+        return self._stop.is_set() or time.monotonic() >= self._deadline or len(self.answers) >= self.max_requests
+
+    def _worker(self, worker: int) -> None:
+        import http.client
+
+        conn = None
+        while not self._done():
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=60)
+                conn.request("POST", "/invocations", body=self.body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                answer = Answer(worker, started, time.monotonic() - started, resp.status, resp.getheader(self.header),
+                                None if resp.status == 200 else data[:300].decode(errors="replace"))
+            except (OSError, http.client.HTTPException) as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                answer = Answer(worker, started, time.monotonic() - started, 0, None, f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self.answers.append(answer)
+        if conn is not None:
+            conn.close()

@@ -209,7 +209,7 @@ def load(ref: ModelRef, settings: Settings | None = None) -> PyFuncModel:
     """
     import mlflow
 
-    key = f"{ref.tracking_uri} {ref.load_uri}"
+    key = _key(ref)
     if key not in _loaded:
         local = model_files(ref, settings)
         try:
@@ -221,6 +221,15 @@ def load(ref: ModelRef, settings: Settings | None = None) -> PyFuncModel:
                         "Predictions may differ; install them or score in the model's own environment "
                         "(`mlflow run projects/predict`).", ref.load_uri, "; ".join(mismatches))
     return _loaded[key]
+
+
+def _key(ref: ModelRef) -> str:
+    return f"{ref.tracking_uri} {ref.load_uri}"
+
+
+def unload(ref: ModelRef) -> None:
+    """Forget the loaded model of `ref` (a server that followed an alias to another version); its files stay cached."""
+    _loaded.pop(_key(ref), None)
 
 
 def load_uri(model_uri: str | None = None, settings: Settings | None = None) -> tuple[PyFuncModel, ModelRef]:

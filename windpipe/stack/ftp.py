@@ -9,11 +9,10 @@ from __future__ import annotations
 import ftplib
 import logging
 import os
-import secrets
 from typing import TYPE_CHECKING
 
 from windpipe.errors import WindpipeError
-from windpipe.fileio import atomic_write_text
+from windpipe.fileio import kept_secret
 from windpipe.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -29,16 +28,12 @@ def ftp_password(settings: Settings, create: bool = False) -> str:
     if settings.ftp_password is not None and settings.ftp_password.get_secret_value():
         return settings.ftp_password.get_secret_value()
     stored = settings.secret_file(PASSWORD_FILE)
-    if stored.exists():
-        return stored.read_text().strip()
-    if not create:
+    if not create and not stored.exists():
         raise WindpipeError(
             f"No FTP password is set and none was generated yet in {settings.home}.",
             "run `windpipe up` (it generates one) or set WINDPIPE_FTP_PASSWORD",
         )
-    password = secrets.token_urlsafe(24)
-    atomic_write_text(stored, password + "\n", mode=0o600)
-    return password
+    return kept_secret(stored)
 
 
 def artifact_destination(settings: Settings, password: str) -> str:

@@ -70,6 +70,9 @@ def entry_point_app(step_dir: Path, **bodies: Body) -> typer.Typer:
 
 def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     """The step script's main: parse the command line, run the entry point's body, exit with its outcome."""
+    from windpipe.tracking.output import setup_process
+
+    setup_process()  # before anything imports MLflow or TensorFlow: quiet console, diagnostics to the run's log
     step_dir = Path(step_dir).resolve()
     code = 0
     try:

@@ -24,7 +24,8 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped run ids in logs
     under_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))  # step_run consumes the variable
-    with step_run("pipeline", "main", step_dir=step_dir, run_name="pipeline") as run:
+    # native_log=False: the step processes inherit this process's stderr, which must stay the console
+    with step_run("pipeline", "main", step_dir=step_dir, run_name="pipeline", native_log=False) as run:
         if under_mlflow_run and not config.env_manager:
             # under `mlflow run projects/pipeline --env-manager X`: pass X on to every step
             tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags

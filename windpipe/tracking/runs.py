@@ -53,13 +53,16 @@ def code_version(step_dir: Path | None) -> str:
 
 @contextlib.contextmanager
 def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
-             run_name: str | None = None, nested: bool = False) -> Iterator[Run]:
+             run_name: str | None = None, nested: bool = False, native_log: bool = True) -> Iterator[Run]:
     """Open (or join, under `mlflow run`) the step's run.
 
     A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised,
-    so the step exits non-zero with a clear message.
+    so the step exits non-zero with a clear message. Diagnostics go to the run's log file
+    (`windpipe.tracking.output.run_log`; `native_log=False` for a run that starts step processes).
     """
     import mlflow
+
+    from windpipe.tracking.output import run_log
 
     connect(get_settings())
     tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir)}
@@ -70,14 +73,15 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
     # joins it and unsets the variable, so runs started inside (nested grid runs) are new runs
     joined = bool(os.environ.get("MLFLOW_RUN_ID"))
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
-    try:
-        with run:
-            if joined:
-                mlflow.set_tags(tags)
-            yield run
-    except WindpipeError as exc:
-        fail_run(run.info.run_id, str(exc))
-        raise
+    with run_log(run, run_name or step, native=native_log):
+        try:
+            with run:
+                if joined:
+                    mlflow.set_tags(tags)
+                yield run
+        except WindpipeError as exc:
+            fail_run(run.info.run_id, str(exc))
+            raise
 
 
 def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
