@@ -16,6 +16,7 @@ import pytest
 
 from windpipe.entities.schema import data_date
 from windpipe.errors import WindpipeError
+from windpipe.models.history import Move, rollback_source, settle
 from windpipe.models.promotion import gate, improvement
 from windpipe.models.registry import instance_name
 
@@ -49,6 +50,38 @@ def test_instance_name_from_tag_or_parts():
 
     v = ModelVersion("wind_solar", "3", 0, tags=[ModelVersionTag("windpipe.data_date", "20161231")])
     assert instance_name(v) == "wind_solar_v3_20161231"
+
+
+def _m(frm, to, status="FINISHED", action="promote"):
+    return Move(at=datetime(2026, 1, 1), alias="production", from_version=frm, to_version=to, action=action,
+                status=status)
+
+
+def _path(moves):
+    return [(m.from_version, m.to_version, m.action, m.recorded) for m in moves]
+
+
+def test_settle_keeps_what_happened_and_shows_outside_changes():
+    # a FAILED record never happened; the alias as it is now is consistent with the records
+    assert _path(settle("production", [_m(None, 1), _m(1, 2, "FAILED")], 1)) == [(None, 1, "promote", True)]
+    # a record left RUNNING by a killed process: it happened iff the state after it is its `to`
+    assert _path(settle("production", [_m(None, 1), _m(1, 2, "RUNNING")], 2))[-1] == (1, 2, "promote", True)
+    assert len(settle("production", [_m(None, 1), _m(1, 2, "RUNNING")], 1)) == 1
+    assert _path(settle("production", [_m(None, 1), _m(1, 2, "KILLED"), _m(2, 3)], 3))[1] == (1, 2, "promote", True)
+    assert len(settle("production", [_m(None, 1), _m(1, 2, "KILLED"), _m(1, 3)], 3)) == 2
+    # moved in the MLflow UI: between two records, and after the last one
+    assert _path(settle("production", [_m(None, 1), _m(4, 5)], 6)) == [
+        (None, 1, "promote", True), (1, 4, "outside", False), (4, 5, "promote", True), (5, 6, "outside", False)]
+    assert _path(settle("production", [], 3)) == [(None, 3, "outside", False)]
+    assert settle("production", [], None) == []
+
+
+def test_rollback_source_walks_back_past_rollbacks():
+    history = [_m(None, 1, action="first"), _m(1, 3), _m(3, 2, action="force"), _m(2, 3, action="rollback")]
+    assert rollback_source(history, 3).from_version == 1  # undoes 1 -> 3, not the rollback 2 -> 3
+    assert rollback_source(history, 2).from_version == 3
+    assert rollback_source(history, 1).from_version is None  # v1 was the first
+    assert rollback_source(history, 7) is None  # not in the record: fall back to the version tag
 
 
 # ------------------------------------------------------------------------------------- with servers
@@ -137,6 +170,94 @@ def test_promote_gate_rollback_and_models(scope, DATE):
     assert proc.returncode == 1
     assert "error: " in proc.stderr and "no previous one" in proc.stderr and "Traceback" not in proc.stderr
     assert scope.snapshot() == before
+
+    # the alias history holds every move, in order, with who and why
+    from windpipe.models.history import history
+
+    df = history(scope.settings)
+    prod = df[df["alias"] == "production"]
+    assert list(zip(prod["from_version"].astype(object).where(prod["from_version"].notna(), None),
+                    prod["to_version"], prod["action"], strict=True)) == [
+        (None, 1, "first"), (1, 3, "promote"), (3, 2, "force"), (2, 3, "rollback"), (3, 1, "rollback")]
+    assert prod["recorded"].all() and prod["at"].is_monotonic_increasing
+    assert prod.iloc[1]["reason"].startswith("challenger rmse") and "better by" in prod.iloc[1]["reason"]
+    assert prod.iloc[2]["reason"].startswith("forced: ")
+    assert "undoes the move" in prod.iloc[3]["reason"] and "v2 -> v3" not in prod.iloc[3]["reason"]
+    assert "v1 -> v3" in prod.iloc[4]["reason"]
+    assert (prod["user"] != "").all() and (prod["host"] != "").all()
+    chal = df[df["alias"] == "challenger"]
+    assert chal["to_version"].tolist() == [1, 2, 3, 2]
+    proc = scope.cli("models", "--history")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.split()[2:3] == ["production"]]
+    assert len(lines) == 5 and "v3 -> v1" in lines[-1] and "rollback" in lines[-1]
+
+    # a move made in the MLflow UI shows as noticed, and is written down by the next windpipe move
+    from mlflow import MlflowClient
+
+    MlflowClient(scope.platform.tracking_uri).set_registered_model_alias(scope.model_name, "production", "2")
+    last = history(scope.settings).iloc[-1]
+    assert (last["action"], last["from_version"], last["to_version"], last["recorded"]) == ("outside", 1, 2, False)
+    assert rollback(scope.settings).version == 1  # undoes the latest move to v2: the outside one, not the force
+    prod = history(scope.settings).query("alias == 'production'")
+    assert prod["action"].tolist()[-2:] == ["outside", "rollback"] and prod["recorded"].all()
+    assert "noticed by rollback" in prod.iloc[-2]["reason"] and "v1 -> v2" in prod.iloc[-1]["reason"]
+
+
+@pytest.mark.slow
+def test_a_move_killed_halfway_is_in_the_history_exactly_when_it_happened(scope):
+    from mlflow import MlflowClient
+
+    from windpipe.models.history import history, recorded_move
+    from windpipe.models.promotion import promote
+
+    log_candidate(scope, scale=1.2)
+    assert promote(scope.settings).version == 1
+    log_candidate(scope, scale=1.0)
+    promote(scope.settings, margin=0.9)  # v2 registered, production stays v1
+    client = MlflowClient(scope.platform.tracking_uri)
+
+    # the move fails: no entry, alias unchanged
+    with pytest.raises(RuntimeError), recorded_move(client, scope.settings, "production", 2, "force", "test"):
+        raise RuntimeError("the server went away")
+    assert scope.snapshot()[1]["production"] == "1"
+    assert history(scope.settings).query("alias == 'production'")["to_version"].tolist() == [1]
+
+    def killed(reason: str, move_alias: bool) -> None:
+        """A process that opens the record (and moves the alias) and is then killed with SIGKILL."""
+        code = ("import os, signal\n"
+                "from windpipe.settings import get_settings\n"
+                "from windpipe.models.history import recorded_move\n"
+                "from windpipe.tracking.client import client\n"
+                "s = get_settings()\n"
+                "c = client(s)\n"
+                f"with recorded_move(c, s, 'production', 2, 'force', {reason!r}):\n"
+                f"    if {move_alias}: c.set_registered_model_alias(s.model_name, 'production', '2')\n"
+                "    os.kill(os.getpid(), signal.SIGKILL)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -9, proc.stderr
+
+    # killed after opening the record, before moving the alias: the move did not happen
+    killed("killed early", move_alias=False)
+    assert history(scope.settings).query("alias == 'production'")["to_version"].tolist() == [1]
+    # killed after moving the alias, before closing the record: the move happened
+    killed("killed late", move_alias=True)
+    prod = history(scope.settings).query("alias == 'production'")
+    assert prod["to_version"].tolist() == [1, 2] and prod.iloc[-1]["reason"] == "killed late"
+    assert prod["action"].tolist() == ["first", "force"]  # not mistaken for an outside change
+
+    # the next move settles both records for good: FAILED and FINISHED
+    from windpipe.models.registry import rollback
+
+    assert rollback(scope.settings).version == 1
+    from windpipe import names
+
+    exp = client.get_experiment_by_name(names.ALIAS_HISTORY_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{names.MOVE_MODEL_TAG}` = '{scope.model_name}'")
+    by_reason = {r.data.tags[names.MOVE_REASON_TAG]: r.info.status for r in runs}
+    assert by_reason["killed early"] == "FAILED" and by_reason["killed late"] == "FINISHED"
+    assert by_reason["test"] == "FAILED"
+    assert all(status in ("FINISHED", "FAILED") for status in by_reason.values())
 
 
 @pytest.mark.slow

@@ -63,6 +63,20 @@ GATE_TAG = _P + "gate"
 HOLDOUT_TAG = _P + "holdout"
 HOLDOUT_PREFIX = "holdout_"  # + metric: the version's score on its holdout
 
+# ---------------------------------------------------------------------------------- alias history
+# MLflow keeps no alias history, so each move windpipe makes is a run of its own experiment.
+
+ALIAS_HISTORY_EXPERIMENT = "windpipe-alias-history"
+MOVE_MODEL_TAG = _P + "move.model"
+MOVE_ALIAS_TAG = _P + "move.alias"
+MOVE_FROM_TAG = _P + "move.from_version"  # "" when the alias pointed nowhere
+MOVE_TO_TAG = _P + "move.to_version"
+MOVE_ACTION_TAG = _P + "move.action"  # first, promote, force, rollback, outside
+MOVE_USER_TAG = _P + "move.user"
+MOVE_HOST_TAG = _P + "move.host"
+MOVE_REASON_TAG = _P + "move.reason"
+MOVE_PIPELINE_TAG = _P + "move.pipeline_run_id"
+
 # ---------------------------------------------------------------------------------- aliases
 
 PRODUCTION = "production"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from windpipe.names import PRODUCTION
+
+if TYPE_CHECKING:
+    from windpipe.settings import Settings
 
 app = typer.Typer()
 
@@ -84,13 +87,22 @@ def rollback() -> None:
 @app.command()
 def models(
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    history: Annotated[bool, typer.Option(
+        "--history", help="List every move of the production and challenger aliases instead: when, from which "
+        "version to which, by whom, why, from which pipeline run.")] = False,
 ) -> None:
     """List the versions of the registered model: instance name, aliases, holdout metrics, run, status."""
     from windpipe.errors import UsageError
-    from windpipe.models.registry import list_versions
     from windpipe.settings import get_settings
 
+    if format not in ("table", "csv", "json"):
+        raise UsageError(f"Unknown format {format!r}.", "use --format table | csv | json")
     settings = get_settings()
+    if history:
+        _history(settings, format)
+        return
+    from windpipe.models.registry import list_versions
+
     df = list_versions(settings)
     if format == "csv":
         typer.echo(df.to_csv(index=False), nl=False)
@@ -104,6 +116,30 @@ def models(
         typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     else:
         raise UsageError(f"Unknown format {format!r}.", "use --format table | csv | json")
+
+def _history(settings: Settings, format: str) -> None:
+    import pandas as pd
+
+    from windpipe.models.history import history
+
+    df = history(settings)
+    if format == "csv":
+        typer.echo(df.to_csv(index=False), nl=False)
+    elif format == "json":
+        typer.echo(df.to_json(orient="records", date_format="iso", indent=2))
+    elif df.empty:
+        typer.echo(f"{settings.model_name} has no alias moves recorded yet (run `windpipe promote`).")
+    else:
+        def version(v: object) -> str:
+            return "-" if pd.isna(v) else f"v{v}"
+
+        for row in df.itertuples():
+            when = "noticed now" if pd.isna(row.at) else row.at.strftime("%Y-%m-%d %H:%M:%S")
+            who = f"{row.user}@{row.host}" if row.user else "?"
+            run = f"  pipeline run {row.pipeline_run}" if row.pipeline_run else ""
+            typer.echo(f"{when}  {row.alias:<10} {version(row.from_version):>4} -> {version(row.to_version):<4} "
+                       f"{row.action:<8} {who}: {row.reason}{run}")
+
 
 @app.command()
 def package(

@@ -28,7 +28,7 @@ from windpipe import names
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
-from windpipe.models import loading
+from windpipe.models import history, loading
 from windpipe.models.compare import compare_runs
 from windpipe.models.registry import (
     check_promotable,
@@ -228,12 +228,17 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
         version = int(mv.version)
         inst = names.instance_name_for(name, version, data_date)
         set_tags(client, mv, {**tags, names.INSTANCE_TAG: inst})
-        client.set_registered_model_alias(name, names.CHALLENGER, str(version))
+        pipeline_run = history.pipeline_run_id(client)
+        with history.recorded_move(client, settings, names.CHALLENGER, version, "promote",
+                                   f"registered from run {run_id}; {reason}", pipeline_run):
+            client.set_registered_model_alias(name, names.CHALLENGER, str(version))
         if promoted:
             check_promotable(client, name, version)
             set_tags(client, mv, {names.PREVIOUS_TAG: "" if previous is None else str(previous),
                                   names.REASON_TAG: reason, names.PROMOTED_AT_TAG: now_iso()})
-            client.set_registered_model_alias(name, names.PRODUCTION, str(version))
+            action = "first" if previous is None else ("force" if reason.startswith("forced") else "promote")
+            with history.recorded_move(client, settings, names.PRODUCTION, version, action, reason, pipeline_run):
+                client.set_registered_model_alias(name, names.PRODUCTION, str(version))
         final = loading.version_by_alias(client, name)
     return PromotionResult(promoted=promoted, version=version, previous=previous, reason=reason, metric=metric,
                            run_id=run_id, instance_name=inst, challenger_metrics=challenger_metrics,

@@ -19,6 +19,7 @@ import pandas as pd
 
 from windpipe import names
 from windpipe.errors import WindpipeError, first_line
+from windpipe.models.history import ROLLBACK, moves, pipeline_run_id, recorded_move, rollback_source
 from windpipe.models.loading import is_not_found, version_by_alias
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
@@ -151,7 +152,13 @@ def rollback(settings: Settings | None = None) -> RollbackResult:
         if current is None:
             raise WindpipeError(f"{name} has no production version, so there is nothing to roll back.",
                                 "promote a model first: `windpipe promote`")
-        previous = (current.tags or {}).get(names.PREVIOUS_TAG, "")
+        # the record says which move made `current` production; the version tag serves stores
+        # written before the alias history existed
+        source = rollback_source(moves(settings, client, aliases=(names.PRODUCTION,)), int(current.version))
+        if source is not None:
+            previous = "" if source.from_version is None else str(source.from_version)
+        else:
+            previous = (current.tags or {}).get(names.PREVIOUS_TAG, "")
         if not previous:
             raise WindpipeError(f"{name} v{current.version} is the first production version; there is no "
                                 "previous one to roll back to.",
@@ -160,7 +167,11 @@ def rollback(settings: Settings | None = None) -> RollbackResult:
         client.set_model_version_tag(name, str(mv.version), names.REASON_TAG, f"rollback from v{current.version}")
         client.set_model_version_tag(name, str(mv.version), names.PROMOTED_AT_TAG, now_iso())
         client.set_model_version_tag(name, str(current.version), names.ROLLED_BACK_AT_TAG, now_iso())
-        client.set_registered_model_alias(name, names.PRODUCTION, str(mv.version))
+        when = f" of {source.at:%Y-%m-%d %H:%M} UTC" if source is not None and source.at else ""
+        with recorded_move(client, settings, names.PRODUCTION, int(mv.version), ROLLBACK,
+                           f"windpipe rollback: undoes the move{when} v{previous} -> v{current.version}",
+                           pipeline_run_id(client)):
+            client.set_registered_model_alias(name, names.PRODUCTION, str(mv.version))
         mv = client.get_model_version(name, str(mv.version))
     return RollbackResult(version=int(mv.version), from_version=int(current.version), instance_name=instance_name(mv))
 
