@@ -354,3 +354,48 @@ def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
     off = Settings(home=tmp_path, marts_url=settings.marts_url, log_dashboard_predictions=False)
     assert create_app(off, source=Src(off, loader=lambda _s, v: fake_model(frame, v))).windpipe.logger is None
     tables.dispose_engines()
+
+
+def test_model_page_shows_the_backtest_and_the_error_on_recorded_power(frame, tmp_path):
+    from windpipe.marts import tables
+    from windpipe.marts.queries import performance_history
+    from windpipe.marts.writers import record_batch, record_performance
+    from windpipe.views.dashboard.app import create_app
+
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", 1)
+
+    folds = {f"backtest_fold{k}_{m}": v for k in (1, 2) for m, v in (("r2_solar_GW", 0.9), ("r2_wind_GW", 0.8),
+                                                                     ("bias_solar_GW", 0.1), ("bias_wind_GW", -0.5))}
+    pm = fake_model(frame)
+    pm.run_metrics = folds
+    settings = Settings(home=tmp_path, marts_url=f"sqlite:///{tmp_path / 'marts.db'}")
+    board = create_app(settings, source=Src(settings, loader=lambda _s, _v: pm), prediction_logger=None).windpipe
+    store = board.refresh(None, None, None)[0]
+    page = str(board.model_card(store))
+    assert "backtest-graph" in page and "performance-graph" not in page  # no monitoring yet
+    fig = F.backtest_figure(D.backtest_frame(folds))
+    assert [t["name"] for t in fig["data"] if t["type"] == "bar"] == ["solar_GW", "wind_GW"] * 2
+    # two monitored batches, the newer degraded
+    engine = tables.get_engine(settings=settings)
+    ids = [record_batch(engine, frame[FEATURES].head(5), np.zeros((5, 2)), model_name="wind_solar", model_version=1,
+                        model_uri="u", timestamps=pd.Series(frame.index[:5])) for _ in range(2)]
+    record_performance(engine, pd.DataFrame([
+        {"batch_id": b, "computed_at": pd.Timestamp("2020-01-01"), "model_name": "wind_solar", "model_version": "1",
+         "rows_scored": 5, "rows_with_actuals": 5, "first_time": frame.index[0], "last_time": frame.index[4 + i],
+         "rmse": rmse, "promotion_rmse": 1.0, "ratio": rmse, "status": status}
+        for i, (b, rmse, status) in enumerate(zip(ids, (1.1, 2.0), ("ok", "degraded"), strict=True))]))
+    page = str(board.model_card(store))
+    assert "performance-graph" in page and "performance-warning" in page and "2.00x the error at promotion" in page
+    perf = F.performance_figure(D.performance_frame(performance_history(engine, "wind_solar")), settings.degraded_ratio)
+    assert perf["data"][0]["y"] == [1.1, 2.0] and perf["data"][2]["y"] == [1.5, 1.5]  # the limit: 1.5x promotion
+    assert perf["data"][0]["marker"]["color"][1] == "#d62728"  # the degraded batch in red
+    tables.dispose_engines()
+
+
+def test_whatif_takes_a_time():
+    vals = {"windspeed": 5, "temperature": 10, "rad_horizontal": 300, "rad_diffuse": 50}
+    assert D.whatif(SumModel(), vals, "2016-12-01 13:00") == {"solar_GW": 3.0, "wind_GW": 5.0}
+    with pytest.raises(WindpipeError, match="is not a time"):
+        D.whatif(SumModel(), vals, "teatime")

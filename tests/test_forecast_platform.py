@@ -98,6 +98,35 @@ def test_trend_model_scores_from_utc_timestamp_and_refuses_rows_without_it(trend
     assert code == 1 and "derives from utc_timestamp" in err_text and "Traceback" not in err_text
 
 
+def test_served_trend_model_gets_its_time_columns_in_the_payload(trend_model, use_platform, tmp_path):
+    """Plain `mlflow models serve` runs the bare model: the client derives the time columns (as loading does)."""
+    import subprocess
+
+    from windpipe.deploy import serving
+    from windpipe.models import loading
+    from windpipe.settings import get_settings
+    from windpipe.stack.procs import free_port
+    from windpipe.training.features import MODEL_COLUMNS
+
+    settings = get_settings()
+    columns, tensor = serving.input_spec(settings, trend_model["uri"])
+    assert columns == MODEL_COLUMNS and not tensor
+    rows = trend_model["df"].tail(24)
+    proc, url = serving.start(settings, free_port(), trend_model["uri"], log=tmp_path / "serve.log")
+    try:
+        served = serving.request_predictions(url, rows, columns)
+        model, _ = loading.load_uri(trend_model["uri"], settings)
+        np.testing.assert_allclose(served.to_numpy(), loading.predict(model, rows[FEATURES], rows[TIMESTAMP]),
+                                   rtol=1e-6)
+        with pytest.raises(WindpipeError, match="refused"):  # the four weather columns alone are not enough
+            serving.request_predictions(url, rows)
+        out = subprocess.run(serving.curl_example(url, columns), shell=True, capture_output=True, text=True,
+                             timeout=30)
+        assert '"predictions"' in out.stdout, out.stdout + out.stderr
+    finally:
+        serving.stop(proc)
+
+
 # ------------------------------------------------------------------------------------------- monitoring
 
 def test_monitor_writes_one_row_per_scored_batch_with_actuals(marts, use_platform, tmp_path):

@@ -77,12 +77,14 @@ def pipeline_run(
 
 
 def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
-    """Score the last four weeks as a batch (marts + drift) and write the weekly report."""
+    """Score the last four weeks as a batch (marts + drift), score it against their recorded power
+    (`windpipe monitor`) and write the weekly report."""
     import pandas as pd
 
     from windpipe.data.process import process, read_raw
     from windpipe.fileio import atomic_path
-    from windpipe.names import FEATURES, TIMESTAMP
+    from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+    from windpipe.steps.monitor import main as monitor_main
     from windpipe.steps.predict import main as predict_main
     from windpipe.views.report import create_report
 
@@ -93,6 +95,11 @@ def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
         batch.to_parquet(tmp, index=False)
     predict_main(str(features), str(features.with_name("last_4_weeks_predictions.parquet")), None, True, False,
                  source="cli")
+    # the recorded power of those hours "arrives": the production model's error on them, in the marts
+    actuals = features.with_name("last_4_weeks_recorded.parquet")
+    with atomic_path(actuals) as tmp:
+        df.loc[batch.index, [TIMESTAMP, *TARGETS]].to_parquet(tmp, index=False)
+    monitor_main(str(actuals), settings=settings, say=typer.echo)
     path, rep = create_report(settings)
     typer.echo(f"report: week {rep.week} -> {path}")
 

@@ -32,7 +32,8 @@ def serve(
     port = port or settings.serve_port
     typer.echo(f"starting: {' '.join(serving.serve_command(uri, port, settings.host))}")
     proc, url = serving.start(settings, port, uri)
-    typer.echo(f"serving {uri} at {url}\ntry:\n  {serving.curl_example(url)}\n(Ctrl-C stops it)")
+    columns, tensor = serving.input_spec(settings, uri)
+    typer.echo(f"serving {uri} at {url}\ntry:\n  {serving.curl_example(url, columns, tensor)}\n(Ctrl-C stops it)")
     import signal
 
     def _term(signum: int, frame: object) -> None:

@@ -307,6 +307,7 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
                 del model
         r2, best_id, model, p, fit_s = best
         out = log_training("rf", model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
+                                         "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
                                          "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
                                          "grid_max_depth": str(max_depth)},
                            d, fit_s, trend)
