@@ -73,7 +73,7 @@ def make_scope(platform, monkeypatch: pytest.MonkeyPatch) -> Scope:
 
 def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.DataFrame | None = None,
                   with_model: bool = True, status: str = "FINISHED", test_size: float = 0.2,
-                  split_by: str = "random") -> str:
+                  split_by: str = "random", holdout_weeks: float | None = None) -> str:
     """Fit a LinearRegression (predictions times `scale`: worse when != 1), log it as a training run.
 
     Returns the run id. The run carries every contract tag, param and holdout metric.
@@ -91,7 +91,7 @@ def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.D
     df = small_df() if df is None else df
     mlflow.set_tracking_uri(scope.platform.tracking_uri)
     mlflow.set_experiment(scope.experiment)
-    train, test = split(df, test_size=test_size, seed=42, split_by=split_by)
+    train, test = split(df, test_size=test_size, seed=42, split_by=split_by, holdout_weeks=holdout_weeks)
     # fitted on y itself, predictions multiplied by `scale` (func/inverse_func deliberately not inverses)
     model = TransformedTargetRegressor(LinearRegression(), func=lambda y: y,
                                        inverse_func=lambda y: y * scale, check_inverse=False)
@@ -99,7 +99,8 @@ def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.D
     tags = {"windpipe.step": family, "windpipe.entry_point": "main", "windpipe.model_family": family,
             "windpipe.data_date": data_date(df)}
     with mlflow.start_run(tags=tags) as run:
-        mlflow.log_params({"split_seed": 42, "test_size": test_size, "split_by": split_by, "scale": scale})
+        mlflow.log_params({"split_seed": 42, "test_size": test_size, "split_by": split_by, "scale": scale,
+                           **({"holdout_weeks": holdout_weeks} if holdout_weeks is not None else {})})
         with tempfile.TemporaryDirectory() as tmp:
             path = write_entity(PROCESSED, df, Path(tmp) / PROCESSED.filename)
             entity_uri = log_entity(PROCESSED, df, path, context="training")

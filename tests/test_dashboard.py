@@ -67,10 +67,17 @@ def test_parse_range_and_its_errors(frame):
         D.parse_range("", None, frame)
 
 
+def month_rows(frame: pd.DataFrame) -> int:
+    """Rows in the default range: the last 31 full days (744 hours less the generator's rare gaps)."""
+    rng = D.parse_range(*D.default_range(frame), frame)
+    return int(((frame.index >= rng.start) & (frame.index < rng.end)).sum())
+
+
 def test_default_range_is_a_month_of_hours(frame):
     start, end = D.default_range(frame)
     rng = D.parse_range(start, end, frame)
-    assert ((frame.index >= rng.start) & (frame.index < rng.end)).sum() == 744
+    assert rng.end - rng.start == pd.Timedelta(days=31) and rng.end == frame.index.max().normalize()
+    assert 744 - 3 <= month_rows(frame) <= 744
 
 
 def test_predict_frame_errors_and_figure(frame):
@@ -129,9 +136,9 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
     assert store["state"] == "ok" and (start, end) == D.default_range(frame)
     assert board.refresh(store, start, end)[0] is __import__("dash").no_update  # unchanged: no re-render
     fig, msg, _colour, table = board.predictions(store, start, end)
-    assert msg == "" and len(fig["data"][0]["x"]) == 744 and table is not None
+    assert msg == "" and len(fig["data"][0]["x"]) == month_rows(frame) and table is not None
     board.flush()
-    assert logged == [744]
+    assert logged == [month_rows(frame)]
     _fig, msg, colour, _t = board.predictions(store, end, start)
     assert "reversed" in msg and colour == "warning"
     assert "No data" in board.predictions(store, "2030-01-01", "2030-01-31")[1]
@@ -294,7 +301,7 @@ def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60)
         first = wait.until(lambda d: d.execute_script(FIRST_X))
-        assert first.endswith("|744")  # the default range: the last 31 days
+        assert first.endswith(f"|{month_rows(D.index_frame(info['df']))}")  # the default range: the last 31 days
         start = driver.find_element(By.ID, "range-start")
         end = driver.find_element(By.ID, "range-end")
         for box, value in ((start, "2013-01-08"), (end, "2013-01-14")):
@@ -338,7 +345,7 @@ def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
     board.flush()
     engine = tables.get_engine(settings=settings)
     batches = queries.latest_batches(engine)
-    assert batches["source"].tolist() == ["dashboard"] and batches["row_count"].tolist() == [744]
+    assert batches["source"].tolist() == ["dashboard"] and batches["row_count"].tolist() == [month_rows(frame)]
     rows = queries.batch_rows(engine, int(batches["id"][0]))
     np.testing.assert_allclose(rows["wind_GW_pred"], rows["windspeed"])  # SumModel: wind = windspeed
     assert "Latest prediction batches" in str(__import__("windpipe.views.dashboard.app", fromlist=["x"]).pipeline_view(
@@ -347,3 +354,48 @@ def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
     off = Settings(home=tmp_path, marts_url=settings.marts_url, log_dashboard_predictions=False)
     assert create_app(off, source=Src(off, loader=lambda _s, v: fake_model(frame, v))).windpipe.logger is None
     tables.dispose_engines()
+
+
+def test_model_page_shows_the_backtest_and_the_error_on_recorded_power(frame, tmp_path):
+    from windpipe.marts import tables
+    from windpipe.marts.queries import performance_history
+    from windpipe.marts.writers import record_batch, record_performance
+    from windpipe.views.dashboard.app import create_app
+
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", 1)
+
+    folds = {f"backtest_fold{k}_{m}": v for k in (1, 2) for m, v in (("r2_solar_GW", 0.9), ("r2_wind_GW", 0.8),
+                                                                     ("bias_solar_GW", 0.1), ("bias_wind_GW", -0.5))}
+    pm = fake_model(frame)
+    pm.run_metrics = folds
+    settings = Settings(home=tmp_path, marts_url=f"sqlite:///{tmp_path / 'marts.db'}")
+    board = create_app(settings, source=Src(settings, loader=lambda _s, _v: pm), prediction_logger=None).windpipe
+    store = board.refresh(None, None, None)[0]
+    page = str(board.model_card(store))
+    assert "backtest-graph" in page and "performance-graph" not in page  # no monitoring yet
+    fig = F.backtest_figure(D.backtest_frame(folds))
+    assert [t["name"] for t in fig["data"] if t["type"] == "bar"] == ["solar_GW", "wind_GW"] * 2
+    # two monitored batches, the newer degraded
+    engine = tables.get_engine(settings=settings)
+    ids = [record_batch(engine, frame[FEATURES].head(5), np.zeros((5, 2)), model_name="wind_solar", model_version=1,
+                        model_uri="u", timestamps=pd.Series(frame.index[:5])) for _ in range(2)]
+    record_performance(engine, pd.DataFrame([
+        {"batch_id": b, "computed_at": pd.Timestamp("2020-01-01"), "model_name": "wind_solar", "model_version": "1",
+         "rows_scored": 5, "rows_with_actuals": 5, "first_time": frame.index[0], "last_time": frame.index[4 + i],
+         "rmse": rmse, "promotion_rmse": 1.0, "ratio": rmse, "status": status}
+        for i, (b, rmse, status) in enumerate(zip(ids, (1.1, 2.0), ("ok", "degraded"), strict=True))]))
+    page = str(board.model_card(store))
+    assert "performance-graph" in page and "performance-warning" in page and "2.00x the error at promotion" in page
+    perf = F.performance_figure(D.performance_frame(performance_history(engine, "wind_solar")), settings.degraded_ratio)
+    assert perf["data"][0]["y"] == [1.1, 2.0] and perf["data"][2]["y"] == [1.5, 1.5]  # the limit: 1.5x promotion
+    assert perf["data"][0]["marker"]["color"][1] == "#d62728"  # the degraded batch in red
+    tables.dispose_engines()
+
+
+def test_whatif_takes_a_time():
+    vals = {"windspeed": 5, "temperature": 10, "rad_horizontal": 300, "rad_diffuse": 50}
+    assert D.whatif(SumModel(), vals, "2016-12-01 13:00") == {"solar_GW": 3.0, "wind_GW": 5.0}
+    with pytest.raises(WindpipeError, match="is not a time"):
+        D.whatif(SumModel(), vals, "teatime")

@@ -179,7 +179,7 @@ def test_helper_process_writes_what_the_local_path_writes(tmp_path, monkeypatch)
                         .__init__: (started.append(str(url)), _real(self, url))[1])
     df = features(300)
     df.loc[[4, 9], TIMESTAMP] = pd.NaT
-    bad = drift.feature_drift(df.assign(windspeed=df.windspeed * 2)[FEATURES], df[FEATURES])
+    bad = drift.feature_drift(df.assign(windspeed=df.windspeed * 3.6)[FEATURES], df[FEATURES])  # km/h
     rows = np.delete(np.arange(302), [7, 100])
     pred = np.random.default_rng(1).normal(size=(300, 2))
     got = []
@@ -302,14 +302,14 @@ def test_bad_marts_url_is_a_clear_error():
 def test_drift_flags_a_shifted_batch_not_an_in_distribution_one(engine):
     train = tiny_processed()
     same = train.sample(500, random_state=1)
-    shifted = same.assign(windspeed=same.windspeed * 1.8)
+    shifted = same.assign(windspeed=same.windspeed * 3.6)  # km/h where the model knows m/s
     ok = drift.feature_drift(same, train)
     bad = drift.feature_drift(shifted, train)
     assert (ok.status == "ok").all(), ok
     row = bad.set_index("feature").loc["windspeed"]
-    assert row.status == "drift" and row.psi > drift.PSI_DRIFT and row.ks > drift.KS_DRIFT
+    assert row.status == "drift" and row.psi > drift.PSI_MOVED and row["shift"] > drift.SHIFT_DRIFT
     assert (bad.set_index("feature").drop("windspeed").status == "ok").all()
-    assert set(drift.mlflow_metrics(bad)) == {f"drift_{s}_{f}" for s in ("psi", "ks") for f in FEATURES}
+    assert set(drift.mlflow_metrics(bad)) == {f"drift_{s}_{f}" for s in ("psi", "shift", "ks") for f in FEATURES}
     bid = writers.record_batch(engine, shifted[FEATURES], np.zeros((500, 2)), model_name="m", model_version=1,
                                model_uri="u", drift_rows=bad,
                                drift_status=drift.batch_status(bad))
@@ -511,7 +511,7 @@ def test_predict_shifted_batch_flags_drift(model, marts_env, tmp_path):
     from windpipe.scoring.batch import run_batch
 
     shifted = model["df"].sample(400, random_state=5).reset_index(drop=True)
-    shifted["windspeed"] *= 1.8
+    shifted["windspeed"] *= 3.6  # km/h where the model knows m/s
     res = run_batch(write_input(shifted, tmp_path / "in.parquet"), tmp_path / "out.parquet",
                     f"models:/wind_solar/{model['version']}", say=lambda _m: None)
     assert res.drift_status == "drift"

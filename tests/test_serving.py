@@ -26,6 +26,11 @@ def test_payload_is_dataframe_split():
     body = serving.payload(pd.DataFrame({"windspeed": [1.0], "temperature": [2.0]}))
     assert body == {"dataframe_split": {"columns": ["windspeed", "temperature"], "data": [[1.0, 2.0]]}}
     assert "dataframe_split" in serving.curl_example("http://127.0.0.1:1")
+    # a Keras model's signature is a tensor: rows of numbers in the model's column order
+    assert serving.payload(pd.DataFrame({"windspeed": [1], "trend": [3.5]}), tensor=True) == {"inputs": [[1.0, 3.5]]}
+    trend = serving.curl_example("http://127.0.0.1:1", [*FEATURES, "hour_sin", "trend"])
+    assert '"columns": ["windspeed", "temperature", "rad_horizontal", "rad_diffuse", "hour_sin", "trend"]' in trend
+    assert "-0.258819" in trend  # sin(2 pi 13 / 24): the 13:00 UTC example row
 
 
 @pytest.mark.slow

@@ -149,7 +149,7 @@ def test_repository_dag_runs_process_before_training_before_compare_and_predict(
         assert trainer in g.producers("model")
     assert order.index("promote") < order.index("predict")
     assert "pipeline" in g.drivers and "pipeline" not in order
-    assert set(g.external) == {"raw", "features"}
+    assert set(g.external) == {"raw", "processed_file", "features"}
     assert g.upstream("predict") == ["process", "keras", "lr", "rf", "compare", "promote"]
     assert g.downstream("rf") == ["compare", "promote", "predict"]
     training = build_graph(load_interfaces(PROJECTS), "training")

@@ -7,18 +7,25 @@ One small processed entity (from tests/models.py) is written once and passed by 
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import write_entity
+from windpipe.models import loading
+from windpipe.names import FEATURES
+from windpipe.training.features import MODEL_COLUMNS, time_features
 
 from .conftest import latest_run, mlflow_run
 from .models import tiny_processed
 
 pytestmark = pytest.mark.slow
 
-METRICS = {"rmse", "mae", "r2", "rmse_solar_GW", "mae_solar_GW", "r2_solar_GW", "rmse_wind_GW", "r2_wind_GW"}
+METRICS = {"rmse", "mae", "r2", "rmse_solar_GW", "mae_solar_GW", "r2_solar_GW", "rmse_wind_GW", "r2_wind_GW",
+           "bias_solar_GW", "bias_wind_GW"}
+# the entity holds 30 days: hold out the last week (the default, 13 weeks, is longer than the data)
+WEEK = ("-P", "holdout_weeks=1", "-P", "backtest_folds=0")
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +46,46 @@ def assert_trained(run, family: str, entity_uri: str) -> str:
     assert tags["windpipe.model_family"] == family
     assert tags["windpipe.entity.processed"] == entity_uri
     assert tags["windpipe.data_date"].isdigit() and tags["windpipe.model_uri"].startswith("models:/m-")
-    assert {"split_seed", "test_size", "split_by"} <= set(run.data.params)
+    assert {"split_seed", "test_size", "split_by", "holdout_weeks", "holdout_start"} <= set(run.data.params)
+    assert run.data.params["split_by"] == "time" and run.data.params["time_features"] == "true"
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["processed"]
-    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "figures")] == \
-        ["figures/predicted_vs_recorded.html"]
+    assert "figures/predicted_vs_recorded.html" in [a.path for a in mlflow.MlflowClient().list_artifacts(
+        run.info.run_id, "figures")]
     model = mlflow.pyfunc.load_model(tags["windpipe.model_uri"])
     schema = model.metadata.get_input_schema()
-    if family == "keras":  # mlflow.keras wants tensors: (-1, 4) float64, columns in FEATURES order
-        assert schema.is_tensor_spec() and schema.inputs[0].shape == (-1, 4)
+    # the model reads the weather and the time columns derived from utc_timestamp, and says so in its MLmodel
+    assert model.metadata.metadata["windpipe.input_columns"] == MODEL_COLUMNS
+    assert model.metadata.metadata["windpipe.time_features"]["from"] == "utc_timestamp"
+    if family == "keras":  # mlflow.keras wants tensors: (-1, 9) float64, columns in MODEL_COLUMNS order
+        assert schema.is_tensor_spec() and schema.inputs[0].shape == (-1, len(MODEL_COLUMNS))
     else:
-        assert schema.input_names() == PROCESSED_FEATURES
-    out = pd.DataFrame(model.predict(pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=PROCESSED_FEATURES)))
-    assert out.shape == (1, 2)
+        assert schema.input_names() == MODEL_COLUMNS
+    # plain pyfunc, as `mlflow models serve` calls it: the caller derives the time columns (docs/predict.md)
+    stamps = pd.Series(pd.to_datetime(["2013-01-20T12:00:00Z"]))
+    row = pd.concat([pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES), time_features(stamps)], axis=1)
+    plain = model.predict(row.to_numpy() if family == "keras" else row)
+    assert pd.DataFrame(plain).shape == (1, 2)
+    # through windpipe's one loader the timestamp is enough, and gives the same numbers
+    ours = loading.predict(model, pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES), stamps)
+    np.testing.assert_allclose(ours, np.asarray(pd.DataFrame(plain), dtype="float64"), rtol=1e-6)
     return tags["windpipe.model_uri"]
 
 
-PROCESSED_FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
-
-
-def test_lr_main_then_evaluate(use_platform, entity):
-    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}"))
-    model_uri = assert_trained(latest_run(use_platform, "lr", "main"), "lr", entity)
+def test_lr_main_with_backtest_then_evaluate(use_platform, entity):
+    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}", "-P", "holdout_weeks=1", "-P", "backtest_folds=2"))
+    run = latest_run(use_platform, "lr", "main")
+    model_uri = assert_trained(run, "lr", entity)
+    # the holdout is the newest week: every training row is older than every holdout row
+    last = pd.read_parquet(entity)["utc_timestamp"].max()
+    assert pd.Timestamp(run.data.params["holdout_start"]) == last - pd.Timedelta(days=7) + pd.Timedelta(hours=1)
+    assert pd.Timestamp(run.data.tags["windpipe.data_date"], tz="UTC") < pd.Timestamp(run.data.params["holdout_start"])
+    # the rolling-origin backtest: two folds, their metrics and mean, a figure and the fold table
+    metrics = run.data.metrics
+    assert {"backtest_r2", "backtest_bias_wind_GW", "backtest_fold1_r2", "backtest_fold2_r2"} <= set(metrics)
+    assert metrics["backtest_r2"] == pytest.approx((metrics["backtest_fold1_r2"] + metrics["backtest_fold2_r2"]) / 2)
+    assert metrics["backtest_fold2_r2"] == pytest.approx(metrics["r2"])  # the last fold is the holdout
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "figures")}
+    assert "figures/backtest.html" in artifacts
     ok(mlflow_run(use_platform, "lr", "-e", "evaluate", "-P", f"model_uri={model_uri}", "-P", f"data={entity}",
                   "-P", "scope=all"))
     run = latest_run(use_platform, "lr", "evaluate")
@@ -69,10 +95,10 @@ def test_lr_main_then_evaluate(use_platform, entity):
 
 
 def test_rf_main_and_small_grid(use_platform, entity):
-    ok(mlflow_run(use_platform, "rf", "-P", f"data={entity}", "-P", "n_estimators=4", "-P", "max_depth=4"))
+    ok(mlflow_run(use_platform, "rf", "-P", f"data={entity}", "-P", "n_estimators=4", "-P", "max_depth=4", *WEEK))
     assert_trained(latest_run(use_platform, "rf", "main"), "rf", entity)
     ok(mlflow_run(use_platform, "rf", "-e", "grid", "-P", f"data={entity}", "-P", "n_estimators=2,4",
-                  "-P", "max_depth=3,none"))
+                  "-P", "max_depth=3,none", *WEEK))
     parent = latest_run(use_platform, "rf", "grid")
     assert_trained(parent, "rf", entity)
     children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
@@ -86,7 +112,7 @@ def test_rf_main_and_small_grid(use_platform, entity):
 
 def test_keras_main_logs_epochs_and_model(use_platform, entity):
     ok(mlflow_run(use_platform, "keras", "-P", f"data={entity}", "-P", "epochs=2", "-P", "hidden_units=8",
-                  "-P", "learning_rate=0.01"))
+                  "-P", "learning_rate=0.01", *WEEK))
     run = latest_run(use_platform, "keras", "main")
     assert_trained(run, "keras", entity)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
@@ -97,7 +123,7 @@ def test_keras_main_logs_epochs_and_model(use_platform, entity):
 def test_latest_default_uses_the_newest_process_run(use_platform, raw_dir):
     ok(mlflow_run(use_platform, "process", "-P", f"raw_dir={raw_dir}"))
     entity_uri = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
-    ok(mlflow_run(use_platform, "lr"))
+    ok(mlflow_run(use_platform, "lr", *WEEK))
     assert latest_run(use_platform, "lr", "main").data.tags["windpipe.entity.processed"] == entity_uri
 
 
@@ -119,6 +145,9 @@ def bad_entities(tmp_path_factory) -> dict[str, str]:
     ("lr", {"data": "empty"}, "has no rows"),
     ("rf", {"data": "no_file"}, "does not exist"),
     ("lr", {"data": "no_run"}, "Cannot fetch the entity"),
+    ("lr", {}, "holdout window of 13 weeks is longer than the data"),  # 30 days of data
+    ("rf", {"holdout_weeks": "1", "backtest_folds": "5"}, "5 backtest folds of 1 weeks reach back"),
+    ("keras", {"split_by": "season"}, "split_by must be one of time, random"),
 ])
 def test_bad_input_fails_the_run_with_reason_and_no_model(use_platform, entity, bad_entities, project, params,
                                                           message):

@@ -12,6 +12,8 @@ TIMESTAMP = "utc_timestamp"
 FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
 TARGETS = ["solar_GW", "wind_GW"]
 PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
+# derived from utc_timestamp by windpipe.training.features for models that follow the trend
+TIME_FEATURES = ["hour_sin", "hour_cos", "doy_sin", "doy_cos", "trend"]
 
 # ---------------------------------------------------------------------------------- run tags
 
@@ -44,6 +46,8 @@ DRIFT_STATUS_TAG = _P + "drift_status"
 DRIFT_REFERENCE_TAG = _P + "drift.reference"
 PREDICT_MODEL_TAG = _P + "predict.model_uri"
 MODEL_VERSION_TAG = _P + "model_version"
+# performance monitoring (windpipe monitor)
+MONITOR_STATUS_TAG = _P + "monitor_status"  # ok | degraded: did any batch's error pass the limit
 
 # MLflow's own tags that windpipe reads or sets
 MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -76,6 +80,11 @@ MOVE_USER_TAG = _P + "move.user"
 MOVE_HOST_TAG = _P + "move.host"
 MOVE_REASON_TAG = _P + "move.reason"
 MOVE_PIPELINE_TAG = _P + "move.pipeline_run_id"
+
+# ---------------------------------------------------------------------------------- model metadata (MLmodel)
+
+INPUT_COLUMNS_META = _P + "input_columns"  # the model's input columns in order (Keras signatures have no names)
+TIME_FEATURES_META = _P + "time_features"  # which input columns derive from utc_timestamp, and how
 
 # ---------------------------------------------------------------------------------- aliases
 
@@ -119,20 +128,43 @@ def instance_name_for(model_name: str, version: int | str, data_date: str | None
 
 #: metric names (or prefixes, before `_<target>`) where a bigger value is better
 HIGHER_IS_BETTER = ("r2", "explained_variance", "accuracy", "f1", "precision", "recall", "auc")
+#: signed errors (mean(predicted - recorded)): the one closest to zero is best
+ZERO_IS_BEST = ("bias",)
+#: prefixes that say where a metric was measured, not which way it ranks
+METRIC_PREFIXES = (HOLDOUT_PREFIX, "val_", "eval_", "best_", "backtest_")
+
+
+def _base(metric: str) -> str:
+    """`holdout_r2_wind_GW` -> `r2_wind_GW`, `backtest_fold3_bias_wind_GW` -> `bias_wind_GW`."""
+    base = metric.lower()
+    for prefix in METRIC_PREFIXES:
+        base = base.removeprefix(prefix)
+    head, sep, rest = base.partition("_")
+    if sep and head.startswith("fold") and head[4:].isdigit():  # a backtest fold's metric
+        base = rest
+    return base
+
+
+def _is(base: str, family: tuple[str, ...]) -> bool:
+    return any(base == m or base.startswith(f"{m}_") for m in family)
 
 
 def higher_is_better(metric: str) -> bool:
-    """True for metrics where bigger is better (`r2`, `r2_solar_GW`, `holdout_r2`, `best_r2`, ...).
+    """True for metrics where bigger is better (`r2`, `r2_solar_GW`, `holdout_r2`, `backtest_r2`, ...).
 
     The one place that knows a metric's direction: `windpipe compare`, the pipeline's compare
-    step and the promotion gate all rank through it.
+    step and the promotion gate all rank through it (`zero_is_best` says when neither way is right).
     """
-    base = metric.lower()
-    for prefix in (HOLDOUT_PREFIX, "val_", "eval_", "best_"):
-        base = base.removeprefix(prefix)
-    return any(base == m or base.startswith(f"{m}_") for m in HIGHER_IS_BETTER)
+    return _is(_base(metric), HIGHER_IS_BETTER)
+
+
+def zero_is_best(metric: str) -> bool:
+    """True for signed errors (`bias_wind_GW`, `backtest_bias_solar_GW`): rank by distance from zero."""
+    return _is(_base(metric), ZERO_IS_BEST)
 
 
 def better(a: float, b: float, metric: str) -> bool:
     """True when `a` is strictly better than `b` for `metric`."""
+    if zero_is_best(metric):
+        return abs(a) < abs(b)
     return a > b if higher_is_better(metric) else a < b

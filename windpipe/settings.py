@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # model's loading and scoring; windpipe.marts.helper); 0: never
     marts_helper_rows: int = Field(default=100_000, ge=0)
     log_dashboard_predictions: bool = True
+    # `windpipe monitor`: a batch is degraded when its rmse on recorded power passes this many times the
+    # model's holdout rmse at promotion (the dashboard draws the same limit)
+    degraded_ratio: float = Field(default=1.5, gt=0)
     dashboard_port: int = 8050
     serve_port: int = 8003
     # `windpipe serve` resolves its alias this often and swaps in a newly promoted version

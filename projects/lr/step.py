@@ -1,10 +1,11 @@
-"""Linear regression step: the `processed` entity -> a logged LinearRegression model.
+"""Linear step: the `processed` entity -> a logged linear model (Ridge on weather splines x calendar x trend).
 
 Reads  the `processed` entity (--data: a path, a runs:/ or mlflow-artifacts:/ URI, or `latest` =
        the entity of the newest successful process run in the experiment).
 Writes the model (models:/m-...), holdout metrics (rmse, mae, r2, per target), a
        predicted-vs-recorded figure, the entity as an MLflow dataset input, tags.
-Entry point `evaluate` reads a model URI and the entity and writes eval_ metrics only.
+Entry point `backtest` refits on everything before each of the last windows and logs per-fold metrics
+(no model); `evaluate` reads a model URI and the entity and writes eval_ metrics only.
 Options and their defaults: MLproject (`python step.py main --help`).
 """
 
@@ -12,7 +13,8 @@ from functools import partial
 from pathlib import Path
 
 from windpipe.steps.cli import run_entry_points
-from windpipe.steps.train import evaluate, train
+from windpipe.steps.train import backtest, evaluate, train
 
 if __name__ == "__main__":
-    run_entry_points(Path(__file__).parent, main=partial(train, "lr"), evaluate=partial(evaluate, "lr"))
+    run_entry_points(Path(__file__).parent, main=partial(train, "lr"), backtest=partial(backtest, "lr"),
+                     evaluate=partial(evaluate, "lr"))

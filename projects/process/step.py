@@ -1,6 +1,7 @@
-"""Process step: raw OPSD-shaped CSV files -> the `processed` entity (parquet).
+"""Process step: raw OPSD-shaped CSV files (or a processed file) -> the `processed` entity (parquet).
 
-Reads  RAW_DIR/time_series_60min_singleindex.csv and RAW_DIR/weather_data.csv.
+Reads  RAW_DIR/time_series_60min_singleindex.csv and RAW_DIR/weather_data.csv; or, with --processed,
+       a CSV or parquet file shaped like germany.csv, checked (no gaps, one row per hour, sorted).
 Writes the `processed` entity: entities/processed.parquet on the run, also an MLflow dataset.
 """
 

@@ -5,7 +5,8 @@ Reads  the `processed` entity (--data: a path, a runs:/ or mlflow-artifacts:/ UR
 Writes the model (models:/m-...), holdout metrics (rmse, mae, r2, per target), a
        predicted-vs-recorded figure, the entity as an MLflow dataset input, tags.
 Entry point `grid`: one nested child run per (n_estimators, max_depth); the parent logs the best model.
-Entry point `evaluate` reads a model URI and the entity and writes eval_ metrics only.
+Entry point `backtest` refits on everything before each of the last windows and logs per-fold metrics
+(no model); `evaluate` reads a model URI and the entity and writes eval_ metrics only.
 Options and their defaults: MLproject (`python step.py grid --help`).
 """
 
@@ -13,7 +14,8 @@ from functools import partial
 from pathlib import Path
 
 from windpipe.steps.cli import run_entry_points
-from windpipe.steps.train import evaluate, grid, train
+from windpipe.steps.train import backtest, evaluate, grid, train
 
 if __name__ == "__main__":
-    run_entry_points(Path(__file__).parent, main=partial(train, "rf"), grid=grid, evaluate=partial(evaluate, "rf"))
+    run_entry_points(Path(__file__).parent, main=partial(train, "rf"), grid=grid, backtest=partial(backtest, "rf"),
+                     evaluate=partial(evaluate, "rf"))

@@ -11,15 +11,20 @@ if TYPE_CHECKING:
     from windpipe.settings import Settings
 
 app = typer.Typer()
+DEFAULT_RAW = Path("data/raw")
+PROCESSED_FILE = "processed_file"  # the process step's external input for --processed (projects/process/step.yaml)
 pipeline_app = typer.Typer(help="Run the training pipeline built from the step interfaces (projects/*/step.yaml).",
                            no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
 
-def run_training(raw: Path, quick: bool = False, force: bool = False, env_manager: str = "local",
+def run_training(raw: Path | None, quick: bool = False, force: bool = False, env_manager: str = "local",
                  params: list[str] | None = None, from_git: str | None = None,
-                 git_version: str | None = None) -> list:
-    """The training pipeline over the raw folder, everything checked before the first run starts."""
+                 git_version: str | None = None, processed: Path | None = None) -> list:
+    """The training pipeline over the raw folder (or a processed file), everything checked before the
+    first run starts."""
+    from windpipe.data.process import check_processed, read_processed
+    from windpipe.errors import UsageError
     from windpipe.pipeline.cache import content_hash
     from windpipe.pipeline.plan import parse_overrides
     from windpipe.pipeline.runner import PipelineConfig, plan_for
@@ -27,18 +32,29 @@ def run_training(raw: Path, quick: bool = False, force: bool = False, env_manage
     from windpipe.steps.driver import driver
     from windpipe.tracking.client import connect
 
-    config = PipelineConfig(external={"raw": str(raw)}, preset="quick" if quick else "full", force=force,
-                            env_manager=env_manager, overrides=parse_overrides(params), git_uri=from_git,
+    if processed is not None and raw is not None:
+        raise UsageError("--raw and --processed both given.",
+                         "pass --raw DIR (raw files to process) or --processed FILE (already processed), not both")
+    external = {PROCESSED_FILE: str(processed)} if processed is not None else {"raw": str(raw or DEFAULT_RAW)}
+    overrides = parse_overrides(params)
+    config = PipelineConfig(external=external, preset="quick" if quick else "full", force=force,
+                            env_manager=env_manager, overrides=overrides, git_uri=from_git,
                             git_version=git_version)
     plan_for(config)  # a bad -P, a broken interface: said before any run is created
-    content_hash(raw)  # missing raw files: said before any run is created
+    if processed is not None:  # a bad file: said before any run is created (the process step checks it again)
+        check_processed(read_processed(processed), f"The processed file {processed}",
+                        overrides.get("process", {}).get("duplicates", "error"))
+    content_hash(Path(next(iter(external.values()))))  # missing raw files: said before any run is created
     connect(get_settings())
     return driver(config, step_dir=projects_dir() / "pipeline")
 
 
 @pipeline_app.command("run")
 def pipeline_run(
-    raw: Annotated[Path, typer.Option(help="Folder with the raw OPSD-shaped CSV files.")] = Path("data/raw"),
+    raw: Annotated[Optional[Path], typer.Option(help="Folder with the raw OPSD-shaped CSV files [default: data/raw].")
+                   ] = None,
+    processed: Annotated[Optional[Path], typer.Option(
+        help="A processed CSV or parquet file (shaped like germany.csv) to train on instead of raw files.")] = None,
     quick: Annotated[bool, typer.Option(help="The quick presets of the step.yaml files (small grid, few epochs).")
                      ] = False,
     force: Annotated[bool, typer.Option(help="Rerun every step, ignoring the cache.")] = False,
@@ -53,19 +69,22 @@ def pipeline_run(
 ) -> None:
     """Run every step of the training pipeline; reuse steps whose inputs did not change.
 
-    Reads RAW/*.csv; each step is `mlflow run projects/<step>` as a child of one pipeline run,
-    wired and ordered by the step interfaces (process -> lr, rf, keras -> compare -> promote).
+    Reads RAW/*.csv (or the PROCESSED file, which the process step checks and logs as the processed
+    entity); each step is `mlflow run projects/<step>` as a child of one pipeline run, wired and
+    ordered by the step interfaces (process -> lr, rf, keras -> compare -> promote).
     """
-    run_training(raw, quick, force, env_manager, param, from_git, git_version)
+    run_training(raw, quick, force, env_manager, param, from_git, git_version, processed)
 
 
 def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
-    """Score the last four weeks as a batch (marts + drift) and write the weekly report."""
+    """Score the last four weeks as a batch (marts + drift), score it against their recorded power
+    (`windpipe monitor`) and write the weekly report."""
     import pandas as pd
 
     from windpipe.data.process import process, read_raw
     from windpipe.fileio import atomic_path
-    from windpipe.names import FEATURES, TIMESTAMP
+    from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+    from windpipe.steps.monitor import main as monitor_main
     from windpipe.steps.predict import main as predict_main
     from windpipe.views.report import create_report
 
@@ -76,6 +95,11 @@ def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
         batch.to_parquet(tmp, index=False)
     predict_main(str(features), str(features.with_name("last_4_weeks_predictions.parquet")), None, True, False,
                  source="cli")
+    # the recorded power of those hours "arrives": the production model's error on them, in the marts
+    actuals = features.with_name("last_4_weeks_recorded.parquet")
+    with atomic_path(actuals) as tmp:
+        df.loc[batch.index, [TIMESTAMP, *TARGETS]].to_parquet(tmp, index=False)
+    monitor_main(str(actuals), settings=settings, say=typer.echo)
     path, rep = create_report(settings)
     typer.echo(f"report: week {rep.week} -> {path}")
 

@@ -1,4 +1,5 @@
-"""`windpipe predict`: score a parquet batch with the production model."""
+"""`windpipe predict`: score a parquet batch with the production model; `windpipe monitor`: its error
+once the recorded power arrives."""
 
 from __future__ import annotations
 
@@ -32,3 +33,22 @@ def predict(
     from windpipe.steps.predict import main
 
     main(str(input), str(output), model_uri, overwrite, drop_invalid, source="cli")
+
+
+@app.command("monitor")
+def monitor(
+    actuals: Annotated[Path, typer.Option("--actuals", help="CSV or parquet with utc_timestamp, solar_GW, wind_GW "
+                                          "(recorded, GW); other columns ignored.")],
+    threshold: Annotated[Optional[float], typer.Option(
+        help="A batch is degraded when its rmse passes this many times the model's rmse at promotion "
+             "(default: WINDPIPE_DEGRADED_RATIO, 1.5).")] = None,
+) -> None:
+    """Score the predictions already served against the recorded power: the error per batch.
+
+    Reads ACTUALS and the scored rows of the data marts in its hours (batches of `windpipe predict`);
+    writes one row per batch into the marts' performance table and a run tagged windpipe.step=monitor.
+    Warns about every batch whose error degraded past the threshold.
+    """
+    from windpipe.steps.monitor import main
+
+    main(str(actuals), threshold, say=typer.echo)

@@ -43,8 +43,9 @@ def serve(
 
     def ready(server: follow.FollowingServer) -> None:
         slot = server.current
+        columns, tensor = serving.input_spec(settings, uri)
         typer.echo(f"serving {uri} (version {slot.version}, {slot.ref.label}) at {url}, looking at the alias "
-                   f"every {seconds:g} s\ntry:\n  {serving.curl_example(url)}\nhealth: {url}/health   "
+                   f"every {seconds:g} s\ntry:\n  {serving.curl_example(url, columns, tensor)}\nhealth: {url}/health   "
                    f"(Ctrl-C stops it)")
 
     follow.serve(settings, uri, settings.host, port, seconds, say=lambda m: typer.echo(m), ready=ready)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from windpipe.data.synth import TIMESERIES_FILE, WEATHER_FILE
@@ -84,3 +85,91 @@ def process(power: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
         raise WindpipeError("The raw files share no complete rows from 2013 on.",
                             "check that both files cover the same hours from 2013-01-01")
     return PROCESSED.validate(df)
+
+
+# ---------------------------------------------------------------- a processed file the user brings
+
+PROCESSED_SUFFIXES = (".csv", ".parquet", ".pq")
+MAX_GAP = pd.Timedelta(days=7)  # longer holes break the holdout and backtest windows (weeks long)
+DUPLICATES = ("error", "first")
+
+
+def read_processed(path: Path | str) -> pd.DataFrame:
+    """Read a processed file (CSV or parquet shaped like the workshop's germany.csv) as it is."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise WindpipeError(f"The processed file {path} {what}.",
+                            "pass a CSV or parquet file with utc_timestamp and the processed columns "
+                            f"({', '.join(PROCESSED.columns)})")
+    if path.suffix.lower() not in PROCESSED_SUFFIXES:
+        raise WindpipeError(f"The processed file {path} is neither CSV nor parquet (by its name).",
+                            "name it .csv or .parquet")
+    if path.stat().st_size == 0:
+        raise WindpipeError(f"The processed file {path} is empty (0 bytes).", "write the processed rows into it")
+    try:
+        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for a bad file
+        raise WindpipeError(f"Cannot read the processed file {path} ({str(exc).splitlines()[0][:300]}).",
+                            "pass a CSV (comma separated, a header line) or a parquet file") from None
+
+
+def check_processed(df: pd.DataFrame, where: str, duplicates: str = "error") -> pd.DataFrame:
+    """The processed entity from a user's frame, or a WindpipeError naming the problem and the fix.
+
+    Refuses: no utc_timestamp column, times that do not parse, missing columns (PROCESSED), empty
+    cells (gaps in the values), repeated or unsorted hours, and holes longer than MAX_GAP between
+    consecutive hours. Missing single hours are fine: the process step drops incomplete hours too.
+    `duplicates="first"` keeps the first row of a repeated hour instead of refusing (the workshop's
+    germany.csv repeats the hour the clocks go back, as the raw OPSD files do).
+    """
+    if duplicates not in DUPLICATES:
+        raise WindpipeError(f"duplicates must be one of {', '.join(DUPLICATES)}, got {duplicates!r}.",
+                            "pass -P duplicates=error (refuse repeated hours) or first (keep the first)")
+    if TIMESTAMP not in df.columns:
+        raise WindpipeError(f"{where} has no timestamps: there is no {TIMESTAMP} column (it has "
+                            f"{', '.join(map(str, df.columns))}).",
+                            f"name the column of UTC times {TIMESTAMP} (e.g. 2016-12-01T13:00:00Z)")
+    try:
+        stamps = pd.to_datetime(df[TIMESTAMP], utc=True, format="ISO8601") if df[TIMESTAMP].dtype == object \
+            else pd.to_datetime(df[TIMESTAMP], utc=True)
+    except (ValueError, TypeError) as exc:
+        raise WindpipeError(f"{where}: {TIMESTAMP} has values that are not times ({exc}).",
+                            f"write {TIMESTAMP} as UTC times, e.g. 2016-12-01T13:00:00Z") from None
+    df = df.assign(**{TIMESTAMP: stamps})[[c for c in PROCESSED.columns if c in df.columns]]
+    missing = df.isna()
+    if missing.any().any():
+        rows = df.index[missing.any(axis=1)]
+        cols = [c for c in df.columns if missing[c].any()]
+        raise WindpipeError(f"{where} has gaps: {len(rows)} row(s) with empty values in {', '.join(cols)} "
+                            f"(rows, counted from 0: {', '.join(map(str, rows[:5].tolist()))}"
+                            f"{', ...' if len(rows) > 5 else ''}).",
+                            "drop or fill those rows (the process step drops incomplete hours)")
+    repeated = df[TIMESTAMP].duplicated(keep=False)
+    if repeated.any():
+        if duplicates == "error":
+            first = df[TIMESTAMP][repeated].iloc[0]
+            rows = df.index[(df[TIMESTAMP] == first).to_numpy()].tolist()
+            raise WindpipeError(f"{where} repeats {int(df[TIMESTAMP].duplicated().sum())} hour(s), e.g. "
+                                f"{first:%Y-%m-%d %H:%M} UTC in rows {', '.join(map(str, rows))}: one row per hour "
+                                "is expected.",
+                                "keep one row per hour (pandas: df.drop_duplicates('utc_timestamp')), or pass "
+                                "-P process.duplicates=first to keep the first of each")
+        df = df[~df[TIMESTAMP].duplicated(keep="first")]
+    step = df[TIMESTAMP].diff()
+    if (step < pd.Timedelta(0)).any():
+        at = int(np.flatnonzero((step < pd.Timedelta(0)).to_numpy())[0])
+        here, before = df[TIMESTAMP].iloc[at], df[TIMESTAMP].iloc[at - 1]
+        raise WindpipeError(f"{where} is not sorted by time: row {df.index[at]} ({here:%Y-%m-%d %H:%M} UTC) comes "
+                            f"after {before:%Y-%m-%d %H:%M} UTC.",
+                            f"sort the rows by {TIMESTAMP} (pandas: df.sort_values('{TIMESTAMP}'))")
+    if (step > MAX_GAP).any():
+        at = int(np.flatnonzero((step > MAX_GAP).to_numpy())[0])
+        here, before = df[TIMESTAMP].iloc[at], df[TIMESTAMP].iloc[at - 1]
+        raise WindpipeError(f"{where} has a gap of {step.iloc[at] / pd.Timedelta(days=1):.1f} days without rows, "
+                            f"from {before:%Y-%m-%d %H:%M} to {here:%Y-%m-%d %H:%M} UTC (at most {MAX_GAP.days} days: "
+                            "the holdout and backtest windows are weeks long).",
+                            "fill the gap, or pass a file that starts after it")
+    df = PROCESSED.validate(df.reset_index(drop=True), where)  # every column there, numbers, not empty
+    df[[c for c in df.columns if c != TIMESTAMP]] = df[[c for c in df.columns if c != TIMESTAMP]].astype("float64")
+    return df

@@ -4,6 +4,11 @@
 `serve_command` builds the command, `start` launches it and waits until `/ping` answers,
 `request_predictions(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`),
 `Load` sends a bounded load of concurrent requests and records every answer.
+
+`mlflow models serve` runs the bare model: a model that follows the trend wants its time columns
+(hour_sin, ..., trend) in the payload. `input_spec` reads them from the model's MLmodel file;
+`request_predictions(url, df, columns)` derives them from df's utc_timestamp (as
+windpipe.models.loading.predict does) and `curl_example` writes them out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pandas as pd
 from windpipe import names
 from windpipe.errors import WindpipeError
 from windpipe.models import loading
-from windpipe.names import FEATURES, TARGETS
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.settings import Settings
 from windpipe.stack.procs import log_tail, port_is_free, stop_pid, wait_until
 
@@ -105,16 +110,43 @@ def stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def payload(df: pd.DataFrame) -> dict:
-    """The scoring payload MLflow 3 accepts: `dataframe_split`."""
+def input_spec(settings: Settings, model_uri: str) -> tuple[list[str], bool]:
+    """The served model's input columns in order, and whether it takes a tensor (Keras): from its MLmodel file."""
+    from mlflow.models import Model
+
+    ref = loading.resolve(model_uri, settings)
+    files = loading.model_files(ref, settings)
+    if files is None:  # not a pinned registered version: MLflow fetches it
+        model = loading.load(ref, settings)
+        columns, schema = loading.signature_columns(model), model.metadata.get_input_schema()
+    else:
+        columns = loading.file_signature_columns(files, ref)
+        schema = Model.load(str(Path(files) / "MLmodel")).get_input_schema()
+    return list(columns), bool(schema is not None and schema.is_tensor_spec())
+
+
+def payload(df: pd.DataFrame, tensor: bool = False) -> dict:
+    """The scoring payload MLflow 3 accepts: `dataframe_split` (a tensor model: `inputs`, rows of numbers)."""
+    if tensor:
+        return {"inputs": df.to_numpy(dtype="float64").tolist()}
     split = json.loads(df.to_json(orient="split", index=False, date_format="iso"))
     return {"dataframe_split": {"columns": split["columns"], "data": split["data"]}}
 
 
-def request_predictions(url: str, df: pd.DataFrame, timeout: float = 60.0) -> pd.DataFrame:
-    """POST `df` to `<url>/invocations`; return the predictions as a frame (one column per target)."""
-    cols = [c for c in FEATURES if c in df.columns] or list(df.columns)
-    req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=json.dumps(payload(df[cols])).encode(),
+def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = None, tensor: bool = False,
+                        timeout: float = 60.0) -> pd.DataFrame:
+    """POST `df` to `<url>/invocations`; return the predictions as a frame (one column per target).
+
+    `columns` are the model's input columns (`input_spec`); time columns among them are derived from
+    df's utc_timestamp. Without them: the FEATURES df has.
+    """
+    if columns is not None:
+        from windpipe.training.features import model_input
+
+        body = payload(model_input(df, columns), tensor)
+    else:
+        body = payload(df[[c for c in FEATURES if c in df.columns] or list(df.columns)])
+    req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -133,11 +165,16 @@ def request_predictions(url: str, df: pd.DataFrame, timeout: float = 60.0) -> pd
     return frame
 
 
-def curl_example(url: str) -> str:
-    """A curl command that works against the server (two rows of features)."""
-    body = json.dumps({"dataframe_split": {
-        "columns": FEATURES,
-        "data": [[5.2, 12.0, 310.0, 120.0], [8.9, 4.5, 0.0, 0.0]]}})
+def curl_example(url: str, columns: list[str] | None = None, tensor: bool = False) -> str:
+    """A curl command that works against the server: two rows of the model's input columns (`input_spec`;
+    time columns derived for 2016-12-01 13:00 and 23:00 UTC), rounded to 6 digits."""
+    from windpipe.training.features import model_input
+
+    example = pd.DataFrame({TIMESTAMP: pd.to_datetime(["2016-12-01T13:00:00Z", "2016-12-01T23:00:00Z"]),
+                            "windspeed": [5.2, 8.9], "temperature": [12.0, 4.5], "rad_horizontal": [310.0, 0.0],
+                            "rad_diffuse": [120.0, 0.0]})
+    rows = model_input(example, columns or FEATURES).round(6)
+    body = json.dumps(payload(rows, tensor))
     return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"
 
 

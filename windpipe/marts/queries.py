@@ -1,4 +1,5 @@
-"""Reading the data marts (the dashboard, the report, tests): newest batches, a batch's rows, drift."""
+"""Reading the data marts (the dashboard, the report, tests): newest batches, a batch's rows, drift,
+the scored rows recorded power can be matched with, and the error history."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 
-from windpipe.marts.tables import batches, drift, get_engine, input_mart, output_mart
+from windpipe.marts.tables import batches, drift, get_engine, input_mart, output_mart, performance
 from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
 
 if TYPE_CHECKING:
@@ -70,3 +71,39 @@ def drift_summary(engine: Engine | None = None, batch_ids: list[int] | None = No
     order = {f: i for i, f in enumerate(FEATURES)}
     df["_f"] = df["feature"].map(order)
     return df.sort_values(["batch", "_f"], ascending=[False, True]).drop(columns="_f").reset_index(drop=True)
+
+
+def scored_rows(engine: Engine | None, start: object, end: object,
+                sources: tuple[str, ...] = ("cli", "project")) -> pd.DataFrame:
+    """Every scored row whose utc_timestamp lies in [start, end] (naive UTC), with its batch's model.
+
+    Columns: batch_id, row_no, utc_timestamp, solar_GW_pred, wind_GW_pred, model_name, model_version,
+    row_count (the batch's). Only batches from `sources` (the dashboard's re-scores of training data are
+    left out: their error would be in-sample).
+    """
+    import pandas as pd
+
+    engine = engine or get_engine()
+    i, o, b = input_mart, output_mart, batches
+    stmt = (select(i.c.batch_id, i.c.row_no, i.c[TIMESTAMP], *[o.c[p] for p in PRED_COLUMNS], b.c.model_name,
+                   b.c.model_version, b.c.row_count)
+            .join_from(i, o, (i.c.batch_id == o.c.batch_id) & (i.c.row_no == o.c.row_no))
+            .join(b, b.c.id == i.c.batch_id)
+            .where(i.c[TIMESTAMP] >= start, i.c[TIMESTAMP] <= end, b.c.source.in_(list(sources))))
+    columns = ["batch_id", "row_no", TIMESTAMP, *PRED_COLUMNS, "model_name", "model_version", "row_count"]
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).all(), columns=columns)
+
+
+def performance_history(engine: Engine | None = None, model_name: str | None = None, limit: int = 200
+                        ) -> pd.DataFrame:
+    """The error of the newest `limit` batches with actuals, oldest hours first (the dashboard's chart)."""
+    import pandas as pd
+
+    engine = engine or get_engine()
+    stmt = select(performance).order_by(performance.c.batch_id.desc()).limit(limit)
+    if model_name:
+        stmt = stmt.where(performance.c.model_name == model_name)
+    with engine.connect() as conn:
+        df = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[c.name for c in performance.columns])
+    return df.sort_values(["first_time", "batch_id"], kind="stable").reset_index(drop=True)

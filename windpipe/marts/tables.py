@@ -6,6 +6,9 @@ Tables
   output_mart  (batch_id, row_no) -> the predictions; (batch_id, row_no) is a foreign key
                to input_mart, so every output row is linked to the input row it came from
   drift        (batch_id, feature) -> psi, ks, status (see windpipe.scoring.drift)
+  performance  batch_id -> the model's error on the batch's hours once their recorded power arrived
+               (`windpipe monitor --actuals FILE`, windpipe.scoring.monitor): one row per scored batch
+               with actuals, replaced when more actuals arrive
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from sqlalchemy import (
 )
 
 from windpipe.errors import WindpipeError, first_line
-from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
+from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:
     from windpipe.settings import Settings
@@ -85,6 +88,25 @@ drift = Table(
     Column("batch_rows", Integer),
     Column("training_rows", Integer),
     Column("reference_uri", String(1000)),
+)
+
+performance = Table(
+    "performance", metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("computed_at", DateTime, nullable=False),  # UTC, naive
+    Column("model_name", String(200)),
+    Column("model_version", String(50)),
+    Column("rows_scored", Integer, nullable=False),  # the batch's rows
+    Column("rows_with_actuals", Integer, nullable=False),  # ... whose hour has recorded power
+    Column("first_time", DateTime),  # the hours with actuals (UTC, naive)
+    Column("last_time", DateTime),
+    Column("rmse", Float), Column("mae", Float), Column("r2", Float),
+    *[Column(f"{m}_{t}", Float) for m in ("rmse", "bias") for t in TARGETS],
+    Column("promotion_rmse", Float),  # the version's holdout rmse when it was promoted (holdout_rmse tag)
+    Column("ratio", Float),  # rmse / promotion_rmse
+    Column("status", String(20), nullable=False),  # ok | degraded | unknown (no error at promotion on record)
+    Column("actuals_path", String(1000)),
+    Column("run_id", String(64)),  # the monitor run that computed it
 )
 
 _engines: dict[str, Engine] = {}

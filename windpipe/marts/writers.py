@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from windpipe.marts.helper import ProcessBatch
 from windpipe.marts.local import LocalBatch
-from windpipe.marts.tables import SOURCES, drift, get_engine
+from windpipe.marts.tables import SOURCES, drift, get_engine, performance
 from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer process starts without it)
@@ -189,3 +189,31 @@ def record_batch(
         return batch.commit()
 
 
+
+
+def record_performance(engine: Engine | None, rows: pd.DataFrame, settings: Settings | None = None) -> int:
+    """Write the performance rows (windpipe.scoring.monitor.batch_errors) in one transaction, replacing the
+    rows of the same batches (more actuals arrived); return how many were written."""
+    import pandas as pd
+
+    engine = engine or get_engine(settings=settings)
+    names = [c.name for c in performance.columns]
+    records = []
+    for rec in rows.to_dict("records"):
+        out = {k: rec.get(k) for k in names}
+        for k, v in out.items():
+            if v is pd.NaT or v is None:
+                out[k] = None
+            elif isinstance(v, pd.Timestamp):
+                out[k] = v.tz_convert("UTC").tz_localize(None).to_pydatetime() if v.tzinfo else v.to_pydatetime()
+            elif isinstance(v, float) and not np.isfinite(v):
+                out[k] = None
+            elif isinstance(v, np.generic):
+                out[k] = v.item()
+        records.append(out)
+    if not records:
+        return 0
+    with engine.begin() as conn:
+        conn.execute(performance.delete().where(performance.c.batch_id.in_([r["batch_id"] for r in records])))
+        conn.execute(performance.insert(), records)
+    return len(records)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from windpipe import names
 from windpipe.errors import WindpipeError, first_line
-from windpipe.names import higher_is_better
+from windpipe.names import higher_is_better, zero_is_best
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 HEADLINE_METRICS = ("rmse", "mae", "r2")
+# the rolling-origin backtest's means (windpipe.training.backtest), shown beside the holdout when a run has them
+BACKTEST_METRICS = ("backtest_r2", "backtest_bias_wind_GW")
 ID_COLUMNS = ["run_id", "run_name", "family", "step", "entry_point", "status", "start_time", "data_date",
               "model_uri", "entity_uri", "parent_run_id"]
 FORMATS = ("table", "csv", "json")
@@ -97,7 +99,9 @@ def rank_runs(df: pd.DataFrame, metric: str = "rmse", top: int | None = None,
     out = df[df[metric].notna()]
     if require_model:
         out = out[out["model_uri"].astype(str) != ""]
-    out = out.sort_values([metric, "start_time"], ascending=[not higher_is_better(metric), False], kind="stable")
+    key = out[metric].abs() if zero_is_best(metric) else out[metric]
+    out = (out.assign(_key=key).sort_values(["_key", "start_time"], ascending=[not higher_is_better(metric), False],
+                                            kind="stable").drop(columns="_key"))
     # a grid parent and its best child may name the same logged model: keep it once
     out = out[~(out["model_uri"].astype(str).ne("") & out["model_uri"].duplicated())]
     if top is not None:
@@ -153,11 +157,18 @@ def format_runs(df: pd.DataFrame, metric: str = "rmse", fmt: str = "table") -> s
         return df.to_json(orient="records", date_format="iso", indent=2)
     if df.empty:
         return "(no runs)"
-    metrics = [metric] + [m for m in HEADLINE_METRICS if m != metric and m in df.columns]
+    metrics = [metric] + [m for m in (*HEADLINE_METRICS, *BACKTEST_METRICS) if m != metric and m in df.columns]
     cols = ["rank", "run_id", "family", "entry_point", "data_date", *metrics, *varying_params(df)]
     view = df[cols].rename(columns=lambda c: c.removeprefix("params."))
-    arrow = "higher" if higher_is_better(metric) else "lower"
-    return f"sorted by {metric} ({arrow} is better)\n" + view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return (f"sorted by {metric} ({direction(metric)})\n"
+            + view.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+
+
+def direction(metric: str) -> str:
+    """How `metric` ranks, in words."""
+    if zero_is_best(metric):
+        return "closest to zero is best"
+    return f"{'higher' if higher_is_better(metric) else 'lower'} is better"
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -169,7 +180,7 @@ def family_figure(df: pd.DataFrame, metric: str = "rmse") -> go.Figure:
 
     data = df.assign(run=df["run_id"].str[:8])
     fig = px.strip(data, x="family", y=metric, color="family", hover_data=["run", "run_name", "entry_point"],
-                   title=f"{metric} by model family ({'higher' if higher_is_better(metric) else 'lower'} is better)")
+                   title=f"{metric} by model family ({direction(metric)})")
     if not data.empty:
         best = data.iloc[0]
         fig.add_scatter(x=[best["family"]], y=[best[metric]], mode="markers", name=f"best ({best['run']})",

@@ -239,8 +239,11 @@ def load_uri(model_uri: str | None = None, settings: Settings | None = None) -> 
 
 
 def signature_columns(model: PyFuncModel | None) -> dict[str, str]:
-    """Input column -> MLflow type name from the model signature (FEATURES as double without one)."""
-    return _schema_columns(model.metadata.get_input_schema() if model is not None else None)
+    """Input column -> MLflow type name, in order: from the signature's names, else the model's recorded
+    input columns (Keras signatures are tensors), else FEATURES as double."""
+    if model is None:
+        return _schema_columns(None, None)
+    return _schema_columns(model.metadata.get_input_schema(), model.metadata.metadata)
 
 
 def file_signature_columns(model_dir: str | Path, ref: ModelRef | None = None) -> dict[str, str]:
@@ -248,36 +251,51 @@ def file_signature_columns(model_dir: str | Path, ref: ModelRef | None = None) -
     from mlflow.models import Model
 
     try:
-        schema = Model.load(str(Path(model_dir) / "MLmodel")).get_input_schema()
+        meta = Model.load(str(Path(model_dir) / "MLmodel"))
+        schema = meta.get_input_schema()
     except Exception as exc:  # a damaged MLmodel file
         raise cannot_load(ref or ModelRef(uri=str(model_dir), load_uri=str(model_dir)), exc) from None
-    return _schema_columns(schema)
+    return _schema_columns(schema, meta.metadata)
 
 
-def _schema_columns(schema: Any) -> dict[str, str]:
-    if schema is None or not schema.has_input_names():
-        return {f: "double" for f in FEATURES}
-    return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+def _schema_columns(schema: Any, metadata: dict | None) -> dict[str, str]:
+    if schema is not None and schema.has_input_names():
+        return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+    recorded = (metadata or {}).get(names.INPUT_COLUMNS_META)
+    return {c: "double" for c in (recorded or FEATURES)}
 
 
-def predict(model: PyFuncModel, features: pd.DataFrame) -> np.ndarray:
+def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None) -> np.ndarray:
     """Predictions (rows, 2) in TARGETS order, float64, from a pyfunc model (or anything with `predict`).
 
-    `features` holds the signature's columns as float64 (scoring.validate makes it so). For
-    scikit-learn models the estimator's own predict is called: the input was checked against the
-    signature already, and MLflow's second schema enforcement costs more than the linear model itself.
+    `features` holds the signature's columns as float64 (scoring.validate makes it so). A model that
+    follows the trend also reads hour/day-of-year cycles and the trend: they are derived here, with
+    windpipe.training.features, from `timestamps` (or a utc_timestamp column of `features`), so every
+    caller feeds such a model the same way. For scikit-learn models the estimator's own predict is
+    called: the input was checked against the signature already, and MLflow's second schema
+    enforcement costs more than the linear model itself.
     """
+    from windpipe.training.features import model_input
+
+    metadata = getattr(model, "metadata", None)
+    columns = list(signature_columns(model)) if metadata is not None else [c for c in features.columns
+                                                                          if c != names.TIMESTAMP]
+    X = model_input(features, columns, timestamps)
     raw = None
-    if "sklearn" in (getattr(getattr(model, "metadata", None), "flavors", None) or {}):
+    if "sklearn" in (getattr(metadata, "flavors", None) or {}):
         try:
             raw = model.get_raw_model()
         except Exception:
             raw = None
+    tensor = metadata is not None and (schema := metadata.get_input_schema()) is not None and schema.is_tensor_spec()
     try:
-        pred = raw.predict(features) if raw is not None and hasattr(raw, "predict") else model.predict(features)
+        if raw is not None and hasattr(raw, "predict"):
+            pred = raw.predict(X)
+        else:
+            pred = model.predict(X.to_numpy(dtype="float64") if tensor else X)
     except Exception as exc:  # a model that cannot predict this input
         raise WindpipeError(f"The model cannot predict these rows ({first_line(exc)}).",
-                            f"use a model that takes {', '.join(FEATURES)} and predicts {', '.join(TARGETS)}"
+                            f"use a model that takes {', '.join(columns)} and predicts {', '.join(TARGETS)}"
                             ) from None
     pred = np.asarray(pred.to_numpy() if hasattr(pred, "to_numpy") else pred, dtype="float64")
     if pred.ndim == 1 and len(features) and pred.size == len(features) * len(TARGETS):

@@ -3,7 +3,8 @@ the challenger is better by the margin.
 
 `promote()` registers the best run (or the one given) as a new version of `settings.model_name`
 with the alias `challenger`, scores challenger and current `production` on the SAME holdout
-(the challenger run's processed entity, split with the run's own split params) and moves
+(the challenger run's processed entity, split with the run's own split params: by default the
+newest `holdout_weeks` of it, rows neither model's run trained on when production is older) and moves
 `production` only when the challenger is better by the margin, when forced, or when there is
 no production yet.
 
@@ -39,9 +40,10 @@ from windpipe.models.registry import (
     registry_lock,
     set_tags,
 )
-from windpipe.names import FEATURES, TARGETS, higher_is_better
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP, higher_is_better
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
+from windpipe.training.split import SplitSpec
 
 HOLDOUT_METRICS = ("rmse", "mae", "r2", *(f"{m}_{t}" for m in ("rmse", "mae", "r2") for t in TARGETS))
 
@@ -52,13 +54,14 @@ class Holdout:
 
     df: pd.DataFrame
     entity_uri: str
-    split_by: str
-    split_seed: int
-    test_size: float
+    spec: SplitSpec
 
     def describe(self) -> str:
-        return (f"{len(self.df)} rows of {self.entity_uri} ({self.split_by} split, test_size {self.test_size:g}"
-                + (f", seed {self.split_seed}" if self.split_by == "random" else "") + ")")
+        window = ""
+        if self.spec.split_by == "time" and len(self.df):
+            ts = self.df[TIMESTAMP]
+            window = f", {ts.min():%Y-%m-%d %H:%M} to {ts.max():%Y-%m-%d %H:%M} UTC"
+        return f"{len(self.df)} rows of {self.entity_uri} ({self.spec.describe()}{window})"
 
 
 @dataclass
@@ -78,41 +81,34 @@ class PromotionResult:
     holdout: str = ""
 
 
-def holdout_split(df: pd.DataFrame, test_size: float = 0.2, split_seed: int = 42,
-                  split_by: str = "random") -> pd.DataFrame:
+def holdout_split(df: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     """The holdout rows exactly as the training steps cut them (windpipe.training.split)."""
-    from windpipe.training.split import split
-
-    return split(df, test_size=test_size, seed=split_seed, split_by=split_by)[1]
+    return spec.cut(df)[1]
 
 
 def load_holdout(run: Any, dst: Path | None = None) -> Holdout:
-    """The challenger run's processed entity, split with the run's split params."""
+    """The challenger run's processed entity, split with the run's split params: by default the newest
+    `holdout_weeks` of it, the window the challenger never saw (runs with `split_by=random`: its seeded split)."""
     uri = run.data.tags.get(names.PROCESSED_TAG)
     if not uri:
         raise WindpipeError(f"Run {run.info.run_id} has no {names.PROCESSED_TAG} tag, so there is no holdout to "
                             "score on.",
                             "promote a run of the lr, rf or keras steps (they tag the entity they trained on)")
-    params = run.data.params
     try:
-        test_size = float(params.get("test_size", 0.2))
-        split_seed = int(float(params.get("split_seed", 42)))
-    except ValueError as exc:
-        raise WindpipeError(f"Run {run.info.run_id} has unreadable split params ({exc}).",
-                            "retrain it with numeric split_seed and test_size") from None
-    split_by = params.get("split_by", "random")
+        spec = SplitSpec.from_params(run.data.params)
+    except WindpipeError as exc:
+        raise WindpipeError(f"Run {run.info.run_id}: {exc.problem}", exc.fix) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = resolve_uri(uri, Path(dst or tmp))
         df = read_entity(PROCESSED, path)
-    return Holdout(holdout_split(df, test_size, split_seed, split_by).reset_index(drop=True), uri, split_by,
-                   split_seed, test_size)
+    return Holdout(holdout_split(df, spec).reset_index(drop=True), uri, spec)
 
 
 def holdout_metrics(model: Any, holdout: pd.DataFrame) -> dict[str, float]:
     """rmse, mae, r2 (uniform average over the targets) and per target, on `holdout` (as training logs them)."""
     from windpipe.training.metrics import regression_metrics
 
-    pred = loading.predict(model, holdout[FEATURES].astype("float64"))
+    pred = loading.predict(model, holdout[FEATURES].astype("float64"), holdout[TIMESTAMP])
     return regression_metrics(holdout[TARGETS].to_numpy(dtype="float64"), pred)
 
 

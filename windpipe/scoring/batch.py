@@ -1,10 +1,13 @@
 """Batch prediction: a parquet of features in, a parquet of predictions out, recorded in the marts.
 
 Reads:  IN.parquet with the model signature's columns (windspeed, temperature, rad_horizontal,
-        rad_diffuse; numbers), optionally utc_timestamp; other columns are ignored and reported.
+        rad_diffuse; numbers) and utc_timestamp (optional for models of the weather only; required for
+        models that follow the trend, which read columns derived from it); other columns are ignored
+        and reported.
 Writes: OUT.parquet with row_no, utc_timestamp (when the input has it), solar_GW_pred,
         wind_GW_pred, model_name, model_version, batch_id; and one batch in the data marts
-        (windpipe.marts), with its drift against the model's training entity (windpipe.scoring.drift).
+        (windpipe.marts), with its drift against the same season of the model's training entity
+        (windpipe.scoring.drift).
 
 `run_batch` strings validation, the model (windpipe.models.loading), drift and the marts
 together; the MLflow run lives in windpipe.steps.predict.
@@ -66,11 +69,13 @@ def output_frame(valid: ValidInput, pred: np.ndarray, ref: ModelRef, batch_id: i
 
 
 def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = None) -> pd.DataFrame | None:
-    """Drift of the scored features against the model's training entity (None when it is unknown)."""
+    """Drift of the scored features against the same season of the model's training entity (None when the
+    entity is unknown; the whole entity when the batch has no timestamps)."""
     if not ref.training_entity_uri:
         return None
     reference = loading.training_entity(ref, settings)
-    return drift.feature_drift(valid.features, reference, ref.training_entity_uri)
+    return drift.feature_drift(valid.features, reference, ref.training_entity_uri, batch_times=valid.timestamps,
+                               reference_times=reference[TIMESTAMP])
 
 
 def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | None = None,
@@ -116,7 +121,7 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("marts_start")
         model = model or loading.load(ref, settings)
         lap("load_model")
-        pred = loading.predict(model, valid.features)
+        pred = loading.predict(model, valid.features, valid.timestamps)
         lap("score")
         drift_rows = batch_drift(valid, ref, settings)
         lap("drift")

@@ -1,33 +1,54 @@
-"""Drift: how far a scored batch's features are from the data the model was trained on.
+"""Drift: is a scored batch's weather unusual for its season, or is something wrong with it?
 
-Per feature, two statistics against the model's training entity (the entity recorded on
-the run that logged the model version):
+The reference is the model's training entity (the entity recorded on the run that logged the
+model version), narrowed to the batch's season: the batch's calendar window (first to last
+timestamp) in every year of the reference, e.g. October to December of 2013-2015 for a 2016 Q4
+batch. Against the whole year, every winter batch looks like drift (temperature PSI 1.6 for an
+ordinary Q4 on the real data).
 
-- PSI (population stability index) over 10 quantile bins of the training data
-  (edges = training deciles, open-ended outer bins; empty bins get a 1e-4 share):
-  PSI < 0.1 ok, 0.1 <= PSI < 0.2 warn, PSI >= 0.2 drift.
-- KS: the two-sample Kolmogorov-Smirnov statistic D (scipy.stats.ks_2samp; largest gap between the
-  two empirical CDFs). With thousands of rows every p-value is tiny, so the status uses D:
-  D < 0.1 ok, 0.1 <= D < 0.2 warn, D >= 0.2 drift.
+Per feature, against that season:
 
-A feature's status is the worse of the two; a batch's status the worst of its features.
-The caller brings the reference (windpipe.models.loading.training_entity); nothing here does I/O.
+- PSI (population stability index) over 10 quantile bins of the reference (edges = its deciles,
+  open-ended outer bins; empty bins get a 1e-4 share): has the distribution moved?
+- shift: by how much, in the season's own units: the larger of |mean(batch) - mean(season)| /
+  sd(season) and |ln(sd(batch) / sd(season))|. Weather moves a month by at most ~1.7 (a cold
+  January, a calm November); a unit error moves it by 3.7 (wind speed in km/h), 6.3 (temperature
+  in Fahrenheit) or more (radiation in kW/m^2: the spread shrinks a thousandfold);
+- KS: the two-sample Kolmogorov-Smirnov statistic D (scipy.stats.ks_2samp), kept for reference.
+
+PSI alone cannot tell the two apart: a month in the coldest tenth of its season fills the
+bottom bins as surely as Fahrenheit fills the top one (both near PSI's ceiling of 8.3). So:
+
+| status | rule | meaning |
+|---|---|---|
+| ok | PSI < 0.2 or shift < 1 | the season as usual (or a small move) |
+| warn | PSI >= 0.2 and 1 <= shift < 2 | unusual weather for the season (the model may do worse; the data is fine) |
+| drift | PSI >= 0.2 and shift >= 2 | more than weather does: a broken sensor, a unit or a feed mix-up |
+
+docs/predict.md has the calibration on the real data: every 4-week and 13-week batch of 2014-2016
+scored against the data before it (no drift; unit errors all drift). A batch's status is the worst
+of its features'. The caller brings the reference (windpipe.models.loading.training_entity);
+nothing here does I/O.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from windpipe.names import FEATURES
 
-PSI_WARN, PSI_DRIFT = 0.1, 0.2
-KS_WARN, KS_DRIFT = 0.1, 0.2
+PSI_MOVED = 0.2  # the distribution moved (the classic PSI limit)
+SHIFT_WARN = 1.0  # ... by more than a season's sd: unusual weather
+SHIFT_DRIFT = 2.0  # ... by more than weather moves it
 BINS = 10
 EPS = 1e-4
 KS_SAMPLE = 200_000  # KS on at most this many batch rows (evenly spaced sample; D changes < 0.003)
 STATUS_ORDER = ("ok", "warn", "drift")
-COLUMNS = ["feature", "psi", "ks", "ks_pvalue", "status", "batch_rows", "training_rows", "reference_uri"]
+COLUMNS = ["feature", "psi", "ks", "ks_pvalue", "status", "batch_rows", "training_rows", "reference_uri",
+           "shift", "reference"]
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> float:
@@ -44,28 +65,93 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> float:
     return float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
 
 
-def _level(value: float, warn: float, drift: float) -> str:
-    if np.isnan(value):
-        return "ok"
-    return "drift" if value >= drift else "warn" if value >= warn else "ok"
-
-
-def feature_drift(batch: pd.DataFrame, reference: pd.DataFrame, reference_uri: str | None = None) -> pd.DataFrame:
-    """Per-feature drift of `batch` against `reference`: feature, psi, ks, ks_pvalue, status, ..."""
+def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """(D, p-value) of the two-sample KS test; the batch sampled to KS_SAMPLE rows."""
     from scipy.stats import ks_2samp
 
+    reference = reference[~np.isnan(reference)]
+    sample = current[:: max(1, len(current) // KS_SAMPLE)] if len(current) > KS_SAMPLE else current
+    sample = sample[~np.isnan(sample)]
+    if not len(reference) or not len(sample):
+        return float("nan"), float("nan")
+    res = ks_2samp(reference, sample)
+    return float(res.statistic), float(res.pvalue)
+
+
+def shift(reference: np.ndarray, current: np.ndarray) -> float:
+    """max(|mean difference| / sd, |ln sd ratio|) of `current` against `reference` (inf when the reference
+    is constant and the batch is not)."""
+    reference = reference[~np.isnan(reference)]
+    current = current[~np.isnan(current)]
+    if not len(reference) or not len(current):
+        return float("nan")
+    sd_ref, sd_cur = float(np.std(reference)), float(np.std(current))
+    mean_gap = abs(float(np.mean(current)) - float(np.mean(reference)))
+    if sd_ref == 0:
+        return 0.0 if mean_gap == 0 and sd_cur == 0 else float("inf")
+    spread_gap = abs(np.log(sd_cur / sd_ref)) if sd_cur > 0 else float("inf")
+    return float(max(mean_gap / sd_ref, spread_gap))
+
+
+@dataclass
+class Season:
+    """The reference rows a batch is compared with."""
+
+    rows: np.ndarray  # boolean mask over the reference rows
+    label: str  # "season MM-DD to MM-DD, N year(s)" or "all"
+
+
+def season(n: int, reference_times: pd.Series | None, batch_times: pd.Series | None) -> Season:
+    """The batch's calendar window (first to last timestamp, shifted by whole years) in the `n` reference rows.
+
+    The whole reference when a side has no timestamps, the batch spans a year or more, or no
+    reference year holds the window.
+    """
+    everything = Season(np.ones(n, dtype=bool), "all")
+    if reference_times is None or batch_times is None or not len(batch_times) or len(reference_times) != n:
+        return everything
+    ref = pd.to_datetime(reference_times, utc=True).reset_index(drop=True)
+    cur = pd.to_datetime(batch_times, utc=True).dropna()
+    if cur.empty or ref.isna().all():
+        return everything
+    start, end = cur.min(), cur.max()
+    if end - start >= pd.Timedelta(days=365):
+        return everything
+    rows = np.zeros(n, dtype=bool)
+    years = 0
+    for offset in range(ref.min().year - end.year - 1, ref.max().year - start.year + 2):
+        mask = ((ref >= start + pd.DateOffset(years=offset)) & (ref <= end + pd.DateOffset(years=offset))).to_numpy()
+        rows |= mask
+        years += bool(mask.any())
+    if not rows.any():
+        return everything
+    return Season(rows, f"season {start:%m-%d} to {end:%m-%d}, {years} year(s)")
+
+
+def status(psi_value: float, shift_value: float) -> str:
+    """ok (not moved, or by less than a sd), warn (unusual weather) or drift (moved more than weather does)."""
+    if np.isnan(psi_value) or psi_value < PSI_MOVED or np.isnan(shift_value) or shift_value < SHIFT_WARN:
+        return "ok"
+    return "drift" if shift_value >= SHIFT_DRIFT else "warn"
+
+
+def feature_drift(batch: pd.DataFrame, reference: pd.DataFrame, reference_uri: str | None = None,
+                  batch_times: pd.Series | None = None, reference_times: pd.Series | None = None) -> pd.DataFrame:
+    """Per-feature drift of `batch` against the season of `reference`: feature, psi, ks, ks_pvalue, status, ...
+
+    `training_rows` counts the reference rows compared with (the season's), `reference` says which
+    they were. Without timestamps on either side the whole reference is compared.
+    """
+    chosen = season(len(reference), reference_times, batch_times)
     rows = []
     for f in FEATURES:
         cur = batch[f].to_numpy(dtype="float64")
-        ref = reference[f].to_numpy(dtype="float64")
-        p = psi(ref, cur)
-        sample = cur[:: max(1, len(cur) // KS_SAMPLE)] if len(cur) > KS_SAMPLE else cur
-        ks = ks_2samp(ref[~np.isnan(ref)], sample[~np.isnan(sample)])
-        status = max(_level(p, PSI_WARN, PSI_DRIFT), _level(float(ks.statistic), KS_WARN, KS_DRIFT),
-                     key=STATUS_ORDER.index)
-        rows.append({"feature": f, "psi": p, "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
-                     "status": status, "batch_rows": len(cur), "training_rows": len(ref),
-                     "reference_uri": reference_uri})
+        ref = reference[f].to_numpy(dtype="float64")[chosen.rows]
+        p, moved = psi(ref, cur), shift(ref, cur)
+        d, pvalue = ks(ref, cur)
+        rows.append({"feature": f, "psi": p, "ks": d, "ks_pvalue": pvalue, "status": status(p, moved),
+                     "batch_rows": len(cur), "training_rows": int(chosen.rows.sum()), "reference_uri": reference_uri,
+                     "shift": moved, "reference": chosen.label})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -78,9 +164,11 @@ def batch_status(drift_rows: pd.DataFrame | None) -> str:
 
 
 def mlflow_metrics(drift_rows: pd.DataFrame) -> dict[str, float]:
-    """drift_psi_<feature> and drift_ks_<feature> for the predict run."""
+    """drift_psi_<feature>, drift_shift_<feature> and drift_ks_<feature> for the predict run (finite values)."""
     out: dict[str, float] = {}
     for r in drift_rows.itertuples():
-        out[f"drift_psi_{r.feature}"] = float(r.psi)
-        out[f"drift_ks_{r.feature}"] = float(r.ks)
+        for stat in ("psi", "shift", "ks"):
+            value = float(getattr(r, stat, np.nan))
+            if np.isfinite(value):
+                out[f"drift_{stat}_{r.feature}"] = value
     return out

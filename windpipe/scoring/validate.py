@@ -18,11 +18,12 @@ _NUMERIC = {"double", "float", "long", "integer"}
 class ValidInput:
     """The part of an input file the model scores."""
 
-    features: pd.DataFrame  # FEATURES order, float64, no NaN
+    features: pd.DataFrame  # the signature's columns a user gives (FEATURES), in order, float64, no NaN
     timestamps: pd.Series | None
     row_numbers: np.ndarray  # input row number (from 0) of each scored row
     extra_columns: list[str] = field(default_factory=list)
     dropped_rows: list[int] = field(default_factory=list)
+    derived_columns: list[str] = field(default_factory=list)  # model inputs derived from the timestamps
 
 
 def read_input(path: Path | str) -> pd.DataFrame:
@@ -52,49 +53,62 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
     """Check `df` against the signature `columns` (name -> MLflow type); return what the model scores.
 
     Refuses: no rows, missing columns, non-numeric columns, rows with NaN/inf (unless `drop_invalid`).
-    Row numbers count from 0 in the input's order.
+    A model that follows the trend reads columns derived from utc_timestamp
+    (windpipe.training.features): for it utc_timestamp is required instead of those columns, and a
+    row without a time counts as invalid. Row numbers count from 0 in the input's order.
     """
+    from windpipe.training.features import as_utc, needs_time
+
     columns = columns or {f: "double" for f in FEATURES}
+    derived = needs_time(columns)
+    given = {c: t for c, t in columns.items() if c not in derived}
     if df.empty:
         raise WindpipeError(f"{where} has no rows.", "pass a file with at least one row of features")
-    missing = [c for c in columns if c not in df.columns]
+    missing = [c for c in given if c not in df.columns]
     if missing:
         raise WindpipeError(
             f"{where} lacks column(s) {', '.join(missing)} that the model's signature requires; "
             f"it has {', '.join(map(str, df.columns))}.",
-            "add the column(s); the model reads " + ", ".join(f"{c} ({t})" for c, t in columns.items()))
-    for col, kind in columns.items():
+            "add the column(s); the model reads " + ", ".join(f"{c} ({t})" for c, t in given.items()))
+    if derived and TIMESTAMP not in df.columns:
+        raise WindpipeError(
+            f"{where} has no {TIMESTAMP} column, but the model follows the trend: it reads {', '.join(derived)}, "
+            f"which windpipe derives from {TIMESTAMP}.",
+            f"add {TIMESTAMP} (the UTC hour each row is for, e.g. 2016-12-01T13:00:00Z)")
+    for col, kind in given.items():
         s = df[col]
         if kind in _NUMERIC and (not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
             bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
             example = f" (e.g. {s[bad].iloc[0]!r} in row {int(np.flatnonzero(bad.to_numpy())[0])})" if bad.any() else ""
             raise WindpipeError(f"Column {col!r} of {where} has dtype {s.dtype}{example}; the model wants {kind} "
                                 "numbers.", f"convert {col} to numbers (pandas: pd.to_numeric(df[{col!r}]))")
-    extra = [str(c) for c in df.columns if c not in columns and c != TIMESTAMP]
-    feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in columns})
-    values = feats.to_numpy()
-    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    extra = [str(c) for c in df.columns if c not in given and c != TIMESTAMP]
+    feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in given})
+    ts = None
+    if TIMESTAMP in df.columns:
+        try:
+            ts = as_utc(df[TIMESTAMP]).reset_index(drop=True)
+        except WindpipeError as exc:
+            raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc.problem}).",
+                                f"write {TIMESTAMP} as UTC datetimes" + ("" if derived else ", or leave it out")
+                                ) from None
+    valid = np.isfinite(feats.to_numpy()).all(axis=1)
+    if derived:
+        valid &= ts.notna().to_numpy()
+    bad_rows = np.flatnonzero(~valid)
     row_numbers = np.arange(len(df))
     if len(bad_rows):
+        what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if derived else ''}"
         if not drop_invalid:
             raise WindpipeError(
-                f"{where} has {len(bad_rows)} row(s) with missing (NaN) or infinite values in the model's columns "
-                f"(rows, counted from 0: {row_list(bad_rows)}).",
+                f"{where} has {len(bad_rows)} row(s) with {what} (rows, counted from 0: {row_list(bad_rows)}).",
                 "fill or remove those rows, or pass --drop-invalid to skip them")
-        keep = np.ones(len(df), dtype=bool)
-        keep[bad_rows] = False
-        feats = feats[keep].reset_index(drop=True)
-        row_numbers = row_numbers[keep]
+        feats = feats[valid].reset_index(drop=True)
+        row_numbers = row_numbers[valid]
         if feats.empty:
-            raise WindpipeError(f"Every row of {where} has missing values; nothing is left to score.",
+            raise WindpipeError(f"Every row of {where} has {what}; nothing is left to score.",
                                 "fill the missing values")
     timestamps = None
-    if TIMESTAMP in df.columns:
-        ts = df[TIMESTAMP]
-        try:
-            ts = pd.to_datetime(ts, utc=True) if not isinstance(ts.dtype, pd.DatetimeTZDtype) else ts
-        except (ValueError, TypeError) as exc:
-            raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc}).",
-                                f"write {TIMESTAMP} as UTC datetimes, or leave it out") from None
-        timestamps = ts.iloc[row_numbers].reset_index(drop=True) if len(bad_rows) else ts.reset_index(drop=True)
-    return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [])
+    if ts is not None:
+        timestamps = ts.iloc[row_numbers].reset_index(drop=True) if len(bad_rows) else ts
+    return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [], derived)

@@ -51,8 +51,9 @@ def main(input: str, output: str, model_uri: str | None = None, overwrite: bool 
               f"v{res.model.version or '?'} in {seconds:.2f} s -> {res.output} "
               f"(batch {res.batch_id}, drift {res.drift_status})")
         if res.drift is not None:
+            print(f"  drift against the training data's {res.drift['reference'].iloc[0]}:")
             for r in res.drift.itertuples():
-                print(f"  {r.feature:<15} psi {r.psi:6.3f}  ks {r.ks:5.3f}  {r.status}")
+                print(f"  {r.feature:<15} psi {r.psi:6.3f}  shift {r.shift:6.2f}  ks {r.ks:5.3f}  {r.status}")
         return res
 
 

@@ -46,3 +46,32 @@ def predicted_vs_recorded(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFram
     fig.update_layout(title=title or None, width=450 * len(targets), height=450, showlegend=False,
                       margin={"l": 50, "r": 20, "t": 60, "b": 50})
     return fig
+
+
+def backtest_figure(folds: pd.DataFrame, targets: list[str] = TARGETS, title: str = "") -> go.Figure:
+    """r2 and bias (mean error, GW) per backtest fold and target, the mean over folds dashed.
+
+    `folds` is `windpipe.training.backtest.run_backtest`'s frame (or `folds_from_metrics` of a run):
+    one row per fold with `r2_<target>` and `bias_<target>` columns.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    colours = {"solar_GW": "#f0a202", "wind_GW": "#1f77b4"}
+    labels = [f"fold {int(f)}" for f in folds["fold"]]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["r2 per fold (higher is better)",
+                                                        "bias per fold, GW (closest to 0 is best)"])
+    for col, kind in enumerate(("r2", "bias"), start=1):
+        for t in targets:
+            key = f"{kind}_{t}"
+            if key not in folds:
+                continue
+            values = folds[key].astype("float64")
+            fig.add_trace(go.Bar(x=labels, y=values, name=t, legendgroup=t, showlegend=col == 1,
+                                 marker={"color": colours.get(t)}), row=1, col=col)
+            fig.add_trace(go.Scatter(x=labels, y=[values.mean()] * len(labels), mode="lines", showlegend=False,
+                                     name=f"{t} mean {values.mean():.3g}", legendgroup=t,
+                                     line={"color": colours.get(t), "dash": "dash", "width": 1.5}), row=1, col=col)
+    fig.update_layout(title=title or None, barmode="group", width=900, height=380,
+                      margin={"l": 50, "r": 20, "t": 60, "b": 40}, legend={"orientation": "h", "y": -0.15})
+    return fig

@@ -1,7 +1,9 @@
 """The three model families: fit functions and parameter checks (pure, no MLflow).
 
-Every fitted model takes exactly the FEATURES columns (float64) and predicts the TARGETS
-columns in that order. Parameters are checked (`check_*`) before any work, so a step can
+Every fitted model predicts the TARGETS columns in that order. It takes the FEATURES columns
+(float64) or, to follow the trend, MODEL_COLUMNS: FEATURES plus the calendar and trend columns
+derived from utc_timestamp (windpipe.training.features); which one depends on the columns it is
+fitted on. Parameters are checked (`check_*`) before any work, so a step can
 fail fast with a WindpipeError that names the bad value and the fix.
 """
 
@@ -14,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES
+from windpipe.names import FEATURES, TARGETS, TIME_FEATURES
+from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR
 
 if TYPE_CHECKING:
     import keras
     from sklearn.compose import ColumnTransformer
-    from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
 FAMILIES = ("lr", "rf", "keras")
@@ -124,6 +126,34 @@ class KerasParams:
                    as_int("ensemble", ensemble, 1), as_int("bins", bins, 0))
 
 
+# ---------------------------------------------------------------- how a model's input is read
+
+def follows_trend(X: pd.DataFrame) -> bool:
+    """True when `X` holds the time columns (windpipe.training.features): fit the family's trend design."""
+    present = [c for c in TIME_FEATURES if c in X.columns]
+    if present and len(present) != len(TIME_FEATURES):
+        raise WindpipeError(f"Training data has only some of the time columns ({', '.join(present)}).",
+                            "derive them all with windpipe.training.features.model_input")
+    return bool(present)
+
+
+def fitted_columns(model: object) -> list[str]:
+    """The input columns of a freshly fitted model, in order (sklearn: as fitted; Keras: by input width)."""
+    if type(model).__module__.startswith("keras"):
+        return MODEL_COLUMNS if model.input_shape[-1] == len(MODEL_COLUMNS) else list(FEATURES)
+    return list(model.feature_names_in_)
+
+
+def predict_fitted(model: object, X: pd.DataFrame) -> np.ndarray:
+    """Predictions of a freshly fitted model of any family as a (rows, targets) float64 array."""
+    cols = fitted_columns(model)
+    if type(model).__module__.startswith("keras"):
+        out = model.predict(np.asarray(X[cols], dtype="float32"), verbose=0, batch_size=4096)
+    else:
+        out = model.predict(X[cols])
+    return np.asarray(out, dtype="float64").reshape(len(X), -1)
+
+
 # ---------------------------------------------------------------- sklearn families
 
 def physics_features() -> ColumnTransformer:
@@ -143,21 +173,48 @@ def physics_features() -> ColumnTransformer:
     )
 
 
+def spline_trend_ridge() -> Pipeline:
+    """Ridge on cubic B-splines of the weather and every pairwise product with the calendar and the trend.
+
+    Output is roughly capacity(t) x capacity factor(weather): the products B_k(weather) x trend make
+    each weather coefficient linear in time (y = sum_k (beta_k + gamma_k trend) B_k(...)), so the model
+    follows the growing fleet and extrapolates it one window ahead. No scaler: B-spline bases lie in
+    [0, 1]; standardising rarely active products gave them huge scales that Ridge no longer shrank
+    (single hours of hundreds of GW in backtests). alpha 0.1 was chosen on 2015 Q4 (before every fold
+    that is reported); 0.1 to 3 score within 0.005. Only sklearn classes: loads without windpipe.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import PolynomialFeatures, SplineTransformer
+
+    splines = ColumnTransformer([
+        ("weather", SplineTransformer(n_knots=8, degree=3, extrapolation="constant"), FEATURES),
+        ("time", "passthrough", TIME_FEATURES)])
+    return Pipeline([("splines", splines),
+                     ("products", PolynomialFeatures(degree=2, interaction_only=True, include_bias=False)),
+                     ("ridge", Ridge(alpha=0.1))])
+
+
 def train_lr(X: pd.DataFrame, y: pd.DataFrame) -> Pipeline:
-    """LinearRegression on physics features (a sklearn Pipeline taking the raw FEATURES)."""
+    """The linear family: with the time columns `spline_trend_ridge`, else LinearRegression on physics features."""
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import Pipeline
 
     _check_xy(X, y)
+    if follows_trend(X):
+        return spline_trend_ridge().fit(X[MODEL_COLUMNS], y)
     return Pipeline([("features", physics_features()), ("lr", LinearRegression())]).fit(X[FEATURES], y)
 
 
-def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> MultiOutputRegressor:
-    """One RandomForestRegressor per target on the raw FEATURES.
+def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> object:
+    """The forest family: one RandomForestRegressor per target.
 
     Solar hangs on radiation and wind on wind speed: a joint multi-output forest has to pick
     splits that serve both, separate forests do not (r2 0.868 -> 0.870 on the real data).
     Each split looks at half the features (`max_features=0.5`), which decorrelates the trees.
+    With the time columns the forests learn the capacity factor and the model multiplies by the
+    capacity line (`capacity_forests`); without them they take the four weather features.
     """
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.multioutput import MultiOutputRegressor
@@ -165,7 +222,60 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> MultiOutputRegres
     _check_xy(X, y)
     forest = RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth, max_features=0.5,
                                    min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs)
+    if follows_trend(X):
+        return capacity_forests(X, y, forest)
     return MultiOutputRegressor(forest).fit(X[FEATURES], y)
+
+
+def capacity_forests(X: pd.DataFrame, y: pd.DataFrame, forest: object) -> Pipeline:
+    """cap_k(t) x forest_k(weather, calendar) per target, as one sklearn Pipeline on MODEL_COLUMNS.
+
+    A forest cannot extrapolate a trend (it repeats the last level it saw), so each target's forest
+    learns the capacity factor y_k / cap_k(t) (windpipe.training.capacity, from these rows only) and
+    the model multiplies back:
+
+        [forest_solar, forest_wind](weather, calendar), trend      (a VotingRegressor's transform)
+        -> products [cf_s, cf_w, t, cf_s cf_w, cf_s t, cf_w t]        (PolynomialFeatures)
+        -> cf_k (a_k + b_k t)                                          (LinearRegression, exact)
+
+    The forests and the last map are fitted here and frozen (sklearn.frozen.FrozenEstimator), so the
+    Pipeline's own fit only records column names; every piece is a sklearn class, so the saved model
+    loads without windpipe. The fitted forests predict single-threaded (`n_jobs=1`): summing trees in
+    thread order changes the last bits between processes.
+    """
+    from sklearn.base import clone
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import VotingRegressor
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import PolynomialFeatures
+
+    from windpipe.training.capacity import capacity, capacity_lines
+
+    target = np.asarray(y, dtype="float64")
+    lines = capacity_lines(X["trend"], X["windspeed"], target)
+    factor = target / capacity(lines, X["trend"])
+    inputs = X[WEATHER_AND_CALENDAR]
+    forests = []
+    for i, name in enumerate(TARGETS):
+        fitted = clone(forest).fit(inputs, factor[:, i])
+        fitted.n_jobs = 1
+        forests.append((name, FrozenEstimator(fitted)))
+    # (fitted on any 1-d target: its members are frozen, fitting only records them)
+    capacity_factors = VotingRegressor(forests).fit(inputs.iloc[:2], factor[:2, 0])
+    # the exact map [cf_s, cf_w, t] -> cf_k (a_k + b_k t), fitted where it is exact: a 3 x 3 x 3 grid
+    grid = np.array([[a, b, c] for a in (0.0, 1.0, 2.0) for b in (0.0, 1.0, 2.0) for c in (0.0, 1.0, 2.0)])
+    products = PolynomialFeatures(degree=2, interaction_only=True, include_bias=False)
+    head = LinearRegression(fit_intercept=False).fit(products.fit_transform(grid),
+                                                      grid[:, :2] * capacity(lines, grid[:, 2]))
+    model = Pipeline([
+        ("capacity_factors", ColumnTransformer([("forests", FrozenEstimator(capacity_factors), WEATHER_AND_CALENDAR),
+                                                ("trend", "passthrough", ["trend"])])),
+        ("products", products),
+        ("capacity", FrozenEstimator(head))])
+    # every learned part is frozen: fitting the Pipeline only records its input columns
+    return model.fit(X[MODEL_COLUMNS].iloc[:2], target[:2])
 
 
 # ---------------------------------------------------------------- keras
@@ -177,19 +287,37 @@ def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParam
     both (as with the forests). Averaging towers from different initialisations lowers the variance.
     Each tower's last Dense learns a standardised target and a fixed Rescaling turns them back into GW,
     so both targets weigh about the same in the loss (as in the uniform r2 average) and outputs are in GW.
-    Built-in layers only, so the saved model loads without windpipe.
+
+    With the time columns (MODEL_COLUMNS) the towers read weather and calendar and learn the capacity
+    factor; a frozen Dense on the trend holds the capacity line cap_k(t) = a_k + b_k t
+    (windpipe.training.capacity, from these rows) and `Multiply` gives GW, as the forests do.
+    Built-in layers only (column selection by frozen 0/1 Dense layers), so the saved model loads
+    without windpipe.
     """
     import keras
 
-    X = np.asarray(X_train, dtype="float64")
+    trend = follows_trend(X_train)
+    columns = MODEL_COLUMNS if trend else list(FEATURES)
+    X = np.asarray(X_train[columns], dtype="float64")
+    y = np.asarray(y_train, dtype="float64")
+    inputs = keras.Input(shape=(len(columns),), name="features")
+    lines = None
+    if trend:
+        from windpipe.training.capacity import capacity, capacity_lines
+
+        lines = capacity_lines(X_train["trend"], X_train["windspeed"], y)
+        y = y / capacity(lines, X_train["trend"])
+        keep = [columns.index(c) for c in WEATHER_AND_CALENDAR]
+        weather = _select(inputs, len(columns), keep, "weather_calendar")
+        X = X[:, keep]
+    else:
+        weather = inputs
     norm = keras.layers.Normalization(name="normalize")
     norm.adapt(X.astype("float32"))
-    inputs = keras.Input(shape=(len(FEATURES),), name="features")
-    x = norm(inputs)
-    encoded = _bin_encoding(inputs, X, params.bins) if params.bins else None
+    x = norm(weather)
+    encoded = _bin_encoding(weather, X[:, : len(FEATURES)], params.bins) if params.bins else None
     if encoded is not None:
         x = keras.layers.Concatenate(name="encoded")([x, encoded])
-    y = np.asarray(y_train, dtype="float64")
     members = []
     for k in range(params.ensemble):
         towers = []
@@ -202,26 +330,47 @@ def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParam
     x = members[0] if len(members) == 1 else keras.layers.Average(name="standardised")(members)
     mean, std = y.mean(axis=0), y.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    outputs = keras.layers.Rescaling(scale=std.tolist(), offset=mean.tolist(), name="targets")(x)
+    outputs = keras.layers.Rescaling(scale=std.tolist(), offset=mean.tolist(),
+                                     name="capacity_factors" if trend else "targets")(x)
+    if lines is not None:
+        t = _select(inputs, len(columns), [columns.index("trend")], "trend")
+        cap = keras.layers.Dense(y.shape[1], trainable=False, name="capacity")
+        line = cap(t)
+        cap.set_weights([lines[:, 1][None, :].astype("float32"), lines[:, 0].astype("float32")])
+        outputs = keras.layers.Multiply(name="targets")([outputs, line])
     model = keras.Model(inputs, outputs, name="wind_solar_mlp")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss="mse",
                   metrics=["mae"])
     return model
 
 
+def _select(inputs: keras.KerasTensor, width: int, keep: list[int], name: str) -> keras.KerasTensor:
+    """The columns `keep` of `inputs`: a frozen 0/1 Dense (a built-in layer; a Lambda would need our code)."""
+    import keras
+
+    kernel = np.zeros((width, len(keep)), dtype="float32")
+    kernel[keep, np.arange(len(keep))] = 1.0
+    dense = keras.layers.Dense(len(keep), use_bias=False, trainable=False, name=name)
+    out = dense(inputs)
+    dense.set_weights([kernel])
+    return out
+
+
 def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int) -> keras.KerasTensor | None:
-    """Piecewise-linear encoding of each feature (Gorishniy et al. 2022): for every quantile bin [lo, hi]
-    of the training data, clip((x - lo) / (hi - lo), 0, 1). It hands the towers sharp, data-placed kinks
-    (power curves, night), which is where the forests beat the plain MLP on wind. A frozen Dense and
-    ReLU(max_value=1), so nothing custom is saved. None when every feature is constant.
+    """Piecewise-linear encoding of each weather feature (Gorishniy et al. 2022): for every quantile bin
+    [lo, hi] of the training data, clip((x - lo) / (hi - lo), 0, 1). It hands the towers sharp, data-placed
+    kinks (power curves, night), which is where the forests beat the plain MLP on wind. A frozen Dense and
+    ReLU(max_value=1), so nothing custom is saved. `X` holds the columns to encode (the first ones of
+    `inputs`). None when every feature is constant.
     """
     import keras
 
+    width = inputs.shape[-1]
     kernel, bias = [], []
     for i in range(X.shape[1]):
         edges = np.unique(np.quantile(X[:, i], np.linspace(0.0, 1.0, bins + 1)))
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            column = np.zeros(X.shape[1])
+            column = np.zeros(width)
             column[i] = 1.0 / (hi - lo)
             kernel.append(column)
             bias.append(-lo / (hi - lo))
@@ -234,36 +383,36 @@ def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int) -> keras.
 
 
 def train_keras(X: pd.DataFrame, y: pd.DataFrame, p: KerasParams,
+                validation: tuple[pd.DataFrame, pd.DataFrame] | None = None,
                 verbose: int = 0) -> tuple[keras.Model, keras.callbacks.History]:
-    """Fit the MLP with EarlyStopping(restore_best_weights) on a validation split of the training data."""
+    """Fit the MLP with EarlyStopping(restore_best_weights) on `validation` (rows of the training window;
+    without it, Keras's `validation_split` of the rows as given)."""
     import keras
 
     _check_xy(X, y)
     keras.utils.set_random_seed(p.seed)
-    model = build_keras(X[FEATURES], y, p)
+    columns = MODEL_COLUMNS if follows_trend(X) else list(FEATURES)
+    model = build_keras(X[columns], y, p)
     # min_delta: an epoch counts as better if it gains 0.001 GW^2 of validation MSE (~0.02 %); 0.01 stopped
     # runs while the net was still slowly improving at the full learning rate
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, min_delta=0.001,
                                                restore_best_weights=True),
                  keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                    patience=max(1, p.patience // 3), min_lr=1e-5)]
+    # (validation_split also when validation_data overrides it: mlflow.keras.autolog logs fit's arguments, and a
+    # default 0.0 would clash with the run's validation_split parameter)
+    held: dict[str, object] = {"validation_split": p.validation_split}
+    if validation is not None:
+        held["validation_data"] = (np.asarray(validation[0][columns], dtype="float32"),
+                                   np.asarray(validation[1], dtype="float32"))
     # 10 batches per graph call while fitting: the towers are small, so per-call overhead is ~25 % of the fit;
     # 1 again afterwards (also what is saved), so predicting a few rows does not trace a 10-step loop
     model.steps_per_execution = 10
-    history = model.fit(np.asarray(X[FEATURES], dtype="float32"), np.asarray(y, dtype="float32"),
-                        epochs=p.epochs, batch_size=p.batch_size, validation_split=p.validation_split,
-                        callbacks=callbacks, verbose=verbose, shuffle=True)
+    history = model.fit(np.asarray(X[columns], dtype="float32"), np.asarray(y, dtype="float32"),
+                        epochs=p.epochs, batch_size=p.batch_size, callbacks=callbacks, verbose=verbose,
+                        shuffle=True, **held)
     model.steps_per_execution = 1
     return model, history
-
-
-def predict_fitted(model: object, X: pd.DataFrame) -> np.ndarray:
-    """Predictions of a freshly fitted model of any family as a (rows, targets) float64 array."""
-    if hasattr(model, "predict") and type(model).__module__.startswith("keras"):
-        out = model.predict(np.asarray(X[FEATURES], dtype="float32"), verbose=0)
-    else:
-        out = model.predict(X[FEATURES])
-    return np.asarray(out, dtype="float64").reshape(len(X), -1)
 
 
 def _check_xy(X: pd.DataFrame, y: pd.DataFrame) -> None:

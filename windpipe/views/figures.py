@@ -91,6 +91,40 @@ def prediction_figure(frame: pd.DataFrame, title: str = "") -> dict:
     return {"data": data, "layout": layout}
 
 
+def backtest_figure(folds: pd.DataFrame, title: str = "") -> dict:
+    """r2 and bias per backtest fold and target (a `frames.backtest_frame` result): the figure the training
+    run logs (windpipe.training.figures.backtest_figure), as a dict in this module's light template."""
+    from windpipe.training.figures import backtest_figure as run_figure
+
+    fig = run_figure(folds, title=title).to_plotly_json()
+    fig["layout"].update({"template": _template(), "width": None, "autosize": True})
+    return {"data": [dict(t) for t in fig["data"]], "layout": fig["layout"]}
+
+
+def performance_figure(frame: pd.DataFrame, ratio_limit: float, title: str = "") -> dict:
+    """The model's rmse on recorded power per batch over time (a `frames.performance_frame` result), against
+    its rmse at promotion and the degradation limit (`ratio_limit` x that); degraded batches in red."""
+    x = _times(frame["last_time"])
+    bad = frame["status"].eq("degraded").to_numpy()
+    data = [
+        {"type": "scatter", "mode": "lines+markers", "x": x, "y": _values(frame["rmse"]), "name": "rmse per batch",
+         "text": [f"batch {b}, {n} hours" for b, n in zip(frame["batch_id"], frame["rows_with_actuals"], strict=True)],
+         "line": {"color": "#444"},
+         "marker": {"size": 9, "color": ["#d62728" if b else "#2ca02c" for b in bad]}},
+        {"type": "scatter", "mode": "lines", "x": x, "y": _values(frame["promotion_rmse"]),
+         "name": "rmse at promotion (holdout)", "line": {"color": "#1f77b4", "shape": "hv"}},
+        {"type": "scatter", "mode": "lines", "x": x, "y": _values(frame["promotion_rmse"] * ratio_limit),
+         "name": f"degraded above ({ratio_limit:g}x)", "line": {"color": "#d62728", "dash": "dash", "shape": "hv"}},
+    ]
+    layout = {"height": 360, "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "template": _template(),
+              "xaxis": {"title": {"text": "last hour of the batch with recorded power (UTC)"}},
+              "yaxis": {"title": {"text": "rmse (GW, mean of both targets)"}, "rangemode": "tozero"},
+              "legend": {"orientation": "h", "y": -0.25}}
+    if title:
+        layout["title"] = {"text": title}
+    return {"data": data, "layout": layout}
+
+
 def empty_figure(message: str) -> dict:
     """A blank figure carrying a message (no data, or an error)."""
     return {"data": [], "layout": {

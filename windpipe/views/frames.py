@@ -69,7 +69,7 @@ def predict_frame(model: object, df: pd.DataFrame) -> pd.DataFrame:
     """Recorded targets beside the model's predictions (`pred_<target>`) for the rows of `df`."""
     from windpipe.models.loading import predict
 
-    pred = predict(model, df[FEATURES].astype("float64"))
+    pred = predict(model, df[FEATURES].astype("float64"), df.index)  # (the time, for models of the trend)
     out = df[TARGETS].copy()
     for i, target in enumerate(TARGETS):
         out[f"pred_{target}"] = pred[:, i]
@@ -85,8 +85,10 @@ def errors(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def whatif(model: object, values: dict[str, float | None]) -> dict[str, float]:
-    """Predict both targets for one set of weather values; WindpipeError for missing/invalid ones."""
+def whatif(model: object, values: dict[str, float | None], when: object = None) -> dict[str, float]:
+    """Predict both targets for one set of weather values at the UTC time `when` (models that follow the
+    trend need it: the same weather gives more wind power in 2016 than in 2013); WindpipeError for
+    missing/invalid ones."""
     missing = [f for f in FEATURES if values.get(f) is None or values.get(f) == ""]
     if missing:
         raise WindpipeError(f"Enter a value for {', '.join(missing)}.")
@@ -98,8 +100,32 @@ def whatif(model: object, values: dict[str, float | None]) -> dict[str, float]:
         raise WindpipeError("Wind speed and radiation cannot be negative.")
     from windpipe.models.loading import predict
 
-    pred = predict(model, row)[0]
+    stamp = None
+    if when is not None and str(when).strip():
+        try:
+            stamp = pd.Timestamp(str(when).strip())
+        except ValueError:
+            raise WindpipeError(f"{when!r} is not a time.", "write it as YYYY-MM-DD HH:MM (UTC)") from None
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    pred = predict(model, row, None if stamp is None else [stamp])[0]
     return {t: float(v) for t, v in zip(TARGETS, pred, strict=True)}
+
+
+def backtest_frame(metrics: dict[str, float]) -> pd.DataFrame:
+    """One row per backtest fold (fold, r2, rmse, r2_<target>, bias_<target>) from a run's metrics;
+    empty when the run has no backtest."""
+    from windpipe.training.backtest import folds_from_metrics
+
+    return folds_from_metrics(metrics)
+
+
+def performance_frame(history: pd.DataFrame) -> pd.DataFrame:
+    """The marts' performance rows (windpipe.marts.queries.performance_history) with UTC times, in time order."""
+    out = history.copy()
+    for c in ("first_time", "last_time", "computed_at"):
+        if c in out:
+            out[c] = pd.to_datetime(out[c], utc=True)
+    return out.sort_values(["last_time", "batch_id"], kind="stable").reset_index(drop=True)
 
 
 def data_summary(df: pd.DataFrame) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -36,6 +36,7 @@ class ProductionModel:
     model: object
     data: pd.DataFrame  # processed entity indexed by utc_timestamp (UTC)
     source: str = ""
+    run_metrics: dict[str, float] = field(default_factory=dict)  # of the run that logged it (backtest_*, ...)
 
     @property
     def instance_name(self) -> str:
@@ -89,8 +90,9 @@ def load_version(settings: Settings, version: int) -> ProductionModel:
     ref = loading.resolve(names.version_uri(settings.model_name, version), settings)
     model = loading.load(ref, settings)
     df = loading.training_entity(ref, settings)
+    metrics = dict(mlflow.MlflowClient().get_run(ref.run_id).data.metrics) if ref.run_id else {}
     return ProductionModel(settings.model_name, int(version), ref.run_id, dict(ref.tags or {}), model,
-                           index_frame(df), ref.training_entity_uri or "")
+                           index_frame(df), ref.training_entity_uri or "", metrics)
 
 
 class ModelSource:

@@ -144,26 +144,29 @@ class Dashboard:
 
         self._pool.submit(run)
 
-    def whatif(self, status: dict | None, values: dict[str, float | None]) -> Component:
+    def whatif(self, status: dict | None, values: dict[str, float | None], when: str | None = None) -> Component:
+        """The prediction for typed weather at `when` (UTC; empty: the last hour of the model's data)."""
         pm = self.model(status)
         if pm is None:
             return dbc.Alert(empty_message(status), color="secondary")
+        when = when if when and str(when).strip() else pm.data.index.max()
         try:
-            pred = D.whatif(pm.model, values)
+            pred = D.whatif(pm.model, values, when)
         except WindpipeError as exc:
             return dbc.Alert(str(exc), color="warning", id="whatif-error")
         return dbc.Row([
             dbc.Col(dbc.Card(dbc.CardBody([html.H6(F.LABELS[t], className="text-muted"),
                                            html.H3(f"{v:.2f} GW", id=f"whatif-{t}")])), md=6)
             for t, v in pred.items()
-        ] + [dbc.Col(html.Small(f"model {pm.instance_name} (version {pm.version})", className="text-muted"),
+        ] + [dbc.Col(html.Small(f"model {pm.instance_name} (version {pm.version}), at "
+                                f"{pd.Timestamp(when):%Y-%m-%d %H:%M} UTC", className="text-muted"),
                      width=12, className="mt-2")])
 
     def model_card(self, status: dict | None) -> Component:
         pm = self.model(status)
         if pm is None:
             return empty_state(status)
-        return model_card(pm, self.settings)
+        return html.Div([model_card(pm, self.settings), model_quality(pm, self.settings)])
 
     def pipeline(self, status: dict | None) -> Component:
         if not status or status.get("state") == "down":
@@ -249,6 +252,41 @@ def model_card(pm: ProductionModel, settings: Settings) -> Component:
     ]))
 
 
+def model_quality(pm: ProductionModel, settings: Settings) -> Component:
+    """The model page's honesty section: its rolling-origin backtest, and its error on recorded power
+    per scored batch (`windpipe monitor`) against its error at promotion."""
+    parts: list[object] = []
+    folds = D.backtest_frame(pm.run_metrics)
+    if len(folds):
+        parts += [html.H5("Backtest: each fold trained on everything before it", className="mt-4"),
+                  dcc.Graph(id="backtest-graph", figure=F.backtest_figure(folds), config={"displaylogo": False})]
+    history = performance_history(settings, pm.name)
+    if history is not None:
+        frame = D.performance_frame(history)
+        latest = frame.iloc[-1]
+        parts.append(html.H5("Error on recorded power (windpipe monitor)", className="mt-4"))
+        if latest["status"] == "degraded":
+            parts.append(dbc.Alert(f"Batch {latest['batch_id']}: rmse {latest['rmse']:.3f} GW is "
+                                   f"{latest['ratio']:.2f}x the error at promotion (limit "
+                                   f"{settings.degraded_ratio:g}x). Retrain, or check the inputs' drift.",
+                                   color="warning", id="performance-warning"))
+        parts.append(dcc.Graph(id="performance-graph", config={"displaylogo": False},
+                               figure=F.performance_figure(frame, settings.degraded_ratio)))
+    return html.Div(parts)
+
+
+def performance_history(settings: Settings, model_name: str) -> pd.DataFrame | None:
+    """The model's error per batch from the data marts (None when there is none or no marts)."""
+    try:
+        from windpipe.marts.queries import performance_history as history
+        from windpipe.marts.tables import get_engine
+
+        df = history(get_engine(settings=settings), model_name=model_name)
+    except Exception:  # marts absent or unreadable: the page simply omits it
+        return None
+    return df if len(df) else None
+
+
 def recent_batches(settings: Settings) -> pd.DataFrame | None:
     """The newest prediction batches from the data marts (None when there are none or no marts)."""
     try:
@@ -331,8 +369,13 @@ def layout(settings: Settings, refresh_seconds: float) -> Component:
         html.Div(id="prediction-errors"),
     ])
     whatif = html.Div([
-        html.P("Enter weather values; the production model predicts the power they give.", className="text-muted"),
+        html.P("Enter weather values and the hour they are for; the production model predicts the power they "
+               "give (a model that follows the trend gives more wind power for the same wind in later years).",
+               className="text-muted"),
         _whatif_inputs(),
+        dbc.Row(dbc.Col([dbc.Label("Time (UTC, YYYY-MM-DD HH:MM)", html_for="whatif-in-time"),
+                         dbc.Input(id="whatif-in-time", type="text", placeholder="empty: the last hour of the data")],
+                        md=3), className="mb-3"),
         dbc.Button("Predict", id="whatif-go", color="primary", className="mb-3"),
         html.Div(id="whatif-result"),
     ])
@@ -392,9 +435,9 @@ def create_app(settings: Settings, source: ModelSource | None = None,
         return bool(message)
 
     @app.callback(Output("whatif-result", "children"), Input("whatif-go", "n_clicks"), Input("status", "data"),
-                  *[State(f"whatif-in-{f}", "value") for f in FEATURES])
-    def _whatif(_clicks: int | None, status: dict | None, *values: float | None) -> Component:
-        return board.whatif(status, dict(zip(FEATURES, values, strict=True)))
+                  *[State(f"whatif-in-{f}", "value") for f in FEATURES], State("whatif-in-time", "value"))
+    def _whatif(_clicks: int | None, status: dict | None, *values: float | str | None) -> Component:
+        return board.whatif(status, dict(zip(FEATURES, values[:-1], strict=True)), values[-1])
 
     @app.callback(Output("model-card", "children"), Input("status", "data"))
     def _model_card(status: dict | None) -> Component:

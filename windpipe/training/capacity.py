@@ -1,0 +1,66 @@
+"""Installed capacity as a straight line in time, estimated from the training window only (pure).
+
+Output is roughly capacity(t) x capacity factor(weather): the weather response is stable from year
+to year while the fleet grows (Germany's wind output rose from 5.4 GW in 2013 to 8.8 GW in 2016 at
+similar wind speeds). The forest and the Keras families learn the capacity factor y / cap(t) and
+multiply by cap(t) = a + b * trend; this module estimates a and b per target:
+
+- wind: per month, mean(wind_GW) / mean(windspeed^3) (output per unit of wind power available);
+- solar: per month, the 99th percentile of solar_GW (the output of a clear noon);
+
+each regressed on [1, t, sin 2 pi t, cos 2 pi t] (t in years; the season terms absorb the yearly
+cycle and are dropped), then scaled so that cap(t) averages 1 over the training rows. Less than
+two years of data cannot tell growth from the season: the capacity is then constant (a=1, b=0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from windpipe.names import TARGETS
+
+MIN_YEARS = 2.0  # shorter windows: growth and season cannot be told apart
+MONTH = 1.0 / 12.0  # a month as a fraction of the trend's year
+
+
+def _seasonal_line(t: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """Least squares r ~ a + b t + c sin(2 pi t) + d cos(2 pi t); returns (a, b)."""
+    design = np.column_stack([np.ones_like(t), t, np.sin(2 * np.pi * t), np.cos(2 * np.pi * t)])
+    coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+    return float(coef[0]), float(coef[1])
+
+
+def capacity_lines(trend: np.ndarray, windspeed: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(a, b) per target in TARGETS order, shape (targets, 2): cap_k(t) = a_k + b_k * t, mean 1 on the rows.
+
+    `trend` in years (windpipe.training.features), `y` the targets (rows, len(TARGETS)).
+    """
+    trend = np.asarray(trend, dtype="float64")
+    y = np.asarray(y, dtype="float64").reshape(len(trend), -1)
+    out = np.tile([1.0, 0.0], (y.shape[1], 1))
+    if len(trend) == 0 or trend.max() - trend.min() < MIN_YEARS:
+        return out
+    frame = pd.DataFrame({"month": np.floor(trend / MONTH), "t": trend,
+                          "ws3": np.asarray(windspeed, dtype="float64") ** 3})
+    for i, target in enumerate(TARGETS[: y.shape[1]]):
+        frame["y"] = y[:, i]
+        monthly = frame.groupby("month")
+        if target == "wind_GW":
+            level = (monthly["y"].mean() / monthly["ws3"].mean().where(lambda s: s > 0)).to_numpy()
+        else:
+            level = monthly["y"].quantile(0.99).to_numpy()
+        t = monthly["t"].mean().to_numpy()
+        ok = np.isfinite(level)
+        a, b = _seasonal_line(t[ok], level[ok])
+        scale = a + b * trend.mean()  # mean of a + b t over the rows
+        if not np.isfinite(scale) or scale <= 0 or np.any(a + b * np.array([trend.min(), trend.max()]) <= 0):
+            continue  # no sensible line (e.g. a target that is always 0): constant capacity
+        out[i] = (a / scale, b / scale)
+    return out
+
+
+def capacity(lines: np.ndarray, trend: np.ndarray) -> np.ndarray:
+    """cap(t) per row and target, shape (rows, targets)."""
+    t = np.asarray(trend, dtype="float64")[:, None]
+    return lines[:, 0][None, :] + lines[:, 1][None, :] * t
