@@ -107,6 +107,46 @@ def test_whatif_and_its_errors():
         D.whatif(SumModel(), {**vals, "rad_diffuse": -1})
 
 
+def test_response_curves_sweep_one_input_and_mark_the_chosen_point():
+    vals = {"windspeed": 5, "temperature": 10, "rad_horizontal": 300, "rad_diffuse": 50}
+    curves = D.response_curves(SumModel(), vals, points=11)
+    wind, rad = curves["windspeed"], curves["rad_horizontal"]
+    np.testing.assert_allclose(wind["wind_GW"], np.linspace(0, 25, 11))  # wind follows the swept wind speed
+    assert (wind["solar_GW"] == 3.0).all()  # ... and solar stays at the chosen radiation's value
+    np.testing.assert_allclose(rad["solar_GW"], np.linspace(0, 10, 11))
+    assert (rad["wind_GW"] == 5.0).all()
+    fig = F.response_figure(curves, {k: float(v) for k, v in vals.items()}, D.whatif(SumModel(), vals))
+    marks = [t for t in fig["data"] if t["mode"] == "markers"]
+    assert [(t["xaxis"], t["x"], t["y"]) for t in marks] == [
+        ("x", [5.0], [3.0]), ("x", [5.0], [5.0]), ("x2", [300.0], [3.0]), ("x2", [300.0], [5.0])]
+    with pytest.raises(WindpipeError, match="negative"):
+        D.response_curves(SumModel(), {**vals, "windspeed": -1})
+
+
+def test_alias_timeline_and_drift_figures():
+    from windpipe.models.history import Move, frame
+
+    t = [pd.Timestamp(f"2026-11-0{d} 12:00", tz="UTC").to_pydatetime() for d in (1, 2, 3)]
+    moves = frame([Move(t[0], "production", None, 1, "first", "ada", "lab", "no production version yet"),
+                   Move(t[1], "production", 1, 3, "promote", "ada", "lab", "better by 12%"),
+                   Move(t[2], "production", 3, 1, "rollback", "bo", "ci", "windpipe rollback"),
+                   Move(None, "production", 1, 4, "outside", reason="changed outside windpipe", recorded=False)])
+    now = pd.Timestamp("2026-11-05", tz="UTC")
+    fig = F.alias_timeline_figure(moves, now)
+    line, marks = fig["data"]
+    assert line["y"] == [1, 3, 1, 4, 4] and line["x"][-1] == "2026-11-05 00:00" and line["line"]["shape"] == "hv"
+    assert marks["marker"]["color"] == [F.ACTION_COLORS[a] for a in ("first", "promote", "rollback", "outside")]
+    assert "bo@ci" in marks["text"][2] and "v3 -> v1 (rollback)" in marks["text"][2]
+    summary = pd.DataFrame({"batch": [2, 2, 1, 1],
+                            "created_at": ["2026-11-02", "2026-11-02", "2026-11-01", "2026-11-01"],
+                            "feature": ["windspeed", "temperature"] * 2, "psi": [6.4, 0.1, 0.05, 0.1],
+                            "status": ["drift", "ok", "ok", "ok"]})
+    fig = F.drift_figure(summary, 0.2)
+    wind = next(t for t in fig["data"] if t["name"] == "windspeed")
+    assert wind["y"] == [0.05, 6.4] and wind["marker"]["color"][1] == "#d62728"  # oldest first; the drifted batch red
+    assert fig["data"][-1]["y"] == [0.2, 0.2]
+
+
 def test_model_source_loads_each_version_once(frame):
     calls = []
 
@@ -150,7 +190,10 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
     assert len(board.history(store)["data"]) == 2 and src.loads == 1
     # the layout serves without touching any server
     resp = app.server.test_client().get("/_dash-layout")
-    assert resp.status_code == 200 and b"range-start" in resp.data
+    assert resp.status_code == 200 and b"DatePickerRange" in resp.data and b"range-start" in resp.data
+    assert b'"whatif-in-windspeed"' in resp.data and b"Slider" in resp.data
+    page = board.whatif(store, {"windspeed": 5, "temperature": 1, "rad_horizontal": 1, "rad_diffuse": 1})
+    assert "whatif-curves" in str(page)
     assert app.server.test_client().get("/assets/bootstrap.min.css").status_code == 200
 
 
@@ -280,19 +323,49 @@ FIRST_X = """const g = document.querySelector('#prediction-graph .js-plotly-plot
 return g && g.data && g.data.length ? String(g.data[0].x[0]) + '|' + g.data[0].x.length : null;"""
 
 
+CURVE_MARK = """const g = document.querySelector('#whatif-curves .js-plotly-plot');
+if (!g || !g.data) return null;
+const m = g.data.filter(t => t.mode === 'markers' && t.xaxis === 'x');
+return m.length ? m[0].x[0] + '|' + m[1].y[0] : null;"""
+
+
+def _type_date(box, value: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(value, Keys.ENTER)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
-def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
+def test_browser_reads_every_page_at_a_glance(use_platform, tmp_path):
+    """Date-range picker, what-if sliders with response curves, the alias timeline and drift over time."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from windpipe.marts import tables
+    from windpipe.marts.writers import record_batch
+    from windpipe.scoring.drift import feature_drift
     from windpipe.stack.procs import free_port
     from windpipe.views.dashboard.app import create_app
 
     info = log_registered_model(use_platform)
-    week = len(D.index_frame(info["df"]).loc["2013-01-08":"2013-01-14"])
-    app = create_app(get_settings(), prediction_logger=None)
+    df = D.index_frame(info["df"])
+    week = len(df.loc["2013-01-08":"2013-01-14"])
+    settings = get_settings()
+    # two scored batches in the marts: the second with wind speed in km/h (a unit error: drift)
+    engine = tables.get_engine(settings=settings)
+    for scale in (1.0, 3.6):
+        batch = df.iloc[-200:][FEATURES].assign(windspeed=lambda b, s=scale: b["windspeed"] * s)
+        drift = feature_drift(batch, df[FEATURES], batch_times=pd.Series(batch.index),
+                              reference_times=pd.Series(df.index))
+        record_batch(engine, batch, np.zeros((len(batch), 2)), model_name=settings.model_name, model_version=1,
+                     model_uri="u", timestamps=pd.Series(batch.index), drift_rows=drift,
+                     drift_status="drift" if (drift["status"] == "drift").any() else "ok")
+    app = create_app(settings, prediction_logger=None)
     port = free_port()
     server = ServerThread(app, port)
     server.start()
@@ -301,32 +374,47 @@ def test_browser_changes_range_and_sees_new_predictions(use_platform, tmp_path):
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60)
         first = wait.until(lambda d: d.execute_script(FIRST_X))
-        assert first.endswith(f"|{month_rows(D.index_frame(info['df']))}")  # the default range: the last 31 days
-        start = driver.find_element(By.ID, "range-start")
-        end = driver.find_element(By.ID, "range-end")
-        for box, value in ((start, "2013-01-08"), (end, "2013-01-14")):
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(Keys.DELETE)
-            box.send_keys(value, Keys.ENTER)
+        assert first.endswith(f"|{month_rows(df)}")  # the default range: the last 31 days
+        # the date-range picker: type both dates
+        _type_date(driver.find_element(By.ID, "range-start"), "2013-01-08")
+        _type_date(driver.find_element(By.ID, "range-end"), "2013-01-14")
+        driver.find_element(By.ID, "predict").click()
         changed = wait.until(lambda d: (x := d.execute_script(FIRST_X)) and x != first and x.endswith(f"|{week}") and x)
         assert changed.startswith("2013-01-08")
-        # a reversed range shows a message and keeps the graph
-        end.send_keys(Keys.CONTROL, "a")
-        end.send_keys(Keys.DELETE)
-        end.send_keys("2013-01-01", Keys.ENTER)
-        wait.until(lambda d: "reversed" in d.find_element(By.ID, "range-message").text)
-        end.send_keys(Keys.CONTROL, "a")
-        end.send_keys(Keys.DELETE)
-        end.send_keys("2013-01-14", Keys.ENTER)
-        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#range-message.show"))
         time.sleep(1.0)  # let plotly finish drawing before the picture
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
-        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+        # what-if: the curves show, and moving the wind-speed slider moves the chosen point along them
+        driver.find_element(By.LINK_TEXT, "What-if").click()
+        before = wait.until(lambda d: d.execute_script(CURVE_MARK))
+        assert before.split("|")[0] == "5"
+        handle = driver.find_element(By.CSS_SELECTOR, "#whatif-in-windspeed [role=slider]")
+        handle.click()
+        for _ in range(20):
+            handle.send_keys(Keys.ARROW_RIGHT)
+        after = wait.until(lambda d: (m := d.execute_script(CURVE_MARK)) and m != before and m)
+        assert float(after.split("|")[0]) > 5  # a stronger wind ...
+        assert float(after.split("|")[1]) != float(before.split("|")[1])  # ... predicts other wind power
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_whatif.png"))
+
+        # the model page: who was production when, and the drift of recent batches over time
+        driver.find_element(By.LINK_TEXT, "Model").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alias-timeline .js-plotly-plot"))
+        moves = driver.execute_script("return document.querySelector('#alias-timeline .js-plotly-plot').data[1].text")
+        assert "changed outside windpipe" in moves[-1]  # the test set the alias directly, as the MLflow UI would
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#drift-graph .js-plotly-plot"))
+        wind = driver.execute_script("return document.querySelector('#drift-graph .js-plotly-plot').data"
+                                     ".filter(t => t.name === 'windspeed')[0]")
+        assert len(wind["y"]) >= 2 and wind["y"][-1] > 2 * wind["y"][-2]  # the km/h batch stands out ...
+        assert wind["marker"]["color"][-1] == "#d62728" != wind["marker"]["color"][-2]  # ... in red
+        time.sleep(1.0)
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_model.png"))
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
         server.stop()
+        tables.dispose_engines()
 
 
 def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):

@@ -125,6 +125,100 @@ def performance_figure(frame: pd.DataFrame, ratio_limit: float, title: str = "")
     return {"data": data, "layout": layout}
 
 
+def _side_by_side(titles: list[str], height: int) -> dict:
+    """The layout of two plots next to each other, each with its own axes."""
+    annotations = [{"text": t, "x": x, "y": 1.0, "xref": "paper", "yref": "paper", "showarrow": False,
+                    "xanchor": "center", "yanchor": "bottom", "font": {"size": 14}}
+                   for t, x in zip(titles, (0.22, 0.78), strict=True)]
+    return {"height": height, "margin": {"l": 50, "r": 20, "t": 40, "b": 50}, "template": _template(),
+            "xaxis": {"anchor": "y", "domain": [0, 0.44]}, "yaxis": {"anchor": "x", "rangemode": "tozero"},
+            "xaxis2": {"anchor": "y2", "domain": [0.56, 1]}, "yaxis2": {"anchor": "x2", "rangemode": "tozero"},
+            "annotations": annotations, "legend": {"orientation": "h", "y": -0.2}}
+
+
+SWEEP_LABELS = {"windspeed": "wind speed (m/s)", "rad_horizontal": "direct horizontal radiation (W/m²)"}
+
+
+def response_figure(curves: dict[str, pd.DataFrame], point: dict[str, float], prediction: dict[str, float]) -> dict:
+    """Power against wind speed and against radiation (a `frames.response_curves` result), the other inputs held
+    at the chosen values; the chosen point marked on every curve."""
+    data = []
+    for col, (feature, curve) in enumerate(curves.items(), start=1):
+        axes = {"xaxis": "x" if col == 1 else "x2", "yaxis": "y" if col == 1 else "y2"}
+        for target in TARGETS:
+            data.append({"type": "scatter", "mode": "lines", "x": _values(curve[feature]), "y": _values(curve[target]),
+                         "name": LABELS[target], "legendgroup": target, "showlegend": col == 1,
+                         "line": {"color": COLORS[target], "width": 2}, **axes})
+            data.append({"type": "scatter", "mode": "markers", "x": [point[feature]],
+                         "y": [round(prediction[target], 4)], "name": "chosen weather", "legendgroup": "chosen",
+                         "showlegend": col == 1 and target == TARGETS[0],
+                         "marker": {"color": COLORS[target], "size": 12, "symbol": "circle",
+                                    "line": {"color": "#222", "width": 2}}, **axes})
+    layout = _side_by_side([f"power against {SWEEP_LABELS.get(f, f)}" for f in curves], 380)
+    for i, feature in enumerate(curves, start=1):
+        layout[f"xaxis{'' if i == 1 else i}"]["title"] = {"text": SWEEP_LABELS.get(feature, feature)}
+    layout["yaxis"]["title"] = {"text": "GW"}
+    return {"data": data, "layout": layout}
+
+
+ACTION_COLORS = {"first": "#2ca02c", "promote": "#2ca02c", "force": "#ff7f0e", "rollback": "#9467bd",
+                 "outside": "#d62728"}
+
+
+def alias_timeline_figure(history: pd.DataFrame, now: pd.Timestamp) -> dict:
+    """Which version each alias pointed at over time (a `windpipe.models.history.history` table): a step line per
+    alias, a marker per move coloured by what made it (promote, force, rollback, outside), its reason on hover."""
+    data = []
+    for alias, dash_style in (("production", "solid"), ("challenger", "dot")):
+        part = history[history["alias"] == alias]
+        if part.empty:
+            continue
+        at = part["at"].fillna(now)
+        to = part["to_version"].astype("float64")
+        data.append({"type": "scatter", "mode": "lines", "x": _times(pd.DatetimeIndex(list(at) + [now])),
+                     "y": _values(np.append(to.to_numpy(), to.iloc[-1])), "name": alias,
+                     "line": {"shape": "hv", "dash": dash_style, "width": 3 if alias == "production" else 1.5,
+                              "color": "#1f77b4" if alias == "production" else "#7f7f7f"}})
+        text = [f"{alias}: {'-' if pd.isna(f) else f'v{f}'} -> v{t} ({a})<br>"
+                f"{u or '?'}{'@' + h if h else ''}<br>{r[:160]}"
+                for f, t, a, u, h, r in zip(part["from_version"], part["to_version"], part["action"], part["user"],
+                                            part["host"], part["reason"], strict=True)]
+        data.append({"type": "scatter", "mode": "markers", "x": _times(pd.DatetimeIndex(at)), "y": _values(to),
+                     "name": f"{alias} moves", "text": text, "hoverinfo": "text", "showlegend": False,
+                     "marker": {"size": 11 if alias == "production" else 7,
+                                "color": [ACTION_COLORS.get(a, "#444") for a in part["action"]]}})
+    layout = {"height": 320, "margin": {"l": 50, "r": 20, "t": 30, "b": 40}, "template": _template(),
+              "yaxis": {"title": {"text": "version"}, "dtick": 1}, "xaxis": {"title": {"text": "UTC"}},
+              "legend": {"orientation": "h", "y": -0.3}}
+    first = history["at"].min()
+    if pd.isna(first) or now - first < pd.Timedelta(hours=1):  # one moment: show the day around it
+        layout["xaxis"]["range"] = _times(pd.DatetimeIndex([now - pd.Timedelta(hours=12), now + pd.Timedelta(hours=1)]))
+    return {"data": data, "layout": layout}
+
+
+def drift_figure(summary: pd.DataFrame, limit: float) -> dict:
+    """PSI of each feature per prediction batch over time (a `marts.queries.drift_summary` table), the PSI limit
+    dashed; a batch's marker is amber for `warn` and red for `drift`."""
+    colour = {"warn": "#ff7f0e", "drift": "#d62728"}
+    data = []
+    frame = (summary.assign(created_at=pd.to_datetime(summary["created_at"], utc=True))
+             .sort_values(["created_at", "batch"]))
+    for i, (feature, part) in enumerate(frame.groupby("feature", sort=False)):
+        data.append({"type": "scatter", "mode": "lines+markers", "x": _times(pd.DatetimeIndex(part["created_at"])),
+                     "y": _values(part["psi"]), "name": feature, "line": {"color": PALETTE[i % len(PALETTE)]},
+                     "text": [f"batch {b} ({s})" for b, s in zip(part["batch"], part["status"], strict=True)],
+                     "marker": {"size": 9,
+                                "color": [colour.get(s, PALETTE[i % len(PALETTE)]) for s in part["status"]]}})
+    if len(frame):
+        x = _times(pd.DatetimeIndex([frame["created_at"].min(), frame["created_at"].max()]))
+        data.append({"type": "scatter", "mode": "lines", "x": x, "y": [limit, limit], "name": f"PSI {limit:g}",
+                     "line": {"color": "#d62728", "dash": "dash", "width": 1}})
+    layout = {"height": 340, "margin": {"l": 50, "r": 20, "t": 30, "b": 40}, "template": _template(),
+              "yaxis": {"title": {"text": "PSI against the same season"}, "rangemode": "tozero"},
+              "xaxis": {"title": {"text": "batch scored at (UTC)"}}, "legend": {"orientation": "h", "y": -0.3}}
+    return {"data": data, "layout": layout}
+
+
 def empty_figure(message: str) -> dict:
     """A blank figure carrying a message (no data, or an error)."""
     return {"data": [], "layout": {

@@ -111,6 +111,31 @@ def whatif(model: object, values: dict[str, float | None], when: object = None) 
     return {t: float(v) for t, v in zip(TARGETS, pred, strict=True)}
 
 
+SWEEPS = {"windspeed": (0.0, 25.0), "rad_horizontal": (0.0, 1000.0)}
+
+
+def response_curves(model: object, values: dict[str, float | None], when: object = None,
+                    points: int = 51) -> dict[str, pd.DataFrame]:
+    """How the predicted power responds to wind speed and to radiation: for each swept feature, `points` rows
+    over its range with the other inputs held at `values` (checked as `whatif` checks them), predicted in one
+    call. Columns: the swept feature, solar_GW, wind_GW."""
+    import numpy as np
+
+    whatif(model, values, when)  # one check of the values and the time, with its messages
+    from windpipe.models.loading import predict
+
+    stamp = None if when is None or not str(when).strip() else pd.Timestamp(str(when).strip())
+    if stamp is not None:
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    out = {}
+    for feature, (low, high) in SWEEPS.items():
+        grid = pd.DataFrame({f: np.full(points, float(values[f])) for f in FEATURES}, dtype="float64")
+        grid[feature] = np.linspace(low, high, points)
+        pred = predict(model, grid, None if stamp is None else [stamp] * points)
+        out[feature] = pd.DataFrame({feature: grid[feature], **{t: pred[:, i] for i, t in enumerate(TARGETS)}})
+    return out
+
+
 def backtest_frame(metrics: dict[str, float]) -> pd.DataFrame:
     """One row per backtest fold (fold, r2, rmse, r2_<target>, bias_<target>) from a run's metrics;
     empty when the run has no backtest."""

@@ -34,6 +34,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # a prediction logger gets (the scored frame with features, the predict_frame result, the model)
 PredictionLogger = Callable[[pd.DataFrame, pd.DataFrame, ProductionModel], None]
 
+SLIDER_RANGES = {"windspeed": (0.0, 25.0, 0.1), "temperature": (-20.0, 40.0, 0.5),
+                 "rad_horizontal": (0.0, 1000.0, 5.0), "rad_diffuse": (0.0, 500.0, 5.0)}
 FEATURE_HELP = {
     "windspeed": ("Wind speed (m/s, 10 m)", 5.0),
     "temperature": ("Temperature (°C)", 10.0),
@@ -152,15 +154,19 @@ class Dashboard:
         when = when if when and str(when).strip() else pm.data.index.max()
         try:
             pred = D.whatif(pm.model, values, when)
+            curves = D.response_curves(pm.model, values, when)
         except WindpipeError as exc:
             return dbc.Alert(str(exc), color="warning", id="whatif-error")
+        point = {f: float(values[f]) for f in FEATURES}  # type: ignore[arg-type]
         return dbc.Row([
             dbc.Col(dbc.Card(dbc.CardBody([html.H6(F.LABELS[t], className="text-muted"),
                                            html.H3(f"{v:.2f} GW", id=f"whatif-{t}")])), md=6)
             for t, v in pred.items()
         ] + [dbc.Col(html.Small(f"model {pm.instance_name} (version {pm.version}), at "
                                 f"{pd.Timestamp(when):%Y-%m-%d %H:%M} UTC", className="text-muted"),
-                     width=12, className="mt-2")])
+                     width=12, className="mt-2"),
+             dbc.Col(dcc.Graph(id="whatif-curves", figure=F.response_figure(curves, point, pred),
+                               config={"displaylogo": False}), width=12, className="mt-2")])
 
     def model_card(self, status: dict | None) -> Component:
         pm = self.model(status)
@@ -260,6 +266,17 @@ def model_quality(pm: ProductionModel, settings: Settings) -> Component:
     if len(folds):
         parts += [html.H5("Backtest: each fold trained on everything before it", className="mt-4"),
                   dcc.Graph(id="backtest-graph", figure=F.backtest_figure(folds), config={"displaylogo": False})]
+    moves = alias_history(settings, pm.name)
+    if moves is not None:
+        parts += [html.H5("Who was production when (windpipe models --history)", className="mt-4"),
+                  dcc.Graph(id="alias-timeline", config={"displaylogo": False},
+                            figure=F.alias_timeline_figure(moves, pd.Timestamp.now(tz="UTC")))]
+    drift = recent_drift(settings)
+    if drift is not None:
+        from windpipe.scoring.drift import PSI_MOVED
+
+        parts += [html.H5("Drift of recent prediction batches", className="mt-4"),
+                  dcc.Graph(id="drift-graph", figure=F.drift_figure(drift, PSI_MOVED), config={"displaylogo": False})]
     history = performance_history(settings, pm.name)
     if history is not None:
         frame = D.performance_frame(history)
@@ -282,6 +299,30 @@ def performance_history(settings: Settings, model_name: str) -> pd.DataFrame | N
         from windpipe.marts.tables import get_engine
 
         df = history(get_engine(settings=settings), model_name=model_name)
+    except Exception:  # marts absent or unreadable: the page simply omits it
+        return None
+    return df if len(df) else None
+
+
+def alias_history(settings: Settings, model_name: str) -> pd.DataFrame | None:
+    """Every recorded move of the model's aliases (None when there is none or the server cannot say)."""
+    try:
+        from windpipe.models.history import history
+
+        df = history(settings.model_copy(update={"model_name": model_name}))
+    except Exception:  # the page simply omits it
+        log.warning("reading the alias history failed", exc_info=True)
+        return None
+    return df if len(df) else None
+
+
+def recent_drift(settings: Settings, batches: int = 20) -> pd.DataFrame | None:
+    """PSI per feature of the newest checked prediction batches (None when there are none or no marts)."""
+    try:
+        from windpipe.marts.queries import drift_summary
+        from windpipe.marts.tables import get_engine
+
+        df = drift_summary(get_engine(settings=settings), limit=batches)
     except Exception:  # marts absent or unreadable: the page simply omits it
         return None
     return df if len(df) else None
@@ -343,10 +384,13 @@ def pipeline_view(steps: list[StepStatus], batches: pd.DataFrame | None = None) 
 
 
 def _whatif_inputs() -> Component:
+    """One slider per weather input (Dash shows its value in a box beside it); the ranges cover German weather."""
     return dbc.Row([
         dbc.Col([dbc.Label(label, html_for=f"whatif-in-{f}"),
-                 dbc.Input(id=f"whatif-in-{f}", type="number", value=default, step="any")], md=3)
+                 dcc.Slider(id=f"whatif-in-{f}", min=low, max=high, step=step, value=default,
+                            marks=None)], md=3)
         for f, (label, default) in FEATURE_HELP.items()
+        for low, high, step in [SLIDER_RANGES[f]]
     ], className="g-3 mb-3")
 
 
@@ -358,10 +402,11 @@ def layout(settings: Settings, refresh_seconds: float) -> Component:
     ], fluid=True), color="primary", dark=True, className="mb-3")
     predictions = html.Div([
         dbc.Row([
-            dbc.Col([dbc.Label("From (YYYY-MM-DD)", html_for="range-start"),
-                     dbc.Input(id="range-start", type="text", debounce=True, placeholder="2016-12-01")], md=3),
-            dbc.Col([dbc.Label("To (YYYY-MM-DD, inclusive)", html_for="range-end"),
-                     dbc.Input(id="range-end", type="text", debounce=True, placeholder="2016-12-31")], md=3),
+            dbc.Col([dbc.Label("Dates (UTC, both inclusive)", html_for="range-start", className="d-block"),
+                     dcc.DatePickerRange(id="range", start_date_id="range-start", end_date_id="range-end",
+                                         display_format="YYYY-MM-DD", first_day_of_week=1, clearable=False,
+                                         start_date_placeholder_text="from", end_date_placeholder_text="to")],
+                    md="auto"),
             dbc.Col(dbc.Button("Predict", id="predict", color="primary", className="mt-4"), md=2),
         ], className="g-3 mb-2"),
         dbc.Alert(id="range-message", color="secondary", is_open=False),
@@ -369,13 +414,14 @@ def layout(settings: Settings, refresh_seconds: float) -> Component:
         html.Div(id="prediction-errors"),
     ])
     whatif = html.Div([
-        html.P("Enter weather values and the hour they are for; the production model predicts the power they "
-               "give (a model that follows the trend gives more wind power for the same wind in later years).",
+        html.P("Move the weather and pick the hour; the production model predicts the power it gives, and the "
+               "curves show how power responds to wind speed and to radiation around that point (a model that "
+               "follows the trend gives more wind power for the same wind in later years).",
                className="text-muted"),
         _whatif_inputs(),
         dbc.Row(dbc.Col([dbc.Label("Time (UTC, YYYY-MM-DD HH:MM)", html_for="whatif-in-time"),
-                         dbc.Input(id="whatif-in-time", type="text", placeholder="empty: the last hour of the data")],
-                        md=3), className="mb-3"),
+                         dbc.Input(id="whatif-in-time", type="text", debounce=True,
+                                   placeholder="empty: the last hour of the data")], md=3), className="mb-3"),
         dbc.Button("Predict", id="whatif-go", color="primary", className="mb-3"),
         html.Div(id="whatif-result"),
     ])
@@ -412,9 +458,9 @@ def create_app(settings: Settings, source: ModelSource | None = None,
     app.windpipe = board  # tests and benchmarks reach the logic through this
 
     @app.callback(Output("status", "data"), Output("banner", "children"),
-                  Output("range-start", "value"), Output("range-end", "value"),
+                  Output("range", "start_date"), Output("range", "end_date"),
                   Input("refresh", "n_clicks"), Input("tick", "n_intervals"),
-                  State("status", "data"), State("range-start", "value"), State("range-end", "value"))
+                  State("status", "data"), State("range", "start_date"), State("range", "end_date"))
     def _refresh(_clicks: int | None, _ticks: int | None, current: dict | None, start: str | None,
                  end: str | None) -> tuple:
         return board.refresh(current, start, end)
@@ -426,7 +472,7 @@ def create_app(settings: Settings, source: ModelSource | None = None,
     @app.callback(Output("prediction-graph", "figure"), Output("range-message", "children"),
                   Output("range-message", "color"), Output("prediction-errors", "children"),
                   Input("status", "data"), Input("predict", "n_clicks"),
-                  Input("range-start", "value"), Input("range-end", "value"))
+                  Input("range", "start_date"), Input("range", "end_date"))
     def _predictions(status: dict | None, _clicks: int | None, start: str | None, end: str | None) -> tuple:
         return board.predictions(status, start, end)
 
@@ -435,7 +481,7 @@ def create_app(settings: Settings, source: ModelSource | None = None,
         return bool(message)
 
     @app.callback(Output("whatif-result", "children"), Input("whatif-go", "n_clicks"), Input("status", "data"),
-                  *[State(f"whatif-in-{f}", "value") for f in FEATURES], State("whatif-in-time", "value"))
+                  *[Input(f"whatif-in-{f}", "value") for f in FEATURES], Input("whatif-in-time", "value"))
     def _whatif(_clicks: int | None, status: dict | None, *values: float | str | None) -> Component:
         return board.whatif(status, dict(zip(FEATURES, values[:-1], strict=True)), values[-1])
 
