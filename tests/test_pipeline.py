@@ -100,11 +100,11 @@ def test_missing_raw_files_is_a_clear_error(tmp_path):
 
 
 def _status(run) -> dict[str, tuple[str, str]]:
-    """step -> (run id, 'ran' | 'reused') from a pipeline run's tags."""
+    """step -> (run id, 'ran' | 'reused' | 'failed') from a pipeline run's tags."""
     out = {}
     for key, value in run.data.tags.items():
         if key.startswith("windpipe.pipeline."):
-            run_id, _, how = value.partition(" ")
+            run_id, how = value.split(" ")[:2]
             out[key.removeprefix("windpipe.pipeline.")] = (run_id, how)
     return out
 
@@ -143,8 +143,31 @@ def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.Completed
                            "--env-manager", "local"], env=env, cwd=snap, capture_output=True, text=True, timeout=900)
 
 
+def _children(p, parent) -> dict[str, object]:
+    """step -> its run under the pipeline run `parent`."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {r.data.tags["windpipe.step"]: r for r in runs}
+
+
+def _most_at_once(runs) -> int:
+    """The largest number of runs that were running at the same moment (from their start and end times)."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    now = most = 0
+    for _, change in events:
+        now += change
+        most = max(most, now)
+    return most
+
+
+def _overlap(a, b) -> bool:
+    return a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+
+
 @pytest.mark.slow
-def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
+def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
     import mlflow
 
     from windpipe.stack import services as plat
@@ -162,34 +185,38 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert _step_runs(p) == []  # found before any step ran, not after MLflow's upload retries
     plat.up(p.settings, say=lambda _m: None)
 
-    # cold: every step runs as a child of the pipeline run; entities go by URI
-    proc = _cli(p, snapshot, *run)
+    # cold, two steps side by side: every step runs as a child of the pipeline run; entities go by URI
+    proc = _cli(p, snapshot, *run, "--jobs", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     parent = latest_run(p, "pipeline")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
     status = _status(parent)
     assert sorted(status) == sorted(STEPS) and {how for _, how in status.values()} == {"ran"}
-    children = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert {c.data.tags["windpipe.step"] for c in children} == set(STEPS)
-    runs = {name: mlflow.get_run(rid) for name, (rid, _) in status.items()}
+    runs = _children(p, parent)
+    assert set(runs) == set(STEPS)
+    assert {name: r.info.run_id for name, r in runs.items()} == {name: rid for name, (rid, _) in status.items()}
+    trainers = [runs[n] for n in ("lr", "rf", "keras")]
+    assert _most_at_once(runs.values()) == 2  # side by side, never more than --jobs
+    assert any(_overlap(a, b) for a in trainers for b in trainers if a is not b)
     entity = runs["process"].data.tags["windpipe.entity.processed"]
     assert entity.startswith("runs:/") and entity.endswith("processed.parquet")
-    for name in ("lr", "rf", "keras"):
-        assert runs[name].data.params["data"] == entity
-        assert runs[name].info.status == "FINISHED"
+    for r in trainers:
+        assert r.data.params["data"] == entity and r.info.status == "FINISHED"
+        assert runs["process"].info.end_time <= r.info.start_time  # each waits for its producer
     assert runs["compare"].data.params["models"] == ",".join(runs[n].data.tags["windpipe.model_uri"]
                                                              for n in ("keras", "lr", "rf"))
+    assert runs["compare"].info.start_time >= max(r.info.end_time for r in trainers)
     assert runs["promote"].data.params["model_uri"] == runs["compare"].data.tags["windpipe.entity.candidate"]
     assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     for name in STEPS:
-        assert name in proc.stdout  # the summary table
+        assert name in proc.stdout  # the progress lines and the summary table
+        assert (p.home / "logs" / "pipeline" / parent.info.run_id / f"{name}.log").stat().st_size > 0
     n_step_runs = len(_step_runs(p))
 
-    # warm: everything reused, no new step run
-    proc = _cli(p, snapshot, *run)
+    # warm, one step at a time: the same cache keys, every run reused, no new step run
+    proc = _cli(p, snapshot, *run, "--jobs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
+    assert _status(latest_run(p, "pipeline")) == {name: (rid, "reused") for name, (rid, _) in status.items()}
     assert proc.stdout.count("reused") >= len(STEPS)
     assert len(_step_runs(p)) == n_step_runs
 
@@ -198,13 +225,14 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
 
-    # a bad rf parameter fails rf with a clear error; upstream steps were reused
+    # a bad rf parameter fails rf with a clear error; the other trainers finish, compare and promote never start
     proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana")
     assert proc.returncode == 1 and "error:" in proc.stderr and "rf" in proc.stderr, proc.stderr[-2000:]
+    assert "not run: compare, promote" in proc.stderr
     failed = latest_run(p, "pipeline")
     assert failed.info.status == "FAILED"
     assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "keras": "reused",
-                                                                   "lr": "reused"}
+                                                                   "lr": "reused", "rf": "failed"}
 
     # fixed and rerun: it resumes; only rf and what follows it run
     proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=4,6")
@@ -212,10 +240,20 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert {k: how for k, (_, how) in _status(latest_run(p, "pipeline")).items()} == {
         "process": "reused", "lr": "reused", "rf": "ran", "keras": "reused", "compare": "ran", "promote": "ran"}
 
-    # --force reruns everything
-    proc = _cli(p, snapshot, *run, "--force")
+    # --force --jobs 1 reruns everything one after another: the same results as side by side
+    proc = _cli(p, snapshot, *run, "--force", "--jobs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"ran"}
+    forced = latest_run(p, "pipeline")
+    assert {how for _, how in _status(forced).values()} == {"ran"}
+    again = _children(p, forced)
+    assert _most_at_once(again.values()) == 1
+    assert again["process"].data.tags["windpipe.cache_key"] == runs["process"].data.tags["windpipe.cache_key"]
+    for name in ("process", "lr", "rf"):
+        assert again[name].data.metrics == runs[name].data.metrics | {
+            k: v for k, v in again[name].data.metrics.items() if k.endswith("seconds")}, name
+    assert again["keras"].data.metrics["rmse"] == pytest.approx(runs["keras"].data.metrics["rmse"], rel=0.05)
+    assert again["compare"].data.tags["windpipe.best_model_family"] == runs["compare"].data.tags[
+        "windpipe.best_model_family"]
 
 
 @pytest.mark.slow

@@ -15,12 +15,12 @@ from typing import Optional
 
 import typer
 
-from windpipe.cli import dashboard, data, models, pipeline, platform, predict, serving, steps
+from windpipe.cli import dashboard, data, models, orchestration, pipeline, platform, predict, serving, steps
 from windpipe.errors import UsageError, WindpipeError
 
 app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-for _module in (platform, data, pipeline, models, predict, serving, dashboard, steps):
+for _module in (platform, data, pipeline, models, predict, serving, dashboard, steps, orchestration):
     app.add_typer(_module.app, **getattr(_module, "GROUP", {}))
 
 

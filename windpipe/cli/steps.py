@@ -19,6 +19,8 @@ def new_step(
         help="Entities it writes, comma-separated (default: one named after the step).")] = None,
     dest: Annotated[Optional[Path], typer.Option(help="Folder of step folders (default: projects/).")] = None,
     description: Annotated[Optional[str], typer.Option(help="One line on what the step does.")] = None,
+    pipeline: Annotated[str, typer.Option(
+        help="The pipeline (and Airflow DAG) that runs it: training, prediction or none.")] = "training",
 ) -> None:
     """Create DEST/NAME: MLproject, python_env.yaml, step.py, step.yaml, README.md, test_step.py.
 
@@ -28,7 +30,7 @@ def new_step(
     """
     from windpipe.pipeline.scaffold import new_step as make
 
-    folder = make(name, inputs, outputs, dest, description)
+    folder = make(name, inputs, outputs, dest, description, pipeline)
     typer.echo(f"created {folder}")
     typer.echo(f"run it:  mlflow run {folder} --env-manager local")
 
