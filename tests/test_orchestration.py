@@ -316,12 +316,14 @@ def test_prediction_dag_scores_each_new_file_once(airflow_platform, migrated, tm
     first, = airflow("test", str(DAGS), "windpipe_prediction", conf, env=env)
 
     # the good file is scored into the marts and moves to done/; the bad one is refused with its reason
-    assert first["tasks"]["predict[0]"] == "success" and first["tasks"]["predict[1]"] == "failed"
+    assert first["xcom"][INBOX] == [str(box / "bad.parquet"), str(box / "good.parquet")]  # one task each
+    assert first["tasks"]["predict[0]"] == "failed" and first["tasks"]["predict[1]"] == "success", first
     assert first["state"] == "failed"  # a refused file fails the DAG run: someone should look at it
     engine = tables.get_engine(p.settings.effective_marts_url)
     assert queries.count_rows(engine)["batches"] == 1
-    assert sorted(f.name for f in (box / "done").iterdir() if f.name.endswith(".parquet")) == [
-        "good.parquet", next(f.name for f in (box / "done").glob("good.*.predictions.parquet"))]
+    predictions = [f.name for f in (box / "done").glob("good.*.predictions.parquet")]
+    assert sorted(f.name for f in (box / "done").iterdir()) == sorted(["good.parquet", *predictions])
+    assert len(pd.read_parquet(box / "done" / predictions[0])) == 48
     assert (box / "failed" / "bad.parquet").exists() and inbox.pending(box) == []
     reason = (box / "failed" / "bad.parquet.reason.txt").read_text()
     assert "predict failed" in reason and "windspeed" in reason, reason
@@ -334,5 +336,5 @@ def test_prediction_dag_scores_each_new_file_once(airflow_platform, migrated, tm
     again, empty = airflow("test", str(DAGS), "windpipe_prediction", conf, conf, env=env)
     assert again["state"] == "success" and empty["state"] == "success", again
     assert queries.count_rows(engine)["batches"] == 1
-    assert _steps_of(_pipeline_runs(p)[1])["predict.0"][1] == "reused"
+    assert _steps_of(_pipeline_runs(p)[1])["predict.0"][1] == "reused"  # the good file, now alone
     assert inbox.pending(box) == [] and (box / "done" / "good.parquet").exists()
