@@ -21,7 +21,7 @@ def dagbag(dags_dir: str) -> dict:
     dags = {dag_id: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} for dag_id, dag in bag.dags.items()}
     mapped = {dag_id: sorted(t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator"))
               for dag_id, dag in bag.dags.items()}
-    schedules = {dag_id: str(dag.schedule) for dag_id, dag in bag.dags.items()}
+    schedules = {dag_id: getattr(dag.timetable, "expression", None) for dag_id, dag in bag.dags.items()}
     heavy = sorted(m for m in ("mlflow", "pandas", "sklearn") if m in sys.modules)
     return {"dags": dags, "mapped": mapped, "schedules": schedules, "heavy": heavy,
             "import_errors": {k.rsplit("/", 1)[-1]: v for k, v in bag.import_errors.items()}}

@@ -219,7 +219,7 @@ def test_dag_files_import_in_airflows_environment_and_equal_the_step_graph(proje
         assert bag["dags"][dag_id] == upstreams(dag_layout(pipeline, projects))
     assert "weather_stats" in bag["dags"]["windpipe_training"]
     assert bag["mapped"]["windpipe_prediction"] == ["check_features", "predict"]
-    assert bag["schedules"] == {"windpipe_training": "@weekly", "windpipe_prediction": "@daily"}
+    assert bag["schedules"] == {"windpipe_training": "0 0 * * 0", "windpipe_prediction": "0 0 * * *"}
 
     # a DAG file that cannot be built: Airflow's import error is windpipe's message, not frames from inside
     (projects / "lr" / "step.yaml").write_text("step: lr\ninputs: [candidate]\noutputs: [model]\n")
@@ -296,45 +296,74 @@ def test_training_dag_runs_every_step_as_a_child_then_reuses_them(airflow_platfo
 
 @pytest.mark.slow
 @needs_airflow
-def test_prediction_dag_scores_each_new_file_once(airflow_platform, migrated, tmp_path):
+def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_once(make_platform, tmp_path):
+    """`windpipe airflow up` for real (127.0.0.1, a password nobody printed), then the prediction DAG through
+    the scheduler: two inbox files, one bad: one batch in the marts, the bad file in failed/ with its
+    reason; the good file dropped in again is not scored twice."""
+    import urllib.error
+    import urllib.request
+
     from tests.models import log_registered_model, tiny_processed
     from windpipe.marts import queries, tables
     from windpipe.names import FEATURES, TIMESTAMP
+    from windpipe.stack import airflow_server
+    from windpipe.stack.procs import free_port
 
-    p = airflow_platform
-    model = log_registered_model(p, tmp_dir=tmp_path)
-    home = tmp_path / "airflow"
-    home.mkdir()
-    shutil.copy(migrated, home / "airflow.db")
+    p = make_platform()
     box = tmp_path / "inbox"
-    box.mkdir()
-    frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
-    frame.to_parquet(box / "good.parquet", index=False)
-    frame.drop(columns=["windspeed"]).to_parquet(box / "bad.parquet", index=False)
-    env = airflow_env(home, p.env)
-    conf = json.dumps({"inbox": str(box)})
-    first, = airflow("test", str(DAGS), "windpipe_prediction", conf, env=env)
+    env = {**p.env, "WINDPIPE_AIRFLOW_PORT": str(free_port()), "WINDPIPE_INBOX": str(box),
+           "WINDPIPE_AIRFLOW_VENV": str(AIRFLOW_VENV)}
+    settings = settings_from(env).model_copy(update={"airflow_port": int(env["WINDPIPE_AIRFLOW_PORT"])})
+    try:
+        up = p.windpipe("airflow", "up", extra_env=env, timeout=900)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        secret = p.home / "airflow_passwords.json"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        password = json.loads(secret.read_text())["admin"]
+        logs = "".join(f.read_text(errors="replace") for f in (p.home / "logs").glob("airflow-*.log"))
+        assert password not in logs + up.stdout + up.stderr and "Password for user" not in logs
+        status = p.windpipe("airflow", "status", extra_env=env)
+        assert status.returncode == 0 and status.stdout.count("up   airflow") == 3, status.stdout
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no anonymous access
+            urllib.request.urlopen(f"{settings.airflow_url}/api/v2/dags", timeout=10)
+        assert refused.value.code == 401
+        token = airflow_server.token(settings)
+        for dag_id in ("windpipe_training", "windpipe_prediction"):
+            airflow_server.wait_for_dag(settings, dag_id, token)
+        again = p.windpipe("airflow", "up", extra_env=env)
+        assert again.returncode == 0 and "already running" in again.stdout
 
-    # the good file is scored into the marts and moves to done/; the bad one is refused with its reason
-    assert first["xcom"][INBOX] == [str(box / "bad.parquet"), str(box / "good.parquet")]  # one task each
-    assert first["tasks"]["predict[0]"] == "failed" and first["tasks"]["predict[1]"] == "success", first
-    assert first["state"] == "failed"  # a refused file fails the DAG run: someone should look at it
-    engine = tables.get_engine(p.settings.effective_marts_url)
-    assert queries.count_rows(engine)["batches"] == 1
-    predictions = [f.name for f in (box / "done").glob("good.*.predictions.parquet")]
-    assert sorted(f.name for f in (box / "done").iterdir()) == sorted(["good.parquet", *predictions])
-    assert len(pd.read_parquet(box / "done" / predictions[0])) == 48
-    assert (box / "failed" / "bad.parquet").exists() and inbox.pending(box) == []
-    reason = (box / "failed" / "bad.parquet.reason.txt").read_text()
-    assert "predict failed" in reason and "windspeed" in reason, reason
-    parent = _pipeline_runs(p)[0]
-    assert parent.info.status == "FAILED"
-    assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
+        model = log_registered_model(p, tmp_dir=tmp_path)
+        box.mkdir()
+        frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
+        frame.to_parquet(box / "good.parquet", index=False)
+        frame.drop(columns=["windspeed"]).to_parquet(box / "bad.parquet", index=False)
+        first = p.windpipe("airflow", "trigger", "windpipe_prediction", "--wait", extra_env=env, timeout=900)
+        # a refused file fails the DAG run (someone should look at it); the good one is scored all the same
+        assert first.returncode == 1 and "failed" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+        engine = tables.get_engine(p.settings.effective_marts_url)
+        assert queries.count_rows(engine)["batches"] == 1
+        predictions = [f.name for f in (box / "done").glob("good.*.predictions.parquet")]
+        assert sorted(f.name for f in (box / "done").iterdir()) == sorted(["good.parquet", *predictions])
+        assert len(pd.read_parquet(box / "done" / predictions[0])) == 48
+        assert (box / "failed" / "bad.parquet").exists() and inbox.pending(box) == []
+        reason = (box / "failed" / "bad.parquet.reason.txt").read_text()
+        assert "predict failed" in reason and "windspeed" in reason, reason
+        parent = _pipeline_runs(p)[0]
+        assert parent.info.status == "FAILED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
+        assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
+        assert {k: v[1] for k, v in _steps_of(parent).items()} == {"predict.0": "failed", "predict.1": "ran"}
 
-    # the same file again, and a rerun: nothing is scored twice
-    shutil.copy(box / "done" / "good.parquet", box / "good.parquet")
-    again, empty = airflow("test", str(DAGS), "windpipe_prediction", conf, conf, env=env)
-    assert again["state"] == "success" and empty["state"] == "success", again
-    assert queries.count_rows(engine)["batches"] == 1
-    assert _steps_of(_pipeline_runs(p)[1])["predict.0"][1] == "reused"  # the good file, now alone
-    assert inbox.pending(box) == [] and (box / "done" / "good.parquet").exists()
+        # the same file again: reused from the cache, not scored twice; then nothing new: nothing scored
+        shutil.copy(box / "done" / "good.parquet", box / "good.parquet")
+        for _ in range(2):
+            rerun = p.windpipe("airflow", "trigger", "windpipe_prediction", "--wait", extra_env=env, timeout=900)
+            assert rerun.returncode == 0 and "success" in rerun.stdout, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert queries.count_rows(engine)["batches"] == 1
+        runs = _pipeline_runs(p)
+        assert {k: v[1] for k, v in _steps_of(runs[1]).items()} == {"predict.0": "reused"}
+        assert runs[0].info.status == "FINISHED" and _steps_of(runs[0]) == {}
+        assert inbox.pending(box) == [] and (box / "done" / "good.parquet").exists()
+    finally:
+        down = p.windpipe("airflow", "down", extra_env=env, timeout=300)
+    assert down.returncode == 0 and p.windpipe("airflow", "status", extra_env=env).returncode == 1

@@ -56,6 +56,9 @@ def run() -> None:
     """The `windpipe` console script (and `python -m windpipe`): main(), then a quick exit."""
     from windpipe.stack.procs import skip_final_gc
 
+    # MLflow's telemetry asks the internet for its config and waits at exit; its thread also edits
+    # os.environ while the pipeline's threads read it (DESIGN.md fact 11)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         main()
     finally:

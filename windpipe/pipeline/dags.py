@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
 DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
-SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}
+SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
 OPEN, INBOX, CLOSE = "open", "inbox", "close"
 ALL_SUCCESS, ALL_DONE = "all_success", "all_done"
 SKIP_EXIT_CODE = 99  # BashOperator: exit 99 marks the task skipped
@@ -112,6 +112,9 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
               projects: Path | str | None = None) -> DAG:
     """The Airflow DAG of `pipeline` (training: weekly, prediction: daily by default; None: triggered only).
 
+    The first scheduled run is the next one due (Sunday / midnight UTC), not one for a time already
+    past: a DAG appearing (or Airflow starting) does not start a run by itself.
+
     A broken step interface raises the same WindpipeError the pipeline itself gives, re-raised here
     so that Airflow's import error shows the message, not frames from deep inside windpipe.
     """
@@ -121,12 +124,14 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
         bin_dir = get_settings().windpipe_bin
     except WindpipeError as exc:
         raise exc.with_traceback(None) from None
-    import pendulum
-    from airflow.sdk import DAG
+    import datetime
 
+    from airflow.sdk import DAG, CronTriggerTimetable
+
+    cron = SCHEDULES[pipeline] if schedule == "default" else schedule
+    timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
     env = {"WINDPIPE_PROJECTS": str(projects), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=SCHEDULES[pipeline] if schedule == "default" else schedule,
-             start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), catchup=False, max_active_runs=1,
+    with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
              tags=["windpipe", pipeline], params=_params(pipeline), doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}
         for spec in layout:

@@ -309,6 +309,55 @@ class Launcher:
         return [run_id for run_id, _ in running]
 
 
+def run_here(step_dir: Path, entry_point: str, params: dict[str, str], experiment_id: str) -> Run:
+    """One step's MLflow project run in this process: the run `mlflow run STEP_DIR -e ENTRY --env-manager local`
+    makes (MLflow Projects creates it and logs its parameters), its entry point's `python step.py ...` command
+    run by this interpreter instead of a second one, so Python and MLflow start once. Returns the ended run.
+    """
+    import runpy
+    import shlex
+    import sys
+
+    import mlflow
+    from mlflow.projects import utils as project_utils
+
+    uri = str(Path(step_dir).resolve())
+    work_dir = project_utils.fetch_and_validate_project(uri, None, entry_point, params)
+    project = project_utils.load_project(work_dir)
+    run_id = project_utils.get_or_create_run(None, uri, experiment_id, work_dir, None, entry_point,
+                                             params).info.run_id
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, names.MLFLOW_PROJECT_BACKEND_TAG, "local")
+    argv = shlex.split(" ".join(project_utils.get_entry_point_command(project, entry_point, params, None)))
+    env = project_utils.get_run_env_vars(run_id, experiment_id)
+    saved = (os.getcwd(), list(sys.argv), list(sys.path), {k: os.environ.get(k) for k in env})
+    code: object = 0
+    try:
+        os.environ.update(env)
+        os.chdir(work_dir)
+        if len(argv) >= 2 and argv[0] == "python" and argv[1].endswith(".py"):
+            sys.argv, sys.path[:0] = argv[1:], [str(work_dir)]  # as `python step.py ...` would see them
+            try:
+                runpy.run_path(argv[1], run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code
+        else:  # not a Python script: as MLflow's local backend runs it
+            code = subprocess.run(["bash", "-c", " ".join(argv)], check=False).returncode
+    finally:
+        os.chdir(saved[0])
+        sys.argv, sys.path[:] = saved[1], saved[2]
+        for k, v in saved[3].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":  # (the command ended without ending its run, as `mlflow run` handles it)
+        client.set_terminated(run_id, "FINISHED" if code in (0, None) else "FAILED")
+        run = client.get_run(run_id)
+    return run
+
+
 class _Interrupted(KeyboardInterrupt):
     pass
 

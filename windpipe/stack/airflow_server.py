@@ -97,7 +97,8 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
 
 
 def _pid(settings: Settings, name: str) -> int | None:
-    return read_pid(settings.pid_file(f"airflow-{name}"), (f"airflow {name}",))
+    # (the API server renames its process: `airflow api_server -- host:... port:...`)
+    return read_pid(settings.pid_file(f"airflow-{name}"), (f"airflow {name}", f"airflow {name.replace('-', '_')}"))
 
 
 def health(settings: Settings, timeout: float = 3.0) -> dict[str, str]:
@@ -110,6 +111,13 @@ def health(settings: Settings, timeout: float = 3.0) -> dict[str, str]:
         raise WindpipeError(f"Airflow's API server at {settings.airflow_url} does not answer "
                             f"({first_line(getattr(exc, 'reason', exc))}).", "run `windpipe airflow up`") from None
     return {k: str((v or {}).get("status")) for k, v in data.items() if isinstance(v, dict | type(None))}
+
+
+def _answers(settings: Settings) -> None:
+    try:
+        urllib.request.urlopen(f"{settings.airflow_url}/api/v2/version", timeout=3).read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise WindpipeError(f"Airflow's API server does not answer yet ({first_line(exc)}).") from None
 
 
 def _ready(settings: Settings) -> None:
@@ -145,7 +153,8 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
         say("airflow: migrating its database ...")
         _migrate(settings, env)  # creates airflow.cfg (its secrets, mode 0600) before the services share it
     started = {}
-    for name in SERVICES:
+    timeout = max(settings.startup_timeout, READY_TIMEOUT)
+    for name in SERVICES:  # the API server first: every task calls its execution API
         pid = _pid(settings, name)
         if pid is not None:
             say(f"airflow {name}: already running (pid {pid})")
@@ -154,14 +163,17 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
         started[name] = start_detached(argv, env, settings.log_file(f"airflow-{name}"),
                                        settings.pid_file(f"airflow-{name}"), cwd=settings.airflow_home)
         say(f"airflow {name}: starting (pid {started[name]})")
-    timeout = max(settings.startup_timeout, READY_TIMEOUT)
+        if name == "api-server":
+            wait_until(lambda: _answers(settings), timeout, "Airflow's API server",
+                       alive=lambda: pid_alive(started["api-server"]), exited=lambda: _exited(settings, started),
+                       fix=f"see {settings.log_file('airflow-api-server')}")
+            # its first request to the execution API builds it (8-18 s): pay it before any task runs
+            try:
+                urllib.request.urlopen(f"{settings.airflow_url}/execution/health", timeout=timeout).read()
+            except (urllib.error.URLError, OSError):
+                pass  # (only a warm-up)
     wait_until(lambda: _ready(settings), timeout, "Airflow", alive=lambda: all(pid_alive(p) for p in started.values()),
                exited=lambda: _exited(settings, started), fix=f"see {settings.log_file('airflow-scheduler').parent}")
-    # the first request to the execution API (which every task calls) builds it: 8-18 s; pay it now
-    try:
-        urllib.request.urlopen(f"{settings.airflow_url}/execution/health", timeout=timeout).read()
-    except (urllib.error.URLError, OSError):
-        pass  # (only a warm-up)
     say(f"airflow: up at {settings.airflow_url} (user {USER}, password in {password_file(settings)})")
     return status(settings)
 

@@ -90,6 +90,8 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     """The step script's main: parse the command line, run the entry point's body, exit with its outcome."""
     step_dir = Path(step_dir).resolve()
     redirect_output(step_dir)
+    # MLflow's telemetry asks the internet for its config and waits at exit (DESIGN.md fact 11): not in a step
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     code = 0
     try:
         entry_point_app(step_dir, **bodies)(prog_name=f"{step_dir.name}/step.py")  # usage errors: exit 2

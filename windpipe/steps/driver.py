@@ -109,7 +109,8 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
     """An orchestrator's first task: check the conf, open the pipeline run (again on a retry); return its id.
 
     The prediction pipeline pins the production model here, so every file of the DAG run is scored
-    with the same version (tag windpipe.entity.production on the pipeline run).
+    with the same version (tag windpipe.entity.production on the pipeline run); with files waiting and
+    no production model it stops here, leaving them in the inbox.
     """
     import mlflow
 
@@ -127,7 +128,8 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
         return same[0].info.run_id
     tags = {names.STEP_TAG: "pipeline", names.ENTRY_TAG: "main", names.DAG_RUN_TAG: dag_run,
             names.CODE_VERSION_TAG: code_version(projects_dir() / "pipeline"), **pipeline_tags(config, AIRFLOW)}
-    if config.pipeline == PREDICTION:
+    if config.pipeline == PREDICTION and inbox.pending(config.inbox or settings.inbox_dir):
+        # (an empty inbox needs no model: a daily DAG run before the first promotion is no failure)
         tags[names.entity_tag(names.PRODUCTION)] = loading.resolve(None, settings, client).load_uri
     run = client.create_run(experiment_id, tags=tags, run_name=f"{config.pipeline} {dag_run}")
     return run.info.run_id
@@ -207,8 +209,10 @@ def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[st
 
 
 def _outcome(value: str | None) -> tuple[str, str, str]:
-    """A pipeline run's step tag `<run id> ran|reused|failed [reason]` as (run id, how, reason)."""
-    run_id, how, detail = ((value or "- not run") + "  ").split(" ", 2)
+    """A pipeline run's step tag `<run id> ran|reused|failed [reason]` as (run id, how, reason); no tag: not run."""
+    if not value:
+        return "-", "did not run", ""
+    run_id, how, detail = (value + "  ").split(" ", 2)
     return run_id, how, detail.strip()
 
 

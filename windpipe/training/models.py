@@ -7,6 +7,9 @@ fail fast with a WindpipeError that names the bad value and the fix.
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -166,6 +169,43 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> MultiOutputRegres
     forest = RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth, max_features=0.5,
                                    min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs)
     return MultiOutputRegressor(forest).fit(X[FEATURES], y)
+
+
+def rf_grid(X: pd.DataFrame, y: pd.DataFrame, grid: Sequence[RFParams]) -> Iterator[
+        tuple[RFParams, MultiOutputRegressor, float]]:
+    """Every grid point's model as `train_rf` fits it, and the seconds it took: (params, model, seconds).
+
+    Points that differ only in n_estimators share their trees: tree i of a forest depends only on
+    the seed and i (what scikit-learn's `warm_start` relies on), so the forest of 32 trees is the
+    one of 16 plus 16 more. Per depth the grid fits max(n_estimators) trees per target instead of
+    their sum (64 instead of 8+16+32+64), and yields the same models in order of size.
+    """
+    groups: dict[tuple[object, ...], list[RFParams]] = {}
+    for p in grid:
+        groups.setdefault((p.max_depth, p.min_samples_leaf, p.seed, p.n_jobs), []).append(p)
+    for points in groups.values():
+        model: MultiOutputRegressor | None = None
+        for p in sorted(points, key=lambda q: q.n_estimators):
+            started = time.perf_counter()
+            model = train_rf(X, y, p) if model is None else _grow(model, X, y, p.n_estimators)
+            yield p, model, time.perf_counter() - started
+
+
+def _grow(model: MultiOutputRegressor, X: pd.DataFrame, y: pd.DataFrame, n_estimators: int) -> MultiOutputRegressor:
+    """A copy of a fitted per-target forest model with more trees (the model passed in is left as it is)."""
+    from sklearn.base import clone
+
+    targets = np.asarray(y, dtype="float64")  # (as MultiOutputRegressor.fit hands each forest its column)
+    grown = copy.copy(model)
+    grown.estimator = clone(model.estimator).set_params(n_estimators=n_estimators)
+    grown.estimators_ = []
+    for i, forest in enumerate(model.estimators_):
+        more = copy.copy(forest)
+        more.estimators_ = list(forest.estimators_)  # (warm_start extends the list in place)
+        more.set_params(n_estimators=n_estimators, warm_start=True)
+        more.fit(X[FEATURES], targets[:, i])
+        grown.estimators_.append(more.set_params(warm_start=False))
+    return grown
 
 
 # ---------------------------------------------------------------- keras
