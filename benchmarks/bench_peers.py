@@ -3,9 +3,11 @@
 Peer: `python benchmarks/peer_workshop.py germany.csv`: LR and a 12-configuration RF grid, 13 runs
 logged with MLflow's defaults (a call per metric, pip requirements inferred per model).
 windpipe: `mlflow run projects/lr -P data=...` then `mlflow run projects/rf -e grid -P data=...
--P n_estimators=8,16,32,64 -P max_depth=6,10,14`, the same data (germany.csv as the processed
-entity), split and configurations. Both against one local platform, alternately (the order flips
-each round), so the machine's drift hits both alike. Target: windpipe >= 4x faster.
+-P n_estimators=8,16,32,64 -P max_depth=6,10,14`, and the same two runs started with `windpipe run
+lr ...` / `windpipe run rf -e grid ...` (one Python process per step instead of two), on the same
+data (germany.csv as the processed entity), split and configurations. All against one local
+platform, alternately (the order rotates each round), so the machine's drift hits each alike.
+Target: windpipe >= 4x faster.
 
     python benchmarks/bench_peers.py [--rounds 3] [--csv PATH]
 
@@ -25,7 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import GERMANY, REPO, running_platform, table
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import GERMANY, REPO, running_platform, table  # noqa: E402
 
 GRID = {"n_estimators": "8,16,32,64", "max_depth": "6,10,14"}
 TARGET = 4.0
@@ -46,15 +52,19 @@ def peer(csv: Path, env: dict[str, str]) -> float:
     return end - start
 
 
-def windpipe(entity: Path, env: dict[str, str]) -> tuple[float, list[dict[str, float]]]:
-    """Seconds for both `mlflow run`s, and per run: (start-up, step, exit) from the run's own times."""
+WAYS = {"mlflow run": [sys.executable, "-m", "mlflow", "run", "--env-manager", "local"],
+        "windpipe run": [sys.executable, "-m", "windpipe", "run"]}
+
+
+def windpipe(entity: Path, env: dict[str, str], way: str) -> tuple[float, list[dict[str, float]]]:
+    """Seconds for both runs started `way`, and per run: (start-up, step, exit) from the run's own times."""
     import mlflow
 
     parts = []
     total = 0.0
     for project, entry, extra in (("lr", "main", {}), ("rf", "grid", GRID)):
-        cmd = [sys.executable, "-m", "mlflow", "run", str(REPO / "projects" / project), "-e", entry,
-               "--env-manager", "local", "-P", f"data={entity}"]
+        where = str(REPO / "projects" / project) if way == "mlflow run" else project
+        cmd = [*WAYS[way], where, "-e", entry, "-P", f"data={entity}"]
         for k, v in extra.items():
             cmd += ["-P", f"{k}={v}"]
         start, end = _run(cmd, env)
@@ -67,7 +77,7 @@ def windpipe(entity: Path, env: dict[str, str]) -> tuple[float, list[dict[str, f
                                       filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
         # (a grid's parent logs its best child's fit again: count the children's)
         fit = sum(r.data.metrics.get("fit_seconds", 0.0) for r in children or [run])
-        parts.append({"run": f"{project} {entry}", "startup": run.info.start_time / 1000 - start,
+        parts.append({"run": f"{way} {project} {entry}", "startup": run.info.start_time / 1000 - start,
                       "step": (run.info.end_time - run.info.start_time) / 1000, "fit": fit,
                       "exit": end - run.info.end_time / 1000, "total": end - start})
     return total, parts
@@ -88,35 +98,39 @@ def main(argv: list[str] | None = None) -> int:
         entity = write_entity(PROCESSED, read_entity(PROCESSED, args.csv), Path(tmp) / "processed.parquet")
         env = {**env, "MLFLOW_EXPERIMENT_NAME": settings.experiment}
         print(f"data: {args.csv}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n", flush=True)
-        rows, peers, ours, breakdown = [], [], [], []
+        who_all = ["peer", *WAYS]
+        seconds: dict[str, list[float]] = {w: [] for w in who_all}
+        breakdown: dict[str, list[list[dict[str, float]]]] = {w: [] for w in WAYS}
+        rows = []
         for i in range(args.rounds):
-            order = ("peer", "windpipe") if i % 2 == 0 else ("windpipe", "peer")
-            got: dict[str, float] = {}
+            order = who_all[i % 3:] + who_all[:i % 3]
             for who in order:
                 if who == "peer":
-                    got[who] = peer(args.csv, env)
+                    seconds[who].append(peer(args.csv, env))
                 else:
-                    got[who], parts = windpipe(entity, env)
-                    breakdown.append(parts)
-                print(f"  round {i + 1}: {who} {got[who]:.1f} s", flush=True)
-            peers.append(got["peer"])
-            ours.append(got["windpipe"])
-            rows.append([i + 1, " then ".join(order), round(got["peer"], 1), round(got["windpipe"], 1),
-                         round(got["peer"] / got["windpipe"], 2)])
-        med_peer, med_ours = statistics.median(peers), statistics.median(ours)
-        rows.append(["median", "", round(med_peer, 1), round(med_ours, 1), round(med_peer / med_ours, 2)])
-        print("\n## LR + 12-run RF grid, end to end (seconds; ratio = peer / windpipe, target >= "
+                    took, parts = windpipe(entity, env, who)
+                    seconds[who].append(took)
+                    breakdown[who].append(parts)
+                print(f"  round {i + 1}: {who} {seconds[who][-1]:.1f} s", flush=True)
+            got = {w: seconds[w][-1] for w in who_all}
+            rows.append([i + 1, ", ".join(order), *(round(got[w], 1) for w in who_all),
+                         *(round(got["peer"] / got[w], 2) for w in WAYS)])
+        med = {w: statistics.median(seconds[w]) for w in who_all}
+        rows.append(["median", "", *(round(med[w], 1) for w in who_all), *(round(med["peer"] / med[w], 2)
+                                                                             for w in WAYS)])
+        print(f"\n## LR + 12-run RF grid, end to end (seconds; ratio = workshop script / windpipe, target >= "
               f"{TARGET:g})\n")
-        print(table(["round", "order", "workshop script", "windpipe (2 x mlflow run)", "ratio"], rows))
+        print(table(["round", "order", "workshop script", "windpipe: 2 x mlflow run", "windpipe: 2 x windpipe run",
+                     "ratio (mlflow run)", "ratio (windpipe run)"], rows))
         print("\n## Where windpipe's time goes (medians over the rounds, seconds)\n")
         parts_rows = []
-        for j, name in enumerate(p["run"] for p in breakdown[0]):
-            med = {k: statistics.median(b[j][k] for b in breakdown) for k in ("startup", "step", "fit", "exit",
-                                                                              "total")}
-            parts_rows.append([f"mlflow run {name}", round(med["startup"], 2), round(med["step"] - med["fit"], 2),
-                               round(med["fit"], 2), round(med["exit"], 2), round(med["total"], 2)])
-        print(table(["command", "mlflow run start-up", "step: imports, data, logging", "step: fitting", "exit",
-                     "total"], parts_rows))
+        for runs in breakdown.values():
+            for j, name in enumerate(p["run"] for p in runs[0]):
+                m = {k: statistics.median(b[j][k] for b in runs) for k in ("startup", "step", "fit", "exit", "total")}
+                parts_rows.append([name, round(m["startup"], 2), round(m["step"] - m["fit"], 2), round(m["fit"], 2),
+                                   round(m["exit"], 2), round(m["total"], 2)])
+        print(table(["command", "start-up until the run exists", "step: imports, data, logging", "step: fitting",
+                     "exit", "total"], parts_rows))
     return 0
 
 
