@@ -145,13 +145,17 @@ def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.Completed
                            "--env-manager", "local"], env=env, cwd=snap, capture_output=True, text=True, timeout=900)
 
 
-def _children(p, parent) -> dict[str, object]:
-    """step -> its run under the pipeline run `parent`."""
+def _child_runs(p, parent) -> list:
+    """The runs under the pipeline run `parent` (a run just created may not carry its step tag yet)."""
     import mlflow
 
-    runs = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+    return mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    return {r.data.tags["windpipe.step"]: r for r in runs}
+
+
+def _children(p, parent) -> dict[str, object]:
+    """step -> its run under the pipeline run `parent`."""
+    return {r.data.tags["windpipe.step"]: r for r in _child_runs(p, parent)}
 
 
 def _most_at_once(runs) -> int:
@@ -269,14 +273,14 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
         time.sleep(0.5)
         stopped = latest_run(p, "pipeline")
         if stopped.info.run_id != forced.info.run_id:
-            running = [r for r in _children(p, stopped).values() if r.info.status == "RUNNING"]
+            running = [r for r in _child_runs(p, stopped) if r.info.status == "RUNNING"]
     assert running, "no step started"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "The pipeline was stopped (signal 15)" in err, err[-2000:]
     stopped = latest_run(p, "pipeline")
     assert stopped.info.status == "FAILED"
-    after = {r.info.run_id: r for r in _children(p, stopped).values()}
+    after = {r.info.run_id: r for r in _child_runs(p, stopped)}
     assert "RUNNING" not in {r.info.status for r in after.values()}
     killed = [r for r in after.values() if r.info.status == "KILLED"]
     assert killed  # (a step may have ended just before the signal)

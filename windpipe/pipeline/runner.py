@@ -16,6 +16,7 @@ The tracking server serialises the writes of steps running side by side (SQLite 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -184,6 +185,7 @@ class Launcher:
         self.commit = resolve_git_version(config.git_uri, config.git_version) if config.git_uri else None
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        self._git_lock = threading.Lock()  # MLflow's git fetch (GitPython) fails when two run at once
         self._store_checked = False
         self._running: dict[str, Any] = {}  # run id -> mlflow's LocalSubmittedRun
 
@@ -259,8 +261,9 @@ class Launcher:
             raise StepFailed(f"{label} was not started: the pipeline is stopping.", STOP_FIX, step.name)
         try:
             # `mlflow run`'s own code path: returns with the process started (we wait below)
-            submitted = LocalBackend().run(project_uri(self.config, step), step.entry_point, params, self.commit,
-                                           backend_config, self.tracking_uri, self.experiment_id)
+            with self._git_lock if self.commit else contextlib.nullcontext():
+                submitted = LocalBackend().run(project_uri(self.config, step), step.entry_point, params, self.commit,
+                                               backend_config, self.tracking_uri, self.experiment_id)
         except MlflowException as exc:  # (ExecutionException too): a bad parameter value, a broken MLproject
             raise StepFailed(f"{label} could not start: {first_line(exc, 500)}",
                              "check the parameters (-P) and the step project", step.name) from None
