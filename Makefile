@@ -3,10 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_RAW := data/raw
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast lint bench up down status freeze clean
+.PHONY: install airflow demo test test-fast lint bench up down status freeze clean
 
 install: $(STAMP)
 
@@ -16,11 +18,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	@touch $@
 
+# Apache Airflow 3 in its own environment (its pins clash with MLflow's), with windpipe installed
+# --no-deps so the DAG files can build the DAGs; the tasks run .venv's windpipe by absolute path
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): orchestration/airflow/requirements.txt pyproject.toml
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r orchestration/airflow/requirements.txt
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
 demo: install
 	$(BIN)/windpipe up
 	$(BIN)/windpipe demo --raw $(DEMO_RAW)
 
-test: install
+test: install airflow
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -49,4 +61,4 @@ clean:
 	-$(BIN)/windpipe dashboard --stop
 	-$(BIN)/windpipe lab --stop
 	-$(BIN)/windpipe down
-	rm -rf $(VENV) .windpipe data/raw
+	rm -rf $(VENV) $(AIRFLOW_VENV) .windpipe data/raw

@@ -47,9 +47,13 @@ def platform_env(home: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def running_platform() -> Iterator[tuple[object, dict[str, str]]]:
     """A real local platform in a temp folder, stopped afterwards; yields (settings, env)."""
+    import signal
+    import sys
+
     from tests.conftest import settings_from
     from windpipe.stack import services as platform
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its platform
     with tempfile.TemporaryDirectory(prefix="windpipe-bench-") as tmp:
         env = platform_env(Path(tmp))
         settings = settings_from(env)

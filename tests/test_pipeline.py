@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,11 +103,11 @@ def test_missing_raw_files_is_a_clear_error(tmp_path):
 
 
 def _status(run) -> dict[str, tuple[str, str]]:
-    """step -> (run id, 'ran' | 'reused') from a pipeline run's tags."""
+    """step -> (run id, 'ran' | 'reused' | 'failed') from a pipeline run's tags."""
     out = {}
     for key, value in run.data.tags.items():
         if key.startswith("windpipe.pipeline."):
-            run_id, _, how = value.partition(" ")
+            run_id, how = value.split(" ")[:2]
             out[key.removeprefix("windpipe.pipeline.")] = (run_id, how)
     return out
 
@@ -147,16 +149,20 @@ def _mlflow_run(p, snap: Path, project: str, *args: str) -> subprocess.Completed
 NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|cudart_stub|cpu_feature_guard", re.M)
 
 
-def _assert_quiet(output: str, runs: dict) -> None:
-    """What a person reads: no C++ log lines, no progress bars, no MLflow chatter, one line per run;
-    the diagnostics are in each step run's log artifact."""
+def _assert_quiet(output: str, runs: dict, step_logs: Path) -> None:
+    """What a person reads: no C++ log lines, no progress bars, no MLflow chatter, one line for the pipeline
+    run; each step's own output (its one line per run) is in its log file, its diagnostics in its run's log
+    artifact."""
     import mlflow
 
     assert not NATIVE_LOG_LINE.search(output), NATIVE_LOG_LINE.search(output).group(0)
     assert "/step" not in output and "\r" not in output and "\x1b[" not in output  # Keras progress bars
     assert "View run" not in output and "=== Running command" not in output, output[-3000:]
-    for name, run in [*runs.items(), ("pipeline", None)]:
-        assert len(re.findall(rf"^{name} run: http://\S+/runs/", output, re.M)) == 1, (name, output[-3000:])
+    assert len(re.findall(r"^pipeline run: http://\S+/runs/", output, re.M)) == 1, output[-3000:]
+    for name, run in runs.items():
+        text = (step_logs / f"{name}.log").read_text()
+        assert len(re.findall(rf"^{name} run: http://\S+/runs/", text, re.M)) == 1, (name, text[-3000:])
+        assert not NATIVE_LOG_LINE.search(text) and "View run" not in text, (name, text[-3000:])
         if run is not None:
             logged = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "logs")]
             assert logged == [f"logs/{name}.log"], (name, logged)
@@ -164,8 +170,35 @@ def _assert_quiet(output: str, runs: dict) -> None:
     assert "INFO" in log.read_text()  # at least Keras's progress, which went to the log instead of the console
 
 
+def _child_runs(p, parent) -> list:
+    """The runs under the pipeline run `parent` (a run just created may not carry its step tag yet)."""
+    import mlflow
+
+    return mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+def _children(p, parent) -> dict[str, object]:
+    """step -> its run under the pipeline run `parent`."""
+    return {r.data.tags["windpipe.step"]: r for r in _child_runs(p, parent)}
+
+
+def _most_at_once(runs) -> int:
+    """The largest number of runs that were running at the same moment (from their start and end times)."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    now = most = 0
+    for _, change in events:
+        now += change
+        most = max(most, now)
+    return most
+
+
+def _overlap(a, b) -> bool:
+    return a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+
+
 @pytest.mark.slow
-def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
+def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(make_platform, raw_dir, snapshot):
     import mlflow
 
     from windpipe.stack import services as plat
@@ -183,35 +216,39 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert _step_runs(p) == []  # found before any step ran, not after MLflow's upload retries
     plat.up(p.settings, say=lambda _m: None)
 
-    # cold: every step runs as a child of the pipeline run; entities go by URI
-    proc = _cli(p, snapshot, *run)
+    # cold, two steps side by side: every step runs as a child of the pipeline run; entities go by URI
+    proc = _cli(p, snapshot, *run, "--jobs", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     parent = latest_run(p, "pipeline")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
     status = _status(parent)
     assert sorted(status) == sorted(STEPS) and {how for _, how in status.values()} == {"ran"}
-    children = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert {c.data.tags["windpipe.step"] for c in children} == set(STEPS)
-    runs = {name: mlflow.get_run(rid) for name, (rid, _) in status.items()}
+    runs = _children(p, parent)
+    assert set(runs) == set(STEPS)
+    assert {name: r.info.run_id for name, r in runs.items()} == {name: rid for name, (rid, _) in status.items()}
+    trainers = [runs[n] for n in ("lr", "rf", "keras")]
+    assert _most_at_once(runs.values()) == 2  # side by side, never more than --jobs
+    assert any(_overlap(a, b) for a in trainers for b in trainers if a is not b)
     entity = runs["process"].data.tags["windpipe.entity.processed"]
     assert entity.startswith("runs:/") and entity.endswith("processed.parquet")
-    for name in ("lr", "rf", "keras"):
-        assert runs[name].data.params["data"] == entity
-        assert runs[name].info.status == "FINISHED"
+    for r in trainers:
+        assert r.data.params["data"] == entity and r.info.status == "FINISHED"
+        assert runs["process"].info.end_time <= r.info.start_time  # each waits for its producer
     assert runs["compare"].data.params["models"] == ",".join(runs[n].data.tags["windpipe.model_uri"]
                                                              for n in ("keras", "lr", "rf"))
+    assert runs["compare"].info.start_time >= max(r.info.end_time for r in trainers)
     assert runs["promote"].data.params["model_uri"] == runs["compare"].data.tags["windpipe.entity.candidate"]
     assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     for name in STEPS:
-        assert name in proc.stdout  # the summary table
-    _assert_quiet(proc.stdout + proc.stderr, runs)
+        assert name in proc.stdout  # the progress lines and the summary table
+        assert (p.home / "logs" / "pipeline" / parent.info.run_id / f"{name}.log").stat().st_size > 0
+    _assert_quiet(proc.stdout + proc.stderr, runs, p.home / "logs" / "pipeline" / parent.info.run_id)
     n_step_runs = len(_step_runs(p))
 
-    # warm: everything reused, no new step run
-    proc = _cli(p, snapshot, *run)
+    # warm, one step at a time: the same cache keys, every run reused, no new step run
+    proc = _cli(p, snapshot, *run, "--jobs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
+    assert _status(latest_run(p, "pipeline")) == {name: (rid, "reused") for name, (rid, _) in status.items()}
     assert proc.stdout.count("reused") >= len(STEPS)
     assert len(_step_runs(p)) == n_step_runs
 
@@ -220,14 +257,14 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"reused"}
 
-    # a bad rf parameter fails rf with a clear error; upstream steps were reused; --verbose shows the diagnostics
-    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana", "--verbose")
+    # a bad rf parameter fails rf with a clear error; the other trainers finish, compare and promote never start
+    proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=banana")
     assert proc.returncode == 1 and "error:" in proc.stderr and "rf" in proc.stderr, proc.stderr[-2000:]
-    assert "=== Running command 'python step.py grid" in proc.stderr  # MLflow's projects log, hidden by default
+    assert "not run: compare, promote" in proc.stderr
     failed = latest_run(p, "pipeline")
     assert failed.info.status == "FAILED"
     assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "keras": "reused",
-                                                                   "lr": "reused"}
+                                                                   "lr": "reused", "rf": "failed"}
 
     # fixed and rerun: it resumes; only rf and what follows it run
     proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=4,6")
@@ -235,10 +272,59 @@ def test_pipeline_runs_caches_resumes_and_survives_an_ftp_restart(make_platform,
     assert {k: how for k, (_, how) in _status(latest_run(p, "pipeline")).items()} == {
         "process": "reused", "lr": "reused", "rf": "ran", "keras": "reused", "compare": "ran", "promote": "ran"}
 
-    # --force reruns everything
-    proc = _cli(p, snapshot, *run, "--force")
+    # --force --jobs 1 reruns everything one after another: the same results as side by side
+    proc = _cli(p, snapshot, *run, "--force", "--jobs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {how for _, how in _status(latest_run(p, "pipeline")).values()} == {"ran"}
+    forced = latest_run(p, "pipeline")
+    assert {how for _, how in _status(forced).values()} == {"ran"}
+    again = _children(p, forced)
+    assert _most_at_once(again.values()) == 1
+    assert again["process"].data.tags["windpipe.cache_key"] == runs["process"].data.tags["windpipe.cache_key"]
+    for name in ("process", "lr", "rf"):  # (the last digit may differ: threads sum the trees in any order)
+        timing = {k for k in runs[name].data.metrics if k.endswith("seconds")}
+        assert set(again[name].data.metrics) == set(runs[name].data.metrics), name
+        assert {k: v for k, v in again[name].data.metrics.items() if k not in timing} == pytest.approx(
+            {k: v for k, v in runs[name].data.metrics.items() if k not in timing}, rel=1e-9), name
+    assert again["keras"].data.metrics["rmse"] == pytest.approx(runs["keras"].data.metrics["rmse"], rel=0.05)
+    assert again["compare"].data.tags["windpipe.best_model_family"] == runs["compare"].data.tags[
+        "windpipe.best_model_family"]
+
+    # stopped (SIGTERM) while steps run: their process trees end, their runs are KILLED, the pipeline run FAILED
+    env = {**p.env, "PYTHONPATH": str(snapshot)}
+    proc = subprocess.Popen([sys.executable, "-m", "windpipe", *run, "--force", "--jobs", "2"], env=env,
+                            cwd=snapshot, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = []
+    deadline = time.monotonic() + 300
+    while not running and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        stopped = latest_run(p, "pipeline")
+        if stopped.info.run_id != forced.info.run_id:
+            running = [r for r in _child_runs(p, stopped) if r.info.status == "RUNNING"]
+    assert running, "no step started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "The pipeline was stopped (signal 15)" in err, err[-2000:]
+    stopped = latest_run(p, "pipeline")
+    assert stopped.info.status == "FAILED"
+    after = {r.info.run_id: r for r in _child_runs(p, stopped)}
+    assert "RUNNING" not in {r.info.status for r in after.values()}
+    killed = [r for r in after.values() if r.info.status == "KILLED"]
+    assert killed  # (a step may have ended just before the signal)
+    for r in killed:
+        assert "stopped with the pipeline" in r.data.tags["windpipe.failure_reason"]
+        assert not _processes_of(r.info.run_id), "a step process outlived the pipeline"
+
+
+def _processes_of(run_id: str) -> list[int]:
+    """Pids whose environment names `run_id` as their MLflow run (a step's process and its children)."""
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"MLFLOW_RUN_ID={run_id}".encode() in env.read_bytes():
+                out.append(int(env.parent.name))
+        except OSError:
+            pass
+    return out
 
 
 @pytest.mark.slow

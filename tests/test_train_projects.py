@@ -181,3 +181,27 @@ def test_lr_runs_in_its_own_virtualenv(use_platform, entity):
     ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}", env_manager="", timeout=1500))
     run = latest_run(use_platform, "lr", "main")
     assert run.data.tags.get("mlflow.project.env") == "virtualenv" and run.info.status == "FINISHED"
+
+
+def test_windpipe_run_makes_the_run_mlflow_run_makes_in_one_process(use_platform, entity, bad_entities):
+    """`windpipe run STEP` = `mlflow run projects/STEP --env-manager local`, with one Python start-up."""
+    args = ["-e", "grid", "-P", f"data={entity}", "-P", "n_estimators=2,4", "-P", "max_depth=3"]
+    ok(mlflow_run(use_platform, "rf", *args))
+    by_mlflow = latest_run(use_platform, "rf", "grid")
+    proc = use_platform.windpipe("run", "rf", *args)
+    ok(proc)
+    ours = latest_run(use_platform, "rf", "grid")
+    assert ours.info.run_id != by_mlflow.info.run_id and ours.info.run_id in proc.stdout
+    assert_trained(ours, "rf", entity)
+    assert ours.data.params == by_mlflow.data.params  # MLflow Projects logged the same parameters
+    for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.project.entryPoint", "windpipe.code_version"):
+        assert ours.data.tags[tag] == by_mlflow.data.tags[tag], tag
+    assert ours.data.metrics["r2"] == pytest.approx(by_mlflow.data.metrics["r2"])
+
+    proc = use_platform.windpipe("run", "lr", "-P", f"data={bad_entities['missing_column']}")
+    assert proc.returncode == 1 and "lacks column(s) windspeed" in proc.stderr
+    assert latest_run(use_platform, "lr", "main").info.status == "FAILED"
+    before = latest_run(use_platform, "lr", "main").info.run_id
+    proc = use_platform.windpipe("run", "lr", "-P", "dat=x")  # a name the MLproject does not have: no run
+    assert proc.returncode == 2 and "takes data, seed, test_size, split_by" in proc.stderr
+    assert latest_run(use_platform, "lr", "main").info.run_id == before

@@ -159,6 +159,22 @@ def test_rf_fits_and_is_reproducible():
     assert a.shape == (len(test), 2) and np.array_equal(a, b)
 
 
+def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone():
+    """A grid point with more trees reuses the smaller forest's trees: the same model, fewer trees fitted."""
+    train, test = split(frame(300))
+    X, y = xy(train)
+    grid = [rf_params(n_estimators=n, max_depth=d, n_jobs=2) for n in (6, 2, 4) for d in (3, None)]
+    got = list(M.rf_grid(X, y, grid))
+    assert [(p.n_estimators, p.max_depth) for p, _, _ in got] == [(2, 3), (4, 3), (6, 3), (2, None), (4, None),
+                                                                   (6, None)]
+    for p, model, seconds in got:
+        alone = M.train_rf(X, y, p)
+        assert seconds >= 0 and [len(f.estimators_) for f in model.estimators_] == [p.n_estimators] * 2
+        assert repr(model.get_params()) == repr(alone.get_params())
+        assert np.allclose(M.predict_fitted(model, xy(test)[0]), M.predict_fitted(alone, xy(test)[0]), rtol=1e-12)
+    assert len(got[0][1].estimators_[0].estimators_) == 2  # growing a copy left the smaller model as it was
+
+
 def test_training_rejects_empty_or_incomplete_data():
     X, y = xy(frame(10))
     with pytest.raises(WindpipeError):

@@ -39,6 +39,9 @@ PIPELINE_STEP_TAG_PREFIX = _P + "pipeline."  # + step name, on the pipeline run:
 QUICK_TAG = _P + "quick"
 FORCE_TAG = _P + "force"
 ENV_MANAGER_TAG = _P + "env_manager"
+PIPELINE_NAME_TAG = _P + "pipeline_name"  # on a pipeline run: training or prediction
+ORCHESTRATOR_TAG = _P + "orchestrator"  # on a pipeline run: local (windpipe pipeline run) or airflow
+DAG_RUN_TAG = _P + "airflow_dag_run"  # on a pipeline run an Airflow DAG run opened: <dag id>/<run id>
 PROMOTE_TAG_PREFIX = _P + "promote."  # + field of the promotion result, on the promote step's run
 # batch prediction
 BATCH_ID_TAG = _P + "batch_id"
@@ -54,6 +57,8 @@ MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
 MLFLOW_PROJECT_ENV_TAG = "mlflow.project.env"
 MLFLOW_PROJECT_ENTRY_TAG = "mlflow.project.entryPoint"
+MLFLOW_PROJECT_BACKEND_TAG = "mlflow.project.backend"
+MLFLOW_RUN_NAME_TAG = "mlflow.runName"
 
 # ---------------------------------------------------------------------------------- version tags
 

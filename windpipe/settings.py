@@ -30,12 +30,21 @@ def package_dir() -> Path:
 
 
 def projects_dir() -> Path:
-    """The `projects/` folder of this checkout: one MLflow project per step."""
-    return repo_root() / "projects"
+    """The folder of step folders (one MLflow project each): WINDPIPE_PROJECTS, else `projects/` of this checkout."""
+    return get_settings().projects or repo_root() / "projects"
 
 
 def default_report_path() -> Path:
     return repo_root() / "report" / "output" / "weekly_report.html"
+
+
+def default_raw_dir() -> Path:
+    """Where `make demo` generates the raw files, and what the training DAG reads unless told otherwise."""
+    return repo_root() / "data" / "raw"
+
+
+#: set by the pipeline driver for its step processes: each writes its output to <dir>/<step folder>.log
+STEP_LOG_DIR_ENV = "WINDPIPE_STEP_LOG_DIR"
 
 
 def _env_file() -> Path:
@@ -78,6 +87,13 @@ class Settings(BaseSettings):
     startup_timeout: float = 60.0
     # show diagnostics on the console (`windpipe --verbose`): library logs, TensorFlow's C++ lines, warnings
     verbose: bool = False
+    # orchestration: what the pipeline's steps are and where the environment that runs them lives
+    projects: Path | None = None  # the folder of step folders (default: projects/ of this checkout)
+    bin_dir: Path | None = None  # bin/ of the environment with windpipe and mlflow (default: .venv/bin)
+    inbox: Path | None = None  # the prediction DAG's inbox (default: <home>/inbox)
+    # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
+    airflow_port: int = 8090
+    airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
 
     # ------------------------------------------------------------------ addresses
 
@@ -115,6 +131,33 @@ class Settings(BaseSettings):
     def secret_file(self, name: str) -> Path:
         """A generated secret (mode 0600), e.g. the FTP password."""
         return self.home / name
+
+    @property
+    def windpipe_bin(self) -> Path:
+        """bin/ of the environment whose `windpipe` and `mlflow` an orchestrator's tasks run."""
+        return self.bin_dir or repo_root() / ".venv" / "bin"
+
+    @property
+    def inbox_dir(self) -> Path:
+        """New feature files land here; scored ones move to done/, refused ones to failed/."""
+        return self.inbox or self.home / "inbox"
+
+    def pipeline_log_dir(self, pipeline_run_id: str) -> Path:
+        """The output of each step of one local pipeline run: <home>/logs/pipeline/<run id>/<step>.log."""
+        return self.home / "logs" / "pipeline" / pipeline_run_id
+
+    @property
+    def airflow_home(self) -> Path:
+        """AIRFLOW_HOME: airflow.cfg, its SQLite database, task logs."""
+        return self.home / "airflow"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.host}:{self.airflow_port}"
+
+    @property
+    def dags_dir(self) -> Path:
+        return repo_root() / "orchestration" / "airflow" / "dags"
 
     @property
     def ftp_root(self) -> Path:

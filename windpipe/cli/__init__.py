@@ -17,12 +17,12 @@ from typing import Optional
 
 import typer
 
-from windpipe.cli import dashboard, data, models, pipeline, platform, predict, serving, steps, workbench
+from windpipe.cli import dashboard, data, models, orchestration, pipeline, platform, predict, serving, steps, workbench
 from windpipe.errors import UsageError, WindpipeError
 
 app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-for _module in (platform, data, pipeline, models, predict, serving, dashboard, workbench, steps):
+for _module in (platform, data, pipeline, models, predict, serving, dashboard, workbench, steps, orchestration):
     app.add_typer(_module.app, **getattr(_module, "GROUP", {}))
 
 
@@ -66,6 +66,9 @@ def run() -> None:
     """The `windpipe` console script (and `python -m windpipe`): main(), then a quick exit."""
     from windpipe.stack.procs import skip_final_gc
 
+    # MLflow's telemetry asks the internet for its config and waits at exit; its thread also edits
+    # os.environ while the pipeline's threads read it (DESIGN.md fact 11)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         main()
     finally:

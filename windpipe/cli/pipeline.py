@@ -1,13 +1,16 @@
-"""`windpipe pipeline run` and `windpipe demo`."""
+"""`windpipe pipeline run`, the commands an orchestrator's tasks run (`windpipe pipeline open | step | close`),
+and `windpipe demo`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 if TYPE_CHECKING:
+    from windpipe.pipeline.plan import PipelineConfig
     from windpipe.settings import Settings
 
 app = typer.Typer()
@@ -20,18 +23,20 @@ app.add_typer(pipeline_app, name="pipeline")
 
 def run_training(raw: Path | None, quick: bool = False, force: bool = False, env_manager: str = "local",
                  params: list[str] | None = None, from_git: str | None = None,
-                 git_version: str | None = None, processed: Path | None = None) -> list:
+                 git_version: str | None = None, processed: Path | None = None, jobs: int = 0) -> list:
     """The training pipeline over the raw folder (or a processed file), everything checked before the
     first run starts."""
     from windpipe.data.process import check_processed, read_processed
     from windpipe.errors import UsageError
     from windpipe.pipeline.cache import content_hash
-    from windpipe.pipeline.plan import parse_overrides
-    from windpipe.pipeline.runner import PipelineConfig, plan_for
+    from windpipe.pipeline.plan import PipelineConfig, parse_overrides
+    from windpipe.pipeline.runner import plan_for
     from windpipe.settings import get_settings, projects_dir
     from windpipe.steps.driver import driver
     from windpipe.tracking.client import connect
 
+    if jobs < 0:
+        raise UsageError(f"--jobs must be 1 or more (0: one per core), got {jobs}.", "pass e.g. --jobs 2")
     if processed is not None and raw is not None:
         raise UsageError("--raw and --processed both given.",
                          "pass --raw DIR (raw files to process) or --processed FILE (already processed), not both")
@@ -39,7 +44,7 @@ def run_training(raw: Path | None, quick: bool = False, force: bool = False, env
     overrides = parse_overrides(params)
     config = PipelineConfig(external=external, preset="quick" if quick else "full", force=force,
                             env_manager=env_manager, overrides=overrides, git_uri=from_git,
-                            git_version=git_version)
+                            git_version=git_version, jobs=jobs)
     plan_for(config)  # a bad -P, a broken interface: said before any run is created
     if processed is not None:  # a bad file: said before any run is created (the process step checks it again)
         check_processed(read_processed(processed), f"The processed file {processed}",
@@ -66,14 +71,96 @@ def pipeline_run(
         help="Run the step projects from this git repository (<uri>#projects/<step>) instead of this checkout.")
     ] = None,
     git_version: Annotated[Optional[str], typer.Option(help="Branch, tag or commit for --from-git.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Steps that run side by side (0: one per core).")] = 0,
 ) -> None:
     """Run every step of the training pipeline; reuse steps whose inputs did not change.
 
     Reads RAW/*.csv (or the PROCESSED file, which the process step checks and logs as the processed
     entity); each step is `mlflow run projects/<step>` as a child of one pipeline run, wired and
-    ordered by the step interfaces (process -> lr, rf, keras -> compare -> promote).
+    ordered by the step interfaces (process -> lr, rf, keras -> compare -> promote); steps whose
+    inputs are ready run side by side (--jobs). Each step's output goes to
+    <state folder>/logs/pipeline/<pipeline run id>/<step>.log.
     """
-    run_training(raw, quick, force, env_manager, param, from_git, git_version, processed)
+    run_training(raw, quick, force, env_manager, param, from_git, git_version, processed, jobs)
+
+
+# ------------------------------------------------------------------ what an orchestrator's tasks run
+
+ConfOption = Annotated[str, typer.Option(help="The DAG run's conf as JSON, e.g. '{\"quick\": true}'.")]
+PipelineOption = Annotated[str, typer.Option(help="training or prediction.")]
+
+
+def _config(pipeline: str, conf: str) -> PipelineConfig:
+    from windpipe.errors import UsageError
+    from windpipe.pipeline.plan import config_from_conf
+
+    try:
+        data = json.loads(conf or "{}")
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"The conf is not JSON ({exc.msg}): {conf[:200]!r}.", 'pass e.g. {"quick": true}') from None
+    if not isinstance(data, dict):
+        raise UsageError(f"The conf must be a JSON object, got {conf[:200]!r}.", 'pass e.g. {"quick": true}')
+    return config_from_conf(pipeline, data)
+
+
+def _json(text: str, what: str) -> Any:
+    from windpipe.errors import UsageError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not JSON ({exc.msg}): {text[:200]!r}.", "see the task before this one") from None
+
+
+def pipeline_open(
+    dag_run: Annotated[str, typer.Option(help="The orchestrator's run, e.g. <dag id>/<run id>.")],
+    pipeline: PipelineOption = "training",
+    conf: ConfOption = "{}",
+) -> None:
+    """An orchestrator's first task: check the conf, open the pipeline run; the last line is its run id."""
+    from windpipe.steps.driver import open_pipeline
+
+    run_id = open_pipeline(_config(pipeline, conf), dag_run)
+    typer.echo(f"{pipeline} pipeline run {run_id} for {dag_run}")
+    typer.echo(run_id)
+
+
+def pipeline_step(
+    step: Annotated[str, typer.Argument(help="The step to run, e.g. lr.")],
+    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")],
+    upstream: Annotated[str, typer.Option(help="JSON: the run id of each step it reads from.")] = "{}",
+    pipeline: PipelineOption = "training",
+    conf: ConfOption = "{}",
+    file: Annotated[Optional[str], typer.Option(help="prediction: the inbox file this task scores.")] = None,
+    index: Annotated[Optional[int], typer.Option(help="prediction: the file's place in the DAG run's list.")] = None,
+) -> None:
+    """An orchestrator's task: run (or reuse) one step as a child of the pipeline run; the last line is its run id."""
+    from windpipe.steps.driver import announce, run_task
+
+    announce(run_task(_config(pipeline, conf), pipeline_run, step, _json(upstream, "--upstream"), file, index))
+
+
+def pipeline_close(
+    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")],
+    pipeline: PipelineOption = "training",
+    conf: ConfOption = "{}",
+    files: Annotated[str, typer.Option(help="prediction: JSON list of the inbox files of this DAG run.")] = "[]",
+) -> None:
+    """An orchestrator's last task: end the pipeline run (FAILED naming what did not finish; exit 1);
+    prediction: move each file to done/ or failed/ with the reason."""
+    from windpipe.steps.driver import close_pipeline
+
+    problems = close_pipeline(_config(pipeline, conf), pipeline_run, _json(files, "--files") or [])
+    for line in problems:
+        typer.echo(f"not finished: {line}", err=True)
+    typer.echo(f"pipeline run {pipeline_run}: {'FAILED' if problems else 'FINISHED'}")
+    if problems:
+        raise typer.Exit(1)
+
+
+# the commands an orchestrator's tasks run (windpipe.pipeline.dags), one per kind of task
+for _name, _command in (("open", pipeline_open), ("step", pipeline_step), ("close", pipeline_close)):
+    pipeline_app.command(_name)(_command)
 
 
 def _demo_batch_and_report(raw: Path, settings: Settings) -> None:

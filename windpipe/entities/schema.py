@@ -6,12 +6,14 @@ An entity is validated when written and when read; `windpipe.entities.store` doe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from windpipe.errors import WindpipeError
 from windpipe.names import FEATURES, MODEL_ENTITY, PRED_COLUMNS, TARGETS, TIMESTAMP, alias_uri
 from windpipe.names import PRODUCTION as PRODUCTION_ALIAS
+
+if TYPE_CHECKING:  # (pandas is imported where frames are checked: the step graph, which Airflow's own
+    import pandas as pd  # environment builds its DAGs from, needs none of it)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class Entity:
 
     def validate(self, df: pd.DataFrame, where: str = "") -> pd.DataFrame:
         """Check columns, dtypes and emptiness; return the frame with only the declared columns."""
+        import pandas as pd
+
         where = f" in {where}" if where else ""
         missing = [c for c in self.columns if c not in df.columns and c not in self.optional]
         if missing:
@@ -114,4 +118,6 @@ ENTITIES: dict[str, Entity] = {e.name: e for e in (RAW, PROCESSED, FEATURES_ENTI
 
 def data_date(df: pd.DataFrame) -> str:
     """The last timestamp of the data as YYYYMMDD (names model instances)."""
+    import pandas as pd
+
     return pd.Timestamp(df[TIMESTAMP].max()).strftime("%Y%m%d")

@@ -1,22 +1,114 @@
 """From the step graph and the user's flags to the runs to make: each step's entry point and parameters.
 
 A step's parameters are, in order of precedence: the value of an input wired from its producer
-(at run time), `-P step.name=value`, the preset (`quick`, `full`; declared in step.yaml), the
-MLproject default. Everything a user can get wrong is refused here, before any run starts: an
-unknown step or parameter in `-P`, an override of a wired input, a required parameter nothing
-sets, an external input this run does not provide.
+(at run time), `-P step.name=value` (or the `params` of an Airflow DAG run's conf), the preset
+(`quick`, `full`; declared in step.yaml), the MLproject default. Everything a user can get wrong is
+refused here, before any run starts: an unknown step or parameter in `-P` or the conf, an override
+of a wired input, a required parameter nothing sets, an external input this run does not provide.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
 from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface
+from windpipe.settings import default_raw_dir, get_settings
 
 PRESETS = ("full", "quick")
+TRAINING, PREDICTION = "training", "prediction"
+ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+CONF_SOURCE = "the DAG run's conf"
+
+
+@dataclass
+class PipelineConfig:
+    """What a pipeline run is asked to do (from the command line, or from an Airflow DAG run's conf)."""
+
+    external: dict[str, str] = field(default_factory=dict)  # external entity -> value (raw -> the raw folder)
+    preset: str = "full"  # "quick": the small presets the step.yaml files declare
+    force: bool = False
+    env_manager: str = "local"
+    # step name -> {param: value}: overrides of the step's parameters (-P step.name=value)
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    # run steps from a git repository (`mlflow run <git-uri>#projects/<step>`) instead of this checkout
+    git_uri: str | None = None
+    git_version: str | None = None
+    pipeline: str = TRAINING
+    projects: Path | None = None  # the folder of step folders (default: settings' projects_dir())
+    jobs: int = 0  # steps run side by side; 0: one per core
+    inbox: Path | None = None  # prediction: the folder new feature files land in
+    outputs: dict[str, str] = field(default_factory=dict)  # entity -> where a step writes it (predictions)
+    source: str = "-P"  # where the overrides came from, for messages
+
+    @property
+    def quick(self) -> bool:
+        return self.preset == "quick"
+
+    @property
+    def workers(self) -> int:
+        return self.jobs if self.jobs > 0 else os.cpu_count() or 1
+
+
+def conf_defaults(pipeline: str) -> dict[str, object]:
+    """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params)."""
+    common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local"}
+    if pipeline == TRAINING:
+        return {"raw": str(default_raw_dir()), "quick": False, **common}
+    if pipeline == PREDICTION:
+        return {"inbox": str(get_settings().inbox_dir), **common}
+    raise UsageError(f"There is no {pipeline!r} pipeline.", f"use {TRAINING} or {PREDICTION}")
+
+
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "false", "0", "no", ""):
+        return text in ("true", "1", "yes")
+    raise UsageError(f"{CONF_SOURCE}: {key} must be true or false, got {value!r}.", f'pass {{"{key}": true}}')
+
+
+def conf_overrides(params: object) -> dict[str, dict[str, str]]:
+    """The conf's `params`: {"rf.max_depth": "8,12"}, {"rf": {"max_depth": "8,12"}} or ["rf.max_depth=8,12"]."""
+    if isinstance(params, list | tuple):
+        return parse_overrides([str(p) for p in params])
+    if not isinstance(params, Mapping):
+        raise UsageError(f"{CONF_SOURCE}: params must map STEP.NAME to a value, got {params!r}.",
+                         'pass e.g. {"params": {"rf.max_depth": "8,12"}}')
+    out: dict[str, dict[str, str]] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            for name, v in value.items():
+                out.setdefault(str(key), {})[str(name)] = str(v)
+        else:
+            out.update({k: {**out.get(k, {}), **v} for k, v in parse_overrides([f"{key}={value}"]).items()})
+    return out
+
+
+def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> PipelineConfig:
+    """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused."""
+    defaults = conf_defaults(pipeline)
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(defaults))
+    if unknown:
+        raise UsageError(f"{CONF_SOURCE} has unknown key(s) {', '.join(map(repr, unknown))}; the {pipeline} "
+                         f"DAG takes {', '.join(defaults)}.",
+                         'trigger it with only those keys, e.g. {"params": {"rf.max_depth": "8,12"}}')
+    values = {**defaults, **conf}
+    env_manager = str(values["env_manager"] or "local")
+    config = PipelineConfig(force=_flag("force", values["force"]), env_manager=env_manager,
+                            overrides=conf_overrides(values["params"] or {}), pipeline=pipeline, source=CONF_SOURCE)
+    if pipeline == TRAINING:
+        config.external = {"raw": str(values["raw"])}
+        config.preset = "quick" if _flag("quick", values["quick"]) else "full"
+    else:
+        config.inbox = Path(str(values["inbox"]))
+    return config
 
 
 @dataclass(frozen=True)
@@ -40,6 +132,7 @@ class Plan:
     graph: PipelineGraph
     steps: list[PlannedStep]
     external: dict[str, str] = field(default_factory=dict)  # external entity -> the value this run provides
+    outputs: dict[str, str] = field(default_factory=dict)  # entity -> where this run writes it
 
     @property
     def names(self) -> list[str]:
@@ -61,10 +154,17 @@ def parse_overrides(items: Iterable[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-def make_plan(specs: Iterable[StepInterface], pipeline: str = "training", preset: str = "full",
+def make_plan(specs: Iterable[StepInterface], pipeline: str = TRAINING, preset: str = "full",
               overrides: Mapping[str, Mapping[str, str]] | None = None,
-              external: Mapping[str, str] | None = None) -> Plan:
-    """The plan for `pipeline` (training, prediction) from the interfaces, checked before anything runs."""
+              external: Mapping[str, str] | None = None, source: str = "-P",
+              outputs: Mapping[str, str] | None = None) -> Plan:
+    """The plan for `pipeline` (training, prediction) from the interfaces, checked before anything runs.
+
+    `external` gives the values of external inputs (raw -> a folder); `outputs` the paths of outputs a
+    step writes where its parameter says (predictions -> a file). `source` names where the overrides
+    came from (`-P`, or an Airflow DAG run's conf) in messages.
+    """
+    outputs = dict(outputs or {})
     if preset not in PRESETS:
         raise UsageError(f"Unknown preset {preset!r}.", f"use one of {', '.join(PRESETS)}")
     external = dict(external or {})
@@ -72,20 +172,25 @@ def make_plan(specs: Iterable[StepInterface], pipeline: str = "training", preset
     overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     unknown = sorted(set(overrides) - set(graph.order))
     if unknown:
-        raise UsageError(f"-P names step(s) {', '.join(map(repr, unknown))}, which the {pipeline} pipeline does "
-                         f"not have (steps: {', '.join(graph.order)}).",
-                         "write -P STEP.NAME=VALUE with one of those steps, e.g. -P rf.max_depth=8,12")
+        raise UsageError(f"{source} names step(s) {', '.join(map(repr, unknown))}, which the {pipeline} pipeline "
+                         f"does not have (steps: {', '.join(graph.order)}).",
+                         "name one of those steps: STEP.NAME=VALUE, e.g. rf.max_depth=8,12")
     steps = []
     for name in graph.order:
         spec = graph.specs[name]
         own = overrides.get(name, {})
-        spec.check_parameters(own, f"-P {name}.<name>=...")
+        try:
+            spec.check_parameters(own, f"{source} {name}.<name>=...")
+        except WindpipeError as exc:  # the command (or the DAG run) was called the wrong way
+            raise UsageError(exc.problem, exc.fix) from None
         # the inputs the run wires: from a producer, or an external value this run provides
         wired = {p.parameter: p.entity for p in spec.inputs
                  if p.parameter and (p.entity not in graph.external or p.entity in external)}
+        placed = {p.parameter: outputs[p.entity] for p in spec.outputs if p.parameter and p.entity in outputs}
+        wired.update({p.parameter: p.entity for p in spec.outputs if p.parameter in placed})
         clash = sorted(set(own) & set(wired))
         if clash:
-            raise UsageError(f"-P {name}.{clash[0]} sets a parameter the pipeline wires from the "
+            raise UsageError(f"{source} {name}.{clash[0]} sets a parameter the pipeline wires from the "
                              f"{wired[clash[0]]!r} entity.",
                              f"leave it out: the pipeline passes the {wired[clash[0]]} of this run "
                              f"(run `mlflow run {spec.folder}` yourself to pick another)")
@@ -96,10 +201,10 @@ def make_plan(specs: Iterable[StepInterface], pipeline: str = "training", preset
                                     f"{pipeline} pipeline run does not provide.",
                                     f"pass it (for raw data: --raw DIR), or remove the input from "
                                     f"{spec.folder / SPEC_FILE}")
-        params = {**spec.defaults(), **spec.presets.get(preset, {}), **own}
+        params = {**spec.defaults(), **spec.presets.get(preset, {}), **own, **placed}
         missing = sorted(p for p, prm in spec.parameters.items() if prm.required and p not in params and p not in wired)
         if missing:
             raise UsageError(f"Step {name!r} needs the parameter(s) {', '.join(missing)}, which have no default.",
                              f"pass -P {name}.{missing[0]}=<value>, or give it a default in its MLproject")
         steps.append(PlannedStep(name, spec, params, tuple(dict.fromkeys(graph.needs(name)))))
-    return Plan(graph, steps, external)
+    return Plan(graph, steps, external, outputs)

@@ -20,7 +20,7 @@ from windpipe.entities.schema import ENTITIES
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.fileio import atomic_folder
 from windpipe.pipeline.graph import build_graph
-from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface, load_interface, load_interfaces
+from windpipe.pipeline.interfaces import PIPELINES, SPEC_FILE, StepInterface, load_interface, load_interfaces
 from windpipe.settings import package_dir, projects_dir
 
 TEMPLATE_DIR = package_dir() / "templates" / "step"
@@ -110,7 +110,7 @@ def _output_port(entity: str, source_columns: dict[str, str], specs: list[StepIn
 
 
 def render_step(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], target: Path,
-                description: str, env: dict[str, Any]) -> None:
+                description: str, env: dict[str, Any], pipeline: str = "training") -> None:
     """Render every template into the (existing, empty) folder `target`."""
     import jinja2
 
@@ -126,20 +126,23 @@ def render_step(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str,
     if dest_hint.startswith("../.."):
         dest_hint = str(target.parent / name)
     ctx = {"name": name, "inputs": inputs, "outputs": outputs, "description": description, "env": env,
-           "windpipe_version": __version__, "dest_hint": dest_hint}
+           "windpipe_version": __version__, "dest_hint": dest_hint, "pipeline": pipeline}
     for template, filename in TEMPLATES.items():
         (target / filename).write_text(jenv.get_template(template).render(**ctx), encoding="utf-8")
 
 
 def new_step(name: str, inputs: Sequence[str] | str | None = None, outputs: Sequence[str] | str | None = None,
-             dest: Path | str | None = None, description: str | None = None) -> Path:
+             dest: Path | str | None = None, description: str | None = None, pipeline: str = "training") -> Path:
     """Create `<dest>/<name>` (dest: projects/) ready for `mlflow run`; return the folder.
 
     `inputs`/`outputs` are entity names (or comma-separated strings). With no outputs the step
-    writes an entity named after itself. Raises WindpipeError, writing nothing, on a bad or taken
-    name, an input no step produces, a non-table entity, or an interface that would make a cycle.
+    writes an entity named after itself. `pipeline` (training, prediction, none) says which
+    pipeline, and so which Airflow DAG, runs it. Raises WindpipeError, writing nothing, on a bad or
+    taken name, an input no step produces, a non-table entity, or an interface that would make a cycle.
     """
     name = check_name(name)
+    if pipeline not in PIPELINES:
+        raise UsageError(f"There is no {pipeline!r} pipeline.", f"use one of {', '.join(PIPELINES)}")
     dest = Path(dest) if dest else projects_dir()
     target = dest / name
     if target.exists() or target.is_symlink():
@@ -159,10 +162,12 @@ def new_step(name: str, inputs: Sequence[str] | str | None = None, outputs: Sequ
     description = description or f"{reads} -> {', '.join(out_names)} (made by windpipe new-step; edit transform)"
     env = reference_env(dest)
     with atomic_folder(target) as tmp:
-        render_step(name, ins, outs, tmp, description, env)
+        render_step(name, ins, outs, tmp, description, env, pipeline)
         os.symlink(os.path.relpath(package_dir(), dest.resolve() / name), tmp / "windpipe")
         spec = load_interface(tmp)
         build_graph([*specs, spec])  # fits the pipeline: no cycle, every input produced
+        if pipeline != "none":
+            build_graph([*specs, spec], pipeline)  # and the pipeline it joins on its own
         if target.exists() or target.is_symlink():
             raise UsageError(f"{target} exists already.", "pick another step name (or delete that folder)")
     return target

@@ -8,11 +8,13 @@ entry point, with the MLproject's defaults and help texts (`help:` beside `type:
 so a default lives in one place. Each body is called as `body(step_dir=..., **params)` with the
 parameter values as strings. A WindpipeError prints `error: ... fix: ...` and exits 1 (2 for a
 usage error); the run is already FAILED with the reason (windpipe.tracking.runs.step_run).
+Under the pipeline driver the step's output goes to its own log file (the driver shows a table).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import typer
 
 from windpipe.errors import UsageError, WindpipeError
+from windpipe.settings import STEP_LOG_DIR_ENV
 from windpipe.stack.procs import skip_final_gc
 
 Body = Callable[..., object]
@@ -68,12 +71,30 @@ def entry_point_app(step_dir: Path, **bodies: Body) -> typer.Typer:
     return app
 
 
+def redirect_output(step_dir: Path) -> None:
+    """When the pipeline driver asks for it (WINDPIPE_STEP_LOG_DIR), send this process's output to
+    <dir>/<step folder>.log: steps running side by side would otherwise interleave on one terminal."""
+    folder = os.environ.get(STEP_LOG_DIR_ENV)
+    if not folder:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(Path(folder) / f"{step_dir.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)  # the driver shows the last line while the step runs
+
+
 def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     """The step script's main: parse the command line, run the entry point's body, exit with its outcome."""
     from windpipe.tracking.output import setup_process
 
     setup_process()  # before anything imports MLflow or TensorFlow: quiet console, diagnostics to the run's log
     step_dir = Path(step_dir).resolve()
+    redirect_output(step_dir)
+    # MLflow's telemetry asks the internet for its config and waits at exit (DESIGN.md fact 11): not in a step
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     code = 0
     try:
         entry_point_app(step_dir, **bodies)(prog_name=f"{step_dir.name}/step.py")  # usage errors: exit 2

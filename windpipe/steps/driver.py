@@ -1,20 +1,35 @@
-"""The pipeline driver: open the pipeline run and run every step of the training pipeline inside it.
+"""The pipeline driver: open the pipeline run and run the steps of a pipeline inside it.
 
-`windpipe pipeline run` and `mlflow run projects/pipeline` both end up here; the steps and their
-wiring come from the step interfaces (windpipe.pipeline), each step an `mlflow run` of its project.
+`windpipe pipeline run` and `mlflow run projects/pipeline` run every step in one process
+(`driver`, steps side by side). An orchestrator runs the same steps one task each, with the same
+library calls: `open_pipeline` (the DAG run's first task: check the conf, open the pipeline run),
+`run_task` (one step, its producers' run ids from the tasks before it), `close_pipeline` (the
+last task: end the run, and for the prediction pipeline move each inbox file to done/ or
+failed/). The steps and their wiring come from the step interfaces (windpipe.pipeline), each step
+an `mlflow run` of its project.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from windpipe import names
-from windpipe.pipeline.runner import PipelineConfig, StepResult, run_pipeline, summary_table
-from windpipe.settings import get_settings
+from windpipe.errors import UsageError
+from windpipe.pipeline import inbox
+from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan
+from windpipe.pipeline.runner import Launcher, StepResult, plan_for, run_pipeline
+from windpipe.settings import get_settings, projects_dir
 from windpipe.steps.cli import flag
-from windpipe.tracking.runs import step_run
+from windpipe.tracking.client import connect
+from windpipe.tracking.runs import code_version, step_run
+
+LOCAL, AIRFLOW = "local", "airflow"
+RUN_ID_LENGTH = 32
 
 
 def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepResult]:
@@ -31,17 +46,188 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
             tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
             config.env_manager = tags.get(names.MLFLOW_PROJECT_ENV_TAG, "local")
         config.env_manager = config.env_manager or "local"
-        mlflow.set_tags({names.QUICK_TAG: str(config.quick), names.FORCE_TAG: str(config.force),
-                         names.ENV_MANAGER_TAG: config.env_manager})
-        console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager})")
-        results = run_pipeline(get_settings(), config, console=console)
-        console.print(summary_table(results, title=f"pipeline run {run.info.run_id}"))
-        return results
+        mlflow.set_tags(pipeline_tags(config, LOCAL))
+        console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager}, {config.workers} jobs)")
+        return run_pipeline(get_settings(), config, console=console)
 
 
-def project_main(raw_dir: str, quick: str, force: str, env_manager: str,
+def project_main(raw_dir: str, quick: str, force: str, env_manager: str, jobs: str = "0",
                  step_dir: Path | None = None) -> list[StepResult]:
     """Run the whole training pipeline as child runs of this run (`mlflow run projects/pipeline`)."""
+    try:
+        workers = int(float(jobs))
+    except ValueError:
+        raise UsageError(f"jobs must be a whole number, got {jobs!r}.", "pass -P jobs=2 (0: one per core)") from None
     config = PipelineConfig(external={"raw": raw_dir}, preset="quick" if flag(quick) else "full", force=flag(force),
-                            env_manager=env_manager)
+                            env_manager=env_manager, jobs=workers)
     return driver(config, step_dir=step_dir)
+
+
+def pipeline_tags(config: PipelineConfig, orchestrator: str) -> dict[str, str]:
+    return {names.QUICK_TAG: str(config.quick), names.FORCE_TAG: str(config.force),
+            names.ENV_MANAGER_TAG: config.env_manager or "local", names.PIPELINE_NAME_TAG: config.pipeline,
+            names.ORCHESTRATOR_TAG: orchestrator}
+
+
+# ---------------------------------------------------------------------------------------------- orchestrators
+
+
+def check_config(config: PipelineConfig) -> Plan:
+    """Plan once to refuse a bad conf before anything runs (a prediction plan with a stand-in file)."""
+    if config.pipeline != PREDICTION:
+        return plan_for(config)
+    sample = (config.inbox or get_settings().inbox_dir) / "<new file>.parquet"
+    return plan_for(dataclasses.replace(config, external={**_file_inputs(config, str(sample)), **config.external},
+                                        outputs=_file_outputs(config, sample, lambda *_: "<output>")))
+
+
+def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
+    """The prediction pipeline's external table inputs (the features) all come from the inbox file."""
+    from windpipe.pipeline.graph import build_graph
+    from windpipe.pipeline.interfaces import load_interfaces
+
+    graph = build_graph(load_interfaces(config.projects), config.pipeline)
+    kinds = {p.entity: p.kind for s in graph.specs.values() for p in s.inputs}
+    return {e: file for e in graph.external if kinds.get(e) == "table"}
+
+
+def _file_outputs(config: PipelineConfig, file: Path, where: Any) -> dict[str, str]:
+    """Each output a prediction step writes where its parameter says: beside the scored file (inbox.output_path)."""
+    from windpipe.pipeline.interfaces import load_interfaces
+
+    specs = [s for s in load_interfaces(config.projects) if s.pipeline == config.pipeline and not s.driver]
+    return {p.entity: str(where(config.inbox, file, p.entity)) for s in specs for p in s.outputs if p.parameter}
+
+
+def file_config(config: PipelineConfig, parent: Any, file: str) -> PipelineConfig:
+    """The prediction config for one inbox file: its features, its output paths, the DAG run's production model."""
+    production = parent.data.tags.get(names.entity_tag(names.PRODUCTION))
+    external = {**_file_inputs(config, file), **({names.PRODUCTION: production} if production else {})}
+    return dataclasses.replace(config, external=external, outputs=_file_outputs(config, Path(file), inbox.output_path))
+
+
+def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
+    """An orchestrator's first task: check the conf, open the pipeline run (again on a retry); return its id.
+
+    The prediction pipeline pins the production model here, so every file of the DAG run is scored
+    with the same version (tag windpipe.entity.production on the pipeline run); with files waiting and
+    no production model it stops here, leaving them in the inbox.
+    """
+    import mlflow
+
+    from windpipe.models import loading
+
+    check_config(config)
+    settings = get_settings()
+    connect(settings)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(settings.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
+    same = client.search_runs([experiment_id], f"tags.`{names.DAG_RUN_TAG}` = '{dag_run}' and "
+                                               "attributes.status = 'RUNNING'", max_results=1)
+    if same:
+        return same[0].info.run_id
+    tags = {names.STEP_TAG: "pipeline", names.ENTRY_TAG: "main", names.DAG_RUN_TAG: dag_run,
+            names.CODE_VERSION_TAG: code_version(projects_dir() / "pipeline"), **pipeline_tags(config, AIRFLOW)}
+    if config.pipeline == PREDICTION and inbox.pending(config.inbox or settings.inbox_dir):
+        # (an empty inbox needs no model: a daily DAG run before the first promotion is no failure)
+        tags[names.entity_tag(names.PRODUCTION)] = loading.resolve(None, settings, client).load_uri
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{config.pipeline} {dag_run}")
+    return run.info.run_id
+
+
+def _run_id(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if len(value) != RUN_ID_LENGTH or not all(c in "0123456789abcdef" for c in value):
+        raise UsageError(f"{what} is not an MLflow run id: {value[:80]!r}.",
+                         "the task before it must print its run id as its last line (see the task's log)")
+    return value
+
+
+def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dict[str, str],
+             file: str | None = None, index: int | None = None) -> StepResult:
+    """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
+    import mlflow
+
+    connect(get_settings(), experiment=False)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
+    if config.pipeline == PREDICTION:
+        if not file:
+            raise UsageError(f"The prediction step {step!r} needs the inbox file it scores.", "pass --file PATH")
+        config = file_config(config, parent, file)
+    plan = plan_for(config)
+    if step not in plan.names:
+        raise UsageError(f"The {config.pipeline} pipeline has no step {step!r} (steps: {', '.join(plan.names)}).",
+                         "the DAG is older than the step interfaces: let Airflow parse the DAG files again")
+    planned = plan.step(step)
+    missing = sorted(set(planned.needs) - set(upstream))
+    if missing:
+        raise UsageError(f"Step {step!r} reads from {', '.join(missing)}, whose run ids the task did not get.",
+                         "the DAG is older than the step interfaces: let Airflow parse the DAG files again")
+    results = {n: StepResult.of_run(n, client.get_run(_run_id(upstream[n], f"the run of {n}")), True, 0.0,
+                                    plan.step(n).spec.key_metric) for n in planned.needs}
+    tag = f"{step}.{index}" if index is not None else None
+    return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
+
+
+def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[str] = ()) -> list[str]:
+    """An orchestrator's last task: end the pipeline run FINISHED, or FAILED naming what did not finish; for the
+    prediction pipeline first move each file to done/ (every step finished for it) or failed/ (with the reasons).
+    Returns the problems, one line per file (or one for the training pipeline); empty when all finished."""
+    import mlflow
+
+    from windpipe.tracking.runs import fail_run
+
+    connect(get_settings(), experiment=False)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
+    steps = check_config(config).names
+    outcome = {k.removeprefix(names.PIPELINE_STEP_TAG_PREFIX): v for k, v in parent.data.tags.items()
+               if k.startswith(names.PIPELINE_STEP_TAG_PREFIX)}
+    items: list[int | None] = list(range(len(files))) if config.pipeline == PREDICTION else [None]
+    problems: dict[int | None, list[str]] = {}
+    for item in items:
+        for step in steps:
+            run_id, how, detail = _outcome(outcome.get(step if item is None else f"{step}.{item}"))
+            if how in ("ran", "reused"):
+                continue
+            reason = (client.get_run(run_id).data.tags.get(names.FAILURE_TAG) if run_id != "-" else None) or detail
+            problems.setdefault(item, []).append(f"{step} {how}" + (f" (run {run_id})" if run_id != "-" else "")
+                                                 + (f": {reason}" if reason else ""))
+    for i, file in enumerate(files):
+        if Path(file).exists():
+            reasons = problems.get(i)
+            inbox.settle(config.inbox or get_settings().inbox_dir, file, "\n".join(reasons) if reasons else None)
+    lines = ["; ".join(v) if item is None else f"{Path(files[item]).name}: {'; '.join(v)}"
+             for item, v in problems.items()]
+    client.log_batch(parent.info.run_id, metrics=_metrics([_outcome(v)[1] for v in outcome.values()]))
+    if lines:
+        fail_run(parent.info.run_id, "\n".join(lines))
+    else:
+        client.set_terminated(parent.info.run_id, "FINISHED")
+    return lines
+
+
+def _outcome(value: str | None) -> tuple[str, str, str]:
+    """A pipeline run's step tag `<run id> ran|reused|failed [reason]` as (run id, how, reason); no tag: not run."""
+    if not value:
+        return "-", "did not run", ""
+    run_id, how, detail = (value + "  ").split(" ", 2)
+    return run_id, how, detail.strip()
+
+
+def _metrics(how: list[str]) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    counts = {"steps_reused": how.count("reused"), "steps_ran": how.count("ran"), "steps_failed": how.count("failed")}
+    return [Metric(k, float(v), now, 0) for k, v in counts.items()]
+
+
+def announce(result: StepResult) -> None:
+    """The last line of an orchestrator task's output is the step's run id (Airflow pushes it as XCom)."""
+    print(f"{result.name}: {'reused' if result.reused else 'ran'} run {result.run_id} in {result.seconds:.1f} s")
+    print(result.run_id, flush=True)

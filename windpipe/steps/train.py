@@ -172,10 +172,11 @@ class _KerasFlavor:
 
 
 def log_training(family: str, model: object, params: dict[str, object], data: Data, fit_seconds: float,
-                 time_features: bool, log_model_too: bool = True) -> dict[str, object]:
+                 time_features: bool, log_model_too: bool = True, new_run: bool = False) -> dict[str, object]:
     """Log params, holdout metrics, the figure, the dataset input, the model and the tags of one run.
 
-    Returns the metrics plus `model_uri` (None when `log_model_too` is False).
+    Returns the metrics plus `model_uri` (None when `log_model_too` is False). `new_run`: the run
+    was just started here (a grid child), so it has no parameters yet to leave out.
     """
     import mlflow
 
@@ -195,7 +196,7 @@ def log_training(family: str, model: object, params: dict[str, object], data: Da
         info = log_model(family, model, X_test, pred)
         model_uri = tags[names.MODEL_URI_TAG] = info.model_uri
     log_batch({**params, **data.split_params(), "time_features": time_features},
-              {**metrics, "fit_seconds": fit_seconds}, tags)
+              {**metrics, "fit_seconds": fit_seconds}, tags, skip_logged=not new_run)
     return {**metrics, "model_uri": model_uri}
 
 
@@ -294,17 +295,14 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
             backtest_windows(d.df, folds, spec.holdout_weeks)
         X, y = xy(d.train, trend)
         best: tuple[float, str, object, M.RFParams, float] | None = None
-        for i, p in enumerate(combos, 1):
+        for i, (p, model, fit_s) in enumerate(M.rf_grid(X, y, combos), 1):  # forests grow tree by tree count
             with mlflow.start_run(nested=True, run_name=f"rf_n{p.n_estimators}_d{p.max_depth}",
                                   tags={names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
-                model, fit_s = fit_timed(lambda p=p: M.train_rf(X, y, p))
-                out = log_training("rf", model, _rf_params(p), d, fit_s, trend, log_model_too=False)
+                out = log_training("rf", model, _rf_params(p), d, fit_s, trend, log_model_too=False, new_run=True)
             print(f"[{i}/{len(combos)}] n_estimators={p.n_estimators} max_depth={p.max_depth}: "
                   f"r2 {out['r2']:.4f} ({fit_s:.1f} s)", flush=True)
             if best is None or names.better(out["r2"], best[0], "r2"):
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
-            else:
-                del model
         r2, best_id, model, p, fit_s = best
         out = log_training("rf", model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
                                          "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,

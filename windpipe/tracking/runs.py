@@ -94,15 +94,16 @@ def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
 
 
 def log_batch(params: dict[str, object], metrics: dict[str, float] | None = None,
-              tags: dict[str, str] | None = None) -> None:
+              tags: dict[str, str] | None = None, skip_logged: bool = True) -> None:
     """Params, metrics and tags of the active run in one request; params the run already has are skipped
-    (`mlflow run` logs the MLproject parameters as typed, e.g. seed=42.0; MLflow refuses to change them)."""
+    (`mlflow run` logs the MLproject parameters as typed, e.g. seed=42.0; MLflow refuses to change them).
+    `skip_logged=False`: a run started here has none, so the look-up is saved."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
     run_id = mlflow.active_run().info.run_id
     client = mlflow.MlflowClient()
-    have = client.get_run(run_id).data.params
+    have = client.get_run(run_id).data.params if skip_logged else {}
     now = int(time.time() * 1000)
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have],
                      metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],

@@ -9,6 +9,9 @@ fail fast with a WindpipeError that names the bad value and the fix.
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,7 @@ from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR
 if TYPE_CHECKING:
     import keras
     from sklearn.compose import ColumnTransformer
+    from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
 FAMILIES = ("lr", "rf", "keras")
@@ -276,6 +280,46 @@ def capacity_forests(X: pd.DataFrame, y: pd.DataFrame, forest: object) -> Pipeli
         ("capacity", FrozenEstimator(head))])
     # every learned part is frozen: fitting the Pipeline only records its input columns
     return model.fit(X[MODEL_COLUMNS].iloc[:2], target[:2])
+
+
+def rf_grid(X: pd.DataFrame, y: pd.DataFrame, grid: Sequence[RFParams]) -> Iterator[
+        tuple[RFParams, object, float]]:
+    """Every grid point's model as `train_rf` fits it, and the seconds it took: (params, model, seconds).
+
+    Points that differ only in n_estimators share their trees: tree i of a forest depends only on
+    the seed and i (what scikit-learn's `warm_start` relies on), so the forest of 32 trees is the
+    one of 16 plus 16 more. Per depth the grid fits max(n_estimators) trees per target instead of
+    their sum (64 instead of 8+16+32+64), and yields the same models in order of size. A model that
+    follows the trend (`capacity_forests`) keeps its forests frozen inside a Pipeline: each of its
+    points is fitted on its own.
+    """
+    share = not follows_trend(X)
+    groups: dict[tuple[object, ...], list[RFParams]] = {}
+    for p in grid:
+        groups.setdefault((p.max_depth, p.min_samples_leaf, p.seed, p.n_jobs), []).append(p)
+    for points in groups.values():
+        model: object | None = None
+        for p in sorted(points, key=lambda q: q.n_estimators):
+            started = time.perf_counter()
+            model = train_rf(X, y, p) if model is None or not share else _grow(model, X, y, p.n_estimators)
+            yield p, model, time.perf_counter() - started
+
+
+def _grow(model: MultiOutputRegressor, X: pd.DataFrame, y: pd.DataFrame, n_estimators: int) -> MultiOutputRegressor:
+    """A copy of a fitted per-target forest model with more trees (the model passed in is left as it is)."""
+    from sklearn.base import clone
+
+    targets = np.asarray(y, dtype="float64")  # (as MultiOutputRegressor.fit hands each forest its column)
+    grown = copy.copy(model)
+    grown.estimator = clone(model.estimator).set_params(n_estimators=n_estimators)
+    grown.estimators_ = []
+    for i, forest in enumerate(model.estimators_):
+        more = copy.copy(forest)
+        more.estimators_ = list(forest.estimators_)  # (warm_start extends the list in place)
+        more.set_params(n_estimators=n_estimators, warm_start=True)
+        more.fit(X[FEATURES], targets[:, i])
+        grown.estimators_.append(more.set_params(warm_start=False))
+    return grown
 
 
 # ---------------------------------------------------------------- keras

@@ -1,0 +1,369 @@
+"""The pipeline is its step interfaces: the plan, the graph and both Airflow DAGs come from step.yaml.
+
+Fast tests build the DAG layout in this environment; the slow ones run Airflow 3 in its own
+environment (`make airflow`, .venv-airflow): the DAG files import there, their tasks equal the
+step graph, and `dag.test()` runs both DAGs against a real platform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.pipeline import inbox
+from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, inbox_files, task_command
+from windpipe.pipeline.graph import build_graph
+from windpipe.pipeline.interfaces import load_interfaces
+from windpipe.pipeline.plan import config_from_conf, make_plan
+from windpipe.pipeline.scaffold import new_step
+
+from .conftest import REPO, Platform, platform_env, settings_from
+
+AIRFLOW_VENV = Path(os.environ.get("WINDPIPE_AIRFLOW_VENV", REPO / ".venv-airflow"))
+AIRFLOW_PY = AIRFLOW_VENV / "bin" / "python"
+DAGS = REPO / "orchestration" / "airflow" / "dags"
+HELPER = Path(__file__).with_name("airflow_env.py")
+TRAINING_STEPS = ["process", "keras", "lr", "rf", "compare", "promote"]
+
+
+def upstreams(layout) -> dict[str, list[str]]:
+    return {t.task_id: sorted(t.upstream) for t in layout}
+
+
+@pytest.fixture
+def projects(tmp_path) -> Path:
+    """A copy of projects/ to add steps to and break."""
+    dest = tmp_path / "projects"
+    shutil.copytree(REPO / "projects", dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def test_the_dags_follow_the_step_graph():
+    training = {t.task_id: t for t in dag_layout("training")}
+    assert list(training) == [OPEN, *TRAINING_STEPS, CLOSE]
+    assert upstreams(training.values()) == {
+        OPEN: [], "process": [OPEN], "keras": ["process"], "lr": ["process"], "rf": ["process"],
+        "compare": ["keras", "lr", "rf"], "promote": ["compare"], CLOSE: sorted(TRAINING_STEPS)}
+    assert training[CLOSE].trigger_rule == "all_done" and not any(t.mapped for t in training.values())
+    prediction = {t.task_id: t for t in dag_layout("prediction")}
+    assert upstreams(prediction.values()) == {OPEN: [], INBOX: [OPEN], "predict": [INBOX], CLOSE: ["predict"]}
+    assert prediction["predict"].mapped  # one task instance per inbox file
+    graph = build_graph(load_interfaces(), "training")
+    for name in graph.order:  # every dependency is a producer of what the step reads
+        assert set(training[name].needs) == set(graph.needs(name))
+
+
+def test_a_scaffolded_step_joins_the_plan_the_graph_and_both_dags(projects):
+    new_step("weather_stats", inputs="processed", dest=projects)
+    new_step("check_features", inputs="features", pipeline="prediction", dest=projects)
+    specs = load_interfaces(projects)
+    plan = make_plan(specs, "training", external={"raw": "/raw"})
+    assert "weather_stats" in plan.names and plan.step("weather_stats").needs == ("process",)
+    assert "weather_stats" in build_graph(specs).order and "check_features" in build_graph(specs).order
+    training = upstreams(dag_layout("training", projects))
+    assert training["weather_stats"] == ["process"] and "weather_stats" in training[CLOSE]
+    prediction = {t.task_id: t for t in dag_layout("prediction", projects)}
+    assert prediction["check_features"].upstream == (INBOX,) and prediction["check_features"].mapped
+    assert "check_features" in prediction[CLOSE].upstream
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "steps", "--projects", str(projects)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "weather_stats" in proc.stdout and "check_features" in proc.stdout
+
+
+def test_removing_an_input_from_step_yaml_changes_the_wiring(projects):
+    spec = projects / "lr" / "step.yaml"
+    text = spec.read_text()
+    block = "inputs:\n  - entity: processed      # schema: windpipe.entities.schema.PROCESSED\n    parameter: data\n"
+    assert block in text
+    spec.write_text(text.replace(block, "inputs: []\n"))  # lr reads `latest` by itself
+    assert upstreams(dag_layout("training", projects))["lr"] == [OPEN]  # lr no longer waits for process
+    assert make_plan(load_interfaces(projects), external={"raw": "/raw"}).step("lr").needs == ()
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda p: (p / "lr" / "step.yaml").write_text("step: lr\ninputs: [candidate]\noutputs: [model]\n"),
+     "cycle"),
+    (lambda p: (p / "keras" / "step.yaml").write_text(
+        "step: keras\ninputs: [{entity: ghost, columns: {v: float}}]\noutputs: [model]\n"),
+     "'keras' reads the entity 'ghost', which no step"),
+    (lambda p: (p / "rf" / "MLproject").unlink(), "has no MLproject"),
+])
+def test_a_broken_interface_stops_every_dag_with_the_step_and_the_fix(projects, break_it, message):
+    break_it(projects)
+    for pipeline in ("training", "prediction"):
+        with pytest.raises(WindpipeError, match=message) as err:
+            dag_layout(pipeline, projects)
+        assert err.value.fix
+
+
+def test_the_conf_of_a_dag_run_is_checked_like_the_command_line(tmp_path):
+    config = config_from_conf("training", {"quick": "true", "params": {"rf.max_depth": "8,12", "keras": {"epochs": 2}}})
+    assert config.preset == "quick" and config.overrides == {"rf": {"max_depth": "8,12"}, "keras": {"epochs": "2"}}
+    assert config_from_conf("training", {"params": ["rf.max_depth=4"]}).overrides == {"rf": {"max_depth": "4"}}
+    assert config_from_conf("prediction", {"inbox": str(tmp_path)}).inbox == tmp_path
+    with pytest.raises(UsageError, match="unknown key.*'quik'.*takes raw, quick"):
+        config_from_conf("training", {"quik": True})
+    with pytest.raises(UsageError, match="force must be true or false"):
+        config_from_conf("training", {"force": "maybe"})
+    bad = config_from_conf("training", {"params": {"rf.max_dpeth": "3"}})
+    with pytest.raises(WindpipeError, match=r"Step 'rf' \(grid entry point\) has no parameter 'max_dpeth' "
+                                            r"\(the DAG run's conf.*max_depth"):
+        make_plan(load_interfaces(), overrides=bad.overrides, external={"raw": "/raw"}, source=bad.source)
+    # the open task runs the same check (and exits 2) before any run exists
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "pipeline", "open", "--dag-run", "d/r", "--conf",
+                           json.dumps({"params": {"rf.max_dpeth": 3}})], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no parameter 'max_dpeth'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tasks_run_the_main_environments_windpipe():
+    open_, step, close = (t for t in dag_layout("training") if t.task_id in (OPEN, "rf", CLOSE))
+    cmd = task_command(step, "training", {"quick": True}, "/venv/bin", pipeline_run="r" * 32,
+                       upstream={"process": "p" * 32})
+    assert cmd[:4] == ["/venv/bin/windpipe", "pipeline", "step", "rf"]
+    assert json.loads(cmd[cmd.index("--upstream") + 1]) == {"process": "p" * 32}
+    assert task_command(open_, "training", {}, "/venv/bin", dag_run="d/r")[-2:] == ["--dag-run", "d/r"]
+    assert "--files" not in task_command(close, "training", {}, "/venv/bin", pipeline_run="r" * 32)
+
+
+def test_the_inbox_lists_new_files_and_settles_them_beside_their_reason(tmp_path):
+    box = tmp_path / "inbox"
+    box.mkdir()
+    frame = pd.DataFrame({"windspeed": [1.0], "temperature": [2.0], "rad_horizontal": [3.0], "rad_diffuse": [4.0]})
+    for name in ("b.parquet", "a.parquet", ".partial.parquet"):
+        frame.to_parquet(box / name)
+    (box / "notes.txt").write_text("not a batch")
+    assert inbox_files({"inbox": str(box)}) == [str(box / "a.parquet"), str(box / "b.parquet")]
+    out = inbox.output_path(box, box / "a.parquet", "predictions")
+    assert out.parent == box / "done" and out.name.startswith("a.") and out.name.endswith(".predictions.parquet")
+    assert inbox.settle(box, box / "a.parquet") == box / "done" / "a.parquet"
+    failed = inbox.settle(box, box / "b.parquet", "lacks column windspeed")
+    assert failed == box / "failed" / "b.parquet"
+    assert (box / "failed" / "b.parquet.reason.txt").read_text() == "lacks column windspeed\n"
+    assert inbox.pending(box) == []
+    # the same name with other content does not overwrite what was scored
+    frame.assign(windspeed=9.0).to_parquet(box / "a.parquet")
+    again = inbox.settle(box, box / "a.parquet")
+    assert again != box / "done" / "a.parquet" and (box / "done" / "a.parquet").exists()
+
+
+# ---------------------------------------------------------------------------------------------- Airflow
+
+
+def airflow(*args: str, env: dict[str, str], timeout: float = 1200) -> object:
+    """Run tests/airflow_env.py in Airflow's own environment; return its result."""
+    proc = subprocess.run([str(AIRFLOW_PY), str(HELPER), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
+    assert proc.returncode == 0 and line, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return json.loads(line.removeprefix("@@RESULT@@"))
+
+
+def airflow_env(home: Path, base: dict[str, str], dags: Path = DAGS, **extra: str) -> dict[str, str]:
+    """Airflow's settings as `windpipe airflow up` makes them, in a private AIRFLOW_HOME."""
+    from windpipe.stack.airflow_server import airflow_env as env_of
+
+    settings = settings_from(base) if "WINDPIPE_MLFLOW_PORT" in base else None
+    env = env_of(settings, base) if settings else dict(base)
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "WINDPIPE_BIN_DIR": str(Path(sys.executable).parent),
+                **extra})
+    return env
+
+
+needs_airflow = pytest.mark.skipif(not AIRFLOW_PY.exists(), reason="Airflow's environment is missing: `make airflow`")
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory) -> Path:
+    """`airflow db migrate` once (dag.test needs the tables); each test copies the database."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    env = airflow_env(home, dict(os.environ))
+    proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), "db", "migrate"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="module")
+def airflow_platform(tmp_path_factory):
+    """A platform of its own for the DAG runs (they register models and fill the marts)."""
+    from windpipe.stack import services
+
+    env = platform_env(tmp_path_factory.mktemp("airflow-platform"))
+    p = Platform(settings_from(env), env)
+    services.up(p.settings, say=lambda _m: None)
+    yield p
+    services.down(p.settings, say=lambda _m: None)
+
+
+@pytest.mark.slow
+@needs_airflow
+def test_dag_files_import_in_airflows_environment_and_equal_the_step_graph(projects, tmp_path):
+    env = airflow_env(tmp_path / "home", dict(os.environ), WINDPIPE_PROJECTS=str(projects))
+    new_step("weather_stats", inputs="processed", dest=projects)
+    new_step("check_features", inputs="features", pipeline="prediction", dest=projects)
+    bag = airflow("dagbag", str(DAGS), env=env)
+    assert bag["import_errors"] == {} and bag["heavy"] == []  # no MLflow or pandas needed to build them
+    for pipeline, dag_id in (("training", "windpipe_training"), ("prediction", "windpipe_prediction")):
+        assert bag["dags"][dag_id] == upstreams(dag_layout(pipeline, projects))
+    assert "weather_stats" in bag["dags"]["windpipe_training"]
+    assert bag["mapped"]["windpipe_prediction"] == ["check_features", "predict"]
+    assert bag["schedules"] == {"windpipe_training": "0 0 * * 0", "windpipe_prediction": "0 0 * * *"}
+
+    # a DAG file that cannot be built: Airflow's import error is windpipe's message, not frames from inside
+    (projects / "lr" / "step.yaml").write_text("step: lr\ninputs: [candidate]\noutputs: [model]\n")
+    broken = airflow("dagbag", str(DAGS), env=env)
+    assert broken["dags"] == {}
+    for name in ("windpipe_training.py", "windpipe_prediction.py"):
+        error = broken["import_errors"][name]
+        assert "The step interfaces form a cycle" in error and "fix:" in error, error
+        assert "graph.py" not in error and "interfaces.py" not in error, error
+
+
+def _pipeline_runs(p) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(p.tracking_uri)
+    return mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                              filter_string="tags.`windpipe.step` = 'pipeline'", order_by=["start_time DESC"])
+
+
+def _steps_of(parent) -> dict[str, tuple[str, str]]:
+    return {k.removeprefix("windpipe.pipeline."): tuple(v.split(" ")[:2]) for k, v in parent.data.tags.items()
+            if k.startswith("windpipe.pipeline.")}
+
+
+@pytest.mark.slow
+@needs_airflow
+def test_training_dag_runs_every_step_as_a_child_then_reuses_them(airflow_platform, migrated, raw_dir, tmp_path):
+    import mlflow
+
+    p = airflow_platform
+    home = tmp_path / "airflow"
+    home.mkdir()
+    shutil.copy(migrated, home / "airflow.db")
+    code = tmp_path / "code"  # the code version keys the cache: run from a copy nobody edits meanwhile
+    shutil.copytree(REPO / "windpipe", code / "windpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "projects", code / "projects", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    env = airflow_env(home, p.env, PYTHONPATH=str(code), WINDPIPE_PROJECTS=str(code / "projects"))
+    quick = {"raw": str(raw_dir), "quick": True}
+    bad, cold, warm = airflow("test", str(DAGS), "windpipe_training", json.dumps({**quick, "params": {"rf.x": 1}}),
+                              json.dumps(quick), json.dumps(quick), env=env)
+
+    # a parameter the step does not declare: the open task refuses it, nothing runs, the DAG run fails
+    assert bad["state"] == "failed" and bad["tasks"][OPEN] == "failed"
+    assert {bad["tasks"][s] for s in TRAINING_STEPS} == {"upstream_failed"}
+
+    assert cold["state"] == "success", cold
+    runs = _pipeline_runs(p)
+    assert len(runs) == 2  # one per good DAG run; the bad conf opened none
+    first, second = runs[1], runs[0]
+    assert cold["xcom"][OPEN] == first.info.run_id and first.info.status == "FINISHED"
+    assert first.data.tags["windpipe.orchestrator"] == "airflow"
+    steps = _steps_of(first)
+    assert {s: how for s, (_, how) in steps.items()} == {s: "ran" for s in TRAINING_STEPS}
+    for name, (run_id, _) in steps.items():  # run ids travel by XCom; each step is a child of the pipeline run
+        assert cold["xcom"][name] == run_id
+        child = mlflow.get_run(run_id)
+        assert child.data.tags["mlflow.parentRunId"] == first.info.run_id and child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.project.entryPoint"] == ("grid" if name == "rf" else "main")
+    assert mlflow.get_run(steps["lr"][0]).data.params["data"] == mlflow.get_run(
+        steps["process"][0]).data.tags["windpipe.entity.processed"]
+    version = mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
+    assert version.run_id == mlflow.get_run(steps["compare"][0]).data.tags["windpipe.best_run_id"]
+
+    # run again: every step reused, no new step run; the local driver reuses them too (the same cache)
+    assert warm["state"] == "success" and second.info.status == "FINISHED"
+    assert {s: v for s, v in _steps_of(second).items()} == {s: (rid, "reused") for s, (rid, _) in steps.items()}
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "pipeline", "run", "--raw", str(raw_dir), "--quick"],
+                          env={**p.env, "PYTHONPATH": str(code), "WINDPIPE_PROJECTS": str(code / "projects")},
+                          capture_output=True, text=True, timeout=900, cwd=code)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    local = _pipeline_runs(p)[0]
+    assert {s: v for s, v in _steps_of(local).items()} == {s: (rid, "reused") for s, (rid, _) in steps.items()}
+
+
+@pytest.mark.slow
+@needs_airflow
+def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_once(make_platform, tmp_path):
+    """`windpipe airflow up` for real (127.0.0.1, a password nobody printed), then the prediction DAG through
+    the scheduler: two inbox files, one bad: one batch in the marts, the bad file in failed/ with its
+    reason; the good file dropped in again is not scored twice."""
+    import urllib.error
+    import urllib.request
+
+    from tests.models import log_registered_model, tiny_processed
+    from windpipe.marts import queries, tables
+    from windpipe.names import FEATURES, TIMESTAMP
+    from windpipe.stack import airflow_server
+    from windpipe.stack.procs import free_port
+
+    p = make_platform()
+    box = tmp_path / "inbox"
+    env = {**p.env, "WINDPIPE_AIRFLOW_PORT": str(free_port()), "WINDPIPE_INBOX": str(box),
+           "WINDPIPE_AIRFLOW_VENV": str(AIRFLOW_VENV)}
+    settings = settings_from(env).model_copy(update={"airflow_port": int(env["WINDPIPE_AIRFLOW_PORT"])})
+    try:
+        up = p.windpipe("airflow", "up", extra_env=env, timeout=900)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        secret = p.home / "airflow_passwords.json"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        password = json.loads(secret.read_text())["admin"]
+        logs = "".join(f.read_text(errors="replace") for f in (p.home / "logs").glob("airflow-*.log"))
+        assert password not in logs + up.stdout + up.stderr and "Password for user" not in logs
+        status = p.windpipe("airflow", "status", extra_env=env)
+        assert status.returncode == 0 and status.stdout.count("up   airflow") == 3, status.stdout
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no anonymous access
+            urllib.request.urlopen(f"{settings.airflow_url}/api/v2/dags", timeout=10)
+        assert refused.value.code == 401
+        token = airflow_server.token(settings)
+        for dag_id in ("windpipe_training", "windpipe_prediction"):
+            airflow_server.wait_for_dag(settings, dag_id, token)
+        again = p.windpipe("airflow", "up", extra_env=env)
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        model = log_registered_model(p, tmp_dir=tmp_path)
+        box.mkdir()
+        frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
+        frame.to_parquet(box / "good.parquet", index=False)
+        frame.drop(columns=["windspeed"]).to_parquet(box / "bad.parquet", index=False)
+        first = p.windpipe("airflow", "trigger", "windpipe_prediction", "--wait", extra_env=env, timeout=900)
+        # a refused file fails the DAG run (someone should look at it); the good one is scored all the same
+        assert first.returncode == 1 and "failed" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+        engine = tables.get_engine(p.settings.effective_marts_url)
+        assert queries.count_rows(engine)["batches"] == 1
+        predictions = [f.name for f in (box / "done").glob("good.*.predictions.parquet")]
+        assert sorted(f.name for f in (box / "done").iterdir()) == sorted(["good.parquet", *predictions])
+        assert len(pd.read_parquet(box / "done" / predictions[0])) == 48
+        assert (box / "failed" / "bad.parquet").exists() and inbox.pending(box) == []
+        reason = (box / "failed" / "bad.parquet.reason.txt").read_text()
+        assert "predict failed" in reason and "windspeed" in reason, reason
+        parent = _pipeline_runs(p)[0]
+        assert parent.info.status == "FAILED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
+        assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
+        assert {k: v[1] for k, v in _steps_of(parent).items()} == {"predict.0": "failed", "predict.1": "ran"}
+
+        # the same file again: reused from the cache, not scored twice; then nothing new: nothing scored
+        shutil.copy(box / "done" / "good.parquet", box / "good.parquet")
+        for _ in range(2):
+            rerun = p.windpipe("airflow", "trigger", "windpipe_prediction", "--wait", extra_env=env, timeout=900)
+            assert rerun.returncode == 0 and "success" in rerun.stdout, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert queries.count_rows(engine)["batches"] == 1
+        runs = _pipeline_runs(p)
+        assert {k: v[1] for k, v in _steps_of(runs[1]).items()} == {"predict.0": "reused"}
+        assert runs[0].info.status == "FINISHED" and _steps_of(runs[0]) == {}
+        assert inbox.pending(box) == [] and (box / "done" / "good.parquet").exists()
+    finally:
+        down = p.windpipe("airflow", "down", extra_env=env, timeout=300)
+    assert down.returncode == 0 and p.windpipe("airflow", "status", extra_env=env).returncode == 1
