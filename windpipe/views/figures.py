@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from windpipe.names import TARGETS
+from windpipe.names import CHALLENGER, PRODUCTION, TARGETS
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -169,7 +169,7 @@ def alias_timeline_figure(history: pd.DataFrame, now: pd.Timestamp) -> dict:
     """Which version each alias pointed at over time (a `windpipe.models.history.history` table): a step line per
     alias, a marker per move coloured by what made it (promote, force, rollback, outside), its reason on hover."""
     data = []
-    for alias, dash_style in (("production", "solid"), ("challenger", "dot")):
+    for alias, dash_style in ((PRODUCTION, "solid"), (CHALLENGER, "dot")):
         part = history[history["alias"] == alias]
         if part.empty:
             continue
@@ -177,15 +177,15 @@ def alias_timeline_figure(history: pd.DataFrame, now: pd.Timestamp) -> dict:
         to = part["to_version"].astype("float64")
         data.append({"type": "scatter", "mode": "lines", "x": _times(pd.DatetimeIndex(list(at) + [now])),
                      "y": _values(np.append(to.to_numpy(), to.iloc[-1])), "name": alias,
-                     "line": {"shape": "hv", "dash": dash_style, "width": 3 if alias == "production" else 1.5,
-                              "color": "#1f77b4" if alias == "production" else "#7f7f7f"}})
+                     "line": {"shape": "hv", "dash": dash_style, "width": 3 if alias == PRODUCTION else 1.5,
+                              "color": "#1f77b4" if alias == PRODUCTION else "#7f7f7f"}})
         text = [f"{alias}: {'-' if pd.isna(f) else f'v{f}'} -> v{t} ({a})<br>"
                 f"{u or '?'}{'@' + h if h else ''}<br>{r[:160]}"
                 for f, t, a, u, h, r in zip(part["from_version"], part["to_version"], part["action"], part["user"],
                                             part["host"], part["reason"], strict=True)]
         data.append({"type": "scatter", "mode": "markers", "x": _times(pd.DatetimeIndex(at)), "y": _values(to),
                      "name": f"{alias} moves", "text": text, "hoverinfo": "text", "showlegend": False,
-                     "marker": {"size": 11 if alias == "production" else 7,
+                     "marker": {"size": 11 if alias == PRODUCTION else 7,
                                 "color": [ACTION_COLORS.get(a, "#444") for a in part["action"]]}})
     layout = {"height": 320, "margin": {"l": 50, "r": 20, "t": 30, "b": 40}, "template": _template(),
               "yaxis": {"title": {"text": "version"}, "dtick": 1}, "xaxis": {"title": {"text": "UTC"}},
