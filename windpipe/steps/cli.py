@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from windpipe.errors import UsageError, WindpipeError
+from windpipe.settings import apply_process_environment
 from windpipe.stack.procs import skip_final_gc
 
 Body = Callable[..., object]
@@ -73,6 +74,7 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     step_dir = Path(step_dir).resolve()
     code = 0
     try:
+        apply_process_environment()  # bounded MLflow retries, no telemetry: before MLflow is imported
         entry_point_app(step_dir, **bodies)(prog_name=f"{step_dir.name}/step.py")  # usage errors: exit 2
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -82,6 +84,9 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (windpipe.tracking.runs.terminate_cleanly)
+        print(f"stopped: {exc or 'interrupted'}", file=sys.stderr)
+        code = 130
     finally:
         skip_final_gc()
     sys.exit(code)

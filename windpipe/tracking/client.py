@@ -40,8 +40,11 @@ def probe_health(uri: str, timeout: float = 5.0) -> None:
                             "check its log (`windpipe status` names it)")
 
 
-def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
-    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store)."""
+def probe_artifacts(uri: str, timeout: float = 5.0, store: str = "its artifact store") -> None:
+    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store).
+
+    `store` names the store in the message (the local platform: the FTP server and its address).
+    """
     if not is_http(uri):
         return
     url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
@@ -49,11 +52,32 @@ def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
-        raise WindpipeError(f"The MLflow tracking server at {uri} cannot reach its artifact store (HTTP {exc.code}).",
-                            "run `windpipe status` to see which server is down, then `windpipe up`") from None
+        raise WindpipeError(f"The MLflow tracking server at {uri} cannot reach {store} (HTTP {exc.code}): "
+                            f"{'it' if store.startswith('the FTP') else 'the store'} does not answer.",
+                            "run `windpipe up` (it restarts what is down; `windpipe status` names it)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WindpipeError(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+
+
+def artifact_store_name(settings: Settings) -> str:
+    """How messages name the artifact store: the local platform's FTP server, else the server's store."""
+    if settings.effective_tracking_uri == settings.local_tracking_uri:
+        return f"the FTP artifact server at ftp://{settings.host}:{settings.ftp_port}"
+    return "its artifact store"
+
+
+def diagnose(settings: Settings | None = None) -> WindpipeError | None:
+    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, or the
+    artifact store behind it. None when both answer."""
+    settings = settings or get_settings()
+    uri = settings.effective_tracking_uri
+    try:
+        probe_health(uri, timeout=3.0)
+        probe_artifacts(uri, timeout=5.0, store=artifact_store_name(settings))
+    except WindpipeError as exc:
+        return exc
+    return None
 
 
 def connect(settings: Settings | None = None, experiment: bool = True) -> str:
@@ -62,9 +86,10 @@ def connect(settings: Settings | None = None, experiment: bool = True) -> str:
     Returns the tracking URI. Raises WindpipeError (with `windpipe up` as the fix) when an
     http(s) server does not answer, instead of MLflow's long retry loop.
     """
+    settings = settings or get_settings()
+    os.environ.update(settings.process_environment())  # bounded retries, no telemetry (before MLflow's import)
     import mlflow
 
-    settings = settings or get_settings()
     uri = settings.effective_tracking_uri
     probe_health(uri)
     mlflow.set_tracking_uri(uri)

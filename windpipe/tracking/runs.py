@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from windpipe import names
-from windpipe.errors import WindpipeError
-from windpipe.settings import get_settings, package_dir
-from windpipe.tracking.client import connect
+from windpipe import identity, names
+from windpipe.errors import WindpipeError, first_line
+from windpipe.settings import fault_point, get_settings, package_dir
+from windpipe.tracking.client import connect, diagnose, probe_health
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -51,18 +51,53 @@ def code_version(step_dir: Path | None) -> str:
     return f"{commit[:12]}-{tree_hash(paths)}"
 
 
+def process_tags() -> dict[str, str]:
+    """The tag that says which process runs a run (host, pid, start time): a run whose process is gone
+    while it is still RUNNING was killed (`mark_killed_runs`)."""
+    return {names.PROCESS_TAG: str(identity.current())}
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so that `with` blocks clean up and runs end KILLED."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(f"stopped by signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """Inside the block SIGTERM raises `Stopped` (a KeyboardInterrupt) instead of ending the process on the
+    spot: files and transactions are undone and the run ends KILLED. (Main thread only; else a no-op.)"""
+    import signal
+
+    try:
+        old = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 @contextlib.contextmanager
 def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
              run_name: str | None = None, nested: bool = False) -> Iterator[Run]:
-    """Open (or join, under `mlflow run`) the step's run.
+    """Open (or join, under `mlflow run`) the step's run, tagged with the process that runs it.
 
-    A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised,
-    so the step exits non-zero with a clear message.
+    A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised, so the step
+    exits non-zero with a clear message. Ctrl-C or SIGTERM end it KILLED. Any other error while the
+    tracking server or its artifact store is down becomes a WindpipeError naming the server that is
+    down (within seconds: MLflow's retries are bounded by the settings).
     """
     import mlflow
 
-    connect(get_settings())
-    tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir)}
+    settings = get_settings()
+    connect(settings)
+    tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir),
+            **process_tags()}
     commit = git_commit(package_dir())
     if commit:
         tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
@@ -71,13 +106,73 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
     joined = bool(os.environ.get("MLFLOW_RUN_ID"))
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
     try:
-        with run:
+        with terminate_cleanly(), run:
             if joined:
                 mlflow.set_tags(tags)
+            fault_point(f"step:{step}")
             yield run
     except WindpipeError as exc:
-        fail_run(run.info.run_id, str(exc))
+        _end_quietly(run.info.run_id, str(exc))
         raise
+    except KeyboardInterrupt as exc:
+        _end_quietly(run.info.run_id, f"{step} was stopped ({exc or 'Ctrl-C'})", "KILLED")
+        raise
+    except Exception as exc:
+        down = diagnose(settings)
+        if down is None:
+            raise
+        problem = WindpipeError(f"The {step} step stopped: {down.problem} ({type(exc).__name__}: {first_line(exc)})",
+                                f"{down.fix}; then run it again" if down.fix else None)
+        _end_quietly(run.info.run_id, str(problem))
+        raise problem from None
+
+
+def _end_quietly(run_id: str, reason: str, status: str = "FAILED") -> None:
+    """fail_run, unless the tracking server cannot take it (then the run stays RUNNING until a later
+    pipeline or `windpipe status` sees its process is gone and marks it KILLED)."""
+    import mlflow
+
+    try:
+        probe_health(mlflow.get_tracking_uri(), timeout=2.0)  # (down: no retry loop for nothing)
+        fail_run(run_id, reason, status)
+    except Exception:
+        pass
+
+
+def mark_killed_runs(client: Any, experiment_ids: Iterable[str] | None = None) -> list[str]:
+    """End KILLED every RUNNING run whose process is gone; return their ids.
+
+    Gone: the run's process tag names a process of this host that no longer runs (a kill -9, a lost
+    machine session), or the run has no process tag and its parent run is gone or no longer RUNNING
+    (e.g. a grid child whose step was killed). Runs of other hosts, and runs too new to carry the tag,
+    are left alone. `experiment_ids` None: every active experiment.
+    """
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    ids = list(experiment_ids)
+    if not ids:
+        return []
+    running = {r.info.run_id: r for r in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'",
+                                                             max_results=1000)}
+
+    def gone(run: Any, depth: int = 0) -> str | None:
+        proc = identity.ProcessId.parse(run.data.tags.get(names.PROCESS_TAG))
+        if proc is not None:
+            return f"its process ({proc}) is gone" if proc.running() is False else None
+        parent = run.data.tags.get(names.MLFLOW_PARENT_RUN_TAG)
+        if not parent or depth > 5:
+            return None
+        if parent in running:
+            return f"its parent run {parent} was killed" if gone(running[parent], depth + 1) else None
+        return f"its parent run {parent} ended"
+
+    killed = []
+    for run_id, run in running.items():
+        why = gone(run)
+        if why:
+            fail_run(run_id, f"killed: the run was still RUNNING but {why}", status="KILLED")
+            killed.append(run_id)
+    return killed
 
 
 def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
