@@ -190,15 +190,23 @@ def settings_error(exc: ValidationError, env_file: Path | None = None) -> Windpi
     """A WindpipeError naming each setting whose value is refused (the environment variable and the value)."""
     problems = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        info = Settings.model_fields.get(field)
-        alias = info.validation_alias if info is not None else None
-        var = (alias.choices[0] if isinstance(alias, AliasChoices) else f"WINDPIPE_{field.upper()}")
+        var = _variable(str(err["loc"][0]) if err["loc"] else "?")
         message = str(err["msg"]).removeprefix("Value error, ")
         problems.append(f"{var}={err.get('input')!r}: {message}")
     where = f" (environment or {env_file})" if env_file is not None else ""
     return WindpipeError(f"Invalid setting{'s' if len(problems) > 1 else ''}{where}: " + "; ".join(problems) + ".",
                          "correct or unset the variable (`.env.example` lists every setting and its default)")
+
+
+def _variable(loc: str) -> str:
+    """The environment variable behind a settings field (or one of its aliases): the one that is set."""
+    names = [f"WINDPIPE_{loc.upper()}"]
+    for field, info in Settings.model_fields.items():
+        choices = [str(c) for c in getattr(info.validation_alias, "choices", [])]
+        if loc == field or loc in choices:
+            names = choices or [f"WINDPIPE_{field.upper()}"]
+    present = {k.upper() for k in os.environ}
+    return next((n for n in names if n.upper() in present), names[0])
 
 
 def apply_process_environment(settings: Settings | None = None) -> Settings:
