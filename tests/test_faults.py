@@ -29,7 +29,7 @@ class Paused:
 
     def __init__(self, tmp_path: Path, point: str) -> None:
         self.release = tmp_path / f"release-{point.replace(':', '-')}"
-        self.env = {"WINDPIPE_TEST_PAUSE_AT": f"{point}:{self.release}"}
+        self.env = {"WINDPIPE_TEST_PAUSE_AT": f"{point}@{self.release}"}
 
     def wait(self, proc: subprocess.Popen, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -327,3 +327,187 @@ def test_predict_drop_invalid_skips_impossible_values_too():
     assert valid.dropped_rows == [3, 8] and len(valid.features) == len(df) - 2
     # shuffled rows are fine for scoring (the output keeps the input's row numbers)
     assert len(validate_input(_features().sample(frac=1, random_state=1)).features) == 20
+
+
+# ----------------------------------------------------------------------------------- 2. a killed predict
+
+@pytest.fixture(scope="module")
+def registered(shared_platform, tmp_path_factory) -> dict:
+    """A registered LR model on the shared platform (pinned by version: other tests move the aliases)."""
+    from .models import log_registered_model
+
+    return log_registered_model(shared_platform, alias=None, tmp_dir=tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def model_version(registered) -> int:
+    return registered["version"]
+
+
+def predict_input(path: Path, n: int = 3000) -> Path:
+    import pandas as pd
+
+    df = pd.concat([_features(n // 20)] * 20, ignore_index=True)
+    df["utc_timestamp"] = pd.date_range("2016-01-01", periods=len(df), freq="h", tz="UTC")
+    df.to_parquet(path, index=False)
+    return path
+
+
+def marts_agree_with_files(marts_url: str, outputs: list[Path], settled: bool = True) -> dict:
+    """Every output file's batch is a complete batch with its rows; every complete batch's file is there.
+
+    settled=False: a file may also hold a pending batch (its process was killed between the rename and the
+    final mark; the next predict or `windpipe status` completes it)."""
+    import pandas as pd
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(marts_url)
+    with engine.connect() as conn:
+        batches = pd.read_sql(text("select id, status, row_count, output_path from batches"), conn)
+        rows = pd.read_sql(text("select batch_id, count(*) as n from output_mart group by batch_id"), conn)
+    engine.dispose()
+    complete = batches[batches.status == "complete"].set_index("id")
+    for out in outputs:
+        if out.exists():
+            ids = pd.read_parquet(out, columns=["batch_id"]).batch_id.unique().tolist()
+            if not settled and ids[0] in set(batches[batches.status == "pending"].id):
+                continue
+            assert len(ids) == 1 and ids[0] in complete.index, (out, ids, batches)
+            assert complete.loc[ids[0], "row_count"] == len(pd.read_parquet(out))
+            assert rows.set_index("batch_id").loc[ids[0], "n"] == complete.loc[ids[0], "row_count"]
+    for bid, b in complete.iterrows():
+        if b.output_path:
+            path = Path(b.output_path)
+            assert path.exists(), f"batch {bid} is complete but its file {path} is not there"
+            assert pd.read_parquet(path, columns=["batch_id"]).batch_id.iloc[0] == bid
+    return {"batches": batches, "complete": set(complete.index), "files": [o for o in outputs if o.exists()]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["predict:before_commit", "predict:after_commit", "predict:after_rename"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_predict_leaves_the_file_and_the_marts_in_agreement(shared_platform, model_version, tmp_path,
+                                                                     point, sig):
+    from windpipe.marts import queries, tables
+
+    marts = f"sqlite:///{tmp_path / 'marts.db'}"
+    # SIGKILL: big batches' path (the marts helper process); SIGTERM: the in-process writer
+    env = {"WINDPIPE_MARTS_URL": marts, "WINDPIPE_MARTS_HELPER_ROWS": "1" if sig == signal.SIGKILL else "0"}
+    inp, out = predict_input(tmp_path / "in.parquet"), tmp_path / "out.parquet"
+    args = ["predict", "--input", str(inp), "--output", str(out), "--model-uri", f"models:/wind_solar/{model_version}"]
+    paused = Paused(tmp_path, point)
+    proc = popen(shared_platform, *args, extra_env={**env, **paused.env})
+    paused.wait(proc)
+    proc.send_signal(sig)
+    if sig == signal.SIGTERM:
+        paused.go()  # (the signal waits for the end of the commit-and-rename step when it came inside it)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    # readers trust only complete batches, also before anything tidies up (a kill -9 just after the
+    # rename leaves the batch pending until then)
+    state = marts_agree_with_files(marts, [out], settled=False)
+    engine = tables.get_engine(marts)
+    assert set(queries.latest_batches(engine).id) == state["complete"]
+    from .conftest import latest_run
+
+    run = latest_run(shared_platform, "predict")
+    if sig == signal.SIGTERM:
+        assert "stopped" in err and "Traceback" not in err, (proc.returncode, err[-2000:])
+        assert out.exists() == (point != "predict:before_commit")
+        assert run.info.status == "KILLED" and "stopped" in run.data.tags["windpipe.failure_reason"]
+    else:  # kill -9: the run is left RUNNING; `windpipe status` sees its process is gone and tidies up
+        assert run.info.status == "RUNNING"
+        status = shared_platform.windpipe("status", extra_env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert f"run {run.info.run_id}: marked KILLED" in status.stdout
+        killed = latest_run(shared_platform, "predict")
+        assert killed.info.status == "KILLED" and "process" in killed.data.tags["windpipe.failure_reason"]
+        settled = {"predict:after_commit": "removed", "predict:after_rename": "completed"}.get(point)
+        assert (f"batch 1: {settled}" in status.stdout) if settled else "batch" not in status.stdout, status.stdout
+        marts_agree_with_files(marts, [out])
+    # the next predict tidies up after the killed one, and takes a batch id no file holds
+    out2 = tmp_path / "out2.parquet"
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    again = shared_platform.windpipe(*args2, extra_env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = marts_agree_with_files(marts, [out, out2])
+    assert (state["batches"].status == "complete").all(), state["batches"]
+    import pandas as pd
+
+    ids = [pd.read_parquet(f, columns=["batch_id"]).batch_id.iloc[0] for f in state["files"]]
+    assert len(set(ids)) == len(ids), "a batch id was used for two files"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    tables.dispose_engines()
+
+
+
+# ----------------------------------------------------------------------------------- 7. runs left RUNNING
+
+@pytest.mark.slow
+def test_sigterm_in_the_rf_grid_ends_parent_and_child_killed(shared_platform, registered, tmp_path):
+    from .conftest import latest_run
+
+    env = {**shared_platform.env, "MLFLOW_EXPERIMENT_NAME": shared_platform.settings.experiment}
+    paused = Paused(tmp_path, "rf:grid_child")
+    step = REPO / "projects" / "rf" / "step.py"
+    proc = subprocess.Popen([sys.executable, str(step), "grid", "--data", registered["entity_uri"],
+                             "--n-estimators", "4,8", "--max-depth", "3", "--min-samples-leaf", "1", "--seed", "1",
+                             "--test-size", "0.2", "--split-by", "random"], env={**env, **paused.env},
+                            cwd=step.parent, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    paused.wait(proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped" in err and "Traceback" not in err, err[-2000:]
+    parent = latest_run(shared_platform, "rf", "grid")
+    child = latest_run(shared_platform, "rf", "grid_child")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
+    assert "stopped" in child.data.tags["windpipe.failure_reason"]
+
+
+@pytest.mark.slow
+def test_runs_whose_process_is_gone_are_found(shared_platform):
+    """A RUNNING run whose process is gone (kill -9) ends KILLED; a live one, its children and other hosts' stay."""
+    import mlflow
+
+    from windpipe import identity
+    from windpipe.tracking.runs import mark_killed_runs
+
+    client = mlflow.MlflowClient(shared_platform.tracking_uri)
+    exp = client.create_experiment(f"killed-{os.getpid()}-{time.time_ns()}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def run(process: str | None, parent: str | None = None) -> str:
+        tags = {"windpipe.process": process} if process else {}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        return client.create_run(exp, tags=tags).info.run_id
+
+    gone = run(str(identity.of(os.getpid())).replace(str(os.getpid()), str(dead.pid), 1))
+    orphan = run(None, parent=gone)
+    alive = run(str(identity.current()))
+    child_of_alive = run(None, parent=alive)
+    elsewhere = run(f"another-host {dead.pid} 12.00")
+    reused = run(f"{identity.current().host} {os.getpid()} 12.00")  # this pid, but another start time
+    assert sorted(mark_killed_runs(client, [exp])) == sorted([gone, orphan, reused])
+    status = {r: client.get_run(r).info.status for r in (gone, orphan, alive, child_of_alive, elsewhere, reused)}
+    assert status == {gone: "KILLED", orphan: "KILLED", reused: "KILLED", alive: "RUNNING",
+                      child_of_alive: "RUNNING", elsewhere: "RUNNING"}
+    assert "process" in client.get_run(gone).data.tags["windpipe.failure_reason"]
+    assert "parent" in client.get_run(orphan).data.tags["windpipe.failure_reason"]
+
+
+@pytest.mark.parametrize("family, params, message", [
+    ("rf", {"n_estimators": "1e9", "max_depth": "10", "min_samples_leaf": "3"}, "n_estimators must be at most 5000"),
+    ("keras", {"epochs": "1e9", "batch_size": "64", "learning_rate": "0.01", "hidden_units": "8", "patience": "3",
+               "validation_split": "0.1", "ensemble": "1", "bins": "0"}, "epochs must be at most 10000"),
+])
+def test_parameter_bounds_refuse_absurd_sizes(family, params, message):
+    from windpipe.errors import WindpipeError
+    from windpipe.training import models as M
+
+    cls = M.RFParams if family == "rf" else M.KerasParams
+    with pytest.raises(WindpipeError, match=message) as err:
+        cls.check(seed=1, **params)
+    assert "-P" in err.value.fix

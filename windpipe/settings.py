@@ -217,14 +217,14 @@ def apply_process_environment(settings: Settings | None = None) -> Settings:
 
 
 def fault_point(name: str) -> None:
-    """Fault-injection tests only: stop here while WINDPIPE_TEST_PAUSE_AT is `<name>:<release file>`.
+    """Fault-injection tests only: stop here while WINDPIPE_TEST_PAUSE_AT is `<name>@<release file>`.
 
     Touches `<release file>.paused` and waits (at most 2 minutes) until the test creates the release
     file, so a test can kill a server or this process at exactly this point. Does nothing otherwise.
     """
     import time
 
-    point, _, release = os.environ.get("WINDPIPE_TEST_PAUSE_AT", "").partition(":")
+    point, _, release = os.environ.get("WINDPIPE_TEST_PAUSE_AT", "").partition("@")
     if point != name or not release:
         return
     Path(release + ".paused").touch()

@@ -214,3 +214,21 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
             stop_pid(pid)
             say(f"{name}: stopped (pid {pid})")
             settings.pid_file(name).unlink(missing_ok=True)
+
+
+def tidy_up(settings: Settings) -> list[str]:
+    """After killed processes: end KILLED the RUNNING runs whose process is gone, and complete or remove the
+    prediction batches a killed `windpipe predict` left pending. Returns what was done, one line each."""
+    from mlflow import MlflowClient
+
+    from windpipe.marts.tables import get_engine
+    from windpipe.marts.writers import settle_pending
+    from windpipe.tracking.runs import mark_killed_runs
+
+    lines = [f"run {run_id}: marked KILLED (its process is gone)"
+             for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+    try:
+        lines += settle_pending(get_engine(settings=settings))
+    except WindpipeError as exc:
+        lines.append(f"marts: not checked ({exc.problem})")
+    return lines

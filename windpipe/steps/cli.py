@@ -84,9 +84,6 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (windpipe.tracking.runs.terminate_cleanly)
-        print(f"stopped: {exc or 'interrupted'}", file=sys.stderr)
-        code = 130
     finally:
         skip_final_gc()
     sys.exit(code)

@@ -14,7 +14,7 @@ from windpipe import names
 from windpipe.pipeline.runner import PipelineConfig, StepResult, run_pipeline, summary_table
 from windpipe.settings import get_settings
 from windpipe.steps.cli import flag
-from windpipe.tracking.runs import step_run
+from windpipe.tracking.runs import mark_killed_runs, step_run
 
 
 def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepResult]:
@@ -33,6 +33,8 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
         mlflow.set_tags({names.QUICK_TAG: str(config.quick), names.FORCE_TAG: str(config.force),
                          names.ENV_MANAGER_TAG: config.env_manager})
         console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager})")
+        for run_id in mark_killed_runs(mlflow.MlflowClient(), [run.info.experiment_id]):  # left by a kill
+            console.print(f"run {run_id}: marked KILLED (it was RUNNING, its process is gone)")
         results = run_pipeline(get_settings(), config, console=console)
         console.print(summary_table(results, title=f"pipeline run {run.info.run_id}"))
         return results

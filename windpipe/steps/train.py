@@ -27,7 +27,8 @@ from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
 from windpipe.models import loading
 from windpipe.names import FEATURES, TARGETS
-from windpipe.tracking.runs import latest_entity_uri, log_batch, step_run
+from windpipe.settings import fault_point
+from windpipe.tracking.runs import child_run, latest_entity_uri, log_batch, step_run
 from windpipe.training import models as M
 from windpipe.training.split import check_split, split, xy
 
@@ -224,8 +225,9 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
         X, y = xy(d.train)
         best: tuple[float, str, object, M.RFParams, float] | None = None
         for i, p in enumerate(combos, 1):
-            with mlflow.start_run(nested=True, run_name=f"rf_n{p.n_estimators}_d{p.max_depth}",
-                                  tags={names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
+            with child_run(f"rf_n{p.n_estimators}_d{p.max_depth}",
+                           {names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
+                fault_point("rf:grid_child")
                 model, fit_s = fit_timed(lambda p=p: M.train_rf(X, y, p))
                 out = log_training("rf", model, _rf_params(p), d, fit_s, log_model_too=False)
             print(f"[{i}/{len(combos)}] n_estimators={p.n_estimators} max_depth={p.max_depth}: "

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,32 @@ def terminate_cleanly() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def termination_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT arriving inside the block take effect at its end (steps that must not be split:
+    a commit and the rename that goes with it). Main thread only; elsewhere a no-op.
+
+    (Python runs signal handlers in the main thread whichever thread the signal reaches, so holding the
+    signal in a handler works where blocking it with a signal mask would not: other threads would take it.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+           for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now the usual handler acts on it
+
+
+@contextlib.contextmanager
 def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
              run_name: str | None = None, nested: bool = False) -> Iterator[Run]:
     """Open (or join, under `mlflow run`) the step's run, tagged with the process that runs it.
@@ -115,7 +142,9 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
         _end_quietly(run.info.run_id, str(exc))
         raise
     except KeyboardInterrupt as exc:
-        _end_quietly(run.info.run_id, f"{step} was stopped ({exc or 'Ctrl-C'})", "KILLED")
+        reason = f"{step} was stopped ({exc or 'Ctrl-C'})"
+        _end_quietly(run.info.run_id, reason, "KILLED")
+        print(f"stopped: {reason}; the run {run.info.run_id} ends KILLED", file=sys.stderr)
         raise
     except Exception as exc:
         down = diagnose(settings)
@@ -125,6 +154,21 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
                                 f"{down.fix}; then run it again" if down.fix else None)
         _end_quietly(run.info.run_id, str(problem))
         raise problem from None
+
+
+@contextlib.contextmanager
+def child_run(run_name: str, tags: dict[str, str]) -> Iterator[Run]:
+    """A nested run of the active step run (a grid point), tagged with this process; Ctrl-C or SIGTERM end
+    it KILLED (MLflow would say FAILED), so no child is left RUNNING or blamed on an error."""
+    import mlflow
+
+    child = mlflow.start_run(nested=True, run_name=run_name, tags={**tags, **process_tags()})
+    try:
+        with child:
+            yield child
+    except KeyboardInterrupt as exc:  # (after MLflow ended it FAILED)
+        _end_quietly(child.info.run_id, f"stopped ({exc or 'Ctrl-C'})", "KILLED")
+        raise
 
 
 def _end_quietly(run_id: str, reason: str, status: str = "FAILED") -> None:
@@ -170,16 +214,16 @@ def mark_killed_runs(client: Any, experiment_ids: Iterable[str] | None = None) -
     for run_id, run in running.items():
         why = gone(run)
         if why:
-            fail_run(run_id, f"killed: the run was still RUNNING but {why}", status="KILLED")
+            fail_run(run_id, f"killed: the run was still RUNNING but {why}", "KILLED", client)
             killed.append(run_id)
     return killed
 
 
-def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
+def fail_run(run_id: str, reason: str, status: str = "FAILED", client: Any = None) -> None:
     """End a run FAILED (or KILLED) with the reason in the failure tag."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = client or mlflow.MlflowClient()
     client.set_tag(run_id, names.FAILURE_TAG, reason[:4000])
     client.set_terminated(run_id, status=status)
 
