@@ -7,13 +7,17 @@ waits at the named point until the test has done its damage (see `Paused`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,11 +49,71 @@ class Paused:
         self.release.touch()
 
 
-def popen(p, *args: str, extra_env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.Popen:
+def popen(p, *args: str, extra_env: dict[str, str] | None = None, cwd: Path = REPO,
+          preexec_fn: object = None) -> subprocess.Popen:
     """`windpipe ...` started in the background against platform `p`."""
     env = {**p.env, **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "windpipe", *args], env=env, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
+
+
+def run(p, *args: str, extra_env: dict[str, str] | None = None, preexec_fn: object = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = popen(p, *args, extra_env=extra_env, preexec_fn=preexec_fn)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@dataclass
+class Disk:
+    """A folder on a small or read-only disk, and what a command needs to run against it."""
+
+    path: Path
+    file_limit: int | None = None  # no tmpfs: a file-size limit (RLIMIT_FSIZE) stands in for the full disk
+
+    def preexec(self) -> object:
+        if self.file_limit is None:
+            return None
+        limit = self.file_limit
+
+        def apply() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return apply
+
+    def fill(self) -> None:
+        """Use up the space that is left (tmpfs only)."""
+        if self.file_limit is None:
+            with contextlib.suppress(OSError), open(self.path / "filler", "wb") as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+                    fh.flush()
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, kb: int, read_only: bool = False) -> Iterator[Disk]:
+    """A tmpfs of `kb` KiB (read-only if asked) where mounting works (root, as here and in CI); else a
+    file-size limit for the command (read-only: a folder without write permission, unless we are root)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    opts = f"size={kb}k,mode=0777" + (",ro" if read_only else "")
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)],
+                                                   capture_output=True).returncode == 0
+    try:
+        if mounted:
+            yield Disk(mnt)
+        elif read_only:
+            if os.geteuid() == 0:
+                pytest.skip("root without mount: no way to make a read-only folder here")
+            mnt.chmod(0o555)
+            yield Disk(mnt)
+        else:
+            yield Disk(mnt, file_limit=kb * 1024)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        else:
+            mnt.chmod(0o755)
 
 
 def kill9(pid: int) -> None:
@@ -511,3 +575,272 @@ def test_parameter_bounds_refuse_absurd_sizes(family, params, message):
     with pytest.raises(WindpipeError, match=message) as err:
         cls.check(seed=1, **params)
     assert "-P" in err.value.fix
+
+
+# ----------------------------------------------------------------------------------- 4. disks that say no
+
+def _failed_run_says(platform_, text: str) -> None:
+    from .conftest import latest_run
+
+    run = latest_run(platform_, "predict")
+    assert run.info.status == "FAILED" and text in run.data.tags.get("windpipe.failure_reason", ""), run.data.tags
+
+
+def _complete_batches(marts: str) -> int:
+    from windpipe.marts import queries, tables
+
+    n = len(queries.latest_batches(tables.get_engine(marts)))
+    tables.dispose_engines()
+    return n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["read-only", "full", "folder", "1e308"])
+def test_predict_refuses_what_it_cannot_write_or_score(shared_platform, model_version, tmp_path, case):
+    import pandas as pd
+
+    marts = f"sqlite:///{tmp_path / 'marts.db'}"
+    inp = predict_input(tmp_path / "in.parquet", n=20_000)  # ~1 MB of output
+    if case == "1e308":
+        df = pd.read_parquet(inp)
+        df.loc[17, "windspeed"] = 1e308
+        df.to_parquet(inp, index=False)
+    with small_disk(tmp_path, 128, read_only=case == "read-only") as disk:
+        out = tmp_path / "a-folder" if case == "folder" else disk.path / "out.parquet"
+        if case == "folder":
+            out.mkdir()
+        proc = run(shared_platform, "predict", "--input", str(inp), "--output", str(out), "--overwrite",
+                   "--model-uri", f"models:/wind_solar/{model_version}", extra_env={"WINDPIPE_MARTS_URL": marts},
+                   preexec_fn=disk.preexec())
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.startswith("error: ") and "fix:" in proc.stderr and "Traceback" not in proc.stderr
+        expected = {"read-only": "Read-only file system", "full": "Cannot write", "folder": "is a folder, not a file",
+                    "1e308": "outside its declared range [0, 120] (e.g. 1e+308 in row 17)"}[case]
+        assert expected in proc.stderr, proc.stderr
+        assert (out.is_dir() and not any(out.iterdir())) if case == "folder" else not out.exists()
+        assert not [p for p in disk.path.iterdir() if p.name.endswith(".tmp")]
+    _failed_run_says(shared_platform, expected)
+    assert _complete_batches(marts) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["read-only", "full", "folder"])
+def test_report_refuses_an_output_it_cannot_write(use_platform, registered, tmp_path, case):
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias("wind_solar", "production", registered["version"])
+    with small_disk(tmp_path, 64, read_only=case == "read-only") as disk:
+        out = tmp_path / "a-folder" if case == "folder" else disk.path / "report.html"
+        if case == "folder":
+            out.mkdir()
+        proc = run(use_platform, "report", "--out", str(out), preexec_fn=disk.preexec())
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+        expected = {"read-only": "Read-only file system", "full": "Cannot write", "folder": "is a folder"}[case]
+        assert expected in proc.stderr, proc.stderr
+        assert out.is_dir() if case == "folder" else not out.exists()
+        assert not [p for p in disk.path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_up_on_a_full_state_folder_starts_nothing(make_platform, tmp_path):
+    import psutil
+
+    p = make_platform(start=False)
+    with small_disk(tmp_path, 64) as disk:
+        disk.fill()
+        home = disk.path / "state"
+        proc = run(p, "up", extra_env={"WINDPIPE_HOME": str(home)}, preexec_fn=disk.preexec(), timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "error: " in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "space" in proc.stderr or "exited while starting" in proc.stderr, proc.stderr
+        ours = []
+        for proc_ in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                if proc_.environ().get("WINDPIPE_HOME") == str(home):
+                    ours.append(proc_.pid)
+        assert ours == [], "up left a server of the full state folder running"
+        from windpipe.stack.procs import port_is_free
+
+        assert port_is_free("127.0.0.1", p.settings.ftp_port) and port_is_free("127.0.0.1", p.settings.mlflow_port)
+
+
+def test_a_server_whose_pid_file_cannot_be_written_is_stopped_again(tmp_path):
+    from windpipe.errors import WindpipeError
+    from windpipe.identity import pid_alive
+    from windpipe.stack.procs import start_detached
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    started = []
+    real = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    import windpipe.stack.procs as procs
+
+    procs.subprocess.Popen = spy
+    try:
+        with pytest.raises(WindpipeError, match="Cannot write the pid file") as err:
+            start_detached([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ),
+                           tmp_path / "log.txt", blocker / "run" / "x.pid", tmp_path)
+    finally:
+        procs.subprocess.Popen = real
+    assert "free space" in err.value.fix
+    assert len(started) == 1 and not pid_alive(started[0].pid)
+
+
+@pytest.mark.slow
+def test_marts_locked_too_long_or_on_a_full_disk(shared_platform, model_version, tmp_path):
+    import sqlite3
+
+    from windpipe.marts import tables
+
+    args = ["predict", "--input", str(predict_input(tmp_path / "in.parquet")), "--model-uri",
+            f"models:/wind_solar/{model_version}"]
+    # another writer holds the lock longer than the (shortened) lock timeout
+    db = tmp_path / "locked.db"
+    tables.get_engine(f"sqlite:///{db}")
+    tables.dispose_engines()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = run(shared_platform, *args, "--output", str(tmp_path / "a.parquet"),
+                   extra_env={"WINDPIPE_MARTS_URL": f"sqlite:///{db}", "WINDPIPE_MARTS_LOCK_TIMEOUT": "1"})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 1 and "stayed locked by another writer" in proc.stderr, proc.stderr
+    assert "WINDPIPE_MARTS_LOCK_TIMEOUT" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "a.parquet").exists()
+    _failed_run_says(shared_platform, "stayed locked")
+    # the marts database on a disk that fills up while the batch goes in
+    with small_disk(tmp_path, 256) as disk:
+        url = f"sqlite:///{disk.path / 'marts.db'}"
+        tables.get_engine(url)
+        tables.dispose_engines()
+        disk.fill()
+        proc = run(shared_platform, *args, "--output", str(tmp_path / "b.parquet"),
+                   extra_env={"WINDPIPE_MARTS_URL": url, "WINDPIPE_MARTS_HELPER_ROWS": "0"}, preexec_fn=disk.preexec())
+    assert proc.returncode == 1 and "is full or failing" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "b.parquet").exists()
+    _failed_run_says(shared_platform, "full or failing")
+
+
+# ----------------------------------------------------------------------------------- 10. file modes and secrets
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.slow
+def test_state_folder_databases_and_logs_are_private(use_platform):
+    from windpipe.marts import tables
+
+    home = use_platform.home
+    tables.get_engine(settings=use_platform.settings)  # the marts database of the state folder
+    tables.dispose_engines()
+    assert _mode(home) == 0o700
+    private = [home / "mlflow.db", home / "marts.db", *(home / "logs").glob("*.log"), *(home / "run").glob("*.pid"),
+               home / "ftp_password"]
+    private += [p for p in home.glob("*.db-*")]  # SQLite's WAL and shared-memory files
+    assert len(private) >= 7
+    assert {str(p.relative_to(home)): oct(_mode(p)) for p in private} == {
+        str(p.relative_to(home)): oct(0o600) for p in private}
+
+
+def test_up_makes_an_old_world_readable_state_folder_private(tmp_path):
+    from windpipe.settings import Settings
+
+    home = tmp_path / "state"
+    (home / "logs").mkdir(parents=True)
+    for name in ("mlflow.db", "marts.db", "logs/mlflow.log"):
+        (home / name).write_text("x")
+        (home / name).chmod(0o644)
+    home.chmod(0o755)
+    platform.ensure_state_folder(Settings(home=home))
+    assert _mode(home) == 0o700
+    assert {_mode(home / n) for n in ("mlflow.db", "marts.db", "logs/mlflow.log")} == {0o600}
+
+
+@pytest.mark.slow
+def test_ftp_user_may_list_read_mkdir_write_rename_and_nothing_else(shared_platform):
+    import ftplib
+    import io
+
+    from windpipe.stack import ftp as ftp_server
+
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", shared_platform.settings.ftp_port, timeout=10)
+        ftp.login(shared_platform.settings.ftp_user, ftp_server.ftp_password(shared_platform.settings))
+        folder = f"/artifacts/perm-{os.getpid()}-{time.time_ns()}"
+        ftp.mkd(folder)
+        ftp.cwd(folder)
+        ftp.storbinary("STOR a.txt", io.BytesIO(b"hello"))
+        ftp.rename("a.txt", "b.txt")
+        assert ftp.nlst() == ["b.txt"]
+        got = io.BytesIO()
+        ftp.retrbinary("RETR b.txt", got.write)
+        assert got.getvalue() == b"hello"
+        for command in ("SITE CHMOD 777 b.txt", "DELE b.txt", f"RMD {folder}", "MFMT 20200101000000 b.txt"):
+            with pytest.raises(ftplib.error_perm, match="550"):
+                ftp.sendcmd(command)
+        with pytest.raises(ftplib.error_perm, match="550"):
+            ftp.storbinary("APPE b.txt", io.BytesIO(b"more"))
+
+
+def test_credentials_in_the_tracking_uri_are_never_printed(tmp_path):
+    from windpipe.stack.procs import free_port
+
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    for args in (["compare"], ["models"], ["env"], ["--debug", "models"]):
+        proc = windpipe_cli(*args, env=env, home=tmp_path)
+        assert "s3cret-pw" not in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+    proc = windpipe_cli("compare", env=env, home=tmp_path)
+    assert proc.returncode == 1 and "http://alice:***@127.0.0.1" in proc.stderr and "windpipe up" in proc.stderr
+    exports = windpipe_cli("env", env=env, home=tmp_path).stdout
+    assert "export MLFLOW_TRACKING_URI" not in exports and "alice:***@" in exports
+    assert "export MLFLOW_DISABLE_TELEMETRY=true" in exports and "export MLFLOW_HTTP_REQUEST_MAX_RETRIES=2" in exports
+
+
+def test_redact_masks_every_uri_password():
+    from windpipe.errors import WindpipeError, redact
+
+    text = "a http://u:p@h:5000/x and ftp://windpipe:Zx9-_~@127.0.0.1:2121/artifacts, postgresql+psycopg://m:pw@db/m"
+    assert redact(text) == ("a http://u:***@h:5000/x and ftp://windpipe:***@127.0.0.1:2121/artifacts, "
+                            "postgresql+psycopg://m:***@db/m")
+    assert redact("http://host:5000/path@v1 sqlite:////a/b.db") == "http://host:5000/path@v1 sqlite:////a/b.db"
+    assert "pw" not in str(WindpipeError("down: http://u:pw@h", "set http://u:pw@h"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_keep_the_users_umask(tmp_path, umask, mode):
+    from windpipe.fileio import atomic_path, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<html>")
+        with atomic_path(tmp_path / "out.parquet") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "report.html") == mode and _mode(tmp_path / "out.parquet") == mode
+
+
+@pytest.mark.slow
+def test_predict_output_and_report_keep_the_users_umask(use_platform, registered, tmp_path):
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias("wind_solar", "production", registered["version"])
+    env = {"WINDPIPE_MARTS_URL": f"sqlite:///{tmp_path / 'marts.db'}"}
+    out, report = tmp_path / "out.parquet", tmp_path / "report.html"
+    proc = run(use_platform, "predict", "--input", str(predict_input(tmp_path / "in.parquet", 200)), "--output",
+               str(out), "--model-uri", f"models:/wind_solar/{registered['version']}", extra_env=env,
+               preexec_fn=lambda: os.umask(0o022))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(use_platform, "report", "--out", str(report), preexec_fn=lambda: os.umask(0o027))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (_mode(out), _mode(report)) == (0o644, 0o640)

@@ -121,7 +121,10 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
                 event.listen(engine, "connect", _sqlite_pragmas)
             metadata.create_all(engine)
             _add_new_columns(engine)
-        except Exception as exc:  # driver missing, server down, bad URL
+        except Exception as exc:  # driver missing, server down, bad URL; or a lock, a full disk, a read-only file
+            known = database_error(getattr(exc, "orig", None) or exc, url)
+            if not known.problem.startswith(_GENERIC):
+                raise known from None
             raise WindpipeError(f"Cannot open the data marts at {_safe(url)} ({first_line(exc)}).",
                                 "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder)"
                                 ) from None
@@ -173,8 +176,11 @@ def database_error(exc: BaseException | str, url: str | None = None) -> Windpipe
     if "readonly" in lowered or "read-only" in lowered:
         return WindpipeError(f"The data marts database{where} is read-only; nothing of the batch was written.",
                              "make the database file and its folder writable, or set WINDPIPE_MARTS_URL")
-    return WindpipeError(f"Writing the batch to the data marts{where} failed ({first_line(text, 300)}); nothing "
-                         "of the batch was written.", "check WINDPIPE_MARTS_URL and that the database is writable")
+    return WindpipeError(f"{_GENERIC}{where} failed ({first_line(text, 300)}); nothing of the batch was written.",
+                         "check WINDPIPE_MARTS_URL and that the database is writable")
+
+
+_GENERIC = "Writing the batch to the data marts"
 
 
 # foreign_keys: output rows need their input row; WAL: readers (dashboard) don't block the writer;

@@ -173,16 +173,17 @@ class BatchWriter:
         self.row_no = (np.arange(n) if row_numbers is None else np.asarray(row_numbers)).astype("int64")
         if len(self.row_no) != n:
             raise ValueError("row_numbers must have one entry per scored row")
-        self._batch.start({
+        header = {
             "created_at": datetime.now(UTC).replace(tzinfo=None),
             "model_name": model_name, "model_version": None if model_version is None else str(model_version),
             "model_uri": model_uri, "run_id": run_id, "row_count": n, "rows_dropped": int(rows_dropped),
             "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
             "status": COMPLETE if output_path is None else PENDING, "drift_status": None,  # set with the predictions
             "output_path": output_path, "owner": str(identity.current()),
-        })
+        }
         ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
         with _database_errors(self._engine):
+            self._batch.start(header)
             self._batch.add_inputs({"row_no": self.row_no, TIMESTAMP: ts,
                                     **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
 

@@ -134,11 +134,11 @@ def start_detached(argv: list[str], env: dict[str, str], log_file: Path, pid_fil
         )
     try:
         write_pid_file(pid_file, proc.pid, home, port)
-    except OSError as exc:
+    except (OSError, WindpipeError) as exc:
         stop_pid(proc.pid)
-        raise WindpipeError(f"Cannot write the pid file {pid_file} ({exc.strerror or exc}), so {argv[-1]} was "
-                            "stopped again.", f"free space in {pid_file.parent.parent} (or make it writable), then "
-                            "try again") from None
+        raise WindpipeError(f"Cannot write the pid file {pid_file} ({getattr(exc, 'problem', exc)}), so "
+                            f"{argv[-1]} was stopped again.",
+                            f"free space in {pid_file.parent.parent} (or make it writable), then try again") from None
     return proc.pid
 
 
