@@ -32,7 +32,7 @@ class Paused:
     """Run a command that stops at a fault point; the test acts, then releases it (or kills it)."""
 
     def __init__(self, tmp_path: Path, point: str) -> None:
-        self.release = tmp_path / f"release-{point.replace(':', '-')}"
+        self.release = tmp_path / f"release-{point.replace(':', '-')}-{time.time_ns()}"
         self.env = {"WINDPIPE_TEST_PAUSE_AT": f"{point}@{self.release}"}
 
     def wait(self, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -844,3 +844,97 @@ def test_predict_output_and_report_keep_the_users_umask(use_platform, registered
     proc = run(use_platform, "report", "--out", str(report), preexec_fn=lambda: os.umask(0o027))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (_mode(out), _mode(report)) == (0o644, 0o640)
+
+
+# ----------------------------------------------------------------------------------- 3. servers that die mid-step
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", [platform.MLFLOW, platform.FTP])
+def test_a_server_killed_inside_predict_is_named_within_seconds(make_platform, tmp_path, server):
+    from .models import log_registered_model
+
+    p = make_platform()
+    version = log_registered_model(p, alias=None, tmp_dir=tmp_path)["version"]
+    marts = f"sqlite:///{tmp_path / 'marts.db'}"
+    out = tmp_path / "out.parquet"
+    args = ["predict", "--input", str(predict_input(tmp_path / "in.parquet")), "--output", str(out),
+            "--model-uri", f"models:/wind_solar/{version}"]
+    paused = Paused(tmp_path, "predict:before_commit")
+    proc = popen(p, *args, extra_env={"WINDPIPE_MARTS_URL": marts, **paused.env})
+    paused.wait(proc)
+    kill9(platform.running_pid(p.settings, server))
+    paused.go()
+    _, err = proc.communicate(timeout=120)  # it ends by itself, without MLflow's minutes of retries
+    assert proc.returncode == 1, err[-3000:]
+    named = "MLflow tracking server" if server == platform.MLFLOW else "FTP artifact server"
+    assert err.startswith("error: ") and named in err and "windpipe up" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert not out.exists() and _complete_batches(marts) == 0  # nothing committed
+    # the server back: the same command goes through
+    assert p.windpipe("up").returncode == 0
+    again = p.windpipe(*args, extra_env={"WINDPIPE_MARTS_URL": marts})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.exists() and _complete_batches(marts) == 1
+
+
+@pytest.mark.slow
+def test_servers_killed_during_pipeline_steps_then_the_pipeline_resumes(make_platform, raw_dir, tmp_path):
+    import mlflow
+
+    from .conftest import latest_run
+
+    # the code as it is now (code versions are part of the cache key; others edit the tree meanwhile)
+    snap = tmp_path / "code"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "windpipe", snap / "windpipe", ignore=ignore)
+    shutil.copytree(REPO / "projects", snap / "projects", symlinks=True, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", snap / "pyproject.toml")
+    p = make_platform()
+    mlflow.set_tracking_uri(p.tracking_uri)
+    args = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local", "-P", "rf.n_estimators=4",
+            "-P", "rf.max_depth=4", "-P", "keras.epochs=1"]
+    env = {"PYTHONPATH": str(snap)}
+
+    def pipeline(server: str | None, step: str | None) -> tuple[int, str, str]:
+        paused = Paused(tmp_path, f"step:{step}") if step else None
+        proc = popen(p, *args, extra_env={**env, **(paused.env if paused else {})}, cwd=snap)
+        if paused:
+            paused.wait(proc)
+            kill9(platform.running_pid(p.settings, server))
+            paused.go()
+        out, err = proc.communicate(timeout=900)
+        return proc.returncode, out, err
+
+    # the tracking server dies as the lr step starts: the pipeline ends with the server named
+    code, out, err = pipeline(platform.MLFLOW, "lr")
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert "MLflow tracking server" in err and "does not answer" in err and "windpipe up" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert p.windpipe("up").returncode == 0
+    first = latest_run(p, "pipeline")
+    assert first.info.status == "RUNNING"  # the server could not be told; the next pipeline sees to it
+
+    # the FTP server dies as lr starts again (process is reused): lr fails naming it
+    code, out, err = pipeline(platform.FTP, "lr")
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert "FTP artifact server" in err and "windpipe up" in err and "Traceback" not in err, err[-3000:]
+    assert f"run {first.info.run_id}: marked KILLED" in out, out[-3000:]
+    assert mlflow.get_run(first.info.run_id).info.status == "KILLED"
+    lr = latest_run(p, "lr")
+    assert lr.info.status == "FAILED" and "FTP artifact server" in lr.data.tags["windpipe.failure_reason"]
+
+    # both back: the pipeline resumes; what finished before is reused, nothing is lost
+    assert p.windpipe("up").returncode == 0
+    code, out, err = pipeline(None, None)
+    assert code == 0, out[-3000:] + err[-3000:]
+    last = latest_run(p, "pipeline")
+    how = {k.removeprefix("windpipe.pipeline."): v.split()[1] for k, v in last.data.tags.items()
+           if k.startswith("windpipe.pipeline.")}
+    # process and keras (before lr in run order: ties go by name) finished in the first run: reused, not lost
+    finished_before = {"process", "keras"}
+    assert {s for s, ran in how.items() if ran == "reused"} == finished_before
+    assert {s for s, ran in how.items() if ran == "ran"} == set(how) - finished_before  # lr and all after it
+    assert last.info.status == "FINISHED"
+    running = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []

@@ -24,7 +24,7 @@ from windpipe.pipeline.cache import cache_key, content_hash, find_cached
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import Plan, PlannedStep, make_plan
 from windpipe.settings import Settings
-from windpipe.tracking.client import probe_artifacts
+from windpipe.tracking.client import ServerDown, diagnose
 from windpipe.tracking.runs import code_version
 
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
@@ -123,15 +123,13 @@ def input_values(plan: Plan, step: PlannedStep, results: dict[str, StepResult]) 
     return out
 
 
-def _check_artifact_store(tracking_uri: str) -> None:
-    """Fail fast when the artifact store is down: a step would find out only after MLflow's upload
-    retries (minutes of backoff per artifact)."""
-    try:
-        probe_artifacts(tracking_uri)
-    except WindpipeError as exc:
-        raise WindpipeError(f"Cannot run the pipeline's steps: {exc.problem}",
-                            "check `windpipe status` (restart with `windpipe up`), then run the pipeline again: "
-                            "finished steps are reused") from None
+def _raise_if_down(what: str) -> None:
+    """Fail fast, naming the server, when the tracking server or its artifact store does not answer: a step
+    would find out only through MLflow's retries."""
+    down = diagnose()
+    if down is not None:
+        raise ServerDown(f"{what}: {down.problem}",
+                         f"{down.fix}; then run the pipeline again: finished steps are reused") from None
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -185,7 +183,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console: Any = None
                                                 dict(cached.data.metrics), step.spec.key_metric)
             else:
                 if all(r.reused for r in results.values()):  # the first step that runs
-                    _check_artifact_store(tracking_uri)
+                    _raise_if_down("Cannot run the pipeline's steps")
                 console.rule(f"{label}: running")
                 run = _launch(config, step, params, key, upstream, parent.info.run_id, experiment_name,
                               tracking_uri, label, commit)
@@ -232,6 +230,7 @@ def _launch(config: PipelineConfig, step: PlannedStep, params: dict[str, str], k
             raise WindpipeError(f"{label} could not start: {error}",
                                 "check the parameters (-P) and the step project") from None
     except MlflowException as exc:
+        _raise_if_down(f"{label} stopped")  # a server that died under the step, rather than a bad project
         raise WindpipeError(f"{label} could not start: {first_line(exc, 500)}",
                             "check the parameters (-P) and the step project") from None
     except (KeyboardInterrupt, _Interrupted):
@@ -248,12 +247,7 @@ def _launch(config: PipelineConfig, step: PlannedStep, params: dict[str, str], k
     if error is not None or run.info.status != "FINISHED":
         reason = run.data.tags.get(names.FAILURE_TAG)
         if not reason:
-            try:
-                probe_artifacts(tracking_uri)
-            except WindpipeError as exc:
-                raise WindpipeError(f"{label} failed (run {run_id}): {exc.problem}",
-                                    "check `windpipe status` (restart with `windpipe up`), then run the pipeline "
-                                    "again: finished steps are reused") from None
+            _raise_if_down(f"{label} failed (run {run_id})")
         detail = reason or "see the step's output above"
         raise WindpipeError(f"{label} failed (run {run_id}): {detail}",
                             "fix the cause and run the pipeline again: finished steps are reused")

@@ -141,9 +141,9 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("write")
         result = BatchResult(output_path, batch.batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns,
                              ref, drift_rows, t)
+        fault_point("predict:before_commit")
         if before_commit is not None:
             before_commit(result)
-        fault_point("predict:before_commit")
         with termination_deferred():  # commit -> rename -> complete: SIGTERM waits for all three
             batch.commit()
             fault_point("predict:after_commit")

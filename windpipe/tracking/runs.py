@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from windpipe import identity, names
 from windpipe.errors import WindpipeError, first_line
 from windpipe.settings import fault_point, get_settings, package_dir
-from windpipe.tracking.client import connect, diagnose, probe_health
+from windpipe.tracking.client import ServerDown, connect, diagnose, probe_health
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -139,8 +139,11 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
             fault_point(f"step:{step}")
             yield run
     except WindpipeError as exc:
+        down = None if isinstance(exc, ServerDown) else diagnose(settings)
+        if down is not None:  # the error may only be what a server that died looks like from here
+            exc = ServerDown(f"{exc.problem.rstrip('.')}: {down.problem}", down.fix)
         _end_quietly(run.info.run_id, str(exc))
-        raise
+        raise exc from None
     except KeyboardInterrupt as exc:
         reason = f"{step} was stopped ({exc or 'Ctrl-C'})"
         _end_quietly(run.info.run_id, reason, "KILLED")
@@ -150,8 +153,8 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
         down = diagnose(settings)
         if down is None:
             raise
-        problem = WindpipeError(f"The {step} step stopped: {down.problem} ({type(exc).__name__}: {first_line(exc)})",
-                                f"{down.fix}; then run it again" if down.fix else None)
+        problem = ServerDown(f"The {step} step stopped: {down.problem} ({type(exc).__name__}: {first_line(exc)})",
+                             f"{down.fix}; then run it again" if down.fix else None)
         _end_quietly(run.info.run_id, str(problem))
         raise problem from None
 
