@@ -105,6 +105,9 @@ def test_whatif_and_its_errors():
         D.whatif(SumModel(), {**vals, "temperature": "warm"})
     with pytest.raises(WindpipeError, match="negative"):
         D.whatif(SumModel(), {**vals, "rad_diffuse": -1})
+    for bad in ("inf", "-inf", "nan", 1e200, 1e308):  # were HTTP 500 with the previous result still shown
+        with pytest.raises(WindpipeError, match=r"temperature must be a finite number in \[-100, 70\]"):
+            D.whatif(SumModel(), {**vals, "temperature": bad})
 
 
 def test_response_curves_sweep_one_input_and_mark_the_chosen_point():
@@ -195,6 +198,41 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
     page = board.whatif(store, {"windspeed": 5, "temperature": 1, "rad_horizontal": 1, "rad_diffuse": 1})
     assert "whatif-curves" in str(page)
     assert app.server.test_client().get("/assets/bootstrap.min.css").status_code == 200
+
+
+
+def test_marts_queue_is_bounded_and_a_repeated_range_is_not_a_new_batch(frame):
+    """A burst of whole-range requests never waits and never queues more than settings.dashboard_queue
+    batches for the marts: the rest are dropped and counted. A range already recorded is not recorded again."""
+    from windpipe.views.dashboard.app import create_app
+
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", 1)
+
+    gate, logged = threading.Event(), []
+
+    def slow_marts(scored, fr, pm) -> None:  # the marts writer, stuck until the test lets it go
+        gate.wait(30)
+        logged.append((str(fr.index[0]), str(fr.index[-1])))
+
+    settings = Settings(dashboard_queue=3)
+    board = create_app(settings, source=Src(settings, loader=lambda _s, v: fake_model(frame, v)),
+                       prediction_logger=slow_marts).windpipe
+    store, _banner, start, end = board.refresh(None, None, None)
+    days = pd.date_range(start, end, freq="D").strftime("%Y-%m-%d")
+    ranges = [(days[0], day) for day in days[1:11]]  # 10 distinct ranges
+    for a, b in ranges + ranges[:2]:  # and two repeats
+        _fig, msg, _c, _t = board.predictions(store, a, b)  # returns although the marts are stuck
+        assert msg == ""
+    assert board.dropped == 7 and board.repeated == 2
+    gate.set()
+    board.flush()
+    assert len(logged) == 3 and len(set(logged)) == 3
+    board.predictions(store, *ranges[0])  # recorded already
+    board.predictions(store, *ranges[5])  # dropped before: recorded now
+    board.flush()
+    assert len(logged) == 4 and board.repeated == 3
 
 
 # --- against a real tracking server -----------------------------------------------------------------

@@ -202,14 +202,14 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     import mlflow
 
     from windpipe.stack import services as plat
-    from windpipe.stack.procs import read_pid, stop_pid
+    from windpipe.stack.procs import stop_pid
 
     p = make_platform()
     mlflow.set_tracking_uri(p.tracking_uri)
     run = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local"]
 
     # the FTP artifact server is down: a clear error, then (server back) the next run completes
-    stop_pid(read_pid(p.settings.pid_file(plat.FTP), ("windpipe.stack.ftp",)))
+    stop_pid(plat.running_pid(p.settings, plat.FTP))
     proc = _cli(p, snapshot, *run)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "artifact store" in proc.stderr and "windpipe up" in proc.stderr, proc.stderr[-2000:]

@@ -491,10 +491,11 @@ def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_e
 
     monkeypatch.setattr(P.pd.DataFrame, "to_parquet", broken)
     out = tmp_path / "out.parquet"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WindpipeError, match=r"Cannot write .*out.parquet \(disk full\); nothing was written"):
         P.run_batch(_plain_input(tmp_path), out, f"models:/wind_solar/{model['version']}", say=lambda _m: None)
     assert not out.exists()
     assert mart_counts(marts_env)["batches"] == 0
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def _plain_input(tmp_path) -> str:

@@ -3,11 +3,65 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from windpipe.errors import WindpipeError, first_line
+from windpipe.identity import pid_alive
+
+
+@dataclass
+class Staged:
+    """A temporary file beside `target`; `publish()` renames it onto `target` (atomically)."""
+
+    tmp: Path
+    target: Path
+    published: bool = False
+
+    def publish(self) -> Path:
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            raise write_error(self.target, exc) from None
+        self.published = True
+        return self.target
+
+
+@contextlib.contextmanager
+def staged_path(target: Path | str, mode: int | None = None) -> Iterator[Staged]:
+    """A temporary file beside `target` that the caller publishes when it decides (atomic_path: at the end).
+
+    The file gets `mode` when given, else what the user's umask allows (as `open()` would give it). Its
+    name carries this process's pid (`.<name>.<pid>.<random>.tmp`): temporary files that killed processes
+    left in the folder are removed by the next stage there. If the block ends before publish(), the
+    temporary file goes. A target that is a folder, or a folder that is read-only or full, is a
+    WindpipeError naming the path.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise WindpipeError(f"{target} is a folder, not a file.", "pass a file path (e.g. <folder>/<name>)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    staged = Staged(Path(tmp_name), target)
+    try:
+        os.chmod(staged.tmp, mode if mode is not None else 0o666 & ~_umask())  # mkstemp made it 0600
+        yield staged
+    except OSError as exc:  # writing the temporary file failed (a full disk, a size limit)
+        raise write_error(target, exc) from None
+    finally:
+        if not staged.published:
+            staged.tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -16,17 +70,32 @@ def atomic_path(target: Path | str, mode: int | None = None) -> Iterator[Path]:
 
     The file gets `mode` when given, else what the user's umask allows (as `open()` would give it).
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())  # mkstemp made it 0600
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_path(target, mode) as staged:
+        yield staged.tmp
+        staged.publish()
+
+
+def write_error(target: Path, exc: OSError) -> WindpipeError:
+    """A failed write of `target` as a message: the path, the reason, what to do."""
+    reason = exc.strerror or first_line(exc)
+    if exc.errno == errno.ENOSPC or "No space left" in str(exc):
+        fix = f"free space on the disk holding {target.parent}, or write somewhere else"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"make {target.parent} writable, or write somewhere else"
+    else:
+        fix = f"check {target.parent} (space, permissions), or write somewhere else"
+    return WindpipeError(f"Cannot write {target} ({reason}); nothing was written there.", fix)
+
+
+_STAGED = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.tmp$")  # .<name>.<pid>.<mkstemp's 8 characters>.tmp
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Temporary files staged in `folder` by processes that have ended (killed before they could tidy up)."""
+    for tmp in folder.glob(".*.tmp"):
+        match = _STAGED.match(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(target: Path | str, text: str, mode: int | None = None) -> Path:

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from windpipe.errors import WindpipeError
 
 
 def repo_root() -> Path:
@@ -58,9 +60,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: repo_root() / ".windpipe")
     host: str = "127.0.0.1"
-    ftp_port: int = 2121
+    ftp_port: int = Field(default=2121, ge=1, le=65535)
     ftp_passive_ports: str = "30000-30009"
-    mlflow_port: int = 5000
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
     mlflow_workers: int = 1
     # "fast": MLflow's app under uvicorn in one process; "cli": the plain `mlflow server` command
     mlflow_launcher: Literal["fast", "cli"] = "fast"
@@ -76,14 +78,18 @@ class Settings(BaseSettings):
     # model's loading and scoring; windpipe.marts.helper); 0: never
     marts_helper_rows: int = Field(default=100_000, ge=0)
     log_dashboard_predictions: bool = True
+    # seconds a marts write waits for another writer's lock before it gives up
+    marts_lock_timeout: float = Field(default=30.0, gt=0)
     # `windpipe monitor`: a batch is degraded when its rmse on recorded power passes this many times the
     # model's holdout rmse at promotion (the dashboard draws the same limit)
     degraded_ratio: float = Field(default=1.5, gt=0)
-    dashboard_port: int = 8050
-    serve_port: int = 8003
+    dashboard_port: int = Field(default=8050, ge=1, le=65535)
+    serve_port: int = Field(default=8003, ge=1, le=65535)
+    # batches the dashboard may have waiting for the marts; more are dropped (and counted), never waited for
+    dashboard_queue: int = Field(default=8, ge=1)
     # `windpipe serve` resolves its alias this often and swaps in a newly promoted version
     serve_poll_seconds: float = Field(default=3.0, gt=0)
-    lab_port: int = 8888
+    lab_port: int = Field(default=8888, ge=1, le=65535)
     startup_timeout: float = 60.0
     # show diagnostics on the console (`windpipe --verbose`): library logs, TensorFlow's C++ lines, warnings
     verbose: bool = False
@@ -92,8 +98,30 @@ class Settings(BaseSettings):
     bin_dir: Path | None = None  # bin/ of the environment with windpipe and mlflow (default: .venv/bin)
     inbox: Path | None = None  # the prediction DAG's inbox (default: <home>/inbox)
     # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
-    airflow_port: int = 8090
+    airflow_port: int = Field(default=8090, ge=1, le=65535)
     airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
+    # MLflow's HTTP client, for every windpipe process and the step runs it starts. MLflow's defaults
+    # (7 retries, backoff factor 2, 120 s per request) wait about 4 minutes on a server that is gone;
+    # these give up within seconds and windpipe says which server is down. MLflow's own variable
+    # names are honoured too.
+    mlflow_http_max_retries: int = Field(default=2, ge=0, le=10, validation_alias=AliasChoices(
+        "WINDPIPE_MLFLOW_HTTP_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    mlflow_http_backoff_factor: float = Field(default=1.0, ge=0, le=120, validation_alias=AliasChoices(
+        "WINDPIPE_MLFLOW_HTTP_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
+    mlflow_http_timeout: float = Field(default=30.0, gt=0, validation_alias=AliasChoices(
+        "WINDPIPE_MLFLOW_HTTP_TIMEOUT", "MLFLOW_HTTP_REQUEST_TIMEOUT"))
+
+    @field_validator("ftp_passive_ports")
+    @classmethod
+    def _passive_range_is_a_range(cls, value: str) -> str:
+        first, sep, last = value.strip().partition("-")
+        try:
+            low, high = int(first), int(last if sep else first)
+        except ValueError:
+            raise ValueError("must be a port or a range FIRST-LAST, e.g. 30000-30009") from None
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {value!r}")
+        return value.strip()
 
     # ------------------------------------------------------------------ addresses
 
@@ -114,6 +142,17 @@ class Settings(BaseSettings):
     @property
     def effective_marts_url(self) -> str:
         return self.marts_url or f"sqlite:///{self.home / 'marts.db'}"
+
+    def process_environment(self) -> dict[str, str]:
+        """What every windpipe process and the step runs it starts carry in their environment: MLflow's
+        bounded HTTP retries, and MLflow telemetry off (its thread edits os.environ while other threads
+        read it: a rare KeyError under load)."""
+        return {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_http_max_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": f"{self.mlflow_http_backoff_factor:g}",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": f"{self.mlflow_http_timeout:g}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
 
     # ------------------------------------------------------------------ the state folder
 
@@ -181,14 +220,68 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, `.env` and explicit overrides (overrides win)."""
+    """Build settings from the environment, `.env` and explicit overrides (overrides win).
+
+    A value that does not fit its setting (a port of 99999, `abc` for a number, a reversed passive
+    range) is a WindpipeError naming the variable.
+    """
     return _cached(tuple(sorted(overrides.items())))
 
 
 @lru_cache(maxsize=8)
 def _cached(overrides: tuple[tuple[str, object], ...]) -> Settings:
     env_file = _env_file()
-    return Settings(_env_file=env_file if env_file.exists() else None, **dict(overrides))
+    try:
+        return Settings(_env_file=env_file if env_file.exists() else None, **dict(overrides))
+    except ValidationError as exc:
+        raise settings_error(exc, env_file) from None
+
+
+def settings_error(exc: ValidationError, env_file: Path | None = None) -> WindpipeError:
+    """A WindpipeError naming each setting whose value is refused (the environment variable and the value)."""
+    problems = []
+    for err in exc.errors():
+        var = _variable(str(err["loc"][0]) if err["loc"] else "?")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{var}={err.get('input')!r}: {message}")
+    where = f" (environment or {env_file})" if env_file is not None else ""
+    return WindpipeError(f"Invalid setting{'s' if len(problems) > 1 else ''}{where}: " + "; ".join(problems) + ".",
+                         "correct or unset the variable (`.env.example` lists every setting and its default)")
+
+
+def _variable(loc: str) -> str:
+    """The environment variable behind a settings field (or one of its aliases): the one that is set."""
+    names = [f"WINDPIPE_{loc.upper()}"]
+    for field, info in Settings.model_fields.items():
+        choices = [str(c) for c in getattr(info.validation_alias, "choices", [])]
+        if loc == field or loc in choices:
+            names = choices or [f"WINDPIPE_{field.upper()}"]
+    present = {k.upper() for k in os.environ}
+    return next((n for n in names if n.upper() in present), names[0])
+
+
+def apply_process_environment(settings: Settings | None = None) -> Settings:
+    """Put `settings.process_environment()` into os.environ (before MLflow is imported: telemetry starts then)."""
+    settings = settings or get_settings()
+    os.environ.update(settings.process_environment())
+    return settings
+
+
+def fault_point(name: str) -> None:
+    """Fault-injection tests only: stop here while WINDPIPE_TEST_PAUSE_AT is `<name>@<release file>`.
+
+    Touches `<release file>.paused` and waits (at most 2 minutes) until the test creates the release
+    file, so a test can kill a server or this process at exactly this point. Does nothing otherwise.
+    """
+    import time
+
+    point, _, release = os.environ.get("WINDPIPE_TEST_PAUSE_AT", "").partition("@")
+    if point != name or not release:
+        return
+    Path(release + ".paused").touch()
+    deadline = time.monotonic() + 120
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def clear_settings_cache() -> None:

@@ -18,7 +18,8 @@ from typing import Optional
 import typer
 
 from windpipe.cli import dashboard, data, models, orchestration, pipeline, platform, predict, serving, steps, workbench
-from windpipe.errors import UsageError, WindpipeError
+from windpipe.errors import UsageError, WindpipeError, first_line
+from windpipe.settings import apply_process_environment
 
 app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -44,6 +45,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = [a for a in args if a not in ("--debug", "--verbose")]
     setup_process()
     try:
+        # bounded MLflow retries and no telemetry, for this process and the step runs it starts
+        apply_process_environment()
+    except WindpipeError:
+        pass  # a bad setting: the command that reads it says so (`--help` still works)
+    try:
         app(args=args, prog_name="windpipe")  # click's standalone mode: usage errors print usage, exit 2
     except UsageError as exc:
         _report(exc, debug)
@@ -54,6 +60,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # an unexpected error is a bug, unless a server died under the command: then say which, and the fix
+        down = _server_down()
+        if down is None:
+            raise
+        _report(WindpipeError(f"{down.problem} ({type(exc).__name__}: {first_line(exc)})", down.fix), debug)
+        sys.exit(1)
+
+
+def _server_down() -> WindpipeError | None:
+    """The tracking server or artifact store that does not answer (found in seconds), else None."""
+    from windpipe.tracking.client import diagnose
+
+    try:
+        return diagnose()
+    except WindpipeError:  # the settings themselves are broken: not a server problem
+        return None
 
 
 def _report(exc: WindpipeError, debug: bool) -> None:

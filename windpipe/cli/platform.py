@@ -29,7 +29,11 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Report the health of every server; exit 0 only when all are healthy."""
+    """Report the health of every server; exit 0 only when all are healthy.
+
+    Then tidies up after killed processes: RUNNING runs whose process is gone end KILLED, and prediction
+    batches a killed `windpipe predict` left pending are completed or removed.
+    """
     from windpipe.settings import get_settings
     from windpipe.stack import services
     from windpipe.workbench import lab
@@ -43,13 +47,26 @@ def status() -> None:
         typer.echo(f"{mark} {st.name:<7} {st.url:<28} {pid:<10} {st.detail}")
     if not all(st.healthy for st in states):
         raise typer.Exit(1)
+    for line in services.tidy_up(settings):
+        typer.echo(line)
 
 
 @app.command("env")
 def env() -> None:
-    """Print shell exports that point MLflow at the platform: `eval "$(windpipe env)"`."""
+    """Print shell exports that point MLflow at the platform: `eval "$(windpipe env)"`.
+
+    Also MLflow's bounded HTTP retries and telemetry off, as windpipe's own processes have them. A password
+    in MLFLOW_TRACKING_URI is never printed.
+    """
+    from windpipe.errors import redact
     from windpipe.settings import get_settings
 
     settings = get_settings()
-    typer.echo(f"export MLFLOW_TRACKING_URI={settings.effective_tracking_uri}")
+    uri = settings.effective_tracking_uri
+    if redact(uri) != uri:  # a password in the URI: leave the variable as the user set it, print no secret
+        typer.echo(f"# MLFLOW_TRACKING_URI is set with credentials ({redact(uri)}): left as it is")
+    else:
+        typer.echo(f"export MLFLOW_TRACKING_URI={uri}")
     typer.echo(f"export MLFLOW_EXPERIMENT_NAME={settings.experiment}")
+    for key, value in settings.process_environment().items():
+        typer.echo(f"export {key}={value}")

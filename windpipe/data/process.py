@@ -9,7 +9,7 @@ import pandas as pd
 
 from windpipe.data.synth import TIMESERIES_FILE, WEATHER_FILE
 from windpipe.entities.schema import PROCESSED
-from windpipe.errors import WindpipeError
+from windpipe.errors import WindpipeError, first_line
 from windpipe.names import TIMESTAMP
 
 POWER_COLUMNS = {"DE_solar_generation_actual": "solar_GW", "DE_wind_generation_actual": "wind_GW"}
@@ -26,10 +26,16 @@ def _read_csv(path: Path, wanted: dict[str, str]) -> pd.DataFrame:
     if not path.exists():
         raise WindpipeError(f"Raw file {path.name} is missing from {path.parent}.",
                             f"put {path.name} there (OPSD download, or `windpipe data synth --out {path.parent}`)")
+    _check_utf8(path)
     try:
-        df = pd.read_csv(path, usecols=lambda c: c == TIMESTAMP or c in wanted, low_memory=False)
+        df = pd.read_csv(path, usecols=lambda c: c == TIMESTAMP or c in wanted, low_memory=False, encoding="utf-8")
     except pd.errors.EmptyDataError:
         raise WindpipeError(f"Raw file {path} is empty.",
+                            "download it again or regenerate it with `windpipe data synth`") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc.object[exc.start:exc.start + 1], f"offset {exc.start}") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise WindpipeError(f"Raw file {path} cannot be read as CSV ({first_line(exc)}).",
                             "download it again or regenerate it with `windpipe data synth`") from None
     missing = [c for c in [TIMESTAMP, *wanted] if c not in df.columns]
     if missing:
@@ -48,8 +54,45 @@ def _read_csv(path: Path, wanted: dict[str, str]) -> pd.DataFrame:
                 f"on line(s) {rows}).",
                 "fix or remove those lines; empty cells are fine (they are dropped)",
             )
+        values = _check_possible(path, col, values, wanted[col])
         df[col] = values
     return df
+
+
+def _check_possible(path: Path, col: str, values: pd.Series, entity_col: str) -> pd.Series:
+    """Refuse infinite values and values outside the processed entity's declared range (in the raw units)."""
+    scale = 1 / 1000 if col in POWER_COLUMNS else 1.0  # MW in the raw file, GW in the entity
+    numbers = values.to_numpy(dtype="float64")
+    unit = "GW " if scale != 1 else ""
+    possible = f"outside what is possible ({PROCESSED.range_text(entity_col)} {unit}once processed)"
+    for mask, what in ((np.isinf(numbers), "infinite values"),
+                       (PROCESSED.out_of_range(entity_col, numbers * scale), f"values {possible}")):
+        if mask.any():
+            rows = (np.flatnonzero(mask)[:3] + 2).tolist()  # +2: header line and 1-based lines
+            raise WindpipeError(f"Raw file {path.name} has {what} in {col} (e.g. {values[mask].iloc[0]!r} on "
+                                f"line(s) {rows}).",
+                                "fix or remove those lines; empty cells are fine (they are dropped)")
+    return values
+
+
+def _not_utf8(path: Path, byte: bytes, where: str) -> WindpipeError:
+    return WindpipeError(f"Raw file {path} is not UTF-8 text (byte {byte!r} at {where}): a binary file, or text in "
+                         "another encoding (UTF-16, Latin-1).",
+                         "save it as UTF-8 CSV (the OPSD downloads are), or download it again")
+
+
+def _check_utf8(path: Path, head: int = 1 << 16) -> None:
+    """Refuse a file whose first bytes are not UTF-8 text (pandas may read a binary file as odd columns)."""
+    import codecs
+
+    with open(path, "rb") as fh:
+        data = fh.read(head)
+    if b"\x00" in data:
+        raise _not_utf8(path, b"\x00", f"offset {data.index(0)}")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, data[exc.start:exc.start + 1], f"offset {exc.start}") from None
 
 
 def read_raw(raw_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,13 +116,14 @@ def _parse_times(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def process(power: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
     """Join power and weather on time, keep 2013 on, drop missing rows, MW -> GW, rename."""
-    power = _parse_times(power, TIMESERIES_FILE)[[TIMESTAMP, *POWER_COLUMNS]]
-    weather = _parse_times(weather, WEATHER_FILE)[[TIMESTAMP, *WEATHER_COLUMNS]]
+    # a repeated hour (the real files repeat one when clocks go back) keeps its first copy in each file
+    power = _parse_times(power, TIMESERIES_FILE)[[TIMESTAMP, *POWER_COLUMNS]].drop_duplicates(TIMESTAMP)
+    weather = _parse_times(weather, WEATHER_FILE)[[TIMESTAMP, *WEATHER_COLUMNS]].drop_duplicates(TIMESTAMP)
     df = power.merge(weather, on=TIMESTAMP, how="inner")
     df = df[df[TIMESTAMP] >= START].dropna()
     df[list(POWER_COLUMNS)] = df[list(POWER_COLUMNS)] / 1000.0
     df = df.rename(columns={**POWER_COLUMNS, **WEATHER_COLUMNS})
-    df = df.sort_values(TIMESTAMP).drop_duplicates(TIMESTAMP).reset_index(drop=True)
+    df = df.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
     df[[c for c in df.columns if c != TIMESTAMP]] = df[[c for c in df.columns if c != TIMESTAMP]].astype("float64")
     if df.empty:
         raise WindpipeError("The raw files share no complete rows from 2013 on.",

@@ -24,6 +24,7 @@ SOLAR_MW, SOLAR_GROWTH = 35_000.0, 0.05
 WIND_MW, WIND_GROWTH = 30_000.0, 0.21
 # persistent gaps between the national-average weather and the weather at the parks (AR(1) sigmas)
 SOLAR_NOISE, WIND_NOISE = 0.10, 0.04
+FIRST_YEAR, LAST_YEAR = 1900, 2200  # the years the generator accepts
 
 
 def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> np.ndarray:
@@ -40,6 +41,9 @@ def generate(seed: int = 42, start_year: int = 2013, years: int = 4) -> tuple[pd
     """
     if years < 1:
         raise WindpipeError(f"years must be at least 1 (got {years}).", "pass --years 1 or more")
+    if not FIRST_YEAR <= start_year <= LAST_YEAR - years:  # (pandas timestamps end in 2262)
+        raise WindpipeError(f"The start year {start_year} is out of range: with {years} year(s) the data must lie "
+                            f"between {FIRST_YEAR} and {LAST_YEAR}.", "pass e.g. --start 2013")
     rng = np.random.default_rng(seed)
     start = pd.Timestamp(f"{start_year}-01-01", tz="UTC") - pd.Timedelta(hours=6)
     end = pd.Timestamp(f"{start_year + years}-01-01", tz="UTC")

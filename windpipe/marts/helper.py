@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from windpipe.errors import WindpipeError, first_line
+from windpipe.marts.tables import database_error
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -91,8 +92,7 @@ class ProcessBatch:
                                 "see the messages above; if memory ran out, score the input in smaller files"
                                 ) from None
         if kind == "error":
-            raise WindpipeError(f"Writing the batch to the data marts failed ({value}); nothing of the batch was "
-                                "written.", "check WINDPIPE_MARTS_URL and that the database is writable")
+            raise database_error(value)
         return value
 
     def start(self, header: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """Reading the data marts (the dashboard, the report, tests): newest batches, a batch's rows, drift,
-the scored rows recorded power can be matched with, and the error history."""
+the scored rows recorded power can be matched with, and the error history.
+
+Readers trust complete batches only: a pending one (committed, its output file not in place yet) is skipped.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 
-from windpipe.marts.tables import batches, drift, get_engine, input_mart, output_mart, performance
+from windpipe.marts.tables import COMPLETE, batches, drift, get_engine, input_mart, output_mart, performance
 from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
 
 if TYPE_CHECKING:
@@ -15,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def latest_batches(engine: Engine | None = None, limit: int = 20, source: str | None = None) -> pd.DataFrame:
-    """The newest batches first: id, created_at, model_*, row_count, input_hash, source, status, drift_status."""
+    """The newest complete batches first: id, created_at, model_*, row_count, input_hash, source, status,
+    drift_status, output_path (a pending batch, whose output file is not in place yet, is not shown)."""
     import pandas as pd
 
     engine = engine or get_engine()
-    stmt = select(batches).order_by(batches.c.id.desc()).limit(limit)
+    stmt = select(batches).where(batches.c.status == COMPLETE).order_by(batches.c.id.desc()).limit(limit)
     if source:
         stmt = stmt.where(batches.c.source == source)
     with engine.connect() as conn:
@@ -63,7 +67,8 @@ def drift_summary(engine: Engine | None = None, batch_ids: list[int] | None = No
                   d.c.feature, d.c.psi, d.c.ks, d.c.status).join_from(d, b, d.c.batch_id == b.c.id)
     with engine.connect() as conn:
         if batch_ids is None:
-            newest = select(b.c.id).where(b.c.drift_status != "unchecked").order_by(b.c.id.desc()).limit(limit)
+            newest = (select(b.c.id).where(b.c.drift_status != "unchecked", b.c.status == COMPLETE)
+                      .order_by(b.c.id.desc()).limit(limit))
             batch_ids = list(conn.execute(newest).scalars())
         stmt = stmt.where(b.c.id.in_(list(batch_ids)))
         df = pd.DataFrame(conn.execute(stmt).mappings().all(),

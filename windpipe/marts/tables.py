@@ -13,6 +13,7 @@ Tables
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,9 +56,14 @@ batches = Table(
     Column("input_hash", String(64), nullable=False),
     Column("input_path", String(1000)),
     Column("source", String(20), nullable=False),  # cli | project | dashboard
-    Column("status", String(20), nullable=False),  # complete (failed batches leave no row)
+    # pending: committed, its output file not yet in place (readers skip it); complete: file and rows agree
+    Column("status", String(20), nullable=False),
     Column("drift_status", String(20)),  # ok | warn | drift | unchecked
+    Column("output_path", String(1000)),  # the file the batch's predictions went to (None: no file)
+    Column("owner", String(200)),  # the process writing it: "<host> <pid> <start time>" (windpipe.identity)
+    sqlite_autoincrement=True,  # a batch id is never handed out twice, even after a batch is removed
 )
+PENDING, COMPLETE = "pending", "complete"
 
 input_mart = Table(
     "input_mart", metadata,
@@ -125,14 +131,22 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
     with _lock:
         if url in _engines:
             return _engines[url]
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        sqlite = url.startswith("sqlite")
+        db_file = Path(url[len("sqlite:///"):]) if sqlite and url != "sqlite:///:memory:" else None
+        lock_timeout = (settings or get_settings()).marts_lock_timeout
         try:
-            engine = create_engine(url)
+            if db_file is not None:
+                db_file.parent.mkdir(parents=True, exist_ok=True)
+                _private_file(db_file)
+            engine = create_engine(url, **({"connect_args": {"timeout": lock_timeout}} if sqlite else {}))
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             metadata.create_all(engine)
-        except Exception as exc:  # driver missing, server down, bad URL
+            _add_new_columns(engine)
+        except Exception as exc:  # driver missing, server down, bad URL; or a lock, a full disk, a read-only file
+            known = database_error(getattr(exc, "orig", None) or exc, url)
+            if not known.problem.startswith(_GENERIC):
+                raise known from None
             raise WindpipeError(f"Cannot open the data marts at {_safe(url)} ({first_line(exc)}).",
                                 "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder)"
                                 ) from None
@@ -149,8 +163,51 @@ def _safe(url: str) -> str:
         return "<marts url>"
 
 
-# foreign_keys: output rows need their input row; WAL: readers (dashboard) don't block the writer
-_SQLITE_PRAGMAS = ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000")
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (SQLite gives its WAL files the same mode)."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Columns newer windpipes added to an existing marts database (create_all adds tables only)."""
+    from sqlalchemy import inspect
+
+    have = {c["name"] for c in inspect(engine).get_columns(batches.name)}
+    missing = [c for c in batches.columns if c.name not in have]
+    with engine.begin() as conn:
+        for col in missing:
+            conn.exec_driver_sql(f"ALTER TABLE {batches.name} ADD COLUMN {col.name} "
+                                 f"{col.type.compile(dialect=engine.dialect)}")
+
+
+def database_error(exc: BaseException | str, url: str | None = None) -> WindpipeError:
+    """A database error of a marts write as a message: a lock held too long, a full disk, a read-only file."""
+    text = str(exc)
+    where = f" ({_safe(url)})" if url else ""
+    lowered = text.lower()
+    if "locked" in lowered or "lock timeout" in lowered:
+        return WindpipeError(f"The data marts database{where} stayed locked by another writer longer than "
+                             "WINDPIPE_MARTS_LOCK_TIMEOUT allows; nothing of the batch was written.",
+                             "wait until the other writer is done (or stop it), then retry; or raise "
+                             "WINDPIPE_MARTS_LOCK_TIMEOUT (seconds, default 30)")
+    if "full" in lowered or "no space" in lowered or "disk i/o error" in lowered:
+        return WindpipeError(f"The disk holding the data marts database{where} is full or failing "
+                             f"({first_line(text)}); nothing of the batch was written.",
+                             "free space there, then retry")
+    if "readonly" in lowered or "read-only" in lowered:
+        return WindpipeError(f"The data marts database{where} is read-only; nothing of the batch was written.",
+                             "make the database file and its folder writable, or set WINDPIPE_MARTS_URL")
+    return WindpipeError(f"{_GENERIC}{where} failed ({first_line(text, 300)}); nothing of the batch was written.",
+                         "check WINDPIPE_MARTS_URL and that the database is writable")
+
+
+_GENERIC = "Writing the batch to the data marts"
+
+
+# foreign_keys: output rows need their input row; WAL: readers (dashboard) don't block the writer;
+# the lock timeout (busy timeout) comes from the settings, as the driver's `timeout`
+_SQLITE_PRAGMAS = ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

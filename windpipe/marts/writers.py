@@ -9,17 +9,20 @@ its model. On SQLite the row inserts are multi-row INSERT statements through the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Engine
 
+from windpipe import identity
 from windpipe.marts.helper import ProcessBatch
 from windpipe.marts.local import LocalBatch
-from windpipe.marts.tables import SOURCES, drift, get_engine, performance
+from windpipe.marts.tables import COMPLETE, PENDING, SOURCES, batches, database_error, drift, get_engine, performance
 from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer process starts without it)
@@ -28,6 +31,68 @@ if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer proc
     import pandas as pd
 
     from windpipe.settings import Settings
+
+@contextlib.contextmanager
+def _database_errors(engine: Engine) -> Iterator[None]:
+    """A database error (a lock held too long, a full disk) as a WindpipeError saying which and what to do."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        raise database_error(exc.orig or exc, engine.url.render_as_string(hide_password=True)) from None
+
+
+def remove_batch(engine: Engine, batch_id: int) -> None:
+    """Delete a batch and its rows (input, output, drift) in one transaction."""
+    from sqlalchemy import delete
+
+    from windpipe.marts.tables import input_mart, output_mart
+
+    with _database_errors(engine), engine.begin() as conn:
+        for table in (drift, output_mart, input_mart):
+            conn.execute(delete(table).where(table.c.batch_id == batch_id))
+        conn.execute(delete(batches).where(batches.c.id == batch_id))
+
+
+def settle_pending(engine: Engine | None = None) -> list[str]:
+    """Finish or remove the pending batches of processes that are gone (killed between the marts' commit
+    and the output file's rename, or just after it); return what was done, one line per batch.
+
+    A batch whose output file is in place with its batch id becomes complete; any other is removed with
+    its rows. Batches of processes that still run, or run on another host, are left alone.
+    """
+    from sqlalchemy import select
+
+    engine = engine or get_engine()
+    with engine.connect() as conn:
+        pending = conn.execute(select(batches.c.id, batches.c.output_path, batches.c.owner)
+                               .where(batches.c.status == PENDING)).all()
+    done = []
+    for batch_id, output_path, owner in pending:
+        proc = identity.ProcessId.parse(owner)
+        if proc is None or proc.running() is not False:
+            continue
+        if output_path and _file_batch_id(Path(output_path)) == batch_id:
+            with _database_errors(engine), engine.begin() as conn:
+                conn.execute(batches.update().where(batches.c.id == batch_id).values(status=COMPLETE))
+            done.append(f"batch {batch_id}: completed (its process was killed after writing {output_path})")
+        else:
+            remove_batch(engine, batch_id)
+            done.append(f"batch {batch_id}: removed (its process was killed before {output_path} was written)")
+    return done
+
+
+def _file_batch_id(path: Path) -> int | None:
+    """The batch id an output file carries (its first row's), None when there is no such file."""
+    import pyarrow.parquet as pq
+
+    try:
+        column = pq.read_table(path, columns=["batch_id"]).column(0)
+        return int(column[0].as_py()) if len(column) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
 
 def input_hash(features: pd.DataFrame, timestamps: pd.Series | None = None) -> str:
     """sha256 of the scored feature matrix (float64, C order, FEATURES order) and the timestamps."""
@@ -70,11 +135,13 @@ class BatchWriter:
         if not isinstance(engine, Engine):
             engine = engine or settings.effective_marts_url
         url = engine.url if isinstance(engine, Engine) else make_url(engine)
+        self._engine = engine if isinstance(engine, Engine) else get_engine(engine, settings)
         helper = settings.marts_helper_rows
-        if helper and rows >= helper and url.database not in (None, "", ":memory:"):
-            self._batch: LocalBatch | ProcessBatch = ProcessBatch(url)
-        else:
-            self._batch = LocalBatch(engine if isinstance(engine, Engine) else get_engine(engine))
+        with _database_errors(self._engine):
+            if helper and rows >= helper and url.database not in (None, "", ":memory:"):
+                self._batch: LocalBatch | ProcessBatch = ProcessBatch(url)
+            else:
+                self._batch = LocalBatch(self._engine)
         self.row_no = np.zeros(0, dtype="int64")
 
     def start(
@@ -90,8 +157,14 @@ class BatchWriter:
         run_id: str | None = None,
         input_path: str | None = None,
         rows_dropped: int = 0,
+        output_path: str | None = None,
     ) -> None:
-        """Write the batch's header and its input rows (see record_batch for the arguments)."""
+        """Write the batch's header and its input rows (see record_batch for the arguments).
+
+        With `output_path` the batch is `pending` until `complete()`: commit() first, then the caller puts
+        the file in place, then complete(). Readers skip pending batches; `settle_pending` finishes or
+        removes those a killed process left.
+        """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
         n = len(features)
@@ -100,16 +173,19 @@ class BatchWriter:
         self.row_no = (np.arange(n) if row_numbers is None else np.asarray(row_numbers)).astype("int64")
         if len(self.row_no) != n:
             raise ValueError("row_numbers must have one entry per scored row")
-        self._batch.start({
+        header = {
             "created_at": datetime.now(UTC).replace(tzinfo=None),
             "model_name": model_name, "model_version": None if model_version is None else str(model_version),
             "model_uri": model_uri, "run_id": run_id, "row_count": n, "rows_dropped": int(rows_dropped),
             "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
-            "status": "complete", "drift_status": None,  # set with the predictions
-        })
+            "status": COMPLETE if output_path is None else PENDING, "drift_status": None,  # set with the predictions
+            "output_path": output_path, "owner": str(identity.current()),
+        }
         ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-        self._batch.add_inputs({"row_no": self.row_no, TIMESTAMP: ts,
-                                **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
+        with _database_errors(self._engine):
+            self._batch.start(header)
+            self._batch.add_inputs({"row_no": self.row_no, TIMESTAMP: ts,
+                                    **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
 
     @property
     def helper_process(self) -> subprocess.Popen | None:
@@ -119,7 +195,8 @@ class BatchWriter:
     @property
     def batch_id(self) -> int:
         """The new batch's id (the batches table's primary key)."""
-        return int(self._batch.batch_id)
+        with _database_errors(self._engine):
+            return int(self._batch.batch_id)
 
     def add_predictions(self, predictions: np.ndarray | pd.DataFrame, drift_rows: pd.DataFrame | None = None,
                         drift_status: str = "unchecked") -> None:
@@ -131,13 +208,24 @@ class BatchWriter:
         drift_columns = None
         if drift_rows is not None and len(drift_rows):
             drift_columns = {c.name: drift_rows[c.name].to_numpy() for c in drift.columns if c.name in drift_rows}
-        self._batch.add_outputs({"row_no": self.row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}},
-                                drift_columns, drift_status)
+        with _database_errors(self._engine):
+            self._batch.add_outputs({"row_no": self.row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}},
+                                    drift_columns, drift_status)
 
     def commit(self) -> int:
         """Commit the batch (waiting for the helper process, if any); return its id."""
-        self._batch.commit()
+        with _database_errors(self._engine):
+            self._batch.commit()
         return self.batch_id
+
+    def complete(self) -> None:
+        """Mark the committed, pending batch complete: its output file is in place."""
+        with _database_errors(self._engine), self._engine.begin() as conn:
+            conn.execute(batches.update().where(batches.c.id == self.batch_id).values(status=COMPLETE))
+
+    def discard(self) -> None:
+        """Remove the committed, pending batch (its output file could not be put in place)."""
+        remove_batch(self._engine, self.batch_id)
 
     def __enter__(self) -> BatchWriter:
         return self

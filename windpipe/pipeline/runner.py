@@ -37,7 +37,7 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import ENV_MANAGERS, PipelineConfig, Plan, PlannedStep, make_plan
 from windpipe.pipeline.progress import Progress, tail
 from windpipe.settings import STEP_LOG_DIR_ENV, Settings
-from windpipe.tracking.client import probe_artifacts
+from windpipe.tracking.client import ServerDown, diagnose
 from windpipe.tracking.runs import code_version, fail_run
 
 if TYPE_CHECKING:
@@ -130,6 +130,15 @@ def input_values(plan: Plan, step: PlannedStep, results: dict[str, StepResult]) 
             values.append(value)
         out[port.parameter] = ",".join(values)
     return out
+
+
+def _raise_if_down(what: str) -> None:
+    """Fail fast, naming the server, when the tracking server or its artifact store does not answer: a step
+    would find out only through MLflow's retries."""
+    down = diagnose()
+    if down is not None:
+        raise ServerDown(f"{what}: {down.problem}",
+                         f"{down.fix}; then run the pipeline again: finished steps are reused") from None
 
 
 def external_hashes(plan: Plan) -> dict[str, str]:
@@ -237,12 +246,7 @@ class Launcher:
         with self._lock:
             if self._store_checked:
                 return
-            try:
-                probe_artifacts(self.tracking_uri)
-            except WindpipeError as exc:
-                raise WindpipeError(f"Cannot run the pipeline's steps: {exc.problem}",
-                                    "check `windpipe status` (restart with `windpipe up`), then run the pipeline "
-                                    "again: finished steps are reused") from None
+            _raise_if_down("Cannot run the pipeline's steps")
             self._store_checked = True
 
     def _launch(self, step: PlannedStep, params: dict[str, str], key: str, upstream: dict[str, str], label: str,
@@ -293,12 +297,11 @@ class Launcher:
             return run
         reason = run.data.tags.get(names.FAILURE_TAG)
         if not reason:
-            try:
-                probe_artifacts(self.tracking_uri)
-            except WindpipeError as exc:
-                raise StepFailed(f"{label} failed (run {run_id}): {exc.problem}",
-                                 "check `windpipe status` (restart with `windpipe up`), then run the pipeline "
-                                 "again: finished steps are reused", step.name, run_id, log) from None
+            down = diagnose()
+            if down is not None:  # a server that died under the step, rather than the step's own error
+                raise StepFailed(f"{label} failed (run {run_id}): {down.problem}",
+                                 f"{down.fix}; then run the pipeline again: finished steps are reused", step.name,
+                                 run_id, log)
         detail = reason or (f"see its output in {log}" if log else "see the step's output above")
         raise StepFailed(f"{label} failed (run {run_id}): {detail}", RESUME_FIX, step.name, run_id, log)
 

@@ -25,13 +25,14 @@ import pandas as pd
 
 from windpipe import names
 from windpipe.errors import WindpipeError
-from windpipe.fileio import atomic_path
+from windpipe.fileio import staged_path
 from windpipe.models import loading
 from windpipe.models.loading import ModelRef
 from windpipe.names import PRED_COLUMNS, TIMESTAMP
 from windpipe.scoring import drift
 from windpipe.scoring.validate import ValidInput, read_input, row_list, validate_input
-from windpipe.settings import Settings, get_settings
+from windpipe.settings import Settings, fault_point, get_settings
+from windpipe.tracking.runs import termination_deferred
 
 OUTPUT_COLUMNS = ["row_no", TIMESTAMP, *PRED_COLUMNS, "model_name", "model_version", "batch_id"]
 
@@ -81,17 +82,25 @@ def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = No
 def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | None = None,
               overwrite: bool = False, drop_invalid: bool = False, source: str = "cli",
               run_id: str | None = None, settings: Settings | None = None,
-              say: Callable[[str], None] = print) -> BatchResult:
-    """Validate, then score and check drift while the marts take the input rows; write the output and commit.
+              say: Callable[[str], None] = print,
+              before_commit: Callable[[BatchResult], None] | None = None) -> BatchResult:
+    """Validate, then score and check drift while the marts take the input rows; commit, then put the output
+    file in place.
 
-    The marts transaction stays open while the output is written and renamed into place; if
-    anything fails the transaction rolls back and the output is not there (or is removed).
+    The output file and the marts always agree, also when the process is killed at any moment: the
+    batch is committed `pending` (readers skip it), then the output file is renamed into place, then
+    the batch is marked complete. SIGTERM inside those three steps waits until they are done; a kill
+    -9 between them leaves a pending batch that the next `windpipe predict` (or `windpipe status`)
+    completes (the file is there) or removes (it is not). Anything failing earlier leaves no file
+    and no rows. `before_commit` (the predict step's MLflow logging) runs with the result before
+    anything is committed, so a tracking server or artifact store that is down commits nothing.
     """
-    from windpipe.marts.writers import BatchWriter
+    from windpipe.marts.tables import get_engine
+    from windpipe.marts.writers import BatchWriter, settle_pending
 
     settings = settings or get_settings()
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and not overwrite:
+    if output_path.exists() and not output_path.is_dir() and not overwrite:
         raise WindpipeError(f"Output {output_path} exists already.",
                             "pass --overwrite to replace it, or choose another --output")
     if output_path.resolve() == input_path.resolve():
@@ -103,9 +112,12 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         t[name] = time.perf_counter() - t0 - sum(t.values())
 
     df = read_input(input_path)
+    for line in settle_pending(get_engine(settings=settings)):  # what a killed predict left
+        say(line)
     lap("read")
-    # the marts take the input rows (a helper process for big batches) while the model loads and scores
-    with BatchWriter(rows=len(df), settings=settings) as batch:
+    # the output folder is checked (a folder, read-only, missing) before any work; the marts take the input
+    # rows (a helper process for big batches) while the model loads and scores
+    with staged_path(output_path) as staged, BatchWriter(rows=len(df), settings=settings) as batch:
         ref = loading.resolve(model_uri, settings)
         files = loading.model_files(ref, settings)
         model = None if files else loading.load(ref, settings)  # no local files: the signature needs the model
@@ -117,7 +129,8 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("validate")
         batch.start(valid.features, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
                     source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, run_id=run_id,
-                    input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows))
+                    input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows),
+                    output_path=str(output_path.resolve()))
         lap("marts_start")
         model = model or loading.load(ref, settings)
         lap("load_model")
@@ -126,23 +139,33 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         drift_rows = batch_drift(valid, ref, settings)
         lap("drift")
         batch.add_predictions(pred, drift_rows, drift.batch_status(drift_rows))
-        with atomic_path(output_path) as tmp:  # (while the marts insert the predictions)
-            output_frame(valid, pred, ref, batch.batch_id).to_parquet(tmp, index=False)
-            if output_path.exists() and not overwrite:  # appeared while we worked
-                raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
-        try:
-            batch_id = batch.commit()
-        except BaseException:  # the output is in place but the batch is not: take the file back
-            output_path.unlink(missing_ok=True)
-            raise
-    lap("write")
+        # (while the marts insert the predictions)
+        output_frame(valid, pred, ref, batch.batch_id).to_parquet(staged.tmp, index=False)
+        if output_path.exists() and not overwrite:  # appeared while we worked
+            raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
+        lap("write")
+        result = BatchResult(output_path, batch.batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns,
+                             ref, drift_rows, t)
+        fault_point("predict:before_commit")
+        if before_commit is not None:
+            before_commit(result)
+        with termination_deferred():  # commit -> rename -> complete: SIGTERM waits for all three
+            batch.commit()
+            fault_point("predict:after_commit")
+            try:
+                staged.publish()
+            except BaseException:
+                batch.discard()
+                raise
+            fault_point("predict:after_rename")
+            batch.complete()
+    lap("commit")
     if valid.extra_columns:
         say(f"ignored column(s) not in the model's signature: {', '.join(valid.extra_columns)}")
     if valid.dropped_rows:
-        say(f"dropped {len(valid.dropped_rows)} row(s) with missing values "
+        say(f"dropped {len(valid.dropped_rows)} row(s) with missing or impossible values "
             f"(rows, counted from 0: {row_list(np.asarray(valid.dropped_rows))})")
     if drift_rows is None:
         say(f"drift: unchecked (the model's run has no {names.PROCESSED_TAG} tag)")
     t["total"] = time.perf_counter() - t0
-    return BatchResult(output_path, batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns, ref,
-                       drift_rows, t)
+    return result

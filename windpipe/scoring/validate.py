@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from windpipe.entities.schema import FEATURES_ENTITY
 from windpipe.errors import WindpipeError, first_line
 from windpipe.names import FEATURES, TIMESTAMP
 
@@ -52,12 +53,13 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
                    where: str = "the input") -> ValidInput:
     """Check `df` against the signature `columns` (name -> MLflow type); return what the model scores.
 
-    Refuses: no rows, missing columns, non-numeric columns, rows with NaN/inf (unless `drop_invalid`).
-    A model that follows the trend reads columns derived from utc_timestamp
+    Refuses: no rows, missing columns, non-numeric columns, rows with NaN/inf or values outside the features'
+    declared ranges (unless `drop_invalid`: then they are skipped), and timestamps that are numbers, missing
+    (NaT) or repeated. A model that follows the trend reads columns derived from utc_timestamp
     (windpipe.training.features): for it utc_timestamp is required instead of those columns, and a
     row without a time counts as invalid. Row numbers count from 0 in the input's order.
     """
-    from windpipe.training.features import as_utc, needs_time
+    from windpipe.training.features import needs_time
 
     columns = columns or {f: "double" for f in FEATURES}
     derived = needs_time(columns)
@@ -84,31 +86,54 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
                                 "numbers.", f"convert {col} to numbers (pandas: pd.to_numeric(df[{col!r}]))")
     extra = [str(c) for c in df.columns if c not in given and c != TIMESTAMP]
     feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in given})
-    ts = None
-    if TIMESTAMP in df.columns:
-        try:
-            ts = as_utc(df[TIMESTAMP]).reset_index(drop=True)
-        except WindpipeError as exc:
-            raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc.problem}).",
-                                f"write {TIMESTAMP} as UTC datetimes" + ("" if derived else ", or leave it out")
-                                ) from None
-    valid = np.isfinite(feats.to_numpy()).all(axis=1)
+    ts = _timestamps(df[TIMESTAMP], where).reset_index(drop=True) if TIMESTAMP in df.columns else None
+    nonfinite = ~np.isfinite(feats.to_numpy()).all(axis=1)
     if derived:
-        valid &= ts.notna().to_numpy()
-    bad_rows = np.flatnonzero(~valid)
+        nonfinite |= ts.isna().to_numpy()
+    # a finite number no weather has (1e308, a sentinel, a unit mix-up): the features' declared ranges
+    impossible = {c: FEATURES_ENTITY.out_of_range(c, feats[c].to_numpy()) for c in given}
+    outside = np.logical_or.reduce(list(impossible.values())) if impossible else np.zeros(len(df), dtype=bool)
+    bad_rows = np.flatnonzero(nonfinite | outside)
     row_numbers = np.arange(len(df))
-    if len(bad_rows):
-        what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if derived else ''}"
-        if not drop_invalid:
+    what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if derived else ''}"
+    if len(bad_rows) and not drop_invalid:
+        if nonfinite.any():
+            rows = np.flatnonzero(nonfinite)
             raise WindpipeError(
-                f"{where} has {len(bad_rows)} row(s) with {what} (rows, counted from 0: {row_list(bad_rows)}).",
+                f"{where} has {len(rows)} row(s) with {what} (rows, counted from 0: {row_list(rows)}).",
                 "fill or remove those rows, or pass --drop-invalid to skip them")
-        feats = feats[valid].reset_index(drop=True)
-        row_numbers = row_numbers[valid]
+        col = next(c for c, mask in impossible.items() if mask.any())
+        first = int(np.flatnonzero(impossible[col])[0])
+        raise WindpipeError(
+            f"{where} has {int(outside.sum())} row(s) with values no weather has; column {col!r} is outside its "
+            f"declared range {FEATURES_ENTITY.range_text(col)} (e.g. {feats[col].iloc[first]:g} in row {first}).",
+            "check the units and the source of those values, or pass --drop-invalid to skip those rows")
+    if len(bad_rows):
+        keep = np.ones(len(df), dtype=bool)
+        keep[bad_rows] = False
+        feats = feats[keep].reset_index(drop=True)
+        row_numbers = row_numbers[keep]
         if feats.empty:
-            raise WindpipeError(f"Every row of {where} has {what}; nothing is left to score.",
+            raise WindpipeError(f"Every row of {where} has missing or impossible values; nothing is left to score.",
                                 "fill the missing values")
     timestamps = None
     if ts is not None:
-        timestamps = ts.iloc[row_numbers].reset_index(drop=True) if len(bad_rows) else ts
+        timestamps = ts.iloc[row_numbers].reset_index(drop=True)
+        FEATURES_ENTITY.check_index(timestamps, f" of {where}")
     return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [], derived)
+
+
+def _timestamps(ts: pd.Series, where: str) -> pd.Series:
+    """utc_timestamp as UTC datetimes: datetimes or ISO strings; numbers are refused (nanoseconds since 1970?)."""
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        return ts.dt.tz_convert("UTC")
+    if pd.api.types.is_numeric_dtype(ts) or pd.api.types.is_bool_dtype(ts):
+        raise WindpipeError(f"Column {TIMESTAMP} of {where} is a number column ({ts.dtype}), not timestamps: pandas "
+                            "would read the numbers as nanoseconds since 1970.",
+                            f"write {TIMESTAMP} as UTC datetimes (pandas: pd.to_datetime(df[{TIMESTAMP!r}], "
+                            "unit='s', utc=True)), or leave it out")
+    try:
+        return pd.to_datetime(ts, utc=True)
+    except (ValueError, TypeError) as exc:
+        raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc}).",
+                            f"write {TIMESTAMP} as UTC datetimes, or leave it out") from None

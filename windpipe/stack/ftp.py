@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from pyftpdlib.servers import FTPServer
 
 PASSWORD_FILE = "ftp_password"
-# what MLflow's FTP artifact repository needs: list, read, create folders, write, rename
-PERMISSIONS = "elradfmwMT"
+# exactly what MLflow's FTP artifact repository needs (pyftpdlib's letters): e change folder, l list (and SIZE),
+# r read, m create folders, w write, f rename. Not a (append), d (delete), M (SITE CHMOD), T (set times).
+PERMISSIONS = "elrmwf"
 
 
 def ftp_password(settings: Settings, create: bool = False) -> str:

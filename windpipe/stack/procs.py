@@ -1,18 +1,21 @@
-"""Detached server processes tracked by pid files, ports, and the one wait-until-ready loop."""
+"""Detached server processes tracked by pid files that prove identity, ports, and the one wait-until-ready loop."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text
+from windpipe.identity import pid_alive, start_time
 
 T = TypeVar("T")
 
@@ -35,57 +38,125 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _cmdline(pid: int) -> str:
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pid file proves: which process (pid and start time), started by which state folder, for which port."""
+
+    pid: int
+    started: float | None
+    home: str
+    port: int | None = None
+
+
+def _home_key(home: Path | str) -> str:
+    return str(Path(home).resolve())
+
+
+def write_pid_file(pid_file: Path, pid: int, home: Path, port: int | None = None) -> None:
+    """Record `pid` (with its start time, the state folder and the port) in `pid_file` (mode 0600)."""
+    started = start_time(pid)
+    record = {"pid": pid, "started": started, "home": _home_key(home), "port": port}
+    atomic_write_text(pid_file, json.dumps(record) + "\n", mode=0o600)
+
+
+def _read_record(pid_file: Path) -> PidRecord | None:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        text = pid_file.read_text().strip()
     except OSError:
-        return ""
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie has exited; only its parent has not reaped it yet
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def read_pid(pid_file: Path, markers: tuple[str, ...]) -> int | None:
-    """The pid in `pid_file` if that process is alive and is ours (its command line has a marker)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
         return None
-    if pid_alive(pid) and any(m in _cmdline(pid) for m in markers):
-        return pid
+    try:
+        data = json.loads(text)
+        if isinstance(data, int):  # a pid file of an older windpipe: a bare pid
+            return PidRecord(data, None, "")
+        return PidRecord(int(data["pid"]), data.get("started"), str(data.get("home", "")), data.get("port"))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _process_home(pid: int) -> str | None:
+    """The WINDPIPE_HOME a process was started with (we start every detached server with it set)."""
+    import psutil
+
+    try:
+        home = psutil.Process(pid).environ().get("WINDPIPE_HOME")
+    except (psutil.Error, OSError):
+        return None
+    return _home_key(home) if home else None
+
+
+def owned_pid(pid_file: Path, home: Path, say: Callable[[str], None] | None = None) -> int | None:
+    """The pid in `pid_file` if it is the very process this state folder started, else None.
+
+    Proof: the file names this state folder, the process is alive with the recorded start time (a
+    reused pid has another), and the process itself was started with WINDPIPE_HOME set to this
+    folder. A pid file that fails the proof (stale, copied from another state folder, unreadable)
+    is never acted on; with `say` it is also removed, with a message.
+    """
+    if not pid_file.exists():
+        return None
+    record = _read_record(pid_file)
+    here = _home_key(home)
+    why = None
+    if record is None:
+        why = "unreadable"
+    elif record.home and record.home != here:
+        why = f"it was written for the state folder {record.home}, not this one; nothing was signalled"
+    elif not pid_alive(record.pid):
+        why = f"process {record.pid} is gone"
+    elif record.started is not None and abs((start_time(record.pid) or 0.0) - record.started) >= 0.05:
+        why = f"pid {record.pid} now belongs to another process (started at another time); nothing was signalled"
+    elif _process_home(record.pid) != here:
+        why = f"process {record.pid} was not started by this state folder; nothing was signalled"
+    if why is None:
+        return record.pid
+    if say is not None:
+        pid_file.unlink(missing_ok=True)
+        say(f"{pid_file.stem}: removed {'a foreign' if 'nothing was signalled' in why else 'a stale'} pid file "
+            f"{pid_file} ({why})")
     return None
 
 
-def start_detached(argv: list[str], env: dict[str, str], log_file: Path, pid_file: Path,
-                   cwd: Path | None = None) -> int:
-    """Start `argv` in its own session (it outlives this process) and record its pid."""
+def start_detached(argv: list[str], env: dict[str, str], log_file: Path, pid_file: Path, home: Path,
+                   port: int | None = None, cwd: Path | None = None) -> int:
+    """Start `argv` in its own session (it outlives this process) and record it in `pid_file`.
+
+    The process gets WINDPIPE_HOME=`home` (the proof `owned_pid` checks), umask 077 (its databases and
+    logs are the owner's only) and the log file (0600) as stdout and stderr. If the pid file cannot be
+    written (a full disk), the process is stopped again: nothing runs without a pid file.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=cwd, close_fds=True,
+            argv, env={**env, "WINDPIPE_HOME": _home_key(home)}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd, close_fds=True, umask=0o077,
         )
-    atomic_write_text(pid_file, f"{proc.pid}\n")
+    try:
+        write_pid_file(pid_file, proc.pid, home, port)
+    except (OSError, WindpipeError) as exc:
+        stop_pid(proc.pid)
+        raise WindpipeError(f"Cannot write the pid file {pid_file} ({getattr(exc, 'problem', exc)}), so "
+                            f"{argv[-1]} was stopped again.",
+                            f"free space in {pid_file.parent.parent} (or make it writable), then try again") from None
     return proc.pid
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group `pid` leads, then SIGKILL what is left after `timeout`."""
+    """SIGTERM the process `pid` (and its process group when it leads one), then SIGKILL what is left.
+
+    Call it only with a pid proven ours (`owned_pid`, or a child of this process).
+    """
+    try:
+        group = os.getpgid(pid) == pid  # start_detached makes each server lead its own group
+    except ProcessLookupError:
+        return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(pid, sig)
+            if group:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
         except ProcessLookupError:
             return
         except PermissionError:

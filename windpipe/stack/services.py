@@ -14,17 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from windpipe.errors import WindpipeError
+from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import ftp
-from windpipe.stack.procs import (
-    log_tail,
-    pid_alive,
-    port_is_free,
-    read_pid,
-    start_detached,
-    stop_pid,
-    wait_until,
-)
+from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
 from windpipe.tracking.client import probe_artifacts, probe_health
 
 FTP = "ftp"
@@ -40,29 +33,40 @@ class ServiceState:
     detail: str
 
 
-def _marker(name: str) -> tuple[str, ...]:
-    """What our servers' command lines contain (either MLflow launcher)."""
-    return ("windpipe.stack.ftp",) if name == FTP else ("windpipe.stack.mlflow_server", "mlflow server")
+def running_pid(settings: Settings, name: str, say: Callable[[str], None] | None = None) -> int | None:
+    """The pid of the `name` server this state folder started, when it runs (proven by its pid file).
+
+    With `say`, a stale or foreign pid file is removed and reported."""
+    return owned_pid(settings.pid_file(name), settings.home, say)
 
 
-def running_pid(settings: Settings, name: str) -> int | None:
-    """The pid of the `name` server this state folder started, when it runs."""
-    return read_pid(settings.pid_file(name), _marker(name))
+# files of the state folder only their owner may read: the databases (with their WAL files) and the logs
+PRIVATE_GLOBS = ("*.db", "*.db-wal", "*.db-shm", "*.db-journal", "logs/*.log", "run/*")
 
 
 def ensure_state_folder(settings: Settings) -> None:
-    """Create the state folder (FTP root, logs, pid files) or say why it cannot be used."""
+    """Create the state folder (FTP root, logs, pid files) with mode 0700, or say why it cannot be used.
+
+    The folder holds credentials, so it and its databases and logs are the owner's only (0700 / 0600),
+    also when an older windpipe created them world-readable.
+    """
     home = settings.home
     try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(home, 0o700)
         for folder in (settings.ftp_root / "artifacts", settings.log_file(FTP).parent, settings.pid_file(FTP).parent):
             folder.mkdir(parents=True, exist_ok=True)
+        for pattern in PRIVATE_GLOBS:
+            for path in home.glob(pattern):
+                if path.is_file():
+                    os.chmod(path, 0o600)
         probe = settings.run_file(".write-test")
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise WindpipeError(
             f"The state folder {home} is not writable ({exc.strerror or exc}).",
-            "make it writable, or point WINDPIPE_HOME at a folder you own",
+            "free space there or make it writable, or point WINDPIPE_HOME at a folder you own",
         ) from None
 
 
@@ -127,6 +131,7 @@ def _server_env(settings: Settings, password: str) -> dict[str, str]:
         "WINDPIPE_MLFLOW_PORT": str(settings.mlflow_port),
         "WINDPIPE_BACKEND_STORE_URI": settings.backend_store_uri,
         "PYTHONUNBUFFERED": "1",
+        **settings.process_environment(),
     })
     return env
 
@@ -153,7 +158,7 @@ def _start(settings: Settings, name: str, env: dict[str, str]) -> int:
             f"stop that program, or choose another port with {var}=<port>",
         )
     return start_detached(_command(settings, name), env, settings.log_file(name), settings.pid_file(name),
-                          cwd=settings.home)
+                          settings.home, port=port, cwd=settings.home)
 
 
 def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> None:
@@ -172,21 +177,28 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceSt
     env = _server_env(settings, password)
     deadline = time.monotonic() + settings.startup_timeout
     started: dict[str, int] = {}
-    for name in (FTP, MLFLOW):
-        pid = running_pid(settings, name)
-        if pid is not None:
-            if name == FTP:
-                _check(settings, FTP)  # a running server with another password is an error, not "ok"
-            say(f"{name}: already running (pid {pid}) at {_url(settings, name)}")
-            continue
-        started[name] = _start(settings, name, env)
-        say(f"{name}: starting (pid {started[name]})")
-    for name, pid in started.items():
-        _wait_healthy(settings, name, pid, deadline)
-    states = status(settings)
+    try:
+        for name in (FTP, MLFLOW):
+            pid = running_pid(settings, name, say)
+            if pid is not None:
+                if name == FTP:
+                    _check(settings, FTP)  # a running server with another password is an error, not "ok"
+                say(f"{name}: already running (pid {pid}) at {_url(settings, name)}")
+                continue
+            started[name] = _start(settings, name, env)
+            say(f"{name}: starting (pid {started[name]})")
+        for name, pid in started.items():
+            _wait_healthy(settings, name, pid, deadline)
+        states = status(settings)
+        for st in states:
+            if not st.healthy:
+                raise WindpipeError(f"{st.name} is not healthy: {st.detail}", "see `windpipe status`")
+    except BaseException:  # (Ctrl-C too) what this call started does not outlive its failure
+        for name, pid in started.items():
+            stop_pid(pid)
+            settings.pid_file(name).unlink(missing_ok=True)
+        raise
     for st in states:
-        if not st.healthy:
-            raise WindpipeError(f"{st.name} is not healthy: {st.detail}", "see `windpipe status`")
         if st.name in started:
             say(f"{st.name}: up at {st.url}")
     return states
@@ -195,11 +207,28 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceSt
 def down(settings: Settings, say: Callable[[str], None] = print) -> None:
     """Stop the servers `up` started (and only those)."""
     for name in (MLFLOW, FTP):
-        pid_file = settings.pid_file(name)
-        pid = running_pid(settings, name)
+        pid = running_pid(settings, name, say)
         if pid is None:
             say(f"{name}: not running")
         else:
             stop_pid(pid)
             say(f"{name}: stopped (pid {pid})")
-        pid_file.unlink(missing_ok=True)
+            settings.pid_file(name).unlink(missing_ok=True)
+
+
+def tidy_up(settings: Settings) -> list[str]:
+    """After killed processes: end KILLED the RUNNING runs whose process is gone, and complete or remove the
+    prediction batches a killed `windpipe predict` left pending. Returns what was done, one line each."""
+    from mlflow import MlflowClient
+
+    from windpipe.marts.tables import get_engine
+    from windpipe.marts.writers import settle_pending
+    from windpipe.tracking.runs import mark_killed_runs
+
+    lines = [f"run {run_id}: marked KILLED (its process is gone)"
+             for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+    try:
+        lines += settle_pending(get_engine(settings=settings))
+    except WindpipeError as exc:
+        lines.append(f"marts: not checked ({exc.problem})")
+    return lines

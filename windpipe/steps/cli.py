@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.settings import STEP_LOG_DIR_ENV
+from windpipe.settings import STEP_LOG_DIR_ENV, apply_process_environment
 from windpipe.stack.procs import skip_final_gc
 
 Body = Callable[..., object]
@@ -97,6 +97,7 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     code = 0
     try:
+        apply_process_environment()  # bounded MLflow retries, no telemetry: before MLflow is imported
         entry_point_app(step_dir, **bodies)(prog_name=f"{step_dir.name}/step.py")  # usage errors: exit 2
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -26,7 +26,7 @@ from windpipe.pipeline.runner import Launcher, StepResult, plan_for, run_pipelin
 from windpipe.settings import get_settings, projects_dir
 from windpipe.steps.cli import flag
 from windpipe.tracking.client import connect
-from windpipe.tracking.runs import code_version, step_run
+from windpipe.tracking.runs import code_version, mark_killed_runs, step_run
 
 LOCAL, AIRFLOW = "local", "airflow"
 RUN_ID_LENGTH = 32
@@ -48,6 +48,8 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
         config.env_manager = config.env_manager or "local"
         mlflow.set_tags(pipeline_tags(config, LOCAL))
         console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager}, {config.workers} jobs)")
+        for run_id in mark_killed_runs(mlflow.MlflowClient(), [run.info.experiment_id]):  # left by a kill
+            console.print(f"run {run_id}: marked KILLED (it was RUNNING, its process is gone)")
         return run_pipeline(get_settings(), config, console=console)
 
 

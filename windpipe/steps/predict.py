@@ -15,38 +15,52 @@ from pathlib import Path
 from windpipe import names
 from windpipe.scoring import drift
 from windpipe.scoring.batch import BatchResult, run_batch
+from windpipe.settings import get_settings
 from windpipe.steps.cli import flag
+from windpipe.tracking.client import diagnose
 from windpipe.tracking.runs import step_run
 
 
 def main(input: str, output: str, model_uri: str | None = None, overwrite: bool = False,
          drop_invalid: bool = False, source: str = "cli", step_dir: Path | None = None) -> BatchResult:
-    """Run one batch inside a `predict` run; return what was done."""
+    """Run one batch inside a `predict` run; return what was done.
+
+    Everything the run logs goes to MLflow before the batch is committed: a tracking server or artifact
+    store that is down (checked first, and again by the logging itself) leaves no file and no rows.
+    """
     import mlflow
 
     with step_run("predict", step_dir=step_dir) as run:
+        down = diagnose(get_settings())  # the artifact store, before scoring and committing anything
+        if down is not None:
+            raise down
         # (not the MLproject's parameter names: `mlflow run` logged those already)
         mlflow.log_params({"input_path": str(Path(input).resolve()), "output_path": str(Path(output).resolve()),
                            "model_requested": model_uri or "production alias", "source": source})
         started = time.perf_counter()
-        res = run_batch(input, output, model_uri, overwrite, drop_invalid, source, run_id=run.info.run_id)
+
+        def log(res: BatchResult) -> None:
+            seconds = time.perf_counter() - started
+            metrics = {"rows": res.rows, "rows_dropped": res.rows_dropped, "extra_columns": len(res.extra_columns),
+                       "predict_seconds": seconds, "rows_per_s": res.rows / seconds if seconds else 0.0,
+                       **{f"seconds_{k}": v for k, v in res.seconds.items() if k != "total"}}
+            tags = {names.BATCH_ID_TAG: str(res.batch_id), names.DRIFT_STATUS_TAG: res.drift_status,
+                    names.PREDICT_MODEL_TAG: res.model.load_uri}
+            if res.model.version:
+                tags[names.MODEL_VERSION_TAG] = res.model.version
+            if res.model.instance_name:
+                tags[names.INSTANCE_TAG] = res.model.instance_name
+            if res.model.training_entity_uri:
+                tags[names.DRIFT_REFERENCE_TAG] = res.model.training_entity_uri
+            if res.drift is not None:
+                metrics.update(drift.mlflow_metrics(res.drift))
+                mlflow.log_dict(res.drift.to_dict("records"), "drift.json")
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+
+        res = run_batch(input, output, model_uri, overwrite, drop_invalid, source, run_id=run.info.run_id,
+                        before_commit=log)
         seconds = time.perf_counter() - started
-        metrics = {"rows": res.rows, "rows_dropped": res.rows_dropped, "extra_columns": len(res.extra_columns),
-                   "predict_seconds": seconds, "rows_per_s": res.rows / seconds if seconds else 0.0,
-                   **{f"seconds_{k}": v for k, v in res.seconds.items() if k != "total"}}
-        tags = {names.BATCH_ID_TAG: str(res.batch_id), names.DRIFT_STATUS_TAG: res.drift_status,
-                names.PREDICT_MODEL_TAG: res.model.load_uri}
-        if res.model.version:
-            tags[names.MODEL_VERSION_TAG] = res.model.version
-        if res.model.instance_name:
-            tags[names.INSTANCE_TAG] = res.model.instance_name
-        if res.model.training_entity_uri:
-            tags[names.DRIFT_REFERENCE_TAG] = res.model.training_entity_uri
-        if res.drift is not None:
-            metrics.update(drift.mlflow_metrics(res.drift))
-            mlflow.log_dict(res.drift.to_dict("records"), "drift.json")
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags)
         print(f"scored {res.rows} rows with {res.model.name or res.model.load_uri} "
               f"v{res.model.version or '?'} in {seconds:.2f} s -> {res.output} "
               f"(batch {res.batch_id}, drift {res.drift_status})")

@@ -27,8 +27,9 @@ from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
 from windpipe.models import loading
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.settings import fault_point
 from windpipe.steps.cli import flag
-from windpipe.tracking.runs import latest_entity_uri, log_batch, step_run
+from windpipe.tracking.runs import child_run, latest_entity_uri, log_batch, step_run
 from windpipe.training import models as M
 from windpipe.training.features import TIME_FEATURES_FORMULA, needs_time
 from windpipe.training.split import SplitSpec, backtest_windows, check_split, validation_split, xy
@@ -296,8 +297,9 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
         X, y = xy(d.train, trend)
         best: tuple[float, str, object, M.RFParams, float] | None = None
         for i, (p, model, fit_s) in enumerate(M.rf_grid(X, y, combos), 1):  # forests grow tree by tree count
-            with mlflow.start_run(nested=True, run_name=f"rf_n{p.n_estimators}_d{p.max_depth}",
-                                  tags={names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
+            with child_run(f"rf_n{p.n_estimators}_d{p.max_depth}",
+                           {names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
+                fault_point("rf:grid_child")
                 out = log_training("rf", model, _rf_params(p), d, fit_s, trend, log_model_too=False, new_run=True)
             print(f"[{i}/{len(combos)}] n_estimators={p.n_estimators} max_depth={p.max_depth}: "
                   f"r2 {out['r2']:.4f} ({fit_s:.1f} s)", flush=True)

@@ -25,8 +25,12 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+class ServerDown(WindpipeError):
+    """The tracking server, or the artifact store behind it, does not answer (the message names which)."""
+
+
 def probe_health(uri: str, timeout: float = 5.0) -> None:
-    """Raise WindpipeError unless the tracking server at `uri` answers /health with OK (non-HTTP URIs pass)."""
+    """Raise ServerDown unless the tracking server at `uri` answers /health with OK (non-HTTP URIs pass)."""
     if not is_http(uri):
         return
     try:
@@ -34,14 +38,17 @@ def probe_health(uri: str, timeout: float = 5.0) -> None:
             body = resp.read().decode(errors="replace").strip()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise WindpipeError(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+        raise ServerDown(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
     if body != "OK":
-        raise WindpipeError(f"The MLflow tracking server at {uri} answered /health with {body[:80]!r}.",
-                            "check its log (`windpipe status` names it)")
+        raise ServerDown(f"The MLflow tracking server at {uri} answered /health with {body[:80]!r}.",
+                         "check its log (`windpipe status` names it)")
 
 
-def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
-    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store)."""
+def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None) -> None:
+    """Raise ServerDown unless the server's artifact proxy can list its store (tracking server -> store).
+
+    `store` names the store in the message (the local platform: "the FTP artifact server at ftp://...").
+    """
     if not is_http(uri):
         return
     url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
@@ -49,11 +56,33 @@ def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
-        raise WindpipeError(f"The MLflow tracking server at {uri} cannot reach its artifact store (HTTP {exc.code}).",
-                            "run `windpipe status` to see which server is down, then `windpipe up`") from None
+        lead = f"{store[0].upper()}{store[1:]} does not answer: the" if store else "The"
+        raise ServerDown(f"{lead} MLflow tracking server at {uri} cannot reach its artifact store "
+                         f"(HTTP {exc.code}).",
+                         "run `windpipe up` (it restarts what is down; `windpipe status` names it)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise WindpipeError(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+        raise ServerDown(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
+
+
+def artifact_store_name(settings: Settings) -> str | None:
+    """How messages name the artifact store: the local platform's FTP server (None: a server's own store)."""
+    if settings.effective_tracking_uri == settings.local_tracking_uri:
+        return f"the FTP artifact server at ftp://{settings.host}:{settings.ftp_port}"
+    return None
+
+
+def diagnose(settings: Settings | None = None) -> ServerDown | None:
+    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, or the
+    artifact store behind it. None when both answer."""
+    settings = settings or get_settings()
+    uri = settings.effective_tracking_uri
+    try:
+        probe_health(uri, timeout=3.0)
+        probe_artifacts(uri, timeout=5.0, store=artifact_store_name(settings))
+    except ServerDown as exc:
+        return exc
+    return None
 
 
 def connect(settings: Settings | None = None, experiment: bool = True) -> str:
@@ -62,9 +91,10 @@ def connect(settings: Settings | None = None, experiment: bool = True) -> str:
     Returns the tracking URI. Raises WindpipeError (with `windpipe up` as the fix) when an
     http(s) server does not answer, instead of MLflow's long retry loop.
     """
+    settings = settings or get_settings()
+    os.environ.update(settings.process_environment())  # bounded retries, no telemetry (before MLflow's import)
     import mlflow
 
-    settings = settings or get_settings()
     uri = settings.effective_tracking_uri
     probe_health(uri)
     mlflow.set_tracking_uri(uri)

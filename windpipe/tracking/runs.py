@@ -6,16 +6,17 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from windpipe import names
-from windpipe.errors import WindpipeError
-from windpipe.settings import get_settings, package_dir
-from windpipe.tracking.client import connect
+from windpipe import identity, names
+from windpipe.errors import WindpipeError, first_line
+from windpipe.settings import fault_point, get_settings, package_dir
+from windpipe.tracking.client import ServerDown, connect, diagnose, probe_health
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -51,21 +52,82 @@ def code_version(step_dir: Path | None) -> str:
     return f"{commit[:12]}-{tree_hash(paths)}"
 
 
+def process_tags() -> dict[str, str]:
+    """The tag that says which process runs a run (host, pid, start time): a run whose process is gone
+    while it is still RUNNING was killed (`mark_killed_runs`)."""
+    return {names.PROCESS_TAG: str(identity.current())}
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so that `with` blocks clean up and runs end KILLED."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(f"stopped by signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """Inside the block SIGTERM raises `Stopped` (a KeyboardInterrupt) instead of ending the process on the
+    spot: files and transactions are undone and the run ends KILLED. (Main thread only; else a no-op.)"""
+    import signal
+
+    try:
+        old = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def termination_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT arriving inside the block take effect at its end (steps that must not be split:
+    a commit and the rename that goes with it). Main thread only; elsewhere a no-op.
+
+    (Python runs signal handlers in the main thread whichever thread the signal reaches, so holding the
+    signal in a handler works where blocking it with a signal mask would not: other threads would take it.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+           for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now the usual handler acts on it
+
+
 @contextlib.contextmanager
 def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
              run_name: str | None = None, nested: bool = False, native_log: bool = True) -> Iterator[Run]:
-    """Open (or join, under `mlflow run`) the step's run.
+    """Open (or join, under `mlflow run`) the step's run, tagged with the process that runs it.
 
-    A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised,
-    so the step exits non-zero with a clear message. Diagnostics go to the run's log file
-    (`windpipe.tracking.output.run_log`; `native_log=False` for a run that starts step processes).
+    A WindpipeError inside ends the run FAILED with the reason as a tag and is re-raised, so the step
+    exits non-zero with a clear message. Ctrl-C or SIGTERM end it KILLED. Any other error while the
+    tracking server or its artifact store is down becomes a WindpipeError naming the server that is
+    down (within seconds: MLflow's retries are bounded by the settings). Diagnostics go to the run's
+    log file (`windpipe.tracking.output.run_log`; `native_log=False` for a run that starts step processes).
     """
     import mlflow
 
     from windpipe.tracking.output import run_log
 
-    connect(get_settings())
-    tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir)}
+    settings = get_settings()
+    connect(settings)
+    tags = {names.STEP_TAG: step, names.ENTRY_TAG: entry_point, names.CODE_VERSION_TAG: code_version(step_dir),
+            **process_tags()}
     commit = git_commit(package_dir())
     if commit:
         tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
@@ -75,20 +137,100 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
     with run_log(run, run_name or step, native=native_log):
         try:
-            with run:
+            with terminate_cleanly(), run:
                 if joined:
                     mlflow.set_tags(tags)
+                fault_point(f"step:{step}")
                 yield run
         except WindpipeError as exc:
-            fail_run(run.info.run_id, str(exc))
+            down = None if isinstance(exc, ServerDown) else diagnose(settings)
+            if down is not None:  # the error may only be what a server that died looks like from here
+                exc = ServerDown(f"{exc.problem.rstrip('.')}: {down.problem}", down.fix)
+            _end_quietly(run.info.run_id, str(exc))
+            raise exc from None
+        except KeyboardInterrupt as exc:
+            reason = f"{step} was stopped ({exc or 'Ctrl-C'})"
+            _end_quietly(run.info.run_id, reason, "KILLED")
+            print(f"stopped: {reason}; the run {run.info.run_id} ends KILLED", file=sys.stderr)
             raise
+        except Exception as exc:
+            down = diagnose(settings)
+            if down is None:
+                raise
+            problem = ServerDown(f"The {step} step stopped: {down.problem} ({type(exc).__name__}: {first_line(exc)})",
+                                 f"{down.fix}; then run it again" if down.fix else None)
+            _end_quietly(run.info.run_id, str(problem))
+            raise problem from None
 
 
-def fail_run(run_id: str, reason: str, status: str = "FAILED") -> None:
+@contextlib.contextmanager
+def child_run(run_name: str, tags: dict[str, str]) -> Iterator[Run]:
+    """A nested run of the active step run (a grid point), tagged with this process; Ctrl-C or SIGTERM end
+    it KILLED (MLflow would say FAILED), so no child is left RUNNING or blamed on an error."""
+    import mlflow
+
+    child = mlflow.start_run(nested=True, run_name=run_name, tags={**tags, **process_tags()})
+    try:
+        with child:
+            yield child
+    except KeyboardInterrupt as exc:  # (after MLflow ended it FAILED)
+        _end_quietly(child.info.run_id, f"stopped ({exc or 'Ctrl-C'})", "KILLED")
+        raise
+
+
+def _end_quietly(run_id: str, reason: str, status: str = "FAILED") -> None:
+    """fail_run, unless the tracking server cannot take it (then the run stays RUNNING until a later
+    pipeline or `windpipe status` sees its process is gone and marks it KILLED)."""
+    import mlflow
+
+    try:
+        probe_health(mlflow.get_tracking_uri(), timeout=2.0)  # (down: no retry loop for nothing)
+        fail_run(run_id, reason, status)
+    except Exception:
+        pass
+
+
+def mark_killed_runs(client: Any, experiment_ids: Iterable[str] | None = None) -> list[str]:
+    """End KILLED every RUNNING run whose process is gone; return their ids.
+
+    Gone: the run's process tag names a process of this host that no longer runs (a kill -9, a lost
+    machine session), or the run has no process tag and its parent run is gone or no longer RUNNING
+    (e.g. a grid child whose step was killed). Runs of other hosts, and runs too new to carry the tag,
+    are left alone. `experiment_ids` None: every active experiment.
+    """
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    ids = list(experiment_ids)
+    if not ids:
+        return []
+    running = {r.info.run_id: r for r in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'",
+                                                             max_results=1000)}
+
+    def gone(run: Any, depth: int = 0) -> str | None:
+        proc = identity.ProcessId.parse(run.data.tags.get(names.PROCESS_TAG))
+        if proc is not None:
+            return f"its process ({proc}) is gone" if proc.running() is False else None
+        parent = run.data.tags.get(names.MLFLOW_PARENT_RUN_TAG)
+        if not parent or depth > 5:
+            return None
+        if parent in running:
+            return f"its parent run {parent} was killed" if gone(running[parent], depth + 1) else None
+        return f"its parent run {parent} ended"
+
+    killed = []
+    for run_id, run in running.items():
+        why = gone(run)
+        if why:
+            fail_run(run_id, f"killed: the run was still RUNNING but {why}", "KILLED", client)
+            killed.append(run_id)
+    return killed
+
+
+def fail_run(run_id: str, reason: str, status: str = "FAILED", client: Any = None) -> None:
     """End a run FAILED (or KILLED) with the reason in the failure tag."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = client or mlflow.MlflowClient()
     client.set_tag(run_id, names.FAILURE_TAG, reason[:4000])
     client.set_terminated(run_id, status=status)
 

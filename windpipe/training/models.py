@@ -33,8 +33,8 @@ FAMILIES = ("lr", "rf", "keras")
 
 # ---------------------------------------------------------------- parameter parsing
 
-def as_int(name: str, value: object, minimum: int | None = None) -> int:
-    """`value` as an int >= `minimum`, else a WindpipeError naming parameter `name`."""
+def as_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`value` as an int in [`minimum`, `maximum`], else a WindpipeError naming parameter `name`."""
     try:
         number = float(str(value).strip())
         if not number.is_integer():
@@ -46,6 +46,9 @@ def as_int(name: str, value: object, minimum: int | None = None) -> int:
     if minimum is not None and out < minimum:
         raise WindpipeError(f"Parameter {name} must be at least {minimum}, got {out}.",
                             f"pass -P {name}=<a number >= {minimum}>")
+    if maximum is not None and out > maximum:
+        raise WindpipeError(f"Parameter {name} must be at most {maximum}, got {out}: that would run for hours "
+                            "or exhaust memory.", f"pass -P {name}=<a number <= {maximum}>")
     return out
 
 
@@ -87,7 +90,10 @@ def as_depth_list(name: str, value: object) -> list[int | None]:
 # ---------------------------------------------------------------- parameters per family
 
 # The defaults of every parameter live in the steps' MLproject files (projects/<family>/MLproject);
-# these classes only check values and carry them.
+# these classes only check values and carry them. The upper bounds keep a typo (1e9 trees) from running
+# until a timeout kills it: far above anything useful on this data.
+MAX_TREES = 5_000
+MAX_EPOCHS = 10_000
 
 @dataclass(frozen=True)
 class RFParams:
@@ -103,7 +109,7 @@ class RFParams:
         n_jobs = as_int("n_jobs", n_jobs)
         if n_jobs == 0:
             raise WindpipeError("Parameter n_jobs must not be 0.", "pass -1 (all cores) or a positive number")
-        return cls(as_int("n_estimators", n_estimators, 1), as_depth("max_depth", max_depth),
+        return cls(as_int("n_estimators", n_estimators, 1, MAX_TREES), as_depth("max_depth", max_depth),
                    as_int("min_samples_leaf", min_samples_leaf, 1), as_int("seed", seed, 0), n_jobs)
 
 
@@ -123,7 +129,7 @@ class KerasParams:
     def check(cls, epochs: object, batch_size: object, learning_rate: object, hidden_units: object,
               patience: object, seed: object, validation_split: object, ensemble: object,
               bins: object) -> KerasParams:
-        return cls(as_int("epochs", epochs, 1), as_int("batch_size", batch_size, 1),
+        return cls(as_int("epochs", epochs, 1, MAX_EPOCHS), as_int("batch_size", batch_size, 1),
                    as_float("learning_rate", learning_rate, 0.0, 10.0),
                    tuple(as_int_list("hidden_units", hidden_units, 1)), as_int("patience", patience, 0),
                    as_int("seed", seed, 0), as_float("validation_split", validation_split, 0.0, 1.0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from windpipe.entities.schema import FEATURES_ENTITY
 from windpipe.errors import WindpipeError
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 
@@ -98,6 +99,11 @@ def whatif(model: object, values: dict[str, float | None], when: object = None) 
         raise WindpipeError("Weather values must be numbers.") from None
     if row["windspeed"].iloc[0] < 0 or (row[["rad_horizontal", "rad_diffuse"]] < 0).any(axis=None):
         raise WindpipeError("Wind speed and radiation cannot be negative.")
+    for f in FEATURES:
+        value = row[f].to_numpy()
+        if not np.isfinite(value).all() or FEATURES_ENTITY.out_of_range(f, value).any():
+            raise WindpipeError(f"{f} must be a finite number in {FEATURES_ENTITY.range_text(f)}, "
+                                f"got {value[0]:g}.")
     from windpipe.models.loading import predict
 
     stamp = None

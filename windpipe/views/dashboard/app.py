@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from windpipe.views.source import ModelSource, ProductionModel, SourceStatus
 
 log = logging.getLogger("windpipe.dashboard")
 ASSETS = Path(__file__).resolve().parent / "assets"
+RECORDED_KEYS = 4096  # the (version, range) requests remembered as recorded, newest kept
 # a prediction logger gets (the scored frame with features, the predict_frame result, the model)
 PredictionLogger = Callable[[pd.DataFrame, pd.DataFrame, ProductionModel], None]
 
@@ -70,6 +72,12 @@ class Dashboard:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-marts")
         self._history_cache: dict[int, dict] = {}
         self._lock = threading.Lock()
+        # the marts queue is bounded (settings.dashboard_queue batches waiting; more are dropped and counted,
+        # a request never waits), and a range already recorded for a model version is not a new batch
+        self._waiting = 0
+        self._recorded: OrderedDict[tuple, None] = OrderedDict()
+        self.dropped = 0
+        self.repeated = 0
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until the predictions queued for the marts are written (tests; a clean shutdown)."""
@@ -129,20 +137,39 @@ class Dashboard:
             return dash.no_update, str(exc), "warning", dash.no_update
         scored = pm.data.loc[(pm.data.index >= rng.start) & (pm.data.index < rng.end)]
         frame = D.predict_frame(pm.model, scored)
-        self._log_predictions(scored, frame, pm)
+        self._log_predictions(scored, frame, pm, (pm.version, rng.start, rng.end))
         errs = D.errors(frame)
         title = f"{pm.instance_name}: recorded vs predicted, {start} to {end} ({len(frame)} hours)"
         return F.prediction_figure(frame, title), "", "secondary", errors_table(errs)
 
-    def _log_predictions(self, scored: pd.DataFrame, frame: pd.DataFrame, pm: ProductionModel) -> None:
+    def _log_predictions(self, scored: pd.DataFrame, frame: pd.DataFrame, pm: ProductionModel,
+                         key: tuple) -> None:
         if self.logger is None:
             return
+        with self._lock:
+            if key in self._recorded:
+                self.repeated += 1
+                return
+            if self._waiting >= self.settings.dashboard_queue:
+                self.dropped += 1
+                log.warning("marts queue full (%d batches): dashboard predictions not recorded (%d dropped so far)",
+                            self._waiting, self.dropped)
+                return
+            self._waiting += 1
+            self._recorded[key] = None
+            while len(self._recorded) > RECORDED_KEYS:
+                self._recorded.popitem(last=False)
 
         def run() -> None:
             try:
                 self.logger(scored, frame, pm)
             except Exception:  # logging must never break the page
                 log.warning("logging dashboard predictions failed", exc_info=True)
+                with self._lock:
+                    self._recorded.pop(key, None)  # not recorded: a later request may try again
+            finally:
+                with self._lock:
+                    self._waiting -= 1
 
         self._pool.submit(run)
 

@@ -14,12 +14,14 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from windpipe.errors import WindpipeError
-from windpipe.settings import Settings, get_settings
-from windpipe.stack.procs import pid_alive, port_is_free, read_pid, start_detached, stop_pid, wait_until
+from windpipe.identity import pid_alive
+from windpipe.settings import Settings, apply_process_environment, get_settings
+from windpipe.stack.procs import owned_pid, port_is_free, start_detached, stop_pid, wait_until
 
-MARKER = "windpipe.views.dashboard.serve"
+MARKER = "windpipe.views.dashboard.serve"  # the module the detached process runs
 SERVICE = "dashboard"
 
 
@@ -85,13 +87,13 @@ def start(settings: Settings, host: str | None = None, port: int | None = None) 
     host = host or settings.host
     port = port or settings.dashboard_port
     pid_file, log_file = settings.pid_file(SERVICE), settings.log_file(SERVICE)
-    pid = read_pid(pid_file, (MARKER,))
+    pid = owned_pid(pid_file, settings.home, say=lambda _m: None)
     if pid is not None:
         return pid, _recorded_url(settings) or url(host, port)
     _check_port(host, port)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.process_environment()}
     pid = start_detached([sys.executable, "-m", MARKER, "--host", host, "--port", str(port)], env, log_file,
-                         pid_file)
+                         pid_file, settings.home, port=port)
     settings.run_file("dashboard.url").write_text(url(host, port))
     try:
         wait_until(lambda: check_ready(url(host, port)), settings.startup_timeout, "The dashboard",
@@ -109,13 +111,14 @@ def _recorded_url(settings: Settings) -> str | None:
         return None
 
 
-def stop(settings: Settings) -> int | None:
-    """Stop the detached dashboard; return its pid, or None when none was running."""
+def stop(settings: Settings, say: Callable[[str], None] = print) -> int | None:
+    """Stop the detached dashboard; return its pid, or None when none was running (a stale or foreign pid
+    file is removed and reported, never acted on)."""
     pid_file = settings.pid_file(SERVICE)
-    pid = read_pid(pid_file, (MARKER,))
+    pid = owned_pid(pid_file, settings.home, say=say)
     if pid is not None:
         stop_pid(pid)
-    pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
     return pid
 
 
@@ -125,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--server", choices=("auto", "gunicorn", "dash"), default="auto")
     args = parser.parse_args(argv)
-    settings = get_settings()
     try:
+        settings = apply_process_environment(get_settings())
         serve(settings, args.host or settings.host, args.port or settings.dashboard_port, args.server)
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
