@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {GERMANY} is absent (the real processed data is never committed)")
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from windpipe.entities.schema import PROCESSED
-    from windpipe.entities.store import read_entity
+    from windpipe.data.process import load_processed
 
-    df = read_entity(PROCESSED, GERMANY)
+    df = load_processed(GERMANY)
     print(f"data: {GERMANY} ({len(df)} rows); {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}\n",
           flush=True)
     results = {}

@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.csv.exists():
         print(f"skipped: {args.csv} is absent (the real processed data is never committed)")
         return 0
+    from windpipe.data.process import load_processed
     from windpipe.entities.schema import PROCESSED
-    from windpipe.entities.store import read_entity, write_entity
+    from windpipe.entities.store import write_entity
 
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp, running_platform() as (settings, env):
-        entity = write_entity(PROCESSED, read_entity(PROCESSED, args.csv), Path(tmp) / "processed.parquet")
+        entity = write_entity(PROCESSED, load_processed(args.csv), Path(tmp) / "processed.parquet")
         env = {**env, "MLFLOW_EXPERIMENT_NAME": settings.experiment}
         print(f"data: {args.csv}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n", flush=True)
         who_all = ["peer", *WAYS]

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.csv} is absent (the real processed data is never committed)")
         return 0
 
+    from windpipe.data.process import load_processed
     from windpipe.entities.schema import PROCESSED
     from windpipe.entities.store import read_entity, write_entity
     from windpipe.pipeline.interfaces import step_defaults
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp = Path(tmp)
-        entity = write_entity(PROCESSED, read_entity(PROCESSED, args.csv), tmp / "processed.parquet")
+        entity = write_entity(PROCESSED, load_processed(args.csv), tmp / "processed.parquet")
         print(f"data: {args.csv} ({len(read_entity(PROCESSED, entity))} rows), random 80/20 split, seed 42;"
               f" {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}\n")
         settings = start_platform(tmp / "home")

@@ -305,10 +305,9 @@ def test_drift_status_needs_a_move_and_its_size():
 
 @pytest.mark.skipif(not GERMANY.exists(), reason="the real data (../shared/data/germany.csv) is not here")
 def test_real_2016_q4_is_not_drift_but_its_unit_errors_are():
-    from windpipe.entities.schema import PROCESSED
-    from windpipe.entities.store import read_entity
+    from windpipe.data.process import load_processed
 
-    df = read_entity(PROCESSED, GERMANY)
+    df = load_processed(GERMANY)
     reference, batch = time_window(df, pd.Timestamp("2016-10-01", tz="UTC"))
     got = _drift(batch, reference)
     assert (got["status"] == "ok").all(), got

@@ -43,8 +43,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         clear_settings_cache()
     args = [a for a in args if a not in ("--debug", "--verbose")]
-    setup_process()
     try:
+        setup_process()  # quiet output
         # bounded MLflow retries and no telemetry, for this process and the step runs it starts
         apply_process_environment()
     except WindpipeError:

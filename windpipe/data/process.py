@@ -158,6 +158,12 @@ def read_processed(path: Path | str) -> pd.DataFrame:
                             "pass a CSV (comma separated, a header line) or a parquet file") from None
 
 
+def load_processed(path: Path | str, duplicates: str = "first") -> pd.DataFrame:
+    """A processed file checked as `--processed` checks it; by default a repeated hour keeps its first
+    row (germany.csv repeats the four hours its clocks went back)."""
+    return check_processed(read_processed(path), f"The processed file {path}", duplicates)
+
+
 def check_processed(df: pd.DataFrame, where: str, duplicates: str = "error") -> pd.DataFrame:
     """The processed entity from a user's frame, or a WindpipeError naming the problem and the fix.
 

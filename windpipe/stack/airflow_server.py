@@ -25,8 +25,9 @@ from pathlib import Path
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text
+from windpipe.identity import pid_alive
 from windpipe.settings import Settings
-from windpipe.stack.procs import log_tail, pid_alive, port_is_free, read_pid, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
 USER = "admin"
@@ -97,8 +98,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
 
 
 def _pid(settings: Settings, name: str) -> int | None:
-    # (the API server renames its process: `airflow api_server -- host:... port:...`)
-    return read_pid(settings.pid_file(f"airflow-{name}"), (f"airflow {name}", f"airflow {name.replace('-', '_')}"))
+    return owned_pid(settings.pid_file(f"airflow-{name}"), settings.home)
 
 
 def health(settings: Settings, timeout: float = 3.0) -> dict[str, str]:
@@ -161,7 +161,9 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
             continue
         argv = [str(airflow_bin(settings)), name, *ARGS[name]]
         started[name] = start_detached(argv, env, settings.log_file(f"airflow-{name}"),
-                                       settings.pid_file(f"airflow-{name}"), cwd=settings.airflow_home)
+                                       settings.pid_file(f"airflow-{name}"), settings.home,
+                                       port=settings.airflow_port if name == "api-server" else None,
+                                       cwd=settings.airflow_home)
         say(f"airflow {name}: starting (pid {started[name]})")
         if name == "api-server":
             wait_until(lambda: _answers(settings), timeout, "Airflow's API server",

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from windpipe.errors import WindpipeError
 from windpipe.fileio import kept_secret
+from windpipe.identity import pid_alive
 from windpipe.settings import Settings, repo_root
-from windpipe.stack.procs import log_tail, pid_alive, port_is_free, read_pid, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
 from windpipe.stack.services import ServiceState
 from windpipe.tracking.client import probe_health
 from windpipe.tracking.output import user_environment
@@ -47,7 +48,7 @@ def runtime_dir(settings: Settings) -> Path:
 
 
 def running_pid(settings: Settings) -> int | None:
-    return read_pid(settings.pid_file(SERVICE), (MARKER,))
+    return owned_pid(settings.pid_file(SERVICE), settings.home)
 
 
 def lab_env(settings: Settings) -> dict[str, str]:
@@ -110,7 +111,7 @@ def start(settings: Settings, port: int | None = None) -> tuple[int, str]:
     runtime_dir(settings).chmod(0o700)
     log = settings.log_file(SERVICE)
     pid = start_detached(command(settings, port), lab_env(settings), log, settings.pid_file(SERVICE),
-                         cwd=repo_root())
+                         settings.home, port=port, cwd=repo_root())
     settings.run_file("lab.url").write_text(f"{base}/lab\n")
     try:
         wait_until(lambda: check(base, secret), max(settings.startup_timeout, 90.0), "JupyterLab",
