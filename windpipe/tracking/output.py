@@ -249,6 +249,7 @@ def _upload(run: Run, path: Path) -> None:
         return
     try:
         mlflow.MlflowClient().log_artifact(run.info.run_id, str(path), LOG_ARTIFACT_DIR)
-    except Exception as exc:  # the artifact store may be what failed the run: say so, lose nothing else
-        print(f"note: could not log {path.name} to the run ({type(exc).__name__}: {str(exc)[:200]})",
-              file=sys.stderr, flush=True)
+    except Exception as exc:  # the artifact store may be what failed the run: the error says so
+        if verbose():  # (the step's own error, printed next, names the server that is down)
+            print(f"note: could not log {path.name} to the run ({type(exc).__name__}: "
+                  f"{str(exc)[:200]})", file=sys.stderr, flush=True)
