@@ -169,7 +169,7 @@ def test_bad_input_fails_the_run_with_reason_and_no_model(use_platform, entity, 
 
 def test_evaluate_bad_model_uri_fails(use_platform, entity):
     proc = mlflow_run(use_platform, "lr", "-e", "evaluate", "-P", "model_uri=models:/m-doesnotexist",
-                      "-P", f"data={entity}")
+                      "-P", f"data={entity}", "-P", "holdout_weeks=1")
     assert proc.returncode != 0 and "Cannot resolve the model models:/m-doesnotexist" in proc.stderr
     run = latest_run(use_platform, "lr", "evaluate")
     assert run.info.status == "FAILED"
@@ -178,14 +178,14 @@ def test_evaluate_bad_model_uri_fails(use_platform, entity):
 
 def test_lr_runs_in_its_own_virtualenv(use_platform, entity):
     """The default environment manager builds the env from python_env.yaml (same deps as process: cached)."""
-    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}", env_manager="", timeout=1500))
+    ok(mlflow_run(use_platform, "lr", "-P", f"data={entity}", *WEEK, env_manager="", timeout=1500))
     run = latest_run(use_platform, "lr", "main")
     assert run.data.tags.get("mlflow.project.env") == "virtualenv" and run.info.status == "FINISHED"
 
 
 def test_windpipe_run_makes_the_run_mlflow_run_makes_in_one_process(use_platform, entity, bad_entities):
     """`windpipe run STEP` = `mlflow run projects/STEP --env-manager local`, with one Python start-up."""
-    args = ["-e", "grid", "-P", f"data={entity}", "-P", "n_estimators=2,4", "-P", "max_depth=3"]
+    args = ["-e", "grid", "-P", f"data={entity}", "-P", "n_estimators=2,4", "-P", "max_depth=3", *WEEK]
     ok(mlflow_run(use_platform, "rf", *args))
     by_mlflow = latest_run(use_platform, "rf", "grid")
     proc = use_platform.windpipe("run", "rf", *args)
@@ -203,5 +203,5 @@ def test_windpipe_run_makes_the_run_mlflow_run_makes_in_one_process(use_platform
     assert latest_run(use_platform, "lr", "main").info.status == "FAILED"
     before = latest_run(use_platform, "lr", "main").info.run_id
     proc = use_platform.windpipe("run", "lr", "-P", "dat=x")  # a name the MLproject does not have: no run
-    assert proc.returncode == 2 and "takes data, seed, test_size, split_by" in proc.stderr
+    assert proc.returncode == 2 and "takes data, seed, split_by, holdout_weeks" in proc.stderr, proc.stderr
     assert latest_run(use_platform, "lr", "main").info.run_id == before

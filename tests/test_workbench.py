@@ -60,7 +60,7 @@ def test_lab_runs_the_notebooks_through_its_api_with_a_real_kernel(use_platform,
         token_file = home / "lab_token"
         token = token_file.read_text()
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        pid = int((home / "run" / "lab.pid").read_text())
+        pid = json.loads((home / "run" / "lab.pid").read_text())["pid"]
         # the token is on no command line, in no log line, in nothing printed
         assert token not in Path(f"/proc/{pid}/cmdline").read_text()
         assert token not in (home / "logs" / "lab.log").read_text() and token not in proc.stdout

@@ -105,7 +105,9 @@ def owned_pid(pid_file: Path, home: Path, say: Callable[[str], None] | None = No
         why = f"process {record.pid} is gone"
     elif record.started is not None and abs((start_time(record.pid) or 0.0) - record.started) >= 0.05:
         why = f"pid {record.pid} now belongs to another process (started at another time); nothing was signalled"
-    elif _process_home(record.pid) != here:
+    elif (home := _process_home(record.pid)) != here and (home is not None or record.started is None):
+        # (a process that renamed itself, as Airflow's API server does, may have overwritten its environment:
+        # then the start time alone proves it)
         why = f"process {record.pid} was not started by this state folder; nothing was signalled"
     if why is None:
         return record.pid
