@@ -54,6 +54,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _unauthenticated(exc):
+            raise
+        _report(WindpipeError("The MLflow tracking server asks for a login (HTTP 401).", LOGIN_FIX), debug)
+        sys.exit(1)
+
+
+LOGIN_FIX = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`windpipe env` prints them on the server)"
+
+
+def _unauthenticated(exc: Exception) -> bool:
+    """MLflow's client refused by a basic-auth tracking server (it raises MlflowException ... 401)."""
+    return type(exc).__module__.startswith("mlflow") and "error code 401" in str(exc)
 
 
 def _report(exc: WindpipeError, debug: bool) -> None:

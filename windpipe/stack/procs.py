@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +16,17 @@ from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One server's health, as `windpipe status` shows it."""
+
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    detail: str
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -40,15 +40,40 @@ def probe_health(uri: str, timeout: float = 5.0) -> None:
                             "check its log (`windpipe status` names it)")
 
 
-def probe_artifacts(uri: str, timeout: float = 5.0) -> None:
-    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store)."""
+def basic_auth_header(auth: tuple[str, str] | None) -> dict[str, str]:
+    """The Authorization header for a basic-auth tracking server ({} without credentials)."""
+    if auth is None:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()}
+
+
+def env_credentials(settings: Settings | None = None) -> tuple[str, str] | None:
+    """MLFLOW_TRACKING_USERNAME / _PASSWORD (what MLflow's own client sends), when both are set."""
+    settings = settings or get_settings()
+    if settings.tracking_username and settings.tracking_password is not None:
+        return settings.tracking_username, settings.tracking_password.get_secret_value()
+    return None
+
+
+def probe_artifacts(uri: str, timeout: float = 5.0, auth: tuple[str, str] | None = None) -> None:
+    """Raise WindpipeError unless the server's artifact proxy can list its store (tracking server -> store).
+
+    `auth`: (user, password) for a basic-auth server; default: the MLFLOW_TRACKING_* credentials.
+    """
     if not is_http(uri):
         return
     url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
+    request = urllib.request.Request(url, headers=basic_auth_header(auth or env_credentials()))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise WindpipeError(f"The MLflow tracking server at {uri} asks for a login (HTTP 401): set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.",
+                                "`windpipe env` prints them on the server's machine") from None
         raise WindpipeError(f"The MLflow tracking server at {uri} cannot reach its artifact store (HTTP {exc.code}).",
                             "run `windpipe status` to see which server is down, then `windpipe up`") from None
     except (urllib.error.URLError, OSError) as exc:
