@@ -210,6 +210,43 @@ def test_pipeline_promote_and_predict_on_the_team_stack(as_client, raw_dir, tmp_
 
 
 @pytest.mark.slow
+def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_path):
+    """A second tracking server pointed (by settings) at the platform's PostgreSQL and S3 starts only itself."""
+    from urllib.parse import quote
+
+    p = team_platform
+    key_id, secret = s3.keys(p.settings)
+    app_password = p.settings.secret_file(postgres.APP_PASSWORD).read_text().strip()
+    home = tmp_path / "client-home"
+    env = {**team_env(home), "WINDPIPE_AUTH": "none",
+           "WINDPIPE_PG_URL": f"postgresql+psycopg://mlflow:{quote(app_password)}@127.0.0.1:{p.settings.pg_port}/mlflow",
+           "WINDPIPE_S3_ENDPOINT_URL": p.settings.s3_endpoint, "WINDPIPE_S3_ACCESS_KEY_ID": key_id,
+           "WINDPIPE_S3_SECRET_ACCESS_KEY": "wrong"}
+    own = [postgres.running_pid(p.settings), s3.running_pid(p.settings)]
+
+    # bad keys: a clear message naming the setting; nothing started
+    proc = _windpipe(env, "up")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "refused the keys" in proc.stderr and "WINDPIPE_S3_SECRET_ACCESS_KEY" in proc.stderr, proc.stderr
+    assert "mlflow: starting" not in proc.stdout and "Traceback" not in proc.stderr
+
+    env["WINDPIPE_S3_SECRET_ACCESS_KEY"] = secret
+    proc = _windpipe(env, "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "postgres: using postgresql+psycopg://mlflow:***@127.0.0.1" in proc.stdout, proc.stdout
+    assert f"s3: using {p.settings.s3_endpoint}" in proc.stdout and "mlflow: starting" in proc.stdout
+    assert app_password not in proc.stdout + proc.stderr
+    assert not (home / "postgres").exists() and not (home / "s3").exists()
+    proc = _windpipe(env, "status")
+    assert proc.returncode == 0 and proc.stdout.count("up   ") == 3, proc.stdout
+
+    proc = _windpipe(env, "down")
+    assert proc.returncode == 0 and "mlflow: stopped" in proc.stdout, proc.stdout
+    assert "postgres" not in proc.stdout and "s3" not in proc.stdout
+    assert [postgres.running_pid(p.settings), s3.running_pid(p.settings)] == own
+
+
+@pytest.mark.slow
 def test_status_names_the_stopped_part_and_up_restarts_only_it(team_platform):
     p = team_platform
     mlflow_pid = team.mlflow_pid(p.settings)

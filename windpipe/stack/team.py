@@ -191,11 +191,14 @@ def _up(settings: Settings, say: Callable[[str], None], deadline: float, started
         postgres.bootstrap(settings)
     postgres.check(settings)
 
-    s3_log = settings.log_file(S3)
-    wait_until(lambda: s3.check(settings), remaining(), "The S3 store",
-               alive=(lambda: pid_alive(rclone)) if rclone else None,
-               exited=lambda: WindpipeError(f"rclone exited while starting.{log_tail(s3_log, 5)}", f"see {s3_log}"),
-               fix=f"see {s3_log}")
+    if rclone is None:  # running already, or not ours: it answers now or the settings are wrong
+        s3.check(settings)
+    else:
+        s3_log = settings.log_file(S3)
+        wait_until(lambda: s3.check(settings), remaining(), "The S3 store", alive=lambda: pid_alive(rclone),
+                   exited=lambda: WindpipeError(f"rclone exited while starting.{log_tail(s3_log, 5)}",
+                                                f"see {s3_log}"),
+                   fix=f"see {s3_log}")
 
     pid = mlflow_pid(settings)
     if pid is not None:
