@@ -32,6 +32,12 @@ demo: install
 	$(BIN)/windpipe up
 	$(BIN)/windpipe demo --raw $(DEMO_RAW)
 
+# the same demo on the team stack: PostgreSQL + S3 (rclone) + MLflow, see docs/team.md
+.PHONY: demo-team
+demo-team: install
+	WINDPIPE_STACK=team $(BIN)/windpipe up
+	WINDPIPE_STACK=team $(BIN)/windpipe demo --raw $(DEMO_RAW)
+
 test: install airflow
 	$(BIN)/python -m pytest -q
 

@@ -21,7 +21,9 @@ PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "
                  "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE",
                  # MLflow 3's set_experiment() exports MLFLOW_EXPERIMENT_ID into os.environ; an earlier
                  # test's id must not reach a later test's subprocesses
-                 "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+                 "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
+                 # the team stack's choices (tests/test_team.py sets its own)
+                 "WINDPIPE_STACK", "WINDPIPE_AUTH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def free_port_range(n: int = 10) -> str:

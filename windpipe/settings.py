@@ -123,6 +123,32 @@ class Settings(BaseSettings):
             raise ValueError(f"must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {value!r}")
         return value.strip()
 
+    # ------------------------------------------------------------------ the team stack (docs/team.md)
+    # "local": MLflow on SQLite, artifacts on FTP; "team": MLflow on PostgreSQL, artifacts on S3
+    stack: Literal["local", "team"] = "local"
+    pg_port: int = 5433
+    # an existing PostgreSQL database for MLflow (then `up` starts none), e.g.
+    # postgresql+psycopg://mlflow@db.example.org/mlflow (password in the URL or in ~/.pgpass)
+    pg_url: SecretStr | None = None
+    # the PostgreSQL server binaries (initdb, pg_ctl); default: the Debian package's /usr/lib/postgresql/<n>/bin
+    pg_bin: Path | None = None
+    # PostgreSQL refuses to run as root: when windpipe runs as root the server runs as this user
+    pg_os_user: str = "postgres"
+    s3_port: int = 9000
+    # an existing S3 service (then `up` starts no rclone), e.g. https://s3.eu-central-1.amazonaws.com
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "mlflow"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
+    auth: Literal["none", "basic"] = "none"
+    # what windpipe's own requests to a basic-auth tracking server send (MLflow's client reads the same variables)
+    tracking_username: str | None = Field(default=None, validation_alias=AliasChoices(
+        "MLFLOW_TRACKING_USERNAME", "WINDPIPE_TRACKING_USERNAME"))
+    tracking_password: SecretStr | None = Field(default=None, validation_alias=AliasChoices(
+        "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_TRACKING_PASSWORD"))
+
     # ------------------------------------------------------------------ addresses
 
     @property
@@ -209,6 +235,20 @@ class Settings(BaseSettings):
     @property
     def registry_lock_file(self) -> Path:
         return self.home / "registry.lock"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The team stack's PostgreSQL: data/ (PGDATA), run/ (its socket), postgres.log; owned by the server's user."""
+        return self.home / "postgres"
+
+    @property
+    def s3_root(self) -> Path:
+        """The folder `rclone serve s3` serves: one subfolder per bucket."""
+        return self.home / "s3"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3_endpoint_url or f"http://{self.host}:{self.s3_port}"
 
     def cache_dir(self, *parts: str) -> Path:
         """Downloads kept between commands (model versions, training entities): <home>/cache/..."""

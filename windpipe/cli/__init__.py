@@ -61,12 +61,23 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        # an unexpected error is a bug, unless a server died under the command: then say which, and the fix
+        # an unexpected error is a bug, unless the server wants a login or died under the command: say so
+        if _unauthenticated(exc):
+            _report(WindpipeError("The MLflow tracking server asks for a login (HTTP 401).", LOGIN_FIX), debug)
+            sys.exit(1)
         down = _server_down()
         if down is None:
             raise
         _report(WindpipeError(f"{down.problem} ({type(exc).__name__}: {first_line(exc)})", down.fix), debug)
         sys.exit(1)
+
+
+LOGIN_FIX = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`windpipe env` prints them on the server)"
+
+
+def _unauthenticated(exc: Exception) -> bool:
+    """MLflow's client refused by a basic-auth tracking server (it raises MlflowException ... 401)."""
+    return type(exc).__module__.startswith("mlflow") and "error code 401" in str(exc)
 
 
 def _server_down() -> WindpipeError | None:

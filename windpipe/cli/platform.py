@@ -9,7 +9,9 @@ app = typer.Typer()
 
 @app.command()
 def up() -> None:
-    """Start the FTP artifact server and the MLflow tracking server (detached, idempotent)."""
+    """Start the FTP artifact server and the MLflow tracking server (detached, idempotent).
+
+    With WINDPIPE_STACK=team: PostgreSQL, an S3 store (rclone) and MLflow on both (docs/team.md)."""
     from windpipe.settings import get_settings
     from windpipe.stack import services
 
@@ -70,3 +72,9 @@ def env() -> None:
     typer.echo(f"export MLFLOW_EXPERIMENT_NAME={settings.experiment}")
     for key, value in settings.process_environment().items():
         typer.echo(f"export {key}={value}")
+    if settings.stack == "team" and settings.auth == "basic":
+        from windpipe.stack import team
+
+        # the password stays in its 0600 file: the export reads it when the shell runs it
+        typer.echo(f"export MLFLOW_TRACKING_USERNAME={team.ADMIN}")
+        typer.echo(f'export MLFLOW_TRACKING_PASSWORD="$(cat {settings.secret_file(team.ADMIN_PASSWORD)})"')

@@ -27,13 +27,25 @@ def main() -> None:
         "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
         "_MLFLOW_IN_JOB_EXECUTOR": "false",
     })
+    basic_auth = os.environ.get("WINDPIPE_AUTH") == "basic"
+    if basic_auth:
+        # from a 0600 file, set in-process: it never shows in /proc/<pid>/environ
+        key_file = os.environ["WINDPIPE_FLASK_SECRET_KEY_FILE"]
+        with open(key_file, encoding="utf-8") as fh:
+            os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = fh.read().strip()
     import uvicorn
     from mlflow.server import handlers
     from mlflow.server.fastapi_app import app
 
-    # create or migrate the SQLite tables before accepting requests, as `mlflow server` does
+    # create or migrate the tables (SQLite or PostgreSQL) before accepting requests, as `mlflow server` does
     handlers._get_tracking_store()
     handlers._get_model_registry_store()
+    if basic_auth:
+        # MLflow's basic-auth app (what `mlflow server --app-name basic-auth` serves); it reads
+        # MLFLOW_AUTH_CONFIG_PATH, makes its tables and the admin user, and wraps the same app
+        from mlflow.server.auth import create_app
+
+        app = create_app()
     uvicorn.run(app, host=os.environ.get("WINDPIPE_HOST", "127.0.0.1"),
                 port=int(os.environ["WINDPIPE_MLFLOW_PORT"]), log_level="info")
 

@@ -20,6 +20,17 @@ from windpipe.identity import pid_alive, start_time
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ServiceState:
+    """One server's health, as `windpipe status` shows it."""
+
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    detail: str
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port and we may bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -1,5 +1,7 @@
 """The local platform: the FTP artifact server and the MLflow tracking server on SQLite.
 
+(`WINDPIPE_STACK=team`: the same three calls run `windpipe.stack.team`.)
+
 `up` starts both detached and waits until they answer, `down` stops what `up` started
 (pid files in the state folder), `status` checks both for real (an FTP login, the
 tracking server's /health and an artifact listing through its proxy).
@@ -11,26 +13,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from windpipe.errors import WindpipeError
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import ftp
-from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import ServiceState, log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
 from windpipe.tracking.client import probe_artifacts, probe_health
 
 FTP = "ftp"
 MLFLOW = "mlflow"
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    name: str
-    url: str
-    healthy: bool
-    pid: int | None
-    detail: str
 
 
 def running_pid(settings: Settings, name: str, say: Callable[[str], None] | None = None) -> int | None:
@@ -114,6 +106,10 @@ def status_ok(settings: Settings, name: str) -> bool:
 
 
 def status(settings: Settings) -> list[ServiceState]:
+    if settings.stack == "team":
+        from windpipe.stack import team
+
+        return team.status(settings)
     return [service_state(settings, FTP), service_state(settings, MLFLOW)]
 
 
@@ -172,6 +168,10 @@ def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> N
 
 def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
     """Start whatever is not running, wait until both answer. Running services are left alone."""
+    if settings.stack == "team":
+        from windpipe.stack import team
+
+        return team.up(settings, say)
     ensure_state_folder(settings)
     password = ftp.ftp_password(settings, create=True)
     env = _server_env(settings, password)
@@ -206,6 +206,10 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceSt
 
 def down(settings: Settings, say: Callable[[str], None] = print) -> None:
     """Stop the servers `up` started (and only those)."""
+    if settings.stack == "team":
+        from windpipe.stack import team
+
+        return team.down(settings, say)
     for name in (MLFLOW, FTP):
         pid = running_pid(settings, name, say)
         if pid is None:

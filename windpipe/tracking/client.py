@@ -44,18 +44,42 @@ def probe_health(uri: str, timeout: float = 5.0) -> None:
                          "check its log (`windpipe status` names it)")
 
 
-def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None) -> None:
+def basic_auth_header(auth: tuple[str, str] | None) -> dict[str, str]:
+    """The Authorization header for a basic-auth tracking server ({} without credentials)."""
+    if auth is None:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()}
+
+
+def env_credentials(settings: Settings | None = None) -> tuple[str, str] | None:
+    """MLFLOW_TRACKING_USERNAME / _PASSWORD (what MLflow's own client sends), when both are set."""
+    settings = settings or get_settings()
+    if settings.tracking_username and settings.tracking_password is not None:
+        return settings.tracking_username, settings.tracking_password.get_secret_value()
+    return None
+
+
+def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None,
+                    auth: tuple[str, str] | None = None) -> None:
     """Raise ServerDown unless the server's artifact proxy can list its store (tracking server -> store).
 
     `store` names the store in the message (the local platform: "the FTP artifact server at ftp://...").
+    `auth`: (user, password) for a basic-auth server; default: the MLFLOW_TRACKING_* credentials.
     """
     if not is_http(uri):
         return
     url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
+    request = urllib.request.Request(url, headers=basic_auth_header(auth or env_credentials()))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise WindpipeError(f"The MLflow tracking server at {uri} asks for a login (HTTP 401): set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.",
+                                "`windpipe env` prints them on the server's machine") from None
         lead = f"{store[0].upper()}{store[1:]} does not answer: the" if store else "The"
         raise ServerDown(f"{lead} MLflow tracking server at {uri} cannot reach its artifact store "
                          f"(HTTP {exc.code}).",
@@ -67,7 +91,7 @@ def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None) ->
 
 def artifact_store_name(settings: Settings) -> str | None:
     """How messages name the artifact store: the local platform's FTP server (None: a server's own store)."""
-    if settings.effective_tracking_uri == settings.local_tracking_uri:
+    if settings.effective_tracking_uri == settings.local_tracking_uri and settings.stack == "local":
         return f"the FTP artifact server at ftp://{settings.host}:{settings.ftp_port}"
     return None
 

@@ -1,0 +1,266 @@
+"""The team stack's PostgreSQL: the Debian package's server binaries, a data folder in the state folder.
+
+`start` runs initdb on first use (scram passwords, a generated superuser password), starts the
+server on 127.0.0.1:WINDPIPE_PG_PORT and makes the `mlflow` role and its databases. Every client
+(the tracking server, our checks) connects without a password in its URI: libpq reads it from the
+0600 password file (`PGPASSFILE`). PostgreSQL refuses to run as root, so as root the server runs as
+WINDPIPE_PG_OS_USER (Debian's `postgres`) and the state folder lets only that user's group pass
+(mode 0710), not list.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from windpipe.errors import WindpipeError
+from windpipe.fileio import atomic_write_text, kept_secret
+from windpipe.identity import pid_alive
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from windpipe.settings import Settings
+
+APP_ROLE = "mlflow"
+SUPERUSER = "postgres"
+# the tracking store, the basic-auth app's users, the data marts
+DATABASES = ("mlflow", "mlflow_auth", "marts")
+SUPERUSER_PASSWORD = "pg_superuser_password"
+APP_PASSWORD = "pg_app_password"
+PASSFILE = "pgpass"
+# SQLAlchemy URI prefix of the one driver the project uses (psycopg 3, pinned in requirements.txt)
+DRIVER = "postgresql+psycopg"
+
+
+def bin_dir(settings: Settings) -> Path:
+    """Where initdb/pg_ctl live: WINDPIPE_PG_BIN, else the newest Debian /usr/lib/postgresql/<n>/bin, else PATH."""
+    if settings.pg_bin is not None:
+        candidates = [settings.pg_bin]
+    else:
+        debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+        on_path = shutil.which("pg_ctl")
+        candidates = [*debian, *([Path(on_path).resolve().parent] if on_path else [])]
+    for folder in candidates:
+        if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
+            return folder
+    raise WindpipeError("The PostgreSQL server binaries (initdb, pg_ctl) were not found.",
+                        "install them (`apt-get install postgresql`), or set WINDPIPE_PG_BIN to their folder, "
+                        "or point WINDPIPE_PG_URL at a running PostgreSQL")
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _server_cmd(settings: Settings, argv: list[str]) -> list[str]:
+    # runuser switches user without PAM prompts; only root may, and only root needs to
+    return ["runuser", "-u", settings.pg_os_user, "--", *argv] if _as_root() else argv
+
+
+def _run(settings: Settings, argv: list[str]) -> subprocess.CompletedProcess:
+    # cwd "/": the server's user may not enter the caller's working folder
+    return subprocess.run(_server_cmd(settings, argv), capture_output=True, text=True, cwd="/")
+
+
+def data_dir(settings: Settings) -> Path:
+    return settings.postgres_dir / "data"
+
+
+def socket_dir(settings: Settings) -> Path:
+    return settings.postgres_dir / "run"
+
+
+def log_path(settings: Settings) -> Path:
+    return settings.postgres_dir / "postgres.log"
+
+
+def passfile(settings: Settings) -> Path:
+    return settings.secret_file(PASSFILE)
+
+
+def prepare(settings: Settings) -> None:
+    """Make the server's folders; as root, hand them to the server's user and close the state folder."""
+    pg = settings.postgres_dir
+    for folder in (pg, socket_dir(settings)):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    if not _as_root():
+        return
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwnam(settings.pg_os_user)
+    except KeyError:
+        raise WindpipeError(f"The user {settings.pg_os_user!r} that should run PostgreSQL does not exist.",
+                            "install the `postgresql` package (it makes `postgres`), "
+                            "or set WINDPIPE_PG_OS_USER") from None
+    for folder in (pg, socket_dir(settings)):
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    # the server's user may pass through the state folder (to its own folder), not list or read it
+    os.chown(settings.home, 0, grp.getgrgid(user.pw_gid).gr_gid)
+    settings.home.chmod(0o710)
+    if _run(settings, ["test", "-w", str(pg)]).returncode != 0:
+        raise WindpipeError(
+            f"The user {settings.pg_os_user!r} cannot reach {pg}: a parent folder of {settings.home} "
+            "does not let other users pass (mode o+x).",
+            "point WINDPIPE_HOME at a folder below world-passable parents (e.g. under /srv or /tmp)")
+
+
+def _initdb(settings: Settings) -> None:
+    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
+    # initdb runs as the server's user, which cannot read root's secret: a short-lived 0600 copy it owns
+    pwfile = settings.postgres_dir / ".initdb_pwfile"
+    atomic_write_text(pwfile, su_password + "\n", mode=0o600)
+    try:
+        if _as_root():
+            st = settings.postgres_dir.stat()
+            os.chown(pwfile, st.st_uid, st.st_gid)
+        proc = _run(settings, [str(bin_dir(settings) / "initdb"), "-D", str(data_dir(settings)), "-U", SUPERUSER,
+                               f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                               "--no-instructions"])
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        shutil.rmtree(data_dir(settings), ignore_errors=True)  # a half-made cluster would block the next try
+        raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.postgres_dir}")
+
+
+def _ready(settings: Settings) -> int:
+    """pg_isready: 0 accepting, 1 starting or recovering, 2 no answer."""
+    return subprocess.run([str(bin_dir(settings) / "pg_isready"), "-q", "-h", settings.host,
+                           "-p", str(settings.pg_port), "-t", "2"]).returncode
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The postmaster's pid from its lock file, when that process lives."""
+    try:
+        pid = int((data_dir(settings) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def start(settings: Settings, timeout: float) -> bool:
+    """Start the server unless it answers already; True when this call started it."""
+    if not (data_dir(settings) / "PG_VERSION").exists():
+        _initdb(settings)
+    state = _ready(settings)
+    if state in (0, 1) and running_pid(settings) is not None:
+        deadline = time.monotonic() + timeout
+        while state == 1 and time.monotonic() < deadline:  # ours, still recovering
+            time.sleep(0.3)
+            state = _ready(settings)
+        return False
+    if state == 0:
+        raise WindpipeError(
+            f"Port {settings.pg_port} on {settings.host} is taken by another program, so PostgreSQL cannot start.",
+            "stop that program, or choose another port with WINDPIPE_PG_PORT=<port>")
+    options = (f"-c listen_addresses={settings.host} -c port={settings.pg_port} "
+               f"-c unix_socket_directories={socket_dir(settings)} "
+               # crash recovery first syncs every file (seconds); syncfs is one call per filesystem
+               "-c recovery_init_sync_method=syncfs")
+    argv = [str(bin_dir(settings) / "pg_ctl"), "start", "-w", "-t", str(int(timeout)), "-D", str(data_dir(settings)),
+            "-l", str(log_path(settings)), "-o", options]
+    deadline = time.monotonic() + min(timeout, 30)
+    while True:
+        proc = _run(settings, argv)
+        if proc.returncode == 0:
+            return True
+        tail = log_path(settings).read_text(errors="replace")[-2000:] if log_path(settings).exists() else ""
+        # right after a kill -9 the old postmaster is not reaped yet: retry until it is gone
+        transient = "already exists" in tail or "still in use" in tail
+        if not transient or time.monotonic() > deadline:
+            taken = "Address already in use" in tail
+            raise WindpipeError(
+                f"PostgreSQL did not start: {(proc.stderr or proc.stdout).strip()[-300:]}\n{tail[-600:]}",
+                "choose another port with WINDPIPE_PG_PORT=<port>" if taken else f"see {log_path(settings)}")
+        time.sleep(0.5)
+
+
+def bootstrap(settings: Settings) -> None:
+    """Make (or refresh) the app role and its databases, and the password file every client reads."""
+    from psycopg import sql
+
+    app_password = kept_secret(settings.secret_file(APP_PASSWORD))
+    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
+    # the password file first: the superuser connects through it too (no password in a parameter list)
+    atomic_write_text(passfile(settings),
+                      f"{settings.host}:{settings.pg_port}:*:{APP_ROLE}:{app_password}\n"
+                      f"{settings.host}:{settings.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
+    with _connect(settings, SUPERUSER, "postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
+        # the statement holds the password; log_statement is 'none', so it reaches no log
+        conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+            sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(APP_ROLE), sql.Literal(app_password)))
+        for db in DATABASES:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db),
+                                                                              sql.Identifier(APP_ROLE)))
+
+
+def _connect(settings: Settings, user: str, dbname: str, autocommit: bool = False) -> psycopg.Connection:
+    import psycopg
+
+    return psycopg.connect(host=settings.host, port=settings.pg_port, user=user, dbname=dbname,
+                           passfile=str(passfile(settings)), connect_timeout=3, autocommit=autocommit)
+
+
+def uri(settings: Settings, db: str = "mlflow") -> str:
+    """The SQLAlchemy URI of a database: WINDPIPE_PG_URL's, else ours, without a password (PGPASSFILE has it)."""
+    if settings.pg_url is not None:
+        from sqlalchemy.engine import make_url
+
+        external = settings.pg_url.get_secret_value()
+        return external if db == "mlflow" else make_url(external).set(database=db).render_as_string(False)
+    return f"{DRIVER}://{APP_ROLE}@{settings.host}:{settings.pg_port}/{db}"
+
+
+def display_uri(settings: Settings) -> str:
+    """The URI without any password, for messages and `status`."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(uri(settings)).render_as_string(hide_password=True)
+
+
+def client_env(settings: Settings) -> dict[str, str]:
+    """What a process that connects (the tracking server) needs in its environment."""
+    return {} if settings.pg_url is not None else {"PGPASSFILE": str(passfile(settings))}
+
+
+def check(settings: Settings) -> str:
+    """A real query as the app role; raise WindpipeError naming PostgreSQL."""
+    import psycopg
+
+    try:
+        if settings.pg_url is not None:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(settings.pg_url.get_secret_value()).set(drivername="postgresql")
+            conn = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=3)
+        else:
+            conn = _connect(settings, APP_ROLE, "mlflow")
+        with conn:
+            conn.execute("SELECT 1").fetchone()
+    except psycopg.Error as exc:
+        fix = ("check WINDPIPE_PG_URL (host, user, password, database)" if settings.pg_url is not None
+               else "run `windpipe up`")
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise WindpipeError(f"PostgreSQL at {display_uri(settings)} does not answer a query ({reason}).",
+                            fix) from None
+    return "query ok"
+
+
+def stop(settings: Settings) -> int | None:
+    """Stop the server (fast shutdown); the pid it had, or None when it was not running."""
+    pid = running_pid(settings)
+    if pid is None:
+        return None
+    _run(settings, [str(bin_dir(settings) / "pg_ctl"), "stop", "-D", str(data_dir(settings)), "-m", "fast", "-w"])
+    return pid
