@@ -191,9 +191,17 @@ def alias_timeline_figure(history: pd.DataFrame, now: pd.Timestamp) -> dict:
               "yaxis": {"title": {"text": "version"}, "dtick": 1}, "xaxis": {"title": {"text": "UTC"}},
               "legend": {"orientation": "h", "y": -0.3}}
     first = history["at"].min()
-    if pd.isna(first) or now - first < pd.Timedelta(hours=1):  # one moment: show the day around it
-        layout["xaxis"]["range"] = _times(pd.DatetimeIndex([now - pd.Timedelta(hours=12), now + pd.Timedelta(hours=1)]))
+    layout["xaxis"]["range"] = _time_range(now if pd.isna(first) else first, now)
     return {"data": data, "layout": layout}
+
+
+def _time_range(first: pd.Timestamp, last: pd.Timestamp) -> list[str]:
+    """An x range around [first, last]: a moment or a few minutes get the half day before them (plotly would
+    zoom to milliseconds), a longer span a margin of 5 % on either side."""
+    span = last - first
+    if span < pd.Timedelta(hours=1):
+        return _times(pd.DatetimeIndex([last - pd.Timedelta(hours=12), last + pd.Timedelta(hours=1)]))
+    return _times(pd.DatetimeIndex([first - span * 0.05, last + span * 0.05]))
 
 
 def drift_figure(summary: pd.DataFrame, limit: float) -> dict:
@@ -209,13 +217,14 @@ def drift_figure(summary: pd.DataFrame, limit: float) -> dict:
                      "text": [f"batch {b} ({s})" for b, s in zip(part["batch"], part["status"], strict=True)],
                      "marker": {"size": 9,
                                 "color": [colour.get(s, PALETTE[i % len(PALETTE)]) for s in part["status"]]}})
-    if len(frame):
-        x = _times(pd.DatetimeIndex([frame["created_at"].min(), frame["created_at"].max()]))
-        data.append({"type": "scatter", "mode": "lines", "x": x, "y": [limit, limit], "name": f"PSI {limit:g}",
-                     "line": {"color": "#d62728", "dash": "dash", "width": 1}})
     layout = {"height": 340, "margin": {"l": 50, "r": 20, "t": 30, "b": 40}, "template": _template(),
               "yaxis": {"title": {"text": "PSI against the same season"}, "rangemode": "tozero"},
               "xaxis": {"title": {"text": "batch scored at (UTC)"}}, "legend": {"orientation": "h", "y": -0.3}}
+    if len(frame):
+        x = _time_range(frame["created_at"].min(), frame["created_at"].max())
+        data.append({"type": "scatter", "mode": "lines", "x": x, "y": [limit, limit], "name": f"PSI {limit:g}",
+                     "line": {"color": "#d62728", "dash": "dash", "width": 1}})
+        layout["xaxis"]["range"] = x
     return {"data": data, "layout": layout}
 
 
