@@ -155,6 +155,16 @@ def start_detached(argv: list[str], env: dict[str, str], log_file: Path, pid_fil
     return proc.pid
 
 
+def stop_service(name: str, pid: int | None, pid_file: Path, say: Callable[[str], None]) -> None:
+    """Stop the server `name` (its pid proven by `pid_file`; None: not running), say so, remove the pid file."""
+    if pid is None:
+        say(f"{name}: not running")
+    else:
+        stop_pid(pid)
+        say(f"{name}: stopped (pid {pid})")
+    pid_file.unlink(missing_ok=True)
+
+
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process `pid` (and its process group when it leads one), then SIGKILL what is left.
 

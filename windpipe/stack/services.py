@@ -18,7 +18,16 @@ from windpipe.errors import WindpipeError
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import ftp
-from windpipe.stack.procs import ServiceState, log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import (
+    ServiceState,
+    log_tail,
+    owned_pid,
+    port_is_free,
+    start_detached,
+    stop_pid,
+    stop_service,
+    wait_until,
+)
 from windpipe.tracking.client import probe_artifacts, probe_health
 
 FTP = "ftp"
@@ -211,13 +220,7 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
 
         return team.down(settings, say)
     for name in (MLFLOW, FTP):
-        pid = running_pid(settings, name, say)
-        if pid is None:
-            say(f"{name}: not running")
-        else:
-            stop_pid(pid)
-            say(f"{name}: stopped (pid {pid})")
-            settings.pid_file(name).unlink(missing_ok=True)
+        stop_service(name, running_pid(settings, name, say), settings.pid_file(name), say)
 
 
 def tidy_up(settings: Settings) -> list[str]:

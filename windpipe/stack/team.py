@@ -19,7 +19,15 @@ from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import postgres, s3
-from windpipe.stack.procs import ServiceState, log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import (
+    ServiceState,
+    log_tail,
+    owned_pid,
+    port_is_free,
+    start_detached,
+    stop_service,
+    wait_until,
+)
 from windpipe.tracking.client import env_credentials, probe_artifacts, probe_health
 
 POSTGRES = "postgres"
@@ -213,12 +221,7 @@ def _stop(settings: Settings, names: list[str], say: Callable[[str], None]) -> N
         if name not in names:
             continue
         pid = mlflow_pid(settings) if name == MLFLOW else s3.running_pid(settings)
-        if pid is None:
-            say(f"{name}: not running")
-        else:
-            stop_pid(pid)
-            say(f"{name}: stopped (pid {pid})")
-        settings.pid_file(name).unlink(missing_ok=True)
+        stop_service(name, pid, settings.pid_file(name), say)
     if POSTGRES in names:
         pid = postgres.stop(settings)
         say(f"{POSTGRES}: stopped (pid {pid})" if pid else f"{POSTGRES}: not running")
