@@ -84,6 +84,29 @@ def test_rollback_source_walks_back_past_rollbacks():
     assert rollback_source(history, 7) is None  # not in the record: fall back to the version tag
 
 
+def _rollbacks(history: list, current: int, limit: int = 10) -> list:
+    """Roll back until there is nothing before (as `windpipe rollback` repeated does): the versions visited."""
+    visited = []
+    while len(visited) < limit:
+        source = rollback_source(history, current)
+        if source is None or source.from_version is None:
+            break
+        history = [*history, _m(current, source.from_version, action="rollback")]
+        current = source.from_version
+        visited.append(current)
+    return visited
+
+
+def test_rollback_walks_back_through_forced_ping_pong_and_ends():
+    """Two runs forced back and forth (A, B, A, B): rollbacks retrace the record and stop at the first move."""
+    forced = [_m(None, 1, action="first"), _m(1, 2, action="force"), _m(2, 1, action="force"),
+              _m(1, 2, action="force")]
+    assert _rollbacks(forced, 2) == [1, 2, 1]
+    assert _rollbacks([*forced, _m(2, 3), _m(3, 2, action="force")], 2) == [3, 2, 1, 2, 1]
+    # a rollback the record cannot match (a store older than the history) is a move of its own
+    assert _rollbacks([_m(None, 5, action="first"), _m(4, 5, action="rollback")], 5) == [4]
+
+
 # ------------------------------------------------------------------------------------- with servers
 
 
