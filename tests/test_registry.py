@@ -340,6 +340,57 @@ def test_bad_input_gives_clear_errors_and_changes_nothing(scope, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_same_work_again_is_not_a_new_version_and_forced_ping_pong_rolls_back_to_the_start(scope):
+    """Runs with one cache key (the pipeline's: same step, code, params, inputs) are one model: promote reuses
+    the version that holds it. Runs without a key keep one version each. Rollback after A, B, A, B ends."""
+    from mlflow import MlflowClient
+
+    from windpipe import names
+    from windpipe.models.promotion import promote
+    from windpipe.models.registry import rollback
+
+    client = MlflowClient(scope.platform.tracking_uri)
+
+    def rerun(key: str | None, scale: float) -> str:
+        run_id = log_candidate(scope, scale=scale)
+        if key:  # what the pipeline's runner tags each step run with
+            client.set_tag(run_id, names.CACHE_KEY_TAG, key)
+        return run_id
+
+    good, worse = new_id(), new_id()
+    a = rerun(good, 1.0)
+    assert promote(scope.settings, run_id=a).version == 1
+    assert _tags(scope, 1)[names.CACHE_KEY_TAG] == good  # copied onto the version
+    again = rerun(good, 1.0)  # `windpipe pipeline run --force`: the same work once more
+    res = promote(scope.settings, run_id=again)
+    assert (res.promoted, res.version, res.production, res.run_id) == (False, 1, 1, a)
+    assert res.note.startswith("v1 already holds this model (same step, code, params, inputs")
+    assert "already holds this model and is production" in res.reason
+    proc = scope.cli("promote", "--run-id", rerun(good, 1.0))
+    assert proc.returncode == 0, proc.stderr
+    assert "v1 already holds this model (same step, code, params, inputs" in proc.stdout
+    assert scope.snapshot() == ([1], {"production": "1", "challenger": "1"})
+
+    # other work: a version of its own; its rerun is judged as that version (here forced)
+    b = rerun(worse, 1.3)
+    assert (promote(scope.settings, run_id=b).version, scope.snapshot()[1]["production"]) == (2, "1")
+    res = promote(scope.settings, run_id=rerun(worse, 1.3), force=True)
+    assert (res.promoted, res.version, res.run_id) == (True, 2, b) and res.reason.startswith("forced: ")
+    assert _tags(scope, 2)[names.RUN_ID_TAG] == b
+    # a step run by hand has no key: one version per run, as before
+    assert promote(scope.settings, run_id=rerun(None, 1.0), margin=0.9).version == 3
+    assert scope.snapshot() == ([1, 2, 3], {"production": "2", "challenger": "3"})
+
+    # forced back and forth (1 -> 2 above, then 2 -> 1 -> 2): rollbacks retrace it and end at the first
+    for run_id in (a, b):
+        assert promote(scope.settings, run_id=run_id, force=True).promoted
+    assert [rollback(scope.settings).version for _ in range(3)] == [1, 2, 1]
+    with pytest.raises(WindpipeError, match="first production version"):
+        rollback(scope.settings)
+    assert scope.snapshot() == ([1, 2, 3], {"production": "1", "challenger": "2"})
+
+
+@pytest.mark.slow
 def test_production_never_moves_to_a_version_whose_run_is_gone(scope):
     from mlflow import MlflowClient
 
