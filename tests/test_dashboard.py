@@ -339,6 +339,181 @@ def test_cli_detach_and_stop(use_platform):
     assert "not running" in use_platform.windpipe("dashboard", "--stop", check=True).stdout
 
 
+class DashClient:
+    """Calls a running dashboard's callbacks over HTTP as the browser does: POST /_dash-update-component with
+    the output, the inputs and states (values by "id.property") of a callback read from /_dash-dependencies."""
+
+    def __init__(self, base: str) -> None:
+        import requests
+
+        self.base, self.http = base.rstrip("/"), requests.Session()
+        deps = self.http.get(f"{self.base}/_dash-dependencies", timeout=30).json()
+        self.deps = {d["output"]: d for d in deps}
+
+    def output_of(self, *props: str) -> str:
+        return next(o for o in self.deps if all(p in o for p in props))
+
+    def body(self, output: str, values: dict[str, object], changed: str) -> dict:
+        def items(deps: list[dict]) -> list[dict]:
+            return [{**d, "value": values.get(f"{d['id']}.{d['property']}")} for d in deps]
+
+        outs = [{"id": o.rsplit(".", 1)[0], "property": o.rsplit(".", 1)[1]} for o in output.strip(".").split("...")]
+        dep = self.deps[output]
+        return {"output": output, "outputs": outs if output.startswith("..") else outs[0],
+                "inputs": items(dep["inputs"]), "state": items(dep["state"]), "changedPropIds": [changed]}
+
+    def call(self, output: str, values: dict[str, object], changed: str, timeout: float = 120) -> object:
+        """The HTTP response. Non-finite floats go as JSON's NaN/Infinity tokens (Python's parser reads them)."""
+        import json
+
+        body = json.dumps(self.body(output, values, changed))
+        return self.http.post(f"{self.base}/_dash-update-component", data=body, timeout=timeout,
+                              headers={"Content-Type": "application/json"})
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and its children (gunicorn's arbiter and worker), in bytes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+@pytest.mark.slow
+def test_a_burst_against_the_running_server_is_answered_bounded_and_recorded_once(use_platform, tmp_path):
+    """150 whole-range predictions over HTTP while the marts are locked: every one answers, the marts get at
+    most the queue's bound of them, a repeated range is not a new batch, the server's memory stays put; and
+    what-if with inf, nan or 1e200 gets a message, not an error."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from windpipe.marts import queries, tables
+    from windpipe.stack.procs import free_port, wait_until
+    from windpipe.views.dashboard.serve import check_ready
+
+    bound, requests_n = 4, 150
+    info = log_registered_model(use_platform, df=tiny_processed(n=24 * 365))  # a year: 8760 rows a request
+    data = D.index_frame(info["df"])
+    days = pd.date_range(data.index.min().normalize(), data.index.max().normalize(), freq="D").strftime("%Y-%m-%d")
+
+    def rows(a: str, b: str) -> int:
+        rng = D.parse_range(a, b, data)
+        return int(((data.index >= rng.start) & (data.index < rng.end)).sum())
+
+    ranges = [(days[0], days[-1 - k]) for k in range(30)]  # the whole range and 29 nearly whole ones
+    settings = use_platform.settings
+    engine = tables.get_engine(settings=settings)
+
+    def dashboard_batches() -> pd.DataFrame:
+        return queries.latest_batches(engine, limit=100_000, source="dashboard")
+
+    port = free_port()
+    env = {**use_platform.env, "WINDPIPE_DASHBOARD_QUEUE": str(bound), "WINDPIPE_MARTS_LOCK_TIMEOUT": "900"}
+    log = open(tmp_path / "dashboard.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "windpipe", "dashboard", "--port", str(port)], env=env,
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    lock = None
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: check_ready(base), 120, "The dashboard", alive=lambda: server.poll() is None)
+        dash_ = DashClient(base)
+        status_out, predict_out = dash_.output_of("status.data"), dash_.output_of("prediction-graph.figure")
+        store = dash_.call(status_out, {}, "refresh.n_clicks").json()["response"]["status"]["data"]
+        assert store["state"] == "ok" and store["version"] == info["version"]
+
+        def predict(rng: tuple[str, str]) -> tuple[int, str]:
+            resp = dash_.call(predict_out, {"status.data": store, "predict.n_clicks": 1, "range.start_date": rng[0],
+                                            "range.end_date": rng[1]}, "predict.n_clicks")
+            message = resp.json()["response"]["range-message"]["children"] if resp.status_code == 200 else resp.text
+            return resp.status_code, message
+
+        def recorded_after(rng: tuple[str, str], before: int) -> pd.DataFrame:
+            """Ask for `rng` until its batch is in the marts (the queue may be full); FIFO: earlier ones are too."""
+            def check() -> pd.DataFrame:
+                assert predict(rng) == (200, "")
+                now = dashboard_batches()
+                new = now.head(len(now) - before)
+                if rows(*rng) not in set(new["row_count"]):
+                    raise WindpipeError(f"{rng} not recorded yet")
+                return new
+            return wait_until(check, 180, "The marts", interval=2)
+
+        new_range, newer_range = (days[40], days[49]), (days[40], days[59])  # short: not among `ranges`
+        warm = recorded_after((days[0], days[30]), len(dashboard_batches()))  # the model loaded, the marts made
+        assert len(warm) == 1
+        start = len(dashboard_batches())
+        rss_before = _tree_rss(server.pid)
+
+        # the marts writer is stuck behind another writer's lock for the whole burst
+        lock = sqlite3.connect(settings.effective_marts_url.removeprefix("sqlite:///"), timeout=60)
+        lock.execute("BEGIN EXCLUSIVE")
+        burst = [ranges[i % len(ranges)] for i in range(requests_n)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(predict, burst))
+        rss_burst = _tree_rss(server.pid)
+        assert answers == [(200, "")] * requests_n  # every request answered at once, none waited for the marts
+        lock.rollback()
+        lock.close()
+        lock = None
+
+        got = recorded_after(new_range, start)  # a new range, queued after what the burst queued
+        burst_batches = got[got["row_count"] != rows(*new_range)]
+        assert 1 <= len(burst_batches) <= bound, burst_batches  # the rest were dropped (and counted), not queued
+        assert set(burst_batches["row_count"]) <= {rows(*r) for r in ranges}
+        assert burst_batches["row_count"].is_unique  # five requests of a range: one batch at most
+
+        # ranges already recorded again and again: no new batch (a last new range shows the writer got that far)
+        again = [r for r in ranges if rows(*r) in set(burst_batches["row_count"])] * 3
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert set(pool.map(predict, again)) == {(200, "")}
+        settled = len(dashboard_batches())
+        last = recorded_after(newer_range, settled)
+        assert last["row_count"].tolist() == [rows(*newer_range)]
+        rss_after = _tree_rss(server.pid)
+        sizes = [rows(*r) for r in ranges]
+        print(f"\ndashboard burst: {requests_n} whole-range requests ({min(sizes)}-{max(sizes)} rows each, "
+              f"{len(ranges)} distinct ranges) against pid {server.pid}, marts locked: all answered 200; marts gained "
+              f"{len(burst_batches)} batches (queue bound {bound}); RSS before {rss_before / 1e6:.0f} MB, "
+              f"after the burst {rss_burst / 1e6:.0f} MB, after the repeats {rss_after / 1e6:.0f} MB "
+              f"(+{(max(rss_burst, rss_after) - rss_before) / 1e6:.0f} MB)")
+        assert max(rss_burst, rss_after) - rss_before < 150e6
+
+        # what-if with values no weather has, as a hostile client sends them: a message, never an HTTP 500
+        whatif_out = dash_.output_of("whatif-result.children")
+        fine = {"windspeed": 5.0, "temperature": 10.0, "rad_horizontal": 200.0, "rad_diffuse": 80.0}
+
+        def whatif(**bad: object) -> object:
+            values = {"status.data": store, "whatif-go.n_clicks": 1,
+                      **{f"whatif-in-{f}.value": v for f, v in {**fine, **bad}.items()}}
+            return dash_.call(whatif_out, values, "whatif-go.n_clicks")
+
+        ok = whatif()
+        assert ok.status_code == 200 and "whatif-solar_GW" in ok.text and "whatif-error" not in ok.text
+        cases = {"1e200": whatif(windspeed=1e200), "Infinity": whatif(windspeed=float("inf")),
+                 "NaN": whatif(rad_horizontal=float("nan")), "-Infinity": whatif(temperature=float("-inf")),
+                 "'inf' typed": whatif(temperature="inf"), "'nan' typed": whatif(rad_diffuse="nan"),
+                 "-1e200": whatif(temperature=-1e200)}
+        for case, resp in cases.items():
+            assert resp.status_code == 200, (case, resp.status_code, resp.text[:500])
+            assert "whatif-error" in resp.text and "must be a finite number" in resp.text, (case, resp.text[:500])
+        assert server.poll() is None
+    finally:
+        if lock is not None:
+            lock.close()
+        os.killpg(server.pid, signal.SIGTERM)  # the group this test started: the command and its gunicorn worker
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+        tables.dispose_engines()
+
+
 # --- a real browser ---------------------------------------------------------------------------------
 
 class ServerThread(threading.Thread):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.names import MODEL_URI_TAG, PROCESSED_TAG
+from windpipe.names import CACHE_KEY_TAG, MODEL_URI_TAG, PROCESSED_TAG
 from windpipe.pipeline.cache import cache_key, content_hash
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import make_plan, parse_overrides
-from windpipe.pipeline.runner import StepResult, input_values
+from windpipe.pipeline.runner import StepResult, input_values, step_key
 
 from .conftest import REPO, latest_run
 
@@ -74,6 +74,31 @@ def test_input_values_come_from_the_producers_runs():
     del results["lr"].tags[MODEL_URI_TAG]
     with pytest.raises(WindpipeError, match="lr run run-lr recorded no model"):
         input_values(plan, plan.step("compare"), results)
+
+
+def test_a_step_key_names_the_work_not_the_runs_that_did_it():
+    """A forced rerun (new runs, new entity URIs, the same work upstream) keys a step alike; other work upstream
+    or another external input does not."""
+    plan = make_plan(load_interfaces(), "training", external={"raw": "/data/raw"})
+
+    def results(process_run: str, process_key: str) -> dict:
+        done = {name: StepResult(name, f"{process_run}-{name}", False, 0.0, {}, {}) for name in plan.names}
+        done["process"].tags.update({PROCESSED_TAG: f"runs:/{process_run}/entities/processed.parquet",
+                                     CACHE_KEY_TAG: process_key})
+        return done
+
+    def key(step: str, done: dict, extra: str = "h1") -> str:
+        return step_key(plan, plan.step(step), done, "code1", {"raw": extra})[2]
+
+    first, forced = results("run1", "k-process"), results("run2", "k-process")
+    assert key("lr", first) == key("lr", forced)
+    params, upstream, _ = step_key(plan, plan.step("lr"), forced, "code1", {})
+    assert params["data"] == "runs:/run2/entities/processed.parquet" and upstream == {"process": "run2-process"}
+    assert key("lr", first) != key("lr", results("run1", "k-other"))  # other raw files upstream: other work
+    assert key("lr", first) != key("rf", first)
+    assert key("process", first) != key("process", first, extra="h2")
+    del forced["process"].tags[CACHE_KEY_TAG]  # a producer without a key (a run made by hand) counts by its run
+    assert key("lr", forced) != key("lr", first)
 
 
 def test_bad_overrides_are_refused_before_anything_runs():
@@ -273,6 +298,7 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
         "process": "reused", "lr": "reused", "rf": "ran", "keras": "reused", "compare": "ran", "promote": "ran"}
 
     # --force --jobs 1 reruns everything one after another: the same results as side by side
+    versions = {v.version for v in mlflow.MlflowClient().search_model_versions(f"name = '{p.settings.model_name}'")}
     proc = _cli(p, snapshot, *run, "--force", "--jobs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     forced = latest_run(p, "pipeline")
@@ -288,6 +314,13 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     assert again["keras"].data.metrics["rmse"] == pytest.approx(runs["keras"].data.metrics["rmse"], rel=0.05)
     assert again["compare"].data.tags["windpipe.best_model_family"] == runs["compare"].data.tags[
         "windpipe.best_model_family"]
+    # the same work has the same keys, so the model made again is the version that holds it, not a new one
+    assert {n: r.data.tags["windpipe.cache_key"] for n, r in again.items()} == {
+        n: r.data.tags["windpipe.cache_key"] for n, r in runs.items()}
+    assert {v.version for v in mlflow.MlflowClient().search_model_versions(
+        f"name = '{p.settings.model_name}'")} == versions
+    assert "already holds this model (same step, code, params, inputs" in again["promote"].data.tags[
+        "windpipe.promote.note"]
 
     # stopped (SIGTERM) while steps run: their process trees end, their runs are KILLED, the pipeline run FAILED
     env = {**p.env, "PYTHONPATH": str(snapshot)}

@@ -84,6 +84,29 @@ def test_rollback_source_walks_back_past_rollbacks():
     assert rollback_source(history, 7) is None  # not in the record: fall back to the version tag
 
 
+def _rollbacks(history: list, current: int, limit: int = 10) -> list:
+    """Roll back until there is nothing before (as `windpipe rollback` repeated does): the versions visited."""
+    visited = []
+    while len(visited) < limit:
+        source = rollback_source(history, current)
+        if source is None or source.from_version is None:
+            break
+        history = [*history, _m(current, source.from_version, action="rollback")]
+        current = source.from_version
+        visited.append(current)
+    return visited
+
+
+def test_rollback_walks_back_through_forced_ping_pong_and_ends():
+    """Two runs forced back and forth (A, B, A, B): rollbacks retrace the record and stop at the first move."""
+    forced = [_m(None, 1, action="first"), _m(1, 2, action="force"), _m(2, 1, action="force"),
+              _m(1, 2, action="force")]
+    assert _rollbacks(forced, 2) == [1, 2, 1]
+    assert _rollbacks([*forced, _m(2, 3), _m(3, 2, action="force")], 2) == [3, 2, 1, 2, 1]
+    # a rollback the record cannot match (a store older than the history) is a move of its own
+    assert _rollbacks([_m(None, 5, action="first"), _m(4, 5, action="rollback")], 5) == [4]
+
+
 # ------------------------------------------------------------------------------------- with servers
 
 
@@ -314,6 +337,57 @@ def test_bad_input_gives_clear_errors_and_changes_nothing(scope, tmp_path):
     with pytest.raises(WindpipeError, match="no production version"):
         rollback(scope.settings)
     assert scope.snapshot() == before
+
+
+@pytest.mark.slow
+def test_the_same_work_again_is_not_a_new_version_and_forced_ping_pong_rolls_back_to_the_start(scope):
+    """Runs with one cache key (the pipeline's: same step, code, params, inputs) are one model: promote reuses
+    the version that holds it. Runs without a key keep one version each. Rollback after A, B, A, B ends."""
+    from mlflow import MlflowClient
+
+    from windpipe import names
+    from windpipe.models.promotion import promote
+    from windpipe.models.registry import rollback
+
+    client = MlflowClient(scope.platform.tracking_uri)
+
+    def rerun(key: str | None, scale: float) -> str:
+        run_id = log_candidate(scope, scale=scale)
+        if key:  # what the pipeline's runner tags each step run with
+            client.set_tag(run_id, names.CACHE_KEY_TAG, key)
+        return run_id
+
+    good, worse = new_id(), new_id()
+    a = rerun(good, 1.0)
+    assert promote(scope.settings, run_id=a).version == 1
+    assert _tags(scope, 1)[names.CACHE_KEY_TAG] == good  # copied onto the version
+    again = rerun(good, 1.0)  # `windpipe pipeline run --force`: the same work once more
+    res = promote(scope.settings, run_id=again)
+    assert (res.promoted, res.version, res.production, res.run_id) == (False, 1, 1, a)
+    assert res.note.startswith("v1 already holds this model (same step, code, params, inputs")
+    assert "already holds this model and is production" in res.reason
+    proc = scope.cli("promote", "--run-id", rerun(good, 1.0))
+    assert proc.returncode == 0, proc.stderr
+    assert "v1 already holds this model (same step, code, params, inputs" in proc.stdout
+    assert scope.snapshot() == ([1], {"production": "1", "challenger": "1"})
+
+    # other work: a version of its own; its rerun is judged as that version (here forced)
+    b = rerun(worse, 1.3)
+    assert (promote(scope.settings, run_id=b).version, scope.snapshot()[1]["production"]) == (2, "1")
+    res = promote(scope.settings, run_id=rerun(worse, 1.3), force=True)
+    assert (res.promoted, res.version, res.run_id) == (True, 2, b) and res.reason.startswith("forced: ")
+    assert _tags(scope, 2)[names.RUN_ID_TAG] == b
+    # a step run by hand has no key: one version per run, as before
+    assert promote(scope.settings, run_id=rerun(None, 1.0), margin=0.9).version == 3
+    assert scope.snapshot() == ([1, 2, 3], {"production": "2", "challenger": "3"})
+
+    # forced back and forth (1 -> 2 above, then 2 -> 1 -> 2): rollbacks retrace it and end at the first
+    for run_id in (a, b):
+        assert promote(scope.settings, run_id=run_id, force=True).promoted
+    assert [rollback(scope.settings).version for _ in range(3)] == [1, 2, 1]
+    with pytest.raises(WindpipeError, match="first production version"):
+        rollback(scope.settings)
+    assert scope.snapshot() == ([1, 2, 3], {"production": "1", "challenger": "2"})
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ ENTITY_TAG_PREFIX = _P + "entity."  # + entity name: the URI of the entity a run
 PROCESSED_TAG = ENTITY_TAG_PREFIX + "processed"  # the processed entity a training run read
 INPUT_TAG_PREFIX = _P + "input."  # + entity name: the URI an interface step resolved `latest` to
 # the pipeline driver and its cache
-CACHE_KEY_TAG = _P + "cache_key"
+CACHE_KEY_TAG = _P + "cache_key"  # also on a model version: the work (step, code, params, inputs) that made it
 UPSTREAM_TAG = _P + "upstream"
 PIPELINE_RUN_TAG = _P + "pipeline_run_id"
 PIPELINE_STEP_TAG_PREFIX = _P + "pipeline."  # + step name, on the pipeline run: "<run id> ran|reused"

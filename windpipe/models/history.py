@@ -98,15 +98,26 @@ def settle(alias: str, moves: list[Move], current: int | None) -> list[Move]:
 
 
 def rollback_source(moves: list[Move], current: int) -> Move | None:
-    """The move that made `current` production, rollbacks skipped: a rollback undoes THAT move.
+    """The move a rollback undoes now: the newest move that no rollback has undone yet.
 
-    Rolling back twice therefore walks further back (v1 -> v3 -> v2, rollback: v3, again: v1).
-    None when the record does not say how `current` became production.
+    The moves are an undo stack: each move pushes, each rollback pops the move it undid. Rolling
+    back again therefore walks further back through what happened (v1 -> v3 -> v2, rollback: v3,
+    again: v1), and two versions forced back and forth (A, B, A, B) roll back to A, B, A and then stop
+    at the first move instead of swapping forever. A rollback that undid no recorded move (a store
+    older than the history) counts as a move. None when the record does not say how `current`
+    became production (the newest move to it, rollbacks skipped, when the stack ends elsewhere).
     """
-    for move in reversed(moves):
-        if move.to_version == current and move.action != ROLLBACK:
-            return move
-    return None
+    undo: list[Move] = []
+    for move in moves:
+        top = undo[-1] if undo else None
+        if (move.action == ROLLBACK and top is not None and top.to_version == move.from_version
+                and top.from_version == move.to_version):
+            undo.pop()
+        else:
+            undo.append(move)
+    if undo and undo[-1].to_version == current:
+        return undo[-1]
+    return next((m for m in reversed(moves) if m.to_version == current and m.action != ROLLBACK), None)
 
 
 def frame(moves: list[Move]) -> pd.DataFrame:

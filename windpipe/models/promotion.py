@@ -2,7 +2,9 @@
 the challenger is better by the margin.
 
 `promote()` registers the best run (or the one given) as a new version of `settings.model_name`
-with the alias `challenger`, scores challenger and current `production` on the SAME holdout
+with the alias `challenger` (unless a version already holds its model: one registered from the run,
+or from a run with the same cache key, i.e. the same step, code, params and inputs, such as a
+`--force` rerun; that version is the challenger then), scores challenger and current `production` on the SAME holdout
 (the challenger run's processed entity, split with the run's own split params: by default the
 newest `holdout_weeks` of it, rows neither model's run trained on when production is older) and moves
 `production` only when the challenger is better by the margin, when forced, or when there is
@@ -79,6 +81,7 @@ class PromotionResult:
     production_metrics: dict[str, float] | None = None
     production: int | None = None  # production version after the call
     holdout: str = ""
+    note: str = ""  # e.g. that a version already held the model of the run asked for
 
 
 def holdout_split(df: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
@@ -187,6 +190,14 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
                             "pass e.g. --margin 0.02 (challenger at least 2 % better)")
     client = tracking_client(settings)
     run = candidate_run(client, settings, metric, run_id)
+    asked, note = run.info.run_id, ""
+    current = loading.version_by_alias(client, name)
+    held = existing_version(client, name, run, int(current.version) if current is not None else None)
+    if held is not None and held.run_id != asked:
+        # the same work made it again (a rerun with --force): promote the version that holds it, no new one
+        note = f"v{held.version} already holds this model (same step, code, params, inputs: run {held.run_id})"
+        say(note)
+        run = get_run(client, held.run_id)
     run_id = run.info.run_id
     say(f"challenger run {run_id} ({run.data.tags.get(names.FAMILY_TAG, '?')}, {run.data.tags[names.MODEL_URI_TAG]})")
     holdout = load_holdout(run)
@@ -196,12 +207,13 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
     with registry_lock(settings):
         current = loading.version_by_alias(client, name)  # re-read under the lock
         previous = int(current.version) if current is not None else None
-        existing = existing_version(client, name, run)
+        existing = existing_version(client, name, run, previous)
         production_metrics, promoted, reason = None, None, ""
         if current is None:
             promoted, reason = True, "no production version yet"
         elif existing is not None and int(existing.version) == previous:
-            promoted, reason = False, f"v{previous} (this run) is already production"
+            promoted, reason = False, (f"v{previous} (this run) is already production" if existing.run_id == asked
+                                       else f"v{previous} already holds this model and is production")
         else:
             # score production BEFORE registering anything: a failure here changes nothing
             try:
@@ -220,10 +232,13 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
                 names.FAMILY_TAG: run.data.tags.get(names.FAMILY_TAG, ""),
                 names.HOLDOUT_TAG: holdout.describe(), names.GATE_TAG: reason,
                 **{f"{names.HOLDOUT_PREFIX}{k}": f"{v:.6g}" for k, v in challenger_metrics.items()}}
+        if run.data.tags.get(names.CACHE_KEY_TAG):  # the work that made the model (shown in the MLflow UI)
+            tags[names.CACHE_KEY_TAG] = run.data.tags[names.CACHE_KEY_TAG]
         mv = existing or register(client, name, run, tags)
         version = int(mv.version)
         inst = names.instance_name_for(name, version, data_date)
-        set_tags(client, mv, {**tags, names.INSTANCE_TAG: inst})
+        # (a version a concurrent promotion registered for the same work keeps its own run)
+        set_tags(client, mv, {**tags, names.RUN_ID_TAG: mv.run_id, names.INSTANCE_TAG: inst})
         pipeline_run = history.pipeline_run_id(client)
         with history.recorded_move(client, settings, names.CHALLENGER, version, "promote",
                                    f"registered from run {run_id}; {reason}", pipeline_run):
@@ -240,6 +255,6 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
                            run_id=run_id, instance_name=inst, challenger_metrics=challenger_metrics,
                            production_metrics=production_metrics,
                            production=int(final.version) if final is not None else None,
-                           holdout=holdout.describe())
+                           holdout=holdout.describe(), note=note)
 
 

@@ -82,8 +82,14 @@ def registry_lock(settings: Settings, timeout: float = 300.0) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def existing_version(client: Any, name: str, run: Any) -> Any:
-    """A READY version already registered from this run's model (promote twice = one version)."""
+def existing_version(client: Any, name: str, run: Any, production: int | None = None) -> Any:
+    """A READY version that already holds this run's model, or None.
+
+    Registered from this run (promote twice = one version), or else from a FINISHED run with the same
+    cache key: the pipeline's key names the work (same step, code, params and inputs), so a rerun of it
+    (`windpipe pipeline run --force`) makes the model a version already holds. Of those, `production`
+    first, then the newest. A run without a key (a step run by hand) matches only its own versions.
+    """
     from mlflow.exceptions import MlflowException
 
     model_uri = run.data.tags[names.MODEL_URI_TAG]
@@ -95,7 +101,19 @@ def existing_version(client: Any, name: str, run: Any) -> Any:
     for v in sorted(found, key=lambda v: int(v.version)):
         if v.status == "READY" and (v.source == model_uri or getattr(v, "model_id", None) == model_id):
             return client.get_model_version(name, v.version)
-    return None
+    key = run.data.tags.get(names.CACHE_KEY_TAG)
+    if not key:
+        return None
+    twins = client.search_runs([run.info.experiment_id], f"tags.`{names.CACHE_KEY_TAG}` = '{key}' and "
+                               "attributes.status = 'FINISHED'", max_results=1000)
+    ids = ", ".join(f"'{r.info.run_id}'" for r in twins if r.info.run_id != run.info.run_id)
+    if not ids:
+        return None
+    held = [v for v in client.search_model_versions(f"name = '{name}' and run_id IN ({ids})") if v.status == "READY"]
+    if not held:
+        return None
+    best = max(held, key=lambda v: (int(v.version) == production, int(v.version)))
+    return client.get_model_version(name, best.version)
 
 
 def set_tags(client: Any, mv: Any, tags: dict[str, str]) -> None:

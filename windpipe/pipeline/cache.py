@@ -1,10 +1,12 @@
 """When a step is reused: the cache key of a run, and the lookup of a finished run that has it.
 
 A step is reused when a FINISHED run in the experiment carries the cache key made from: the
-step's project and entry point, its parameters (wired entity URIs included), its code version
-(git commit + hash of the library and the step folder, so uncommitted edits count), the run ids
-of the steps it read from, and the content hash of any external input (the same folder can hold
-new raw files).
+step's project and entry point, its parameters, its code version (git commit + hash of the
+library and the step folder, so uncommitted edits count), the cache keys of the steps it read
+from (the entity URIs wired from them, which hold their run ids, are left out), and the content
+hash of any external input (the same folder can hold new raw files). The key thus names the work,
+not the runs that did it: rerunning the same work (`--force`) gives every step the key it had,
+and the promotion uses that to know a model it already registered (windpipe.models.registry).
 """
 
 from __future__ import annotations

@@ -141,6 +141,26 @@ def _raise_if_down(what: str) -> None:
                          f"{down.fix}; then run the pipeline again: finished steps are reused") from None
 
 
+def step_key(plan: Plan, step: PlannedStep, results: dict[str, StepResult], code: str,
+             extra: dict[str, str]) -> tuple[dict[str, str], dict[str, str], str]:
+    """(parameters, upstream run ids, cache key) of `step` with code version `code`, its producers' `results`
+    and the content hashes `extra` of the external inputs.
+
+    The key names the work, not the runs that did it: a producer counts by its own key, and the URIs wired
+    from it (which hold its run id) not at all. So rerunning the same work (`--force`) keys every step alike,
+    and the promotion knows the model it already holds (windpipe.models.registry.existing_version).
+    """
+    wired = input_values(plan, step, results)
+    params = {**step.params, **wired}
+    upstream = {u: results[u].run_id for u in step.needs}
+    produced = {port.parameter for port in step.spec.inputs
+                if port.parameter in wired and port.entity not in plan.external}
+    keyed = {k: v for k, v in params.items() if k not in produced}
+    producers = {u: results[u].tags.get(names.CACHE_KEY_TAG) or results[u].run_id for u in step.needs}
+    own_extra = {e: h for e, h in extra.items() if step.spec.input(e) is not None}
+    return params, upstream, cache_key(step.spec.folder.name, step.entry_point, keyed, code, producers, own_extra)
+
+
 def external_hashes(plan: Plan) -> dict[str, str]:
     """Content hashes of the external inputs this run provides as files or folders (a model URI is its own key)."""
     kinds = {p.entity: p.kind for s in plan.graph.specs.values() for p in s.inputs}
@@ -204,11 +224,8 @@ class Launcher:
 
     def key(self, step: PlannedStep, results: dict[str, StepResult]) -> tuple[dict[str, str], dict[str, str], str]:
         """(parameters, upstream run ids, cache key) of `step` once its producers have `results`."""
-        params = {**step.params, **input_values(self.plan, step, results)}
-        upstream = {u: results[u].run_id for u in step.needs}
         code = f"git:{self.config.git_uri}@{self.commit}" if self.commit else code_version(step.spec.folder)
-        own_extra = {e: h for e, h in self.extra.items() if step.spec.input(e) is not None}
-        return params, upstream, cache_key(step.spec.folder.name, step.entry_point, params, code, upstream, own_extra)
+        return step_key(self.plan, step, results, code, self.extra)
 
     def run(self, step: PlannedStep, results: dict[str, StepResult], progress: Progress | None = None,
             tag_as: str | None = None) -> StepResult:

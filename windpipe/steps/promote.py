@@ -1,9 +1,9 @@
 """The promote step: register the candidate; move `production` only through the gate (windpipe.models.promotion).
 
 Reads:  MODEL_URI (the compare step's candidate) and the holdout of the run that logged it.
-Writes: a version of the registered model (alias challenger, and production when it wins); on its
-        run the promotion's fields (windpipe.promote.*), metric promoted_version, and tag
-        windpipe.entity.production (the production version after the gate).
+Writes: a version of the registered model (none when one already holds the model), alias challenger,
+        and production when it wins; on its run the promotion's fields (windpipe.promote.*), metric
+        promoted_version, and tag windpipe.entity.production (the production version after the gate).
 """
 
 from __future__ import annotations
@@ -42,5 +42,7 @@ def main(model_uri: str, metric: str, margin: str, step_dir: Path | None = None)
             tags[names.entity_tag(names.PRODUCTION)] = names.version_uri(settings.model_name, result.production)
         mlflow.set_tags(tags)
         mlflow.log_metric("promoted_version", result.version)
+        if result.note:
+            print(f"promote: {result.note}")
         print(f"promote: {'promoted' if result.promoted else 'not promoted'} v{result.version}: {result.reason}")
         return result
