@@ -62,7 +62,7 @@ def timed(fn, repeat: int = 3) -> float:
 def main() -> int:
     import numpy as np
 
-    from windpipe.marts import local, tables, writers
+    from windpipe.marts import dialects, tables, writers
     from windpipe.models.loading import load, predict, resolve, training_entity
     from windpipe.names import FEATURES
     from windpipe.scoring import drift
@@ -109,17 +109,17 @@ def main() -> int:
             return time.perf_counter() - t
 
         add("marts insert: helper process (what big batches take)", insert(f"sqlite:///{tmp}/helper.db", 1),
-            f"one transaction, {local.SQLITE_ROWS:,} rows per INSERT, FK lookups off, WAL; process start "
+            f"one transaction, {dialects.SQLITE_ROWS:,} rows per INSERT, FK lookups off, WAL; process start "
             "and pickling included, nothing to overlap here")
         add("marts insert: in this process, SQLite", insert(f"sqlite:///{tmp}/local.db", 0),
-            f"one transaction, {local.SQLITE_ROWS:,} rows per INSERT, FKs on, WAL")
-        local.SQLITE_FAST_PATH = False
+            f"one transaction, {dialects.SQLITE_ROWS:,} rows per INSERT, FKs on, WAL")
+        dialects.FAST_PATH = False
         try:
             add("marts insert: in this process, generic SQLAlchemy path (on SQLite)",
                 insert(f"sqlite:///{tmp}/generic.db", 0),
-                f"executemany of dicts, {local.CHUNK:,}-row chunks: what PostgreSQL etc. take without the helper")
+                f"executemany of dicts, {dialects.CHUNK:,}-row chunks: what PostgreSQL etc. take without the helper")
         finally:
-            local.SQLITE_FAST_PATH = True
+            dialects.FAST_PATH = True
         tables.dispose_engines()
 
         inp, out = Path(tmp) / "in.parquet", Path(tmp) / "out.parquet"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "
                  # test's id must not reach a later test's subprocesses
                  "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
                  # the team stack's choices (tests/test_team.py sets its own)
-                 "WINDPIPE_STACK", "WINDPIPE_AUTH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+                 "WINDPIPE_STACK", "WINDPIPE_AUTH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "WINDPIPE_PG_PORT", "WINDPIPE_S3_PORT", "WINDPIPE_STARTUP_TIMEOUT", "WINDPIPE_MARTS_URL")
 
 
 def free_port_range(n: int = 10) -> str:
@@ -125,6 +128,68 @@ def use_platform(shared_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> 
     mlflow.set_tracking_uri(shared_platform.tracking_uri)
     yield shared_platform
     clear_settings_cache()
+
+
+def team_env(home: Path) -> dict[str, str]:
+    env = platform_env(home)
+    env.update({"WINDPIPE_STACK": "team", "WINDPIPE_AUTH": "basic", "WINDPIPE_PG_PORT": str(free_port()),
+                "WINDPIPE_S3_PORT": str(free_port()), "WINDPIPE_STARTUP_TIMEOUT": "180"})
+    return env
+
+
+def team_settings(env: dict[str, str]) -> Settings:
+    return Settings(home=Path(env["WINDPIPE_HOME"]), stack="team", auth=env["WINDPIPE_AUTH"],
+                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), pg_port=int(env["WINDPIPE_PG_PORT"]),
+                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180)
+
+
+@pytest.fixture(scope="session")
+def team_platform() -> Iterator[Platform]:
+    """One team platform (PostgreSQL, rclone S3, MLflow with basic auth) for the session, removed at the end.
+
+    Its state folder is under /tmp: as root the PostgreSQL server runs as `postgres`, which must be able
+    to pass through every parent folder (pytest's own temporary root is 0700).
+    """
+    from windpipe.stack import team
+
+    home = Path(tempfile.mkdtemp(prefix="windpipe-team-"))
+    env = team_env(home)
+    p = Platform(team_settings(env), env)
+    try:
+        team.up(p.settings, say=lambda _m: None)
+        user, password = team.admin_credentials(p.settings)
+        # what a user's shell gets from `eval "$(windpipe env)"`
+        p.env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
+        yield p
+    finally:
+        team.down(p.settings, say=lambda _m: None)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["local", "team"])
+def stack_platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The core flows on both stacks: a fresh local platform for the module, or the session's team platform."""
+    if request.param == "team":
+        yield request.getfixturevalue("team_platform")
+        return
+    env = platform_env(tmp_path_factory.mktemp("stack-home"))
+    p = Platform(settings_from(env), env)
+    platform.up(p.settings, say=lambda _m: None)
+    yield p
+    platform.down(p.settings, say=lambda _m: None)
+
+
+def point_at(p: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
+    """This process is a client of the platform: its environment (MLflow reads MLFLOW_TRACKING_*) and settings."""
+    import mlflow
+
+    for key in PLATFORM_VARS:
+        monkeypatch.delenv(key, raising=False)
+        if key in p.env:
+            monkeypatch.setenv(key, p.env[key])
+    clear_settings_cache()
+    mlflow.set_tracking_uri(p.tracking_uri)
+    return p
 
 
 @pytest.fixture(scope="session")

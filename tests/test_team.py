@@ -1,88 +1,46 @@
 """The team stack: real PostgreSQL, `rclone serve s3` and MLflow (basic auth on), started by windpipe.
 
-One platform serves the whole module (the tests run in file order; the last one stops and restarts
-parts of it). Its state folder is under /tmp: as root the PostgreSQL server runs as `postgres`,
-which must be able to pass through every parent folder (pytest's own temporary root is 0700).
+One platform serves the session (`team_platform` in conftest; tests/test_stacks.py runs the core
+flows on it first). The tests here run in file order; the last one stops and restarts parts of it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Platform, latest_run, platform_env
-from windpipe.settings import Settings
+from tests.conftest import REPO, Platform, point_at, team_env
 from windpipe.stack import postgres, s3, team
-from windpipe.stack.procs import free_port, stop_pid
+from windpipe.stack.procs import stop_pid
 from windpipe.tracking.client import basic_auth_header
 
-SECRETS = (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.PASSFILE, s3.KEY_ID, s3.SECRET_KEY,
-           s3.CREDENTIALS, team.ADMIN_PASSWORD, team.FLASK_KEY, team.AUTH_CONFIG)
-
-
-def team_env(home: Path) -> dict[str, str]:
-    env = platform_env(home)
-    env.update({"WINDPIPE_STACK": "team", "WINDPIPE_AUTH": "basic", "WINDPIPE_PG_PORT": str(free_port()),
-                "WINDPIPE_S3_PORT": str(free_port()), "WINDPIPE_STARTUP_TIMEOUT": "180"})
-    return env
-
-
-def team_settings(env: dict[str, str]) -> Settings:
-    return Settings(home=Path(env["WINDPIPE_HOME"]), stack="team", auth=env["WINDPIPE_AUTH"],
-                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), pg_port=int(env["WINDPIPE_PG_PORT"]),
-                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180)
-
-
-@pytest.fixture(scope="module")
-def team_platform() -> Iterator[Platform]:
-    """One team platform for this module, stopped and removed at the end."""
-    home = Path(tempfile.mkdtemp(prefix="windpipe-team-"))
-    env = team_env(home)
-    p = Platform(team_settings(env), env)
-    try:
-        team.up(p.settings, say=lambda _m: None)
-        user, password = team.admin_credentials(p.settings)
-        # what a user's shell gets from `eval "$(windpipe env)"`
-        p.env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
-        yield p
-    finally:
-        team.down(p.settings, say=lambda _m: None)
-        shutil.rmtree(home, ignore_errors=True)
+SECRETS = (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.PASSFILE, postgres.MARTS_PASSWORD,
+           "marts_pgpass", s3.KEY_ID, s3.SECRET_KEY, s3.CREDENTIALS, team.ADMIN_PASSWORD, team.FLASK_KEY,
+           team.AUTH_CONFIG)
 
 
 @pytest.fixture
-def as_client(team_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
+def as_client(team_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     """This process is a client of the team platform (MLflow reads the MLFLOW_TRACKING_* variables)."""
-    import mlflow
-
     from windpipe.settings import clear_settings_cache
 
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_HOME",
-                "WINDPIPE_STACK", "WINDPIPE_MLFLOW_PORT", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(key, raising=False)
-        if key in team_platform.env:
-            monkeypatch.setenv(key, team_platform.env[key])
+    yield point_at(team_platform, monkeypatch)
     clear_settings_cache()
-    mlflow.set_tracking_uri(team_platform.tracking_uri)
-    return team_platform
 
 
 def _secrets(p: Platform) -> dict[str, str]:
     """Every generated secret value (the files' contents, and each value inside the multi-line ones)."""
     values = {}
-    for name in (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, s3.KEY_ID, s3.SECRET_KEY,
-                 team.ADMIN_PASSWORD, team.FLASK_KEY):
+    for name in (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.MARTS_PASSWORD, s3.KEY_ID,
+                 s3.SECRET_KEY, team.ADMIN_PASSWORD, team.FLASK_KEY):
         values[name] = p.settings.secret_file(name).read_text().strip()
     assert all(len(v) >= 16 for v in values.values()), values.keys()
     return values
@@ -105,9 +63,24 @@ def test_team_up_status_secrets_and_loopback(team_platform):
     p = team_platform
     proc = p.windpipe("status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("postgres", "s3", "mlflow"):
+    for name in ("postgres", "marts", "s3", "mlflow"):
         assert f"up   {name}" in proc.stdout, proc.stdout
     assert "query ok" in proc.stdout and "bucket mlflow listed" in proc.stdout and "artifact proxy ok" in proc.stdout
+    # the marts: their own login and schema on the same PostgreSQL, the URL shown without its password file
+    assert f"marts@127.0.0.1:{p.settings.pg_port}/marts " in proc.stdout and "passfile" not in proc.stdout
+    # ... and that login reaches the marts' database only, not the tracking store
+    import psycopg
+
+    marts_password = p.settings.secret_file(postgres.MARTS_PASSWORD).read_text().strip()
+    for db, allowed in (("marts", True), ("mlflow", False), ("mlflow_auth", False)):
+        try:
+            psycopg.connect(host=p.settings.host, port=p.settings.pg_port, user="marts", dbname=db,
+                            password=marts_password).close()
+            reached = True
+        except psycopg.OperationalError as exc:
+            assert "permission denied" in str(exc)
+            reached = False
+        assert reached is allowed, db
 
     # up again: nothing new starts
     proc = p.windpipe("up")
@@ -171,45 +144,6 @@ def _windpipe(env: dict[str, str], *args: str):
 
 
 @pytest.mark.slow
-def test_pipeline_promote_and_predict_on_the_team_stack(as_client, raw_dir, tmp_path):
-    import mlflow
-    import pandas as pd
-
-    from windpipe.data.process import process, read_raw
-    from windpipe.names import FEATURES, TIMESTAMP
-
-    p = as_client
-    proc = p.windpipe("pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local", timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    client = mlflow.MlflowClient()
-    production = client.get_model_version_by_alias(p.settings.model_name, "production")
-    parent = latest_run(p, "pipeline")
-    assert parent.info.status == "FINISHED"
-    assert parent.info.artifact_uri.startswith("mlflow-artifacts:/")
-
-    batch = process(*read_raw(raw_dir)).tail(200)[[TIMESTAMP, *FEATURES]]
-    inp, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
-    batch.to_parquet(inp, index=False)
-    proc = p.windpipe("predict", "--input", str(inp), "--output", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = pd.read_parquet(out)
-    assert len(res) == 200 and set(res.model_version.astype(str)) == {str(production.version)}
-
-    # the artifacts are objects in the S3 store's bucket (rclone serves a folder), none on the client
-    predict = latest_run(p, "predict")
-    exp = predict.info.experiment_id
-    bucket = p.settings.s3_root / p.settings.s3_bucket / "artifacts" / exp
-    assert (bucket / predict.info.run_id / "artifacts").is_dir()
-    assert list((bucket / "models").glob("m-*/artifacts/MLmodel"))
-    keys = s3.client(p.settings).list_objects_v2(Bucket=p.settings.s3_bucket, Prefix=f"artifacts/{exp}/")
-    assert keys["KeyCount"] > 0
-    # nothing in the tracking store points at S3 or holds a key
-    with postgres._connect(p.settings, postgres.APP_ROLE, "mlflow") as conn:
-        uris = [r[0] for r in conn.execute("SELECT artifact_uri FROM runs").fetchall()]
-    assert uris and all(u.startswith("mlflow-artifacts:/") for u in uris)
-
-
-@pytest.mark.slow
 def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_path):
     """A second tracking server pointed (by settings) at the platform's PostgreSQL and S3 starts only itself."""
     from urllib.parse import quote
@@ -238,12 +172,98 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
     assert app_password not in proc.stdout + proc.stderr
     assert not (home / "postgres").exists() and not (home / "s3").exists()
     proc = _windpipe(env, "status")
-    assert proc.returncode == 0 and proc.stdout.count("up   ") == 3, proc.stdout
+    assert proc.returncode == 0 and proc.stdout.count("up   ") == 4, proc.stdout
+    # the marts in a schema of their own in WINDPIPE_PG_URL's database, shown without the password
+    assert f"up   marts   postgresql+psycopg://mlflow:***@127.0.0.1:{p.settings.pg_port}/mlflow" in proc.stdout
+    assert app_password not in proc.stdout + proc.stderr
 
     proc = _windpipe(env, "down")
     assert proc.returncode == 0 and "mlflow: stopped" in proc.stdout, proc.stdout
     assert "postgres" not in proc.stdout and "s3" not in proc.stdout
     assert [postgres.running_pid(p.settings), s3.running_pid(p.settings)] == own
+
+
+@pytest.mark.slow
+def test_binary_copy_writes_what_the_generic_path_writes(team_platform, monkeypatch):
+    """The PostgreSQL marts: binary COPY (in chunks) and SQLAlchemy's executemany store the same rows; a missing
+    value (NaN, NaT) is NULL, as on SQLite."""
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import func, select
+
+    from windpipe.marts import dialects, queries, tables, writers
+    from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
+
+    engine = tables.get_engine(team_platform.settings.effective_marts_url)
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame({f: rng.normal(size=7) * 100 for f in FEATURES})
+    features.iloc[3, 1] = np.nan
+    ts = pd.Series(pd.date_range("2020-02-29 22:00:00.5", periods=7, freq="h", tz="UTC"))
+    ts[5] = pd.NaT
+    preds = rng.normal(size=(7, 2))
+    preds[2, 0] = np.nan
+    got = []
+    for fast in (True, False):
+        monkeypatch.setattr(dialects, "FAST_PATH", fast)
+        monkeypatch.setattr(dialects, "COPY_ROWS", 2)  # 6 complete rows: three COPY buffers
+        batch_id = writers.record_batch(engine, features, preds, model_name="m", model_version=1, model_uri="u",
+                                        timestamps=ts, row_numbers=np.arange(0, 14, 2))
+        got.append(queries.batch_rows(engine, batch_id))
+        with engine.connect() as conn:  # NULL, not a NaN float or a far-away timestamp
+            nulls = [conn.execute(select(func.count()).select_from(t).where(t.c.batch_id == batch_id, t.c[c].is_(None))
+                                  ).scalar_one() for t, c in ((tables.input_mart, FEATURES[1]),
+                                                              (tables.input_mart, TIMESTAMP),
+                                                              (tables.output_mart, PRED_COLUMNS[0]))]
+        assert nulls == [1, 1, 1], (fast, nulls)
+    tables.dispose_engines()
+    pd.testing.assert_frame_equal(got[0], got[1])
+    rows = got[0]
+    assert rows.row_no.tolist() == list(range(0, 14, 2))
+    np.testing.assert_array_equal(rows[FEATURES].to_numpy(dtype=float), features.to_numpy())
+    np.testing.assert_array_equal(rows[PRED_COLUMNS].to_numpy(dtype=float), preds)
+    expected = ts.dt.tz_localize(None)
+    assert rows[TIMESTAMP].isna().tolist() == expected.isna().tolist()
+    assert (pd.to_datetime(rows[TIMESTAMP]).dropna() == expected.dropna().values).all()
+
+
+@pytest.mark.slow
+def test_postgres_killed_during_the_marts_write(as_client, tmp_path):
+    """kill -9 of PostgreSQL while `windpipe predict` holds its batch open (input rows in, no commit): a clear
+    error naming PostgreSQL, no output file, and after `windpipe up` no row of the batch."""
+    import subprocess
+    import time
+
+    from tests.models import log_registered_model
+    from windpipe.marts import queries, tables
+    from windpipe.names import FEATURES, TIMESTAMP
+
+    p = as_client
+    info = log_registered_model(p, alias=None, tmp_dir=tmp_path)
+    inp, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    info["df"].tail(300)[[TIMESTAMP, *FEATURES]].to_parquet(inp, index=False)
+    url = p.settings.effective_marts_url
+    before = queries.count_rows(tables.get_engine(url))
+    tables.dispose_engines()
+    release = tmp_path / "release"
+    env = {**p.env, "WINDPIPE_TEST_PAUSE_AT": f"predict:marts_open@{release}"}
+    proc = subprocess.Popen([sys.executable, "-m", "windpipe", "predict", "--input", str(inp), "--output", str(out),
+                             "--model-uri", info["model_uri"]], env=env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    paused = release.with_name("release.paused")
+    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert paused.exists(), proc.communicate()
+    os.kill(postgres.running_pid(p.settings), signal.SIGKILL)
+    release.touch()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stdout + stderr
+    assert "The PostgreSQL server of the data marts" in stderr and "nothing of the batch was written" in stderr
+    assert "Traceback" not in stderr and not out.exists() and not list(tmp_path.glob("*out*"))
+    up = p.windpipe("up")
+    assert up.returncode == 0 and "postgres: started" in up.stdout, up.stdout + up.stderr
+    assert queries.count_rows(tables.get_engine(url)) == before
+    tables.dispose_engines()
 
 
 @pytest.mark.slow
@@ -261,6 +281,7 @@ def test_status_names_the_stopped_part_and_up_restarts_only_it(team_platform):
     os.kill(postgres.running_pid(p.settings), signal.SIGKILL)
     proc = p.windpipe("status")
     assert proc.returncode == 1 and "DOWN postgres" in proc.stdout and "DOWN s3" in proc.stdout, proc.stdout
+    assert "DOWN marts" in proc.stdout and "The PostgreSQL server of the data marts" in proc.stdout
 
     proc = p.windpipe("up")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -53,6 +53,12 @@ def _env_file() -> Path:
     return Path(os.environ.get("WINDPIPE_ENV_FILE", repo_root() / ".env"))
 
 
+# SQLAlchemy URI prefix of the one PostgreSQL driver the project uses (psycopg 3, pinned in requirements.txt)
+PG_DRIVER = "postgresql+psycopg"
+# the team stack's PostgreSQL role and database of the data marts (their schema: windpipe.marts.dialects)
+MARTS_ROLE = "marts"
+
+
 class Settings(BaseSettings):
     """Every knob windpipe has. Environment variables are `WINDPIPE_<NAME>` unless noted."""
 
@@ -167,7 +173,25 @@ class Settings(BaseSettings):
 
     @property
     def effective_marts_url(self) -> str:
-        return self.marts_url or f"sqlite:///{self.home / 'marts.db'}"
+        """`WINDPIPE_MARTS_URL`; else on the team stack its PostgreSQL (schema `marts`, windpipe.marts.dialects):
+        WINDPIPE_PG_URL's database and login, or the `marts` database of the server `up` starts, as the role
+        `marts` whose password libpq reads from a 0600 file (the URL names the file); else SQLite in the state
+        folder."""
+        if self.marts_url:
+            return self.marts_url
+        if self.stack == "team" and self.pg_url is not None:
+            return self.pg_url.get_secret_value()
+        if self.stack == "team":
+            from urllib.parse import quote
+
+            return (f"{PG_DRIVER}://{MARTS_ROLE}@{self.host}:{self.pg_port}/{MARTS_ROLE}"
+                    f"?passfile={quote(str(self.marts_passfile), safe='/')}")
+        return f"sqlite:///{self.home / 'marts.db'}"
+
+    @property
+    def marts_passfile(self) -> Path:
+        """The team stack's libpq password file for the marts role (its line only; mode 0600)."""
+        return self.secret_file("marts_pgpass")
 
     def process_environment(self) -> dict[str, str]:
         """What every windpipe process and the step runs it starts carry in their environment: MLflow's

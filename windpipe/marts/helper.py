@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from windpipe.errors import WindpipeError, first_line
-from windpipe.marts.tables import database_error
+from windpipe.marts.tables import database_error, display_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -65,6 +65,7 @@ class ProcessBatch:
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="marts-sender")
         self._batch_id: int | None = None
         self._committed = False
+        self._where = display_url(url)
         self._send(url if isinstance(url, str) else url.render_as_string(hide_password=False))
 
     @property
@@ -92,7 +93,9 @@ class ProcessBatch:
                                 "see the messages above; if memory ran out, score the input in smaller files"
                                 ) from None
         if kind == "error":
-            raise database_error(value)
+            raise database_error(value, self._where)
+        if kind == "windpipe":  # a message already (the server is gone, the database refused the login)
+            raise WindpipeError(*value)
         return value
 
     def start(self, header: dict[str, Any]) -> None:
@@ -156,6 +159,9 @@ def main() -> int:
                     batch.checkpoint()
                 return 0
     except EOFError:  # the caller gave up before commit(): roll back
+        return 1
+    except WindpipeError as exc:
+        _answer(out, "windpipe", (exc.problem, exc.fix))
         return 1
     except Exception as exc:
         _answer(out, "error", f"{type(exc).__name__}: {first_line(exc, 300)}")

@@ -1,10 +1,12 @@
-"""The data marts' tables, and engines on any SQLAlchemy URL (`settings.effective_marts_url`).
+"""The data marts' tables, and engines on any SQLAlchemy URL (`settings.effective_marts_url`: SQLite on the
+local stack, PostgreSQL on the team stack; windpipe.marts.dialects holds what differs between them).
 
 Tables
   batches      one row per scored batch: when, which model, how many rows, input hash, source
   input_mart   (batch_id, row_no) -> utc_timestamp and the four features the model saw
   output_mart  (batch_id, row_no) -> the predictions; (batch_id, row_no) is a foreign key
                to input_mart, so every output row is linked to the input row it came from
+               (on PostgreSQL these two hold the same by construction, indexed by batch: dialects.row_keys)
   drift        (batch_id, feature) -> psi, ks, status (see windpipe.scoring.drift)
   performance  batch_id -> the model's error on the batch's hours once their recorded power arrived
                (`windpipe monitor --actuals FILE`, windpipe.scoring.monitor): one row per scored batch
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     Column,
@@ -25,18 +27,22 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     create_engine,
-    event,
 )
 
 from windpipe.errors import WindpipeError, first_line
+from windpipe.marts import dialects
 from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
     from windpipe.settings import Settings
 
 SOURCES = ("cli", "project", "dashboard")
@@ -67,19 +73,26 @@ PENDING, COMPLETE = "pending", "complete"
 
 input_mart = Table(
     "input_mart", metadata,
-    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
-    Column("row_no", Integer, primary_key=True),
+    Column("batch_id", Integer, nullable=False),
+    Column("row_no", Integer, nullable=False),
     Column(TIMESTAMP, DateTime),
     *[Column(f, Float) for f in FEATURES],
+    # the row tables' keys: everywhere but on PostgreSQL (windpipe.marts.dialects.row_keys says why)
+    PrimaryKeyConstraint("batch_id", "row_no").ddl_if(callable_=dialects.row_keys),
+    ForeignKeyConstraint(["batch_id"], ["batches.id"], ondelete="CASCADE").ddl_if(callable_=dialects.row_keys),
+    Index("input_mart_batch_brin", "batch_id", **dialects.BATCH_INDEX).ddl_if(dialect="postgresql"),
     sqlite_with_rowid=False,
 )
 
 output_mart = Table(
     "output_mart", metadata,
-    Column("batch_id", Integer, primary_key=True),
-    Column("row_no", Integer, primary_key=True),
+    Column("batch_id", Integer, nullable=False),
+    Column("row_no", Integer, nullable=False),
     *[Column(p, Float) for p in PRED_COLUMNS],
-    ForeignKeyConstraint(["batch_id", "row_no"], ["input_mart.batch_id", "input_mart.row_no"], ondelete="CASCADE"),
+    PrimaryKeyConstraint("batch_id", "row_no").ddl_if(callable_=dialects.row_keys),
+    ForeignKeyConstraint(["batch_id", "row_no"], ["input_mart.batch_id", "input_mart.row_no"], ondelete="CASCADE"
+                         ).ddl_if(callable_=dialects.row_keys),
+    Index("output_mart_batch_brin", "batch_id", **dialects.BATCH_INDEX).ddl_if(dialect="postgresql"),
     sqlite_with_rowid=False,
 )
 
@@ -122,8 +135,8 @@ _lock = threading.Lock()
 def get_engine(url: str | None = None, settings: Settings | None = None) -> Engine:
     """An engine for the marts (cached per URL), with the tables created.
 
-    `url` defaults to `settings.effective_marts_url` (`WINDPIPE_MARTS_URL`, else
-    `sqlite:///<home>/marts.db`).
+    `url` defaults to `settings.effective_marts_url` (`WINDPIPE_MARTS_URL`; else on the team stack its
+    PostgreSQL, schema `marts`; else `sqlite:///<home>/marts.db`).
     """
     from windpipe.settings import get_settings
 
@@ -138,27 +151,31 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
             if db_file is not None:
                 db_file.parent.mkdir(parents=True, exist_ok=True)
                 _private_file(db_file)
-            engine = create_engine(url, **({"connect_args": {"timeout": lock_timeout}} if sqlite else {}))
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
+            engine = create_engine(url, **dialects.engine_options(url, lock_timeout))
+            dialects.configure(engine)
             metadata.create_all(engine)
             _add_new_columns(engine)
         except Exception as exc:  # driver missing, server down, bad URL; or a lock, a full disk, a read-only file
-            known = database_error(getattr(exc, "orig", None) or exc, url)
-            if not known.problem.startswith(_GENERIC):
+            reason = getattr(exc, "orig", None) or exc
+            known = database_error(reason, url)
+            if not known.problem.startswith((_GENERIC, _SERVER_GONE)):
                 raise known from None
-            raise WindpipeError(f"Cannot open the data marts at {_safe(url)} ({first_line(exc)}).",
-                                "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder)"
-                                ) from None
+            if dialects.server_gone(str(reason)):
+                raise WindpipeError(f"The PostgreSQL server of the data marts ({display_url(url)}) does not answer "
+                                    f"({first_line(reason, 200)}).", _SERVER_FIX) from None
+            raise WindpipeError(f"Cannot open the data marts at {display_url(url)} ({first_line(exc)}).",
+                                "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder, "
+                                "or PostgreSQL on the team stack)") from None
         _engines[url] = engine
         return engine
 
 
-def _safe(url: str) -> str:
+def display_url(url: str | URL) -> str:
+    """The URL for messages and `windpipe status`: no password, no query (a password file's path, options)."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return make_url(url).set(query={}).render_as_string(hide_password=True)
     except Exception:
         return "<marts url>"
 
@@ -181,10 +198,10 @@ def _add_new_columns(engine: Engine) -> None:
                                  f"{col.type.compile(dialect=engine.dialect)}")
 
 
-def database_error(exc: BaseException | str, url: str | None = None) -> WindpipeError:
+def database_error(exc: BaseException | str, url: str | URL | None = None) -> WindpipeError:
     """A database error of a marts write as a message: a lock held too long, a full disk, a read-only file."""
     text = str(exc)
-    where = f" ({_safe(url)})" if url else ""
+    where = f" ({display_url(url)})" if url else ""
     lowered = text.lower()
     if "locked" in lowered or "lock timeout" in lowered:
         return WindpipeError(f"The data marts database{where} stayed locked by another writer longer than "
@@ -195,6 +212,9 @@ def database_error(exc: BaseException | str, url: str | None = None) -> Windpipe
         return WindpipeError(f"The disk holding the data marts database{where} is full or failing "
                              f"({first_line(text)}); nothing of the batch was written.",
                              "free space there, then retry")
+    if dialects.server_gone(lowered):
+        return WindpipeError(f"{_SERVER_GONE}{where} stopped answering while the batch was written "
+                             f"({first_line(text, 200)}); nothing of the batch was written.", _SERVER_FIX)
     if "readonly" in lowered or "read-only" in lowered:
         return WindpipeError(f"The data marts database{where} is read-only; nothing of the batch was written.",
                              "make the database file and its folder writable, or set WINDPIPE_MARTS_URL")
@@ -203,18 +223,8 @@ def database_error(exc: BaseException | str, url: str | None = None) -> Windpipe
 
 
 _GENERIC = "Writing the batch to the data marts"
-
-
-# foreign_keys: output rows need their input row; WAL: readers (dashboard) don't block the writer;
-# the lock timeout (busy timeout) comes from the settings, as the driver's `timeout`
-_SQLITE_PRAGMAS = ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL")
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    for pragma in _SQLITE_PRAGMAS:
-        cur.execute(f"PRAGMA {pragma}")
-    cur.close()
+_SERVER_GONE = "The PostgreSQL server of the data marts"
+_SERVER_FIX = "check that it runs (`windpipe status`; `windpipe up` starts the team stack's), then retry"
 
 
 def dispose_engines() -> None:

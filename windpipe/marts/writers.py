@@ -37,10 +37,11 @@ def _database_errors(engine: Engine) -> Iterator[None]:
     """A database error (a lock held too long, a full disk) as a WindpipeError saying which and what to do."""
     from sqlalchemy.exc import DBAPIError
 
+    driver_error = engine.dialect.loaded_dbapi.Error  # what the fast writers' driver cursors raise
     try:
         yield
-    except DBAPIError as exc:
-        raise database_error(exc.orig or exc, engine.url.render_as_string(hide_password=True)) from None
+    except (DBAPIError, driver_error) as exc:
+        raise database_error(getattr(exc, "orig", None) or exc, engine.url) from None
 
 
 def remove_batch(engine: Engine, batch_id: int) -> None:

@@ -138,6 +138,7 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("score")
         drift_rows = batch_drift(valid, ref, settings)
         lap("drift")
+        fault_point("predict:marts_open")  # (the input rows are in, the transaction is open)
         batch.add_predictions(pred, drift_rows, drift.batch_status(drift_rows))
         # (while the marts insert the predictions)
         output_frame(valid, pred, ref, batch.batch_id).to_parquet(staged.tmp, index=False)

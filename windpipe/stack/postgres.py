@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
+from windpipe.marts.dialects import SCHEMA as MARTS_SCHEMA
+from windpipe.settings import MARTS_ROLE, PG_DRIVER
 
 if TYPE_CHECKING:
     import psycopg
@@ -29,12 +31,13 @@ if TYPE_CHECKING:
 APP_ROLE = "mlflow"
 SUPERUSER = "postgres"
 # the tracking store, the basic-auth app's users, the data marts
-DATABASES = ("mlflow", "mlflow_auth", "marts")
+MARTS_DATABASE = MARTS_ROLE
+DATABASES = ("mlflow", "mlflow_auth", MARTS_DATABASE)
 SUPERUSER_PASSWORD = "pg_superuser_password"
 APP_PASSWORD = "pg_app_password"
 PASSFILE = "pgpass"
-# SQLAlchemy URI prefix of the one driver the project uses (psycopg 3, pinned in requirements.txt)
-DRIVER = "postgresql+psycopg"
+DRIVER = PG_DRIVER
+MARTS_PASSWORD = "pg_marts_password"
 
 
 def bin_dir(settings: Settings) -> Path:
@@ -185,24 +188,37 @@ def start(settings: Settings, timeout: float) -> bool:
 
 
 def bootstrap(settings: Settings) -> None:
-    """Make (or refresh) the app role and its databases, and the password file every client reads."""
+    """Make (or refresh) the app role and its databases, the marts role and schema, and the password files."""
     from psycopg import sql
 
     app_password = kept_secret(settings.secret_file(APP_PASSWORD))
     su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
-    # the password file first: the superuser connects through it too (no password in a parameter list)
+    marts_password = kept_secret(settings.secret_file(MARTS_PASSWORD))
+    # the password files first: the superuser connects through one too (no password in a parameter list);
+    # the marts' clients (predict, dashboard, monitor) get a file with the marts role's line only
     atomic_write_text(passfile(settings),
                       f"{settings.host}:{settings.pg_port}:*:{APP_ROLE}:{app_password}\n"
                       f"{settings.host}:{settings.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
+    atomic_write_text(settings.marts_passfile,
+                      f"{settings.host}:{settings.pg_port}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n", mode=0o600)
     with _connect(settings, SUPERUSER, "postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
-        # the statement holds the password; log_statement is 'none', so it reaches no log
-        conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-            sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(APP_ROLE), sql.Literal(app_password)))
+        for role, password in ((APP_ROLE, app_password), (MARTS_ROLE, marts_password)):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            # the statement holds the password; log_statement is 'none', so it reaches no log
+            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(role), sql.Literal(password)))
         for db in DATABASES:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db),
                                                                               sql.Identifier(APP_ROLE)))
+            # each role reaches its own databases only (PostgreSQL lets every role connect to any by default)
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(MARTS_DATABASE),
+                                                                         sql.Identifier(MARTS_ROLE)))
+    # the marts' tables live in a schema the marts role owns (it makes them on first use)
+    with _connect(settings, SUPERUSER, MARTS_DATABASE, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+            sql.Identifier(MARTS_SCHEMA), sql.Identifier(MARTS_ROLE)))
 
 
 def _connect(settings: Settings, user: str, dbname: str, autocommit: bool = False) -> psycopg.Connection:

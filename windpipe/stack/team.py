@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from windpipe.errors import WindpipeError
+from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
@@ -31,6 +31,7 @@ from windpipe.stack.procs import (
 from windpipe.tracking.client import env_credentials, probe_artifacts, probe_health
 
 POSTGRES = "postgres"
+MARTS = "marts"
 S3 = s3.NAME
 MLFLOW = "mlflow"
 # the flag only marks the process as the team stack's (the server takes its settings from the environment)
@@ -40,7 +41,7 @@ ADMIN_PASSWORD = "auth_admin_password"
 FLASK_KEY = "flask_secret_key"
 AUTH_CONFIG = "basic_auth.ini"
 # variables a server must not inherit from whoever runs `windpipe up`
-_PRIVATE_PREFIXES = ("AWS_", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_S3_SECRET", "WINDPIPE_PG_URL",
+_PRIVATE_PREFIXES = ("AWS_", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_S3_SECRET", "WINDPIPE_PG_URL", "WINDPIPE_MARTS_URL",
                      "WINDPIPE_FTP_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PGPASSWORD")
 
 
@@ -101,12 +102,30 @@ def _check_mlflow(settings: Settings) -> str:
     return "health ok, artifact proxy ok"
 
 
+def _check_marts(settings: Settings) -> str:
+    """A query on the data marts, as their own login (the tables are made on first use)."""
+    from windpipe.marts.queries import count_rows
+    from windpipe.marts.tables import display_url, get_engine
+
+    try:
+        batches = count_rows(get_engine(settings=settings))["batches"]
+    except WindpipeError:
+        raise
+    except Exception as exc:  # the server went away after the engine was made
+        raise WindpipeError(f"The data marts at {display_url(settings.effective_marts_url)} do not answer a query "
+                            f"({first_line(exc, 200)}).", "run `windpipe up`") from None
+    return f"query ok ({batches} batches)"
+
+
 def _parts(settings: Settings) -> list[tuple[str, str, Callable[[], int | None], Callable[[], str]]]:
-    """(name, where, pid, check) of each part, in start order."""
+    """(name, where, pid, check) of each part, in start order (the marts live in PostgreSQL)."""
+    from windpipe.marts.tables import display_url
+
     return [
         (POSTGRES, postgres.display_uri(settings),
          lambda: None if settings.pg_url is not None else postgres.running_pid(settings),
          lambda: postgres.check(settings)),
+        (MARTS, display_url(settings.effective_marts_url), lambda: None, lambda: _check_marts(settings)),
         (S3, f"{settings.s3_endpoint}/{settings.s3_bucket}",
          lambda: None if s3.external(settings) else s3.running_pid(settings), lambda: s3.check(settings)),
         (MLFLOW, settings.local_tracking_uri, lambda: mlflow_pid(settings), lambda: _check_mlflow(settings)),

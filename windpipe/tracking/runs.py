@@ -154,6 +154,10 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
             print(f"stopped: {reason}; the run {run.info.run_id} ends KILLED", file=sys.stderr)
             raise
         except Exception as exc:
+            inner = _step_error(exc)
+            if inner is not None:  # ending the run failed after the step's own error (one PostgreSQL behind both)
+                _end_quietly(run.info.run_id, str(inner))
+                raise inner from None
             down = diagnose(settings)
             if down is None:
                 raise
@@ -161,6 +165,16 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
                                  f"{down.fix}; then run it again" if down.fix else None)
             _end_quietly(run.info.run_id, str(problem))
             raise problem from None
+
+
+def _step_error(exc: BaseException) -> WindpipeError | None:
+    """The step's own WindpipeError that was being handled when `exc` came up (MLflow ending the run), if any."""
+    seen: set[int] = set()
+    inner = exc.__context__
+    while inner is not None and id(inner) not in seen and not isinstance(inner, WindpipeError):
+        seen.add(id(inner))
+        inner = inner.__context__
+    return inner if isinstance(inner, WindpipeError) else None
 
 
 @contextlib.contextmanager
