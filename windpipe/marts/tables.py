@@ -158,11 +158,11 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
         except Exception as exc:  # driver missing, server down, bad URL; or a lock, a full disk, a read-only file
             reason = getattr(exc, "orig", None) or exc
             known = database_error(reason, url)
-            if not known.problem.startswith((_GENERIC, _SERVER_GONE)):
-                raise known from None
-            if dialects.server_gone(str(reason)):
+            if known.problem.startswith(_SERVER_GONE):  # (said of a write there; here nothing was written yet)
                 raise WindpipeError(f"The PostgreSQL server of the data marts ({display_url(url)}) does not answer "
                                     f"({first_line(reason, 200)}).", _SERVER_FIX) from None
+            if not known.problem.startswith(_GENERIC):
+                raise known from None
             raise WindpipeError(f"Cannot open the data marts at {display_url(url)} ({first_line(exc)}).",
                                 "check WINDPIPE_MARTS_URL (any SQLAlchemy URL; unset = SQLite in the state folder, "
                                 "or PostgreSQL on the team stack)") from None
