@@ -5,10 +5,12 @@ temporary state folder and free ports. The first team `up` includes initdb, the 
 and MLflow's table creation; then local and team `up` (existing state) alternate, each followed by
 `down`, so both see the same machine load.
 
-`python benchmarks/bench_team.py predict [repeat] [rows]`: `windpipe predict` on 1M rows (resampled
-from ../shared/data/germany.csv, else generated) into the team stack's PostgreSQL marts (binary
-COPY) and into SQLite marts, alternately, on one team platform and one registered LR model (only
-WINDPIPE_MARTS_URL differs). Target (issue 14): >= 250k rows/s end to end into PostgreSQL.
+`python benchmarks/bench_team.py predict [repeat] [rows]`: `windpipe predict` on 1k, 1M and 2M rows
+(resampled from ../shared/data/germany.csv, else generated) into the team stack's PostgreSQL marts
+(binary COPY) and into SQLite marts, alternately, on one team platform and the production alias of one
+registered LR model (only WINDPIPE_MARTS_URL differs). 1k rows gives the fixed cost of a process, the
+2M batch against the 1M batch the rate each further row adds; the bare imports of the libraries are
+timed beside them. Target (issue 14): >= 250k rows/s end to end into PostgreSQL.
 """
 
 from __future__ import annotations
@@ -79,13 +81,17 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
     from bench_predict import resample, source_data
 
     from tests.models import log_registered_model
+    from windpipe import names
     from windpipe.marts import queries, tables
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its platform
     home = Path(tempfile.mkdtemp(prefix="windpipe-bench-predict-"))
     env = {**team_env(home), "WINDPIPE_STACK": "team"}
-    secs: dict[str, list[float]] = {"postgresql": [], "sqlite": []}
+    # 1k rows: the fixed cost of a process; `rows` and twice as many: the rate a batch adds
+    sizes = (1_000, rows, 2 * rows)
+    secs: dict[tuple[str, int], list[float]] = {(k, n): [] for k in ("postgresql", "sqlite") for n in sizes}
     insert: dict[str, list[float]] = {"postgresql": [], "sqlite": []}
+    imports: list[float] = []
     try:
         subprocess.run([sys.executable, "-m", "windpipe", "up"], env=env, check=True, capture_output=True, cwd=REPO)
         from windpipe.settings import Settings
@@ -101,8 +107,11 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
         train, label = source_data()
         train = train.drop_duplicates(subset=["utc_timestamp"])  # (germany.csv repeats the DST hours)
         info = log_registered_model(P, df=train, tmp_dir=home)
-        inp = home / "in.parquet"
-        resample(train, rows).to_parquet(inp, index=False)
+        # as users predict: the production alias (`windpipe promote`), the version's files cached after the first run
+        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, names.PRODUCTION, info["version"])
+        inputs = {n: home / f"in-{n}.parquet" for n in sizes}
+        for n, path in inputs.items():
+            resample(train, n).to_parquet(path, index=False)
         sqlite_url = f"sqlite:///{home / 'bench-marts.db'}"
         urls = {"postgresql": settings.effective_marts_url, "sqlite": sqlite_url}
         phases: dict[str, str] = {}
@@ -110,7 +119,7 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
         from windpipe.marts import writers
         from windpipe.scoring.validate import validate_input
 
-        valid = validate_input(pd.read_parquet(inp))
+        valid = validate_input(pd.read_parquet(inputs[rows]))
         preds = np.zeros((rows, 2))
         for _ in range(repeat):
             for kind, url in urls.items():
@@ -118,49 +127,69 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
                 writers.record_batch(tables.get_engine(url), valid.features, preds, model_name="bench", model_version=1,
                                      model_uri="models:/bench/1", timestamps=valid.timestamps, settings=settings)
                 insert[kind].append(time.perf_counter() - start)
+        # the floor of any fresh process that scores with MLflow into a database: importing the libraries
+        libs = "import pandas, pyarrow.parquet, mlflow, sklearn.linear_model, sqlalchemy, psycopg"
         for i in range(repeat):
-            for kind, url in urls.items():
-                out = home / f"out-{kind}-{i}.parquet"
-                start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "windpipe", "predict", "--input", str(inp), "--output", str(out),
-                                "--model-uri", info["model_uri"]], check=True,
-                               env={**env, **({} if kind == "postgresql" else {"WINDPIPE_MARTS_URL": url})},
-                               capture_output=True, cwd=REPO)
-                secs[kind].append(time.perf_counter() - start)
-                out.unlink()
-                run = mlflow.search_runs(experiment_names=[settings.experiment], output_format="list",
-                                         filter_string="tags.`windpipe.step` = 'predict'",
-                                         order_by=["start_time DESC"])[0]
-                m = run.data.metrics
-                phases[kind] = " / ".join(f"{k} {m['seconds_' + k]:.2f}" for k in (
-                    "read", "resolve", "validate", "marts_start", "load_model", "score", "drift", "write", "commit")
-                    if "seconds_" + k in m)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", libs], check=True, cwd=REPO)
+            imports.append(time.perf_counter() - start)
+            for n in sizes:
+                for kind, url in urls.items():
+                    out = home / f"out-{kind}-{n}-{i}.parquet"
+                    start = time.perf_counter()
+                    subprocess.run([sys.executable, "-m", "windpipe", "predict", "--input", str(inputs[n]),
+                                    "--output", str(out)], check=True,
+                                   env={**env, **({} if kind == "postgresql" else {"WINDPIPE_MARTS_URL": url})},
+                                   capture_output=True, cwd=REPO)
+                    secs[kind, n].append(time.perf_counter() - start)
+                    out.unlink()
+                    if n != rows:
+                        continue
+                    run = mlflow.search_runs(experiment_names=[settings.experiment], output_format="list",
+                                             filter_string="tags.`windpipe.step` = 'predict'",
+                                             order_by=["start_time DESC"])[0]
+                    m = run.data.metrics
+                    phases[kind] = " / ".join(f"{k} {m['seconds_' + k]:.2f}" for k in (
+                        "read", "resolve", "validate", "marts_start", "load_model", "score", "drift", "write")
+                        if "seconds_" + k in m) + f" (the run: {(run.info.end_time - run.info.start_time) / 1000:.2f})"
         counts = {kind: queries.count_rows(tables.get_engine(url))["output_mart"] for kind, url in urls.items()}
         tables.dispose_engines()
     finally:
         subprocess.run([sys.executable, "-m", "windpipe", "down"], env=env, capture_output=True, cwd=REPO)
         shutil.rmtree(home, ignore_errors=True)
-    assert counts == {"postgresql": 2 * rows * repeat, "sqlite": 2 * rows * repeat}, counts
+    expected = rows * repeat + sum(sizes) * repeat  # record_batch's rows, then every predict
+    assert counts == {"postgresql": expected, "sqlite": expected}, counts
     med = {k: statistics.median(v) for k, v in secs.items()}
     ins = {k: statistics.median(v) for k, v in insert.items()}
-    print(f"## `windpipe predict` on {rows:,} rows ({label}): PostgreSQL marts against SQLite marts\n")
+    lib = statistics.median(imports)
+    print(f"## `windpipe predict` into PostgreSQL marts against SQLite marts ({label}, resampled)\n")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; every run: a new process "
-          "(imports, MLflow run, model download, parquet in and out, drift, the marts in one transaction)\n")
-    print(table(["what", "median seconds", "runs (s)", "rows/s", "ratio PostgreSQL/SQLite (time)"], [
-        ["`windpipe predict`, PostgreSQL marts (team stack, binary COPY)", med["postgresql"],
-         " ".join(f"{x:.2f}" for x in secs["postgresql"]), f"{rows / med['postgresql']:,.0f}",
-         f"{med['postgresql'] / med['sqlite']:.2f}"],
-        ["`windpipe predict`, SQLite marts", med["sqlite"], " ".join(f"{x:.2f}" for x in secs["sqlite"]),
-         f"{rows / med['sqlite']:,.0f}", "-"],
+          "(imports, MLflow run, the production alias resolved, parquet in and out, drift, the marts in one "
+          f"transaction); medians of {repeat}, PostgreSQL and SQLite alternating\n")
+    body = []
+    for n in sizes:
+        pg, lite = med["postgresql", n], med["sqlite", n]
+        body.append([f"`windpipe predict`, {n:,} rows, PostgreSQL marts (binary COPY)", pg,
+                     " ".join(f"{x:.2f}" for x in secs["postgresql", n]), f"{n / pg:,.0f}", f"{pg / lite:.2f}"])
+        body.append([f"`windpipe predict`, {n:,} rows, SQLite marts", lite,
+                     " ".join(f"{x:.2f}" for x in secs["sqlite", n]), f"{n / lite:,.0f}", "-"])
+    for kind in ("postgresql", "sqlite"):  # what each further row costs: the 2x batch against the 1x batch
+        extra = med[kind, 2 * rows] - med[kind, rows]
+        body.append([f"each further {rows:,} rows ({kind}: {2 * rows:,} minus {rows:,})", extra, "-",
+                     f"{rows / extra:,.0f}", "-"])
+    body += [
         ["marts insert alone (helper process), PostgreSQL", ins["postgresql"],
          " ".join(f"{x:.2f}" for x in insert["postgresql"]), f"{rows / ins['postgresql']:,.0f}",
          f"{ins['postgresql'] / ins['sqlite']:.2f}"],
         ["marts insert alone (helper process), SQLite", ins["sqlite"], " ".join(f"{x:.2f}" for x in insert["sqlite"]),
          f"{rows / ins['sqlite']:,.0f}", "-"],
-    ]))
-    print("\nphases of the last `windpipe predict` run (s; `write` waits for the marts helper):")
+        [f"`python -c '{libs}'` (no rows)", lib, " ".join(f"{x:.2f}" for x in imports), "-", "-"],
+    ]
+    print(table(["what", "median seconds", "runs (s)", "rows/s", "ratio PostgreSQL/SQLite (time)"], body))
+    print(f"\nphases of the last {rows:,}-row `windpipe predict` run (s; `write` waits for the marts helper):")
     for kind, line in phases.items():
         print(f"- {kind}: {line}")
+
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["predict"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -415,6 +417,33 @@ def test_predict_cli_happy_path(model, marts_env, use_platform, tmp_path):
 
 def mart_counts(marts_env) -> dict:
     return queries.count_rows(tables.get_engine(marts_env["WINDPIPE_MARTS_URL"]))
+
+
+@pytest.mark.slow
+def test_a_finished_logged_model_is_downloaded_once_and_a_pending_one_never_cached(model, use_platform,
+                                                                                   monkeypatch):
+    """models:/m-<id> of a READY logged model is as immutable as a version: cached by its id, so the next
+    process loads it without the tracking server's artifact store (or MLflow's slow requirement check)."""
+    import mlflow
+
+    from windpipe.models import loading
+
+    ref = loading.resolve(model["model_uri"])
+    assert ref.logged_model_id == model["model_uri"].removeprefix("models:/")
+    files = loading.model_files(ref)
+    server = f"127.0.0.1_{use_platform.settings.mlflow_port}"
+    assert files == str(use_platform.home / "cache" / server / ref.logged_model_id / "model")
+    assert (Path(files) / "MLmodel").exists()
+
+    def no_download(**_kw):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", no_download)
+    assert loading.model_files(loading.resolve(model["model_uri"])) == files
+    exp = mlflow.get_experiment_by_name(use_platform.settings.experiment)
+    pending = mlflow.initialize_logged_model(name="pending", experiment_id=exp.experiment_id)
+    ref = loading.resolve(f"models:/{pending.model_id}")
+    assert ref.logged_model_id is None and loading.model_files(ref) is None
 
 
 @pytest.mark.slow

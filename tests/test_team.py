@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -275,13 +276,20 @@ def test_status_names_the_stopped_part_and_up_restarts_only_it(team_platform):
     proc = p.windpipe("status")
     assert proc.returncode == 1
     assert "DOWN s3" in proc.stdout and "up   postgres" in proc.stdout, proc.stdout
-    assert "The S3 store at" in proc.stdout and "windpipe up" in proc.stdout
+    # the whole message: which store, what is wrong, what to do
+    assert re.search(rf"DOWN s3 .* The S3 store at {re.escape(p.settings.s3_endpoint)} does not answer \(\w+\)\.\n"
+                     r"  fix: run `windpipe up`\n", proc.stdout), proc.stdout
+    # ... and the tracking server, up, says that it cannot reach its artifact store
+    assert re.search(r"DOWN mlflow .* cannot reach its artifact store", proc.stdout), proc.stdout
 
     # PostgreSQL killed hard: status names it, `up` restarts it (recovering from the crash)
     os.kill(postgres.running_pid(p.settings), signal.SIGKILL)
     proc = p.windpipe("status")
     assert proc.returncode == 1 and "DOWN postgres" in proc.stdout and "DOWN s3" in proc.stdout, proc.stdout
-    assert "DOWN marts" in proc.stdout and "The PostgreSQL server of the data marts" in proc.stdout
+    marts = f"postgresql+psycopg://marts@127.0.0.1:{p.settings.pg_port}/marts"
+    assert f"DOWN marts   {marts}" in proc.stdout, proc.stdout
+    assert f"The PostgreSQL server of the data marts ({marts}) does not answer (" in proc.stdout, proc.stdout
+    assert "fix: check that it runs (`windpipe status`; `windpipe up` starts the team stack's)" in proc.stdout
 
     proc = p.windpipe("up")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,9 +5,10 @@ goes through here, so each gets the same guarantees:
 
 - `resolve("models:/wind_solar@production")` pins an alias to a version (`models:/wind_solar/3`)
   and finds the run that logged it and the entity it was trained on;
-- a registered version's files are downloaded once into `<home>/cache/<server>/<name>/v<version>`
-  (renamed into place: no process sees half a model) and its signature is readable before the
-  model is loaded (`file_signature_columns`);
+- a registered version's files are downloaded once into `<home>/cache/<server>/<name>/v<version>`,
+  a finished logged model's (models:/m-<id>) into `<home>/cache/<server>/m-<id>` (renamed into
+  place: no process sees half a model), and its signature is readable before the model is loaded
+  (`file_signature_columns`);
 - a model is loaded once per process and URI, with a clear error when it cannot be;
 - `predict` returns a (rows, targets) float64 array, checked.
 """
@@ -51,6 +52,7 @@ class ModelRef:
     training_entity_uri: str | None = None
     tracking_uri: str = ""  # versions are numbered per server: caches are kept per server
     tags: dict[str, str] | None = None  # the registered version's tags
+    logged_model_id: str | None = None  # models:/m-<id> of a finished (READY) logged model: its files never change
 
     @property
     def cache_key(self) -> str:
@@ -58,6 +60,8 @@ class ModelRef:
         server = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.tracking_uri.split("://")[-1]).strip("_") or "local"
         if self.name and self.version:
             return f"{server}/{self.name}/v{self.version}"
+        if self.logged_model_id:
+            return f"{server}/{self.logged_model_id}"
         return f"{server}/" + (f"run-{self.run_id}" if self.run_id else re.sub(r"[^A-Za-z0-9_.-]", "_", self.load_uri))
 
     @property
@@ -124,6 +128,8 @@ def resolve(model_uri: str | None = None, settings: Settings | None = None, clie
             logged = client.get_logged_model(uri[len("models:/"):].split("/")[0])
             ref.run_id = logged.source_run_id
             ref.name = logged.name
+            if str(logged.status) == "READY":  # finalized: cached like a version (a pending one may still change)
+                ref.logged_model_id = logged.model_id
         elif uri.startswith("runs:/"):
             ref.run_id = uri[len("runs:/"):].split("/")[0]
         if ref.run_id:
@@ -143,13 +149,14 @@ def cannot_load(ref: ModelRef, exc: Exception) -> WindpipeError:
 
 
 def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
-    """A registered version's folder, downloaded once into <home>/cache/<server>/<name>/v<version>/model.
+    """A registered version's (or finished logged model's) folder, downloaded once into
+    <home>/cache/<cache key>/model.
 
-    None for a URI that is not a pinned registered version (not immutable: MLflow fetches it on load).
+    None for any other URI (not immutable: MLflow fetches it on load).
     """
     import mlflow
 
-    if not (ref.name and ref.version and ref.load_uri.startswith("models:/")):
+    if not (ref.load_uri.startswith("models:/") and (ref.name and ref.version or ref.logged_model_id)):
         return None
     target = (settings or get_settings()).cache_dir(*ref.cache_key.split("/"), "model")
     if (target / "MLmodel").exists():
