@@ -3,8 +3,8 @@
 Quick pipeline and promotion, `windpipe predict` into the stack's data marts (SQLite in the state
 folder, or PostgreSQL's `marts` schema: binary COPY), a failed batch that leaves no file and no rows,
 the dashboard's data (its predictions into the marts, the views' functions reading them, the error
-on recorded power), and the weekly report. Each test builds on the one before (file order), on one
-platform per stack.
+on recorded power), the weekly report, and `windpipe serve` following a forced promotion and the
+rollback. Each test builds on the one before (file order), on one platform per stack.
 """
 
 from __future__ import annotations
@@ -184,6 +184,84 @@ def test_report_on_the_production_model(client, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "week " in proc.stdout and out.stat().st_size > 10_000
 
+
+
+def _served_version(url: str) -> str | None:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            return json.loads(resp.read()).get("version")
+    except OSError:
+        return None
+
+
+def _wait_for(check, what: str, timeout: float = 120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+@pytest.mark.slow
+def test_serve_follows_a_forced_promotion_and_the_rollback(client, raw_dir, tmp_path):
+    """`windpipe serve`, a real HTTP server (on the team stack with the login from the environment and the
+    model through the tracking server's proxy), follows `promote --force` and then `rollback`, and answers
+    what the version it names predicts."""
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.conftest import REPO
+    from windpipe.deploy import serving
+    from windpipe.models import loading
+    from windpipe.stack.procs import free_port
+
+    p = client
+    versions = mlflow.MlflowClient()
+    name = p.settings.model_name
+    first = versions.get_model_version_by_alias(name, "production")
+    other = next(r for r in (latest_run(p, s) for s in ("lr", "rf", "keras")) if r.info.run_id != first.run_id)
+    proc = p.windpipe("promote", "--run-id", other.info.run_id, "--force")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    second = versions.get_model_version_by_alias(name, "production")
+    assert second.version != first.version and second.run_id == other.info.run_id
+
+    rows = _batch(raw_dir).head(5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "windpipe", "serve", "--port", str(port), "--poll", "0.5"],
+                                  env=p.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for version in (second, None, first):
+            if version is None:  # production back to the version it replaced
+                proc = p.windpipe("rollback")
+                assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+                assert versions.get_model_version_by_alias(name, "production").version == first.version
+                continue
+            _wait_for(lambda v=version: server.poll() is not None or _served_version(url) == str(v.version),
+                      f"version {version.version} answers")
+            assert server.poll() is None, log.read_text()[-3000:]
+            uri = f"models:/{name}/{version.version}"
+            columns, tensor = serving.input_spec(get_settings(), uri)
+            served = serving.request_predictions(url, rows, columns, tensor)
+            expected = loading.predict(loading.load(loading.resolve(uri)), rows[FEATURES], rows[TIMESTAMP])
+            np.testing.assert_allclose(served.to_numpy(), expected, rtol=1e-5)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    if _team(p):
+        secret = p.env["MLFLOW_TRACKING_PASSWORD"]
+        assert secret not in log.read_text(), "the password is in the server's output"
 
 def test_settings_pick_the_marts_of_the_stack(tmp_path):
     """Fast: the marts URL each stack gets, and that no URL carries a password."""
