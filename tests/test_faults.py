@@ -25,44 +25,9 @@ import pytest
 from windpipe.stack import services as platform
 
 from .conftest import REPO
+from .processes import Paused, code_snapshot, kill9, popen, run
 
 # ----------------------------------------------------------------------------------- helpers
-
-class Paused:
-    """Run a command that stops at a fault point; the test acts, then releases it (or kills it)."""
-
-    def __init__(self, tmp_path: Path, point: str) -> None:
-        self.release = tmp_path / f"release-{point.replace(':', '-')}-{time.time_ns()}"
-        self.env = {"WINDPIPE_TEST_PAUSE_AT": f"{point}@{self.release}"}
-
-    def wait(self, proc: subprocess.Popen, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        marker = Path(str(self.release) + ".paused")
-        while not marker.exists():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                raise AssertionError(f"ended before the fault point ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
-            assert time.monotonic() < deadline, "the fault point was not reached"
-            time.sleep(0.05)
-
-    def go(self) -> None:
-        self.release.touch()
-
-
-def popen(p, *args: str, extra_env: dict[str, str] | None = None, cwd: Path = REPO,
-          preexec_fn: object = None) -> subprocess.Popen:
-    """`windpipe ...` started in the background against platform `p`."""
-    env = {**p.env, **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "windpipe", *args], env=env, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
-
-
-def run(p, *args: str, extra_env: dict[str, str] | None = None, preexec_fn: object = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = popen(p, *args, extra_env=extra_env, preexec_fn=preexec_fn)
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
 
 @dataclass
 class Disk:
@@ -114,21 +79,6 @@ def small_disk(tmp_path: Path, kb: int, read_only: bool = False) -> Iterator[Dis
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         else:
             mnt.chmod(0o755)
-
-
-def kill9(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------- 1. pid files
@@ -884,12 +834,7 @@ def test_servers_killed_during_pipeline_steps_then_the_pipeline_resumes(make_pla
 
     from .conftest import latest_run
 
-    # the code as it is now (code versions are part of the cache key; others edit the tree meanwhile)
-    snap = tmp_path / "code"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "windpipe", snap / "windpipe", ignore=ignore)
-    shutil.copytree(REPO / "projects", snap / "projects", symlinks=True, ignore=ignore)
-    shutil.copy(REPO / "pyproject.toml", snap / "pyproject.toml")
+    snap = code_snapshot(tmp_path / "code")  # (code versions are part of the cache key)
     p = make_platform()
     mlflow.set_tracking_uri(p.tracking_uri)
     args = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local", "-P", "rf.n_estimators=4",

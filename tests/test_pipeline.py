@@ -20,6 +20,7 @@ from windpipe.pipeline.plan import make_plan, parse_overrides
 from windpipe.pipeline.runner import StepResult, input_values, step_key
 
 from .conftest import REPO, latest_run
+from .processes import code_snapshot
 
 STEPS = ["process", "lr", "rf", "keras", "compare", "promote"]
 
@@ -146,17 +147,8 @@ def _step_runs(p) -> list:
 
 @pytest.fixture
 def snapshot(tmp_path) -> Path:
-    """A copy of the code (library + projects) taken now.
-
-    Code versions are part of the cache key, and other people edit this tree while the test
-    runs; the pipeline runs from the copy so its code version stays put.
-    """
-    snap = tmp_path / "code"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "windpipe", snap / "windpipe", ignore=ignore)
-    shutil.copytree(REPO / "projects", snap / "projects", symlinks=True, ignore=ignore)
-    shutil.copy(REPO / "pyproject.toml", snap / "pyproject.toml")
-    return snap
+    """A copy of the code taken now: the pipeline runs from it, so its code version stays put."""
+    return code_snapshot(tmp_path / "code")
 
 
 def _cli(p, snap: Path, *args: str) -> subprocess.CompletedProcess:

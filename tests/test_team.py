@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import REPO, Platform, point_at, team_env
+from tests.conftest import REPO, Platform, latest_run, point_at, team_env
+from tests.processes import Paused, code_snapshot, kill9, popen
 from windpipe.stack import postgres, s3, team
 from windpipe.stack.procs import stop_pid
 from windpipe.tracking.client import basic_auth_header
@@ -231,9 +232,6 @@ def test_binary_copy_writes_what_the_generic_path_writes(team_platform, monkeypa
 def test_postgres_killed_during_the_marts_write(as_client, tmp_path):
     """kill -9 of PostgreSQL while `windpipe predict` holds its batch open (input rows in, no commit): a clear
     error naming PostgreSQL, no output file, and after `windpipe up` no row of the batch."""
-    import subprocess
-    import time
-
     from tests.models import log_registered_model
     from windpipe.marts import queries, tables
     from windpipe.names import FEATURES, TIMESTAMP
@@ -245,18 +243,12 @@ def test_postgres_killed_during_the_marts_write(as_client, tmp_path):
     url = p.settings.effective_marts_url
     before = queries.count_rows(tables.get_engine(url))
     tables.dispose_engines()
-    release = tmp_path / "release"
-    env = {**p.env, "WINDPIPE_TEST_PAUSE_AT": f"predict:marts_open@{release}"}
-    proc = subprocess.Popen([sys.executable, "-m", "windpipe", "predict", "--input", str(inp), "--output", str(out),
-                             "--model-uri", info["model_uri"]], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    paused = release.with_name("release.paused")
-    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert paused.exists(), proc.communicate()
-    os.kill(postgres.running_pid(p.settings), signal.SIGKILL)
-    release.touch()
+    paused = Paused(tmp_path, "predict:marts_open")
+    proc = popen(p, "predict", "--input", str(inp), "--output", str(out), "--model-uri", info["model_uri"],
+                 extra_env=paused.env)
+    paused.wait(proc)
+    kill9(postgres.running_pid(p.settings))
+    paused.go()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stdout + stderr
     assert "The PostgreSQL server of the data marts" in stderr and "nothing of the batch was written" in stderr
@@ -266,6 +258,86 @@ def test_postgres_killed_during_the_marts_write(as_client, tmp_path):
     assert queries.count_rows(tables.get_engine(url)) == before
     tables.dispose_engines()
 
+
+
+def _everything_recorded(p: Platform, kept_run: str) -> dict:
+    """Every run (id -> status), model version (-> its run) and alias (-> version), and the artifacts of
+    `kept_run` (path -> bytes, read back through the tracking server's proxy from S3)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=5000)
+    versions = client.search_model_versions(f"name = '{p.settings.model_name}'")
+    model = client.get_registered_model(p.settings.model_name)
+    files = {f.path: mlflow.artifacts.load_text(f"runs:/{kept_run}/{f.path}") for f in client.list_artifacts(kept_run)}
+    return {"runs": {r.info.run_id: r.info.status for r in runs}, "versions": {v.version: v.run_id for v in versions},
+            "aliases": dict(model.aliases), "artifacts": files}
+
+
+@pytest.mark.slow
+def test_postgres_and_s3_killed_during_pipeline_steps_then_the_pipeline_resumes(as_client, raw_dir, tmp_path):
+    """kill -9 of PostgreSQL, then of the S3 server, as the lr step starts: each time the pipeline stops with
+    the part named; after `windpipe up` it resumes from the cache, and everything recorded before is there."""
+    import mlflow
+
+    p = as_client
+    snap = code_snapshot(tmp_path / "code")
+    args = ["pipeline", "run", "--raw", str(raw_dir), "--quick", "--env-manager", "local", "-P", "rf.n_estimators=4",
+            "-P", "rf.max_depth=4", "-P", "keras.epochs=1"]
+    from tests.models import log_registered_model
+
+    log_registered_model(p, alias="challenger", tmp_dir=tmp_path)  # at least one run, version and alias
+    with mlflow.start_run(experiment_id=mlflow.set_experiment(p.settings.experiment).experiment_id) as kept:
+        mlflow.log_text("recorded before the kills", "kept.txt")
+    before = _everything_recorded(p, kept.info.run_id)
+    assert before["artifacts"] == {"kept.txt": "recorded before the kills"}
+
+    def pipeline(pid: int | None) -> tuple[int, str, str]:
+        paused = Paused(tmp_path, "step:lr") if pid else None
+        proc = popen(p, *args, extra_env={"PYTHONPATH": str(snap), **(paused.env if paused else {})}, cwd=snap)
+        if paused:
+            paused.wait(proc)
+            kill9(pid)
+            paused.go()
+        out, err = proc.communicate(timeout=900)
+        return proc.returncode, out, err
+
+    # PostgreSQL dies as lr starts: the message names it (the tracking server itself still answers /health)
+    code, out, err = pipeline(postgres.running_pid(p.settings))
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert f"The PostgreSQL server of the tracking store at 127.0.0.1:{p.settings.pg_port} does not answer" in err
+    assert "windpipe up" in err and "Traceback" not in err, err[-3000:]
+    up = p.windpipe("up")
+    assert up.returncode == 0 and "postgres: started" in up.stdout, up.stdout + up.stderr
+
+    # the S3 server dies as lr starts again: named as well
+    code, out, err = pipeline(s3.running_pid(p.settings))
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert f"The S3 store at {p.settings.s3_endpoint} does not answer" in err, err[-3000:]
+    assert "windpipe up" in err and "Traceback" not in err, err[-3000:]
+    lr = latest_run(p, "lr")
+    assert lr.info.status == "FAILED" and "S3 store" in lr.data.tags["windpipe.failure_reason"]
+    up = p.windpipe("up")
+    assert up.returncode == 0 and "s3: starting" in up.stdout, up.stdout + up.stderr
+
+    # both back: the pipeline resumes from the cache (process finished before the first kill: reused)
+    code, out, err = pipeline(None)
+    assert code == 0, out[-3000:] + err[-3000:]
+    last = latest_run(p, "pipeline")
+    how = {k.removeprefix("windpipe.pipeline."): v.split()[1] for k, v in last.data.tags.items()
+           if k.startswith("windpipe.pipeline.")}
+    assert last.info.status == "FINISHED" and how["process"] == "reused" and how["lr"] == "ran", how
+    running = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []  # the runs the dead servers could not end were ended by the next pipeline
+
+    # every earlier run, model version, alias and artifact is still there (runs left RUNNING were ended since)
+    after = _everything_recorded(p, kept.info.run_id)
+    assert {r: s for r, s in after["runs"].items() if before["runs"].get(r, "RUNNING") != "RUNNING"} == {
+        r: s for r, s in before["runs"].items() if s != "RUNNING"}
+    assert before["versions"].items() <= after["versions"].items()
+    assert set(before["aliases"]) <= set(after["aliases"])  # (the resumed pipeline may have moved production)
+    assert after["artifacts"] == before["artifacts"]
 
 @pytest.mark.slow
 def test_status_names_the_stopped_part_and_up_restarts_only_it(team_platform):

@@ -1,8 +1,9 @@
-"""Connecting to the tracking server, and the two probes everything else uses.
+"""Connecting to the tracking server, and the probes everything else uses.
 
-`probe_health` asks `/health` (is the server there?), `probe_artifacts` lists the artifact root
-through the server's proxy (can it reach its artifact store?). Both answer in seconds with a
-message naming the part that is down, where MLflow's own client would retry for minutes.
+`probe_health` asks `/health` (is the server there?), `probe_tracking_store` lists one experiment
+(can it query its database?), `probe_artifacts` lists the artifact root through the server's proxy
+(can it reach its artifact store?). Each answers in seconds with a message naming the part that is
+down, where MLflow's own client would retry for minutes.
 """
 
 from __future__ import annotations
@@ -68,10 +69,22 @@ def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None,
     `store` names the store in the message (the local platform: "the FTP artifact server at ftp://...").
     `auth`: (user, password) for a basic-auth server; default: the MLFLOW_TRACKING_* credentials.
     """
+    _probe(uri, "/api/2.0/mlflow-artifacts/artifacts", "reach its artifact store", store, timeout, auth)
+
+
+def probe_tracking_store(uri: str, timeout: float = 5.0, store: str | None = None,
+                         auth: tuple[str, str] | None = None) -> None:
+    """Raise ServerDown unless the server can read its tracking store (one experiment listed: a query).
+
+    /health answers without the database: a tracking server whose PostgreSQL died still says OK there.
+    """
+    _probe(uri, "/api/2.0/mlflow/experiments/search?max_results=1", "read its tracking store", store, timeout, auth)
+
+
+def _probe(uri: str, path: str, what: str, store: str | None, timeout: float, auth: tuple[str, str] | None) -> None:
     if not is_http(uri):
         return
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
-    request = urllib.request.Request(url, headers=basic_auth_header(auth or env_credentials()))
+    request = urllib.request.Request(f"{uri.rstrip('/')}{path}", headers=basic_auth_header(auth or env_credentials()))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             resp.read()
@@ -81,28 +94,49 @@ def probe_artifacts(uri: str, timeout: float = 5.0, store: str | None = None,
                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.",
                                 "`windpipe env` prints them on the server's machine") from None
         lead = f"{store[0].upper()}{store[1:]} does not answer: the" if store else "The"
-        raise ServerDown(f"{lead} MLflow tracking server at {uri} cannot reach its artifact store "
-                         f"(HTTP {exc.code}).",
+        raise ServerDown(f"{lead} MLflow tracking server at {uri} cannot {what} (HTTP {exc.code}).",
                          "run `windpipe up` (it restarts what is down; `windpipe status` names it)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerDown(f"The MLflow tracking server at {uri} does not answer ({reason}).", UP_FIX) from None
 
 
+def _own_server(settings: Settings) -> bool:
+    """Whether the tracking server is the one `windpipe up` runs (so windpipe knows what stands behind it)."""
+    return settings.effective_tracking_uri == settings.local_tracking_uri
+
+
 def artifact_store_name(settings: Settings) -> str | None:
-    """How messages name the artifact store: the local platform's FTP server (None: a server's own store)."""
-    if settings.effective_tracking_uri == settings.local_tracking_uri and settings.stack == "local":
-        return f"the FTP artifact server at ftp://{settings.host}:{settings.ftp_port}"
-    return None
+    """How messages name the artifact store: the local stack's FTP server, the team stack's S3 store
+    (None: another server's own store)."""
+    if not _own_server(settings):
+        return None
+    if settings.stack == "team":
+        return f"the S3 store at {settings.s3_endpoint}"
+    return f"the FTP artifact server at ftp://{settings.host}:{settings.ftp_port}"
+
+
+def tracking_store_name(settings: Settings) -> str | None:
+    """How messages name the tracking store: the team stack's PostgreSQL server (None: SQLite inside the
+    local stack's server, or another server's own database)."""
+    if not (_own_server(settings) and settings.stack == "team"):
+        return None
+    if settings.pg_url is not None:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(settings.pg_url.get_secret_value())
+        return f"the PostgreSQL server of the tracking store at {url.host}:{url.port or 5432}"
+    return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.pg_port}"
 
 
 def diagnose(settings: Settings | None = None) -> ServerDown | None:
-    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, or the
-    artifact store behind it. None when both answer."""
+    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, the
+    database behind it, or its artifact store. None when all answer."""
     settings = settings or get_settings()
     uri = settings.effective_tracking_uri
     try:
         probe_health(uri, timeout=3.0)
+        probe_tracking_store(uri, timeout=5.0, store=tracking_store_name(settings))
         probe_artifacts(uri, timeout=5.0, store=artifact_store_name(settings))
     except ServerDown as exc:
         return exc
