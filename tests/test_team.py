@@ -160,11 +160,27 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
            "WINDPIPE_S3_SECRET_ACCESS_KEY": "wrong"}
     own = [postgres.running_pid(p.settings), s3.running_pid(p.settings)]
 
-    # bad keys: a clear message naming the setting; nothing started
-    proc = _windpipe(env, "up")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "refused the keys" in proc.stderr and "WINDPIPE_S3_SECRET_ACCESS_KEY" in proc.stderr, proc.stderr
-    assert "mlflow: starting" not in proc.stdout and "Traceback" not in proc.stderr
+    # bad settings: a clear message naming the setting to change; nothing started, no secret shown
+    from windpipe.stack.procs import free_port
+
+    wrong_password = f"postgresql+psycopg://mlflow:not-{quote(app_password)}@127.0.0.1:{p.settings.pg_port}/mlflow"
+    cases = [
+        ({}, "refused the keys", "WINDPIPE_S3_SECRET_ACCESS_KEY"),  # (the secret key above is wrong)
+        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_PG_URL": wrong_password},
+         "password authentication failed", "check WINDPIPE_PG_URL"),
+        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_S3_BUCKET": "no-such-bucket"},
+         "has no bucket 'no-such-bucket'", "WINDPIPE_S3_BUCKET"),
+        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"},
+         "does not answer", "check WINDPIPE_S3_ENDPOINT_URL"),
+        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_MLFLOW_PORT": str(p.settings.pg_port)},
+         f"Port {p.settings.pg_port} on 127.0.0.1 is taken", "WINDPIPE_MLFLOW_PORT=<port>"),
+    ]
+    for change, problem, fix in cases:
+        proc = _windpipe({**env, **change}, "up")
+        assert proc.returncode == 1, (change, proc.stdout + proc.stderr)
+        assert problem in proc.stderr and fix in proc.stderr and "Traceback" not in proc.stderr, (change, proc.stderr)
+        assert "mlflow: starting" not in proc.stdout and not list((home / "run").glob("*.pid")), change
+        assert app_password not in proc.stdout + proc.stderr and secret not in proc.stdout + proc.stderr
 
     env["WINDPIPE_S3_SECRET_ACCESS_KEY"] = secret
     proc = _windpipe(env, "up")
