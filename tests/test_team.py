@@ -101,6 +101,21 @@ def test_team_up_status_secrets_and_loopback(team_platform):
     text = argv + proc.stdout + proc.stderr + "".join(f.read_text(errors="replace") for f in logs)
     leaked = [name for name, value in secrets.items() if value in text]
     assert leaked == []
+    # ... and none in a row of the tracking store or the marts (run artifact URIs, params, tags, model sources)
+    import psycopg
+
+    rows = []
+    for user, db, pw_file in (("mlflow", "mlflow", postgres.passfile(p.settings)),
+                              ("marts", "marts", p.settings.marts_passfile)):
+        with psycopg.connect(host=p.settings.host, port=p.settings.pg_port, user=user, dbname=db,
+                             passfile=str(pw_file)) as conn:
+            tables = [r[0] for r in conn.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                                                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")]
+            for table in tables:
+                rows += [r[0] for r in conn.execute(f"SELECT t::text FROM {table} t")]
+    artifact_uris = [r for r in rows if "mlflow-artifacts:/" in r or "s3://" in r]
+    assert len(tables) > 3 and artifact_uris, "the tracking store holds no run yet"
+    assert [name for name, value in secrets.items() if any(value in r for r in rows)] == []
     # the tracking server's own environment holds paths to secrets, not secrets
     server_env = psutil.Process(team.mlflow_pid(p.settings)).environ()
     assert not [n for n, v in secrets.items() if any(v in x for x in server_env.values())]
