@@ -384,6 +384,7 @@ def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
     engine = tables.get_engine(p.settings.effective_marts_url)
     assert engine.dialect.name == "postgresql"
     batches = queries.latest_batches(engine, limit=100)
+    assert batch_id in set(batches.id), f"batch {batch_id} is not in the team stack's PostgreSQL marts"
     batch = batches[batches.id == batch_id].iloc[0]
     assert (batch.status, batch.row_count, batch.source) == ("complete", 48, "project")
     rows = queries.batch_rows(engine, batch_id)
