@@ -239,11 +239,14 @@ def airflow_home(migrated: Path, tmp_path: Path) -> Path:
 
 
 def assert_no_secret(secret: str, output: str, *folders: Path) -> None:
-    """`secret` is in no line Airflow printed for the tasks and in no file it wrote (task logs, its database)."""
-    assert secret not in output
+    """`secret` is in no line Airflow printed for the tasks and in no file it wrote (task logs, its database).
+    (The checks are booleans: a failure must not print the secret either.)"""
+    leaked = secret in output
+    assert not leaked, "the password is in what Airflow printed for the tasks"
     for folder in folders:
         for f in folder.rglob("*"):
-            assert not f.is_file() or secret.encode() not in f.read_bytes(), f
+            leaked = f.is_file() and secret.encode() in f.read_bytes()
+            assert not leaked, f"the password is in {f}"
 
 
 @pytest.mark.slow
@@ -372,7 +375,8 @@ def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
     assert how == "ran" and run["xcom"]["predict[0]"] == run_id
     predict = mlflow.get_run(run_id)
     assert predict.info.status == "FINISHED" and predict.data.params["source"] == "project"
-    assert password not in json.dumps([predict.data.params, predict.data.tags])
+    leaked = password in json.dumps([predict.data.params, predict.data.tags])
+    assert not leaked, "the password is in the predict run's params or tags"
 
     # the batch: its output in done/, its rows in the team stack's PostgreSQL marts (as their own login)
     scored = [f for f in (box / "done").glob("new.*.predictions.parquet")]
@@ -398,7 +402,8 @@ def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "artifacts")))
     assert {d["feature"] for d in json.loads((local / "drift.json").read_text())} == set(FEATURES)
     logs = "".join(f.read_text(errors="replace") for f in (local / "logs").iterdir())
-    assert f"predict run {run_id}" in logs and password not in logs
+    leaked = password in logs
+    assert f"predict run {run_id}" in logs and not leaked
 
 
 @pytest.mark.slow
