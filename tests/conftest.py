@@ -192,6 +192,20 @@ def point_at(p: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
     return p
 
 
+def stored_artifacts(p: Platform, prefix: str) -> set[str]:
+    """What the platform's artifact store itself holds under `prefix` (`<experiment id>/<run id>`, or
+    `<experiment id>/models/<model id>`), relative to it: the team stack's bucket listed with S3's API,
+    or the local stack's FTP folder. Clients reach both only through the tracking server's proxy."""
+    if p.settings.stack == "team":
+        from windpipe.stack import s3
+
+        pages = s3.client(p.settings).get_paginator("list_objects_v2").paginate(
+            Bucket=p.settings.s3_bucket, Prefix=f"artifacts/{prefix}/")
+        return {o["Key"].removeprefix(f"artifacts/{prefix}/") for page in pages for o in page.get("Contents", [])}
+    root = p.settings.ftp_root / "artifacts" / prefix
+    return {f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()}
+
+
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small generated raw data (one year)."""

@@ -1,7 +1,9 @@
 """The workshop notebooks (1_starting_point, 2_tracked) run headless with tiny parameters.
 
 Each notebook runs in a fresh kernel (nbclient) in a temporary folder; the tracked ones log to
-the shared test platform (MLFLOW_TRACKING_URI is passed to the kernel's environment).
+either stack: the shared local platform, or the session's team platform (PostgreSQL, artifacts
+proxied to S3, basic auth). The kernel's environment is a user's after `eval "$(windpipe env)"`:
+MLFLOW_TRACKING_URI, and on the team stack MLFLOW_TRACKING_USERNAME / _PASSWORD.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
+from tests.conftest import Platform, point_at, stored_artifacts
 from windpipe.errors import WindpipeError
+from windpipe.settings import clear_settings_cache
 from windpipe.workbench.notebooks import INJECTED_TAG, inject_parameters, main, run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,11 +141,20 @@ def test_starting_point_notebooks_report_and_dashboard(raw_dir: Path, tmp_path: 
 
 # ---- 2_tracked: the same notebooks log to MLflow ------------------------------------------------
 
+@pytest.fixture(params=["local", "team"])
+def stack_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """This process is a client of either stack's session platform (the local one, or the team one)."""
+    p = request.getfixturevalue("shared_platform" if request.param == "local" else "team_platform")
+    yield point_at(p, monkeypatch)
+    clear_settings_cache()
+
+
 @pytest.mark.slow
-def test_tracked_notebooks_log_runs_datasets_and_loadable_models(use_platform, raw_dir: Path, tmp_path: Path):
+def test_tracked_notebooks_log_runs_datasets_and_loadable_models(stack_client, raw_dir: Path, tmp_path: Path):
     import mlflow
 
-    env = dict(use_platform.env)  # MLFLOW_TRACKING_URI of the test platform, PATH with this interpreter
+    p = stack_client
+    env = dict(p.env)  # the tracking URI (and on the team stack the login), PATH with this interpreter
     data = tmp_path / "data" / "processed.csv"
     for name in NOTEBOOKS:
         params = _params(name, raw_dir=str(raw_dir), data_path=str(data))
@@ -157,6 +171,13 @@ def test_tracked_notebooks_log_runs_datasets_and_loadable_models(use_platform, r
     assert [a.path for a in mlflow.MlflowClient().list_artifacts(proc_run.info.run_id, "data")] == [
         "data/processed.csv"]
     assert [d.dataset.name for d in proc_run.inputs.dataset_inputs] == ["processed"]
+    # the data went through the tracking server's proxy into the stack's store (FTP, or S3), and comes back
+    assert proc_run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    exp = proc_run.info.experiment_id
+    assert "artifacts/data/processed.csv" in stored_artifacts(p, f"{exp}/{proc_run.info.run_id}")
+    copy = mlflow.artifacts.download_artifacts(run_id=proc_run.info.run_id, artifact_path="data/processed.csv",
+                                               dst_path=str(tmp_path / "download"))
+    assert Path(copy).read_bytes() == data.read_bytes()
 
     features = pd.read_csv(data)[["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]].head(5)
     for name in NOTEBOOKS[1:]:
@@ -168,6 +189,7 @@ def test_tracked_notebooks_log_runs_datasets_and_loadable_models(use_platform, r
         models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{run.info.run_id}'")
         assert len(models) == 1, name
+        assert "artifacts/MLmodel" in stored_artifacts(p, f"{exp}/models/{models[0].model_id}"), name
         pred = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}").predict(features)
         assert pd.DataFrame(pred).shape == (5, 2), name
     assert by_name["model_rf"].data.params["n_estimators"] == "8"

@@ -2,7 +2,9 @@
 
 Fast tests build the DAG layout in this environment; the slow ones run Airflow 3 in its own
 environment (`make airflow`, .venv-airflow): the DAG files import there, their tasks equal the
-step graph, and `dag.test()` runs both DAGs against a real platform.
+step graph, `dag.test()` runs both DAGs against the team stack (PostgreSQL, artifacts proxied to
+S3, basic auth: the login reaches the tasks from the environment only), and `windpipe airflow up`
+runs the prediction DAG through the scheduler against a local platform.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -25,7 +29,10 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
 from windpipe.pipeline.scaffold import new_step
 
-from .conftest import REPO, Platform, platform_env, settings_from
+from .conftest import REPO, Platform, point_at, settings_from, stored_artifacts
+
+if TYPE_CHECKING:
+    from windpipe.settings import Settings
 
 AIRFLOW_VENV = Path(os.environ.get("WINDPIPE_AIRFLOW_VENV", REPO / ".venv-airflow"))
 AIRFLOW_PY = AIRFLOW_VENV / "bin" / "python"
@@ -160,20 +167,28 @@ def test_the_inbox_lists_new_files_and_settles_them_beside_their_reason(tmp_path
 # ---------------------------------------------------------------------------------------------- Airflow
 
 
-def airflow(*args: str, env: dict[str, str], timeout: float = 1200) -> object:
-    """Run tests/airflow_env.py in Airflow's own environment; return its result."""
+def airflow_output(*args: str, env: dict[str, str], timeout: float = 1200) -> tuple[object, str]:
+    """Run tests/airflow_env.py in Airflow's own environment; return its result and all it printed (under
+    `dag.test()` that is the tasks' logs: the commands they ran and their output)."""
     proc = subprocess.run([str(AIRFLOW_PY), str(HELPER), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
     assert proc.returncode == 0 and line, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return json.loads(line.removeprefix("@@RESULT@@"))
+    return json.loads(line.removeprefix("@@RESULT@@")), proc.stdout + proc.stderr
 
 
-def airflow_env(home: Path, base: dict[str, str], dags: Path = DAGS, **extra: str) -> dict[str, str]:
-    """Airflow's settings as `windpipe airflow up` makes them, in a private AIRFLOW_HOME."""
+def airflow(*args: str, env: dict[str, str], timeout: float = 1200) -> object:
+    """Run tests/airflow_env.py in Airflow's own environment; return its result."""
+    return airflow_output(*args, env=env, timeout=timeout)[0]
+
+
+def airflow_env(home: Path, base: dict[str, str], dags: Path = DAGS, settings: Settings | None = None,
+                **extra: str) -> dict[str, str]:
+    """Airflow's settings as `windpipe airflow up` makes them (for `settings`, else the platform `base` names),
+    in a private AIRFLOW_HOME."""
     from windpipe.stack.airflow_server import airflow_env as env_of
 
-    settings = settings_from(base) if "WINDPIPE_MLFLOW_PORT" in base else None
+    settings = settings or (settings_from(base) if "WINDPIPE_MLFLOW_PORT" in base else None)
     env = env_of(settings, base) if settings else dict(base)
     env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "WINDPIPE_BIN_DIR": str(Path(sys.executable).parent),
@@ -195,16 +210,43 @@ def migrated(tmp_path_factory) -> Path:
     return home / "airflow.db"
 
 
-@pytest.fixture(scope="module")
-def airflow_platform(tmp_path_factory):
-    """A platform of its own for the DAG runs (they register models and fill the marts)."""
-    from windpipe.stack import services
+@pytest.fixture
+def team_corner(team_platform: Platform, request: pytest.FixtureRequest,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """The session's team platform, with an experiment and a registered model of this test's own
+    (WINDPIPE_EXPERIMENT, WINDPIPE_MODEL_NAME: other tests share the server); this process is its client."""
+    name = request.node.name.removeprefix("test_")[:40]
+    model = f"wind_solar_{name}"
+    own = {"WINDPIPE_EXPERIMENT": name, "WINDPIPE_MODEL_NAME": model}
+    p = Platform(team_platform.settings.model_copy(update={"experiment": name, "model_name": model}),
+                 {**team_platform.env, **own})
+    for key, value in own.items():
+        monkeypatch.setenv(key, value)
+    yield point_at(p, monkeypatch)
+    from windpipe.marts import tables
+    from windpipe.settings import clear_settings_cache
 
-    env = platform_env(tmp_path_factory.mktemp("airflow-platform"))
-    p = Platform(settings_from(env), env)
-    services.up(p.settings, say=lambda _m: None)
-    yield p
-    services.down(p.settings, say=lambda _m: None)
+    tables.dispose_engines()
+    clear_settings_cache()
+
+
+def airflow_home(migrated: Path, tmp_path: Path) -> Path:
+    """A private AIRFLOW_HOME whose database is a copy of the migrated one."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    shutil.copy(migrated, home / "airflow.db")
+    return home
+
+
+def assert_no_secret(secret: str, output: str, *folders: Path) -> None:
+    """`secret` is in no line Airflow printed for the tasks and in no file it wrote (task logs, its database).
+    (The checks are booleans: a failure must not print the secret either.)"""
+    leaked = secret in output
+    assert not leaked, "the password is in what Airflow printed for the tasks"
+    for folder in folders:
+        for f in folder.rglob("*"):
+            leaked = f.is_file() and secret.encode() in f.read_bytes()
+            assert not leaked, f"the password is in {f}"
 
 
 @pytest.mark.slow
@@ -246,20 +288,21 @@ def _steps_of(parent) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.slow
 @needs_airflow
-def test_training_dag_runs_every_step_as_a_child_then_reuses_them(airflow_platform, migrated, raw_dir, tmp_path):
+def test_training_dag_runs_every_step_as_a_child_then_reuses_them(team_corner, migrated, raw_dir, tmp_path):
+    """On the team stack (the DAGs do not care which; its login, proxy and PostgreSQL are what can break)."""
     import mlflow
 
-    p = airflow_platform
-    home = tmp_path / "airflow"
-    home.mkdir()
-    shutil.copy(migrated, home / "airflow.db")
+    p = team_corner
+    home = airflow_home(migrated, tmp_path)
     code = tmp_path / "code"  # the code version keys the cache: run from a copy nobody edits meanwhile
     shutil.copytree(REPO / "windpipe", code / "windpipe", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "projects", code / "projects", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    env = airflow_env(home, p.env, PYTHONPATH=str(code), WINDPIPE_PROJECTS=str(code / "projects"))
+    env = airflow_env(home, p.env, settings=p.settings, PYTHONPATH=str(code), WINDPIPE_PROJECTS=str(code / "projects"))
     quick = {"raw": str(raw_dir), "quick": True}
-    bad, cold, warm = airflow("test", str(DAGS), "windpipe_training", json.dumps({**quick, "params": {"rf.x": 1}}),
-                              json.dumps(quick), json.dumps(quick), env=env)
+    (bad, cold, warm), output = airflow_output(
+        "test", str(DAGS), "windpipe_training", json.dumps({**quick, "params": {"rf.x": 1}}), json.dumps(quick),
+        json.dumps(quick), env=env)
+    assert_no_secret(p.env["MLFLOW_TRACKING_PASSWORD"], output, home)
 
     # a parameter the step does not declare: the open task refuses it, nothing runs, the DAG run fails
     assert bad["state"] == "failed" and bad["tasks"][OPEN] == "failed"
@@ -282,6 +325,11 @@ def test_training_dag_runs_every_step_as_a_child_then_reuses_them(airflow_platfo
         steps["process"][0]).data.tags["windpipe.entity.processed"]
     version = mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     assert version.run_id == mlflow.get_run(steps["compare"][0]).data.tags["windpipe.best_run_id"]
+    # the promoted model went through the tracking server's proxy into the S3 bucket
+    model_id = mlflow.get_run(version.run_id).data.tags["windpipe.model_uri"].removeprefix("models:/")
+    exp = first.info.experiment_id
+    assert "artifacts/MLmodel" in stored_artifacts(p, f"{exp}/models/{model_id}"), (
+        model_id, version.model_id, sorted(stored_artifacts(p, f"{exp}/models"))[:10])
 
     # run again: every step reused, no new step run; the local driver reuses them too (the same cache)
     assert warm["state"] == "success" and second.info.status == "FINISHED"
@@ -292,6 +340,90 @@ def test_training_dag_runs_every_step_as_a_child_then_reuses_them(airflow_platfo
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     local = _pipeline_runs(p)[0]
     assert {s: v for s, v in _steps_of(local).items()} == {s: (rid, "reused") for s, (rid, _) in steps.items()}
+
+
+@pytest.mark.slow
+@needs_airflow
+def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
+    """The prediction DAG under `dag.test()` on the team stack: the registered production model scores the inbox
+    file, its batch lands in PostgreSQL's marts, the run's artifacts come back through the proxy from S3. The
+    login reaches the tasks from the environment only: the password is in no command, log line or file."""
+    import mlflow
+    import numpy as np
+
+    from tests.models import log_registered_model, tiny_processed
+    from windpipe.marts import queries, tables
+    from windpipe.names import BATCH_ID_TAG, FEATURES, PRED_COLUMNS, TIMESTAMP
+
+    p = team_corner
+    password = p.env["MLFLOW_TRACKING_PASSWORD"]
+    model = log_registered_model(p, tmp_dir=tmp_path)
+    box = tmp_path / "inbox"
+    box.mkdir()
+    frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
+    frame.to_parquet(box / "new.parquet", index=False)
+    home = airflow_home(migrated, tmp_path)
+    (run,), output = airflow_output("test", str(DAGS), "windpipe_prediction", json.dumps({"inbox": str(box)}),
+                                    env=airflow_env(home, p.env, settings=p.settings))
+    assert run["state"] == "success", output[-4000:]
+    assert_no_secret(password, output, home, box)
+
+    parent = _pipeline_runs(p)[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
+    assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
+    run_id, how = _steps_of(parent)["predict.0"]
+    assert how == "ran" and run["xcom"]["predict[0]"] == run_id
+    predict = mlflow.get_run(run_id)
+    assert predict.info.status == "FINISHED" and predict.data.params["source"] == "project"
+    leaked = password in json.dumps([predict.data.params, predict.data.tags])
+    assert not leaked, "the password is in the predict run's params or tags"
+
+    # the batch: its output in done/, its rows in the team stack's PostgreSQL marts (as their own login)
+    scored = [f for f in (box / "done").glob("new.*.predictions.parquet")]
+    assert len(scored) == 1 and inbox.pending(box) == []
+    out = pd.read_parquet(scored[0])
+    batch_id = int(predict.data.tags[BATCH_ID_TAG])
+    assert len(out) == 48 and set(out.batch_id) == {batch_id} and set(out.model_version.astype(str)) == {
+        str(model["version"])}
+    engine = tables.get_engine(p.settings.effective_marts_url)
+    assert engine.dialect.name == "postgresql"
+    batches = queries.latest_batches(engine, limit=100)
+    assert batch_id in set(batches.id), f"batch {batch_id} is not in the team stack's PostgreSQL marts"
+    batch = batches[batches.id == batch_id].iloc[0]
+    assert (batch.status, batch.row_count, batch.source) == ("complete", 48, "project")
+    rows = queries.batch_rows(engine, batch_id)
+    assert rows.row_no.tolist() == list(range(48))
+    np.testing.assert_allclose(rows[PRED_COLUMNS].to_numpy(), out[PRED_COLUMNS].to_numpy())
+
+    # the run's artifacts: objects in the S3 bucket, read back through the tracking server's proxy
+    assert predict.info.artifact_uri.startswith("mlflow-artifacts:/")
+    stored = stored_artifacts(p, f"{predict.info.experiment_id}/{run_id}")
+    assert "artifacts/drift.json" in stored and any(k.startswith("artifacts/logs/") for k in stored), stored
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "artifacts")))
+    assert {d["feature"] for d in json.loads((local / "drift.json").read_text())} == set(FEATURES)
+    logs = "".join(f.read_text(errors="replace") for f in (local / "logs").iterdir())
+    leaked = password in logs
+    assert f"predict run {run_id}" in logs and not leaked
+
+
+@pytest.mark.slow
+@needs_airflow
+def test_airflow_up_without_the_login_the_tasks_need_starts_nothing(team_platform):
+    """The team stack asks for a login and the environment has none: every task would fail on HTTP 401, so
+    `windpipe airflow up` says so, with the fix, before it starts or writes anything."""
+    from windpipe.stack.procs import free_port
+
+    p = team_platform
+    env = {k: v for k, v in p.env.items() if not k.startswith(("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))}
+    env.update({"WINDPIPE_AIRFLOW_PORT": str(free_port()), "WINDPIPE_AIRFLOW_VENV": str(AIRFLOW_VENV)})
+    cmd = [sys.executable, "-m", "windpipe", "airflow"]
+    proc = subprocess.run([*cmd, "up"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    if proc.returncode == 0:  # (it started after all: stop it)
+        subprocess.run([*cmd, "down"], env=env, capture_output=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "Airflow's tasks could not log in" in proc.stderr and "asks for a login (HTTP 401)" in proc.stderr
+    assert 'eval "$(windpipe env)"' in proc.stderr
+    assert not (p.home / "airflow").exists() and not list((p.home / "run").glob("airflow-*"))
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from windpipe.fileio import atomic_write_text
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.tracking.client import ServerDown, probe_artifacts
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
 USER = "admin"
@@ -68,7 +69,12 @@ def admin_password(settings: Settings, create: bool = False) -> str:
 
 
 def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of Airflow's processes (and so of its tasks): Airflow's settings, and windpipe's."""
+    """The environment of Airflow's processes (and so of its tasks): Airflow's settings, and windpipe's.
+
+    The caller's own environment goes with it: the stack's settings (WINDPIPE_STACK, ports) and a
+    basic-auth login (MLFLOW_TRACKING_USERNAME / _PASSWORD) reach every task this way, never on a
+    command line.
+    """
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AIRFLOW")}
     env.update({
         "AIRFLOW_HOME": str(settings.airflow_home),
@@ -95,6 +101,21 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
         "PYTHONWARNINGS": "ignore",
     })
     return env
+
+
+def check_login(env: dict[str, str]) -> None:
+    """Stop before anything starts when the tracking server refuses the login Airflow's tasks would send (the
+    MLFLOW_TRACKING_USERNAME / _PASSWORD of `env`, which they inherit), instead of every task failing on HTTP
+    401. A server that does not answer now is no reason to stop: the tasks say so when they run."""
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        probe_artifacts(env["MLFLOW_TRACKING_URI"], auth=(user, password) if user and password else None)
+    except ServerDown:
+        return
+    except WindpipeError as exc:
+        raise WindpipeError(f"Airflow's tasks could not log in to the tracking server: {exc.problem}",
+                            'export the login first (`eval "$(windpipe env)"` on the tracking server\'s machine), '
+                            "then `windpipe airflow up`") from None
 
 
 def _pid(settings: Settings, name: str) -> int | None:
@@ -143,6 +164,8 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
         raise WindpipeError(f"Airflow's environment {settings.airflow_venv} is missing.", MAKE_FIX)
     env = airflow_env(settings)
     missing = [s for s in SERVICES if _pid(settings, s) is None]
+    if missing:
+        check_login(env)
     if "api-server" in missing and not port_is_free(settings.host, settings.airflow_port):
         raise WindpipeError(f"Port {settings.airflow_port} on {settings.host} is taken by another program, so "
                             "Airflow's API server cannot start.",

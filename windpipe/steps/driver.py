@@ -170,7 +170,18 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
     results = {n: StepResult.of_run(n, client.get_run(_run_id(upstream[n], f"the run of {n}")), True, 0.0,
                                     plan.step(n).spec.key_metric) for n in planned.needs}
     tag = f"{step}.{index}" if index is not None else None
+    _plain_shell_for_steps()
     return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
+
+
+def _plain_shell_for_steps() -> None:
+    """The step's `mlflow run` starts `bash -c "python step.py"`. Under an orchestrator the task's stdin may be a
+    socket (Airflow 3's supervisor), and bash then reads ~/.bashrc, whose PATH (pyenv's shims, say) can pick
+    another python: the steps get stdin from /dev/null and this environment's bin/ first on PATH."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[str] = ()) -> list[str]:
