@@ -276,3 +276,29 @@ def test_settings_pick_the_marts_of_the_stack(tmp_path):
     assert "secret" not in tables.display_url(external.effective_marts_url)
     chosen = Settings(home=tmp_path, stack="team", marts_url="sqlite:////srv/m.db")
     assert chosen.effective_marts_url == "sqlite:////srv/m.db"
+
+
+def test_a_login_kept_in_the_env_file_reaches_mlflows_client(tmp_path, monkeypatch):
+    """Fast: MLflow's client reads only os.environ, so a login kept in .env (not the shell) is put there
+    for it and the steps; a login the shell sets wins."""
+    import os
+
+    from windpipe.settings import apply_process_environment
+
+    logins = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_TRACKING_USERNAME",
+              "WINDPIPE_TRACKING_PASSWORD")
+    for name in logins:
+        monkeypatch.setenv(name, "")  # (recorded, so that the teardown restores the test's environment)
+        monkeypatch.delenv(name)
+    env_file = tmp_path / ".env"
+    env_file.write_text("WINDPIPE_TRACKING_USERNAME=ada\nWINDPIPE_TRACKING_PASSWORD=kept-in-the-file\n")
+    monkeypatch.setenv("WINDPIPE_ENV_FILE", str(env_file))
+    clear_settings_cache()
+    apply_process_environment()
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ada",
+                                                                                              "kept-in-the-file")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-shell")
+    clear_settings_cache()
+    apply_process_environment()
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-shell"
+    clear_settings_cache()

@@ -325,9 +325,16 @@ def _variable(loc: str) -> str:
 
 
 def apply_process_environment(settings: Settings | None = None) -> Settings:
-    """Put `settings.process_environment()` into os.environ (before MLflow is imported: telemetry starts then)."""
+    """Put `settings.process_environment()` into os.environ (before MLflow is imported: telemetry starts then).
+
+    A login kept in the .env file (not the shell) goes there too: MLflow's client reads only
+    MLFLOW_TRACKING_USERNAME / _PASSWORD from the environment, and the steps inherit it.
+    """
     settings = settings or get_settings()
     os.environ.update(settings.process_environment())
+    if settings.tracking_username and settings.tracking_password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", settings.tracking_username)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", settings.tracking_password.get_secret_value())
     return settings
 
 
