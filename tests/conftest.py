@@ -140,7 +140,10 @@ def team_env(home: Path) -> dict[str, str]:
 def team_settings(env: dict[str, str]) -> Settings:
     return Settings(home=Path(env["WINDPIPE_HOME"]), stack="team", auth=env["WINDPIPE_AUTH"],
                     mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), pg_port=int(env["WINDPIPE_PG_PORT"]),
-                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180)
+                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180,
+                    # explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, so the process's environment
+                    # may name another test's (stopped) server
+                    tracking_uri=env["MLFLOW_TRACKING_URI"])
 
 
 @pytest.fixture(scope="session")
