@@ -79,3 +79,14 @@ def kill9(pid: int) -> None:
         except ChildProcessError:
             pass
         time.sleep(0.05)
+
+
+def wait_for(check, what: str, timeout: float = 60.0, interval: float = 0.2):
+    """Poll `check` until it returns something truthy; fail naming `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")

@@ -18,6 +18,7 @@ from windpipe.stack.procs import free_port
 
 from .conftest import REPO
 from .models import log_registered_model
+from .processes import wait_for
 
 
 def test_payload_is_dataframe_split():
@@ -95,17 +96,6 @@ def test_serve_without_production_alias_is_a_clear_error(use_platform):
 
 # ---- windpipe serve follows the alias ------------------------------------------------------------
 
-def _wait_for(check, what: str, timeout: float = 60.0, interval: float = 0.2):
-    """Poll `check` until it returns something truthy; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 def _health(url: str) -> dict:
     import json
     import urllib.request
@@ -135,20 +125,20 @@ def test_serve_follows_promotions_under_load_without_a_failed_request(use_platfo
                                 env={**use_platform.env, "WINDPIPE_MODEL_NAME": settings.model_name}, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: "health:" in log.read_text() or proc.poll() is not None, "the server starts", 180)
+        wait_for(lambda: "health:" in log.read_text() or proc.poll() is not None, "the server starts", 180)
         assert proc.poll() is None, log.read_text()
         assert f"version {first['version']}" in log.read_text()
 
         # a promotion while 4 clients send requests back to back: no request fails, answers switch
         load = serving.Load(url, body, concurrency=4, max_seconds=120).start()
         try:
-            _wait_for(lambda: len(load.answers) >= 20, "the first answers")
+            wait_for(lambda: len(load.answers) >= 20, "the first answers")
             second = log_registered_model(p, scale=2.0, tmp_dir=tmp_path)  # production -> the new version
             moved = len(load.answers)
-            _wait_for(lambda: any(a.version == str(second["version"]) for a in load.answers[moved:]),
+            wait_for(lambda: any(a.version == str(second["version"]) for a in load.answers[moved:]),
                       "answers from the promoted version", 30)
             seen = len(load.answers)
-            _wait_for(lambda: len(load.answers) >= seen + 20, "more answers after the switch")
+            wait_for(lambda: len(load.answers) >= seen + 20, "more answers after the switch")
         finally:
             answers = load.stop()
         failed = [a for a in answers if a.status != 200]
@@ -167,16 +157,16 @@ def test_serve_follows_promotions_under_load_without_a_failed_request(use_platfo
 
         # a version that fails to load is not swapped in: the old one answers; /health names the failure
         broken = BrokenOnLoad.log_registered(p)
-        error = _wait_for(lambda: _health(url)["last_error"], "the failed load shows at /health", 30)
+        error = wait_for(lambda: _health(url)["last_error"], "the failed load shows at /health", 30)
         assert error["version"] == str(broken) and "broken on purpose" in error["error"], error
         health = _health(url)
         assert health["status"] == "degraded" and health["version"] == str(second["version"])
         assert serving.request_predictions(url, df).shape == (3, 2)
-        assert _wait_for(lambda: "was not swapped in" in log.read_text(), "the failure is logged")
+        assert wait_for(lambda: "was not swapped in" in log.read_text(), "the failure is logged")
 
         # a rollback (the alias moved back to the first version) is followed as well
         mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "production", str(first["version"]))
-        _wait_for(lambda: _health(url)["version"] == str(first["version"]), "the rolled-back version answers", 30)
+        wait_for(lambda: _health(url)["version"] == str(first["version"]), "the rolled-back version answers", 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import Platform, latest_run, point_at
+from tests.processes import wait_for
 from windpipe.errors import WindpipeError
 from windpipe.marts import queries, tables
 from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
@@ -197,17 +198,6 @@ def _served_version(url: str) -> str | None:
         return None
 
 
-def _wait_for(check, what: str, timeout: float = 120.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 @pytest.mark.slow
 def test_serve_follows_a_forced_promotion_and_the_rollback(client, raw_dir, tmp_path):
     """`windpipe serve`, a real HTTP server (on the team stack with the login from the environment and the
@@ -248,8 +238,8 @@ def test_serve_follows_a_forced_promotion_and_the_rollback(client, raw_dir, tmp_
                 assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
                 assert versions.get_model_version_by_alias(name, "production").version == first.version
                 continue
-            _wait_for(lambda v=version: server.poll() is not None or _served_version(url) == str(v.version),
-                      f"version {version.version} answers")
+            wait_for(lambda v=version: server.poll() is not None or _served_version(url) == str(v.version),
+                     f"version {version.version} answers", 120)
             assert server.poll() is None, log.read_text()[-3000:]
             uri = f"models:/{name}/{version.version}"
             columns, tensor = serving.input_spec(get_settings(), uri)
