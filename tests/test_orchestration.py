@@ -23,7 +23,7 @@ import pytest
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline import inbox
-from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, inbox_files, task_command
+from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, inbox_files, run_command, task_command
 from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
@@ -133,14 +133,47 @@ def test_the_conf_of_a_dag_run_is_checked_like_the_command_line(tmp_path):
     assert proc.returncode == 2 and "no parameter 'max_dpeth'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_tasks_run_the_main_environments_windpipe():
+def injection_conf(marker: Path) -> dict:
+    """The conf a hostile test used to run `touch` on the worker through Airflow's templates (issue: template
+    injection): a value that closes shell quoting, and a template that would render it into the command."""
+    return {"params": {"x": f"' ; touch {marker} ; echo '"}, "raw": "{{ dag_run.conf.params.x }}"}
+
+
+def test_tasks_pass_what_users_write_on_stdin_never_in_the_command_line(tmp_path, capsys):
     open_, step, close = (t for t in dag_layout("training") if t.task_id in (OPEN, "rf", CLOSE))
-    cmd = task_command(step, "training", {"quick": True}, "/venv/bin", pipeline_run="r" * 32,
-                       upstream={"process": "p" * 32})
-    assert cmd[:4] == ["/venv/bin/windpipe", "pipeline", "step", "rf"]
-    assert json.loads(cmd[cmd.index("--upstream") + 1]) == {"process": "p" * 32}
-    assert task_command(open_, "training", {}, "/venv/bin", dag_run="d/r")[-2:] == ["--dag-run", "d/r"]
-    assert "--files" not in task_command(close, "training", {}, "/venv/bin", pipeline_run="r" * 32)
+    marker = tmp_path / "pwned"
+    conf = injection_conf(marker)
+    cmd = task_command(step, "training", conf, "/venv/bin", pipeline_run="r" * 32, upstream={"process": "p" * 32})
+    assert cmd.argv == ["/venv/bin/windpipe", "pipeline", "step", "rf", "--pipeline", "training", "--stdin"]
+    assert json.loads(cmd.stdin) == {"conf": conf, "pipeline_run": "r" * 32, "upstream": {"process": "p" * 32}}
+    assert task_command(open_, "training", conf, "/venv/bin", dag_run="d/r").argv[-1] == "--stdin"
+    assert "files" not in json.loads(task_command(close, "training", {}, "/venv/bin", pipeline_run="r" * 32).stdin)
+
+    # for real, as the open task runs it: the conf arrives as written and is refused; nothing is executed
+    with pytest.raises(RuntimeError, match="exited with code 2"):
+        run_command(task_command(open_, "training", conf, Path(sys.executable).parent, dag_run="d/r"), env={})
+    out = capsys.readouterr().out
+    assert "Cannot read the DAG run's conf params \"x=' ; touch" in out and "Traceback" not in out, out
+    assert not marker.exists()
+    # a conf larger than the kernel takes as one argument (128 KB) reaches the command whole
+    big = {"params": {"rf.max_depth": "8," * 100_000 + "8"}, "raw": str(tmp_path)}
+    with pytest.raises(RuntimeError, match="exited with code"):
+        run_command(task_command(open_, "training", big, Path(sys.executable).parent, dag_run="d/r"), env={})
+    assert "Argument list too long" not in capsys.readouterr().out
+
+
+def test_a_dag_runs_conf_names_absolute_folders_numbers_and_managers_that_work_here(tmp_path):
+    with pytest.raises(UsageError, match="raw must be an absolute path.*temporary folder"):
+        config_from_conf("training", {"raw": "data/raw"})
+    with pytest.raises(UsageError, match="inbox must be an absolute path"):
+        config_from_conf("prediction", {"inbox": "inbox"})
+    with pytest.raises(UsageError, match="Unknown environment manager 'docker'.*env_manager"):
+        config_from_conf("training", {"env_manager": "docker"})
+    with pytest.raises(UsageError, match="conda environment manager needs `conda`"):
+        config_from_conf("training", {"env_manager": "conda"})
+    config = config_from_conf("training", {"raw": str(tmp_path), "params": {"keras.epochs": "{{ 7*7 }}"}})
+    with pytest.raises(WindpipeError, match=r"Step 'keras' parameter 'epochs' must be a number, got '\{\{ 7\*7 \}\}'"):
+        make_plan(load_interfaces(), overrides=config.overrides, external={"raw": "/raw"}, source=config.source)
 
 
 def test_the_inbox_lists_new_files_and_settles_them_beside_their_reason(tmp_path):
@@ -299,14 +332,22 @@ def test_training_dag_runs_every_step_as_a_child_then_reuses_them(team_corner, m
     shutil.copytree(REPO / "projects", code / "projects", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     env = airflow_env(home, p.env, settings=p.settings, PYTHONPATH=str(code), WINDPIPE_PROJECTS=str(code / "projects"))
     quick = {"raw": str(raw_dir), "quick": True}
-    (bad, cold, warm), output = airflow_output(
-        "test", str(DAGS), "windpipe_training", json.dumps({**quick, "params": {"rf.x": 1}}), json.dumps(quick),
-        json.dumps(quick), env=env)
+    marker = tmp_path / "pwned"
+    (bad, injected, templated, cold, warm), output = airflow_output(
+        "test", str(DAGS), "windpipe_training", json.dumps({**quick, "params": {"rf.x": 1}}),
+        json.dumps(injection_conf(marker)), json.dumps({**quick, "params": {"keras.epochs": "{{ 7*7 }}"}}),
+        json.dumps(quick), json.dumps(quick), env=env)
     assert_no_secret(p.env["MLFLOW_TRACKING_PASSWORD"], output, home)
 
     # a parameter the step does not declare: the open task refuses it, nothing runs, the DAG run fails
     assert bad["state"] == "failed" and bad["tasks"][OPEN] == "failed"
     assert {bad["tasks"][s] for s in TRAINING_STEPS} == {"upstream_failed"}
+    # templates in a conf are not rendered: the values arrive as written and are refused; nothing is executed
+    for run in (injected, templated):
+        assert run["state"] == "failed" and run["tasks"][OPEN] == "failed", run
+        assert {run["tasks"][s] for s in TRAINING_STEPS} == {"upstream_failed"}
+    assert not marker.exists()
+    assert "parameter 'epochs' must be a number, got '{{ 7*7 }}'" in output
 
     assert cold["state"] == "success", cold
     runs = _pipeline_runs(p)
@@ -361,18 +402,27 @@ def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
     box = tmp_path / "inbox"
     box.mkdir()
     frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
-    frame.to_parquet(box / "new.parquet", index=False)
+    # two names that once ran code through Airflow's templates (issue: template injection): scored as named
+    evil = ["e{{(params|string)[1]}};touch ${WINDPIPE_HOME}_PWNED;#.parquet", "x{{7*7}}.parquet"]
+    for name in (*evil, "new.parquet"):
+        frame.to_parquet(box / name, index=False)
     home = airflow_home(migrated, tmp_path)
+    env = airflow_env(home, p.env, settings=p.settings)
     (run,), output = airflow_output("test", str(DAGS), "windpipe_prediction", json.dumps({"inbox": str(box)}),
-                                    env=airflow_env(home, p.env, settings=p.settings))
+                                    env=env)
     assert run["state"] == "success", output[-4000:]
     assert_no_secret(password, output, home, box)
+    assert not Path(env["WINDPIPE_HOME"] + "_PWNED").exists() and not (box / "x49.parquet").exists()
+    assert sorted(f.name for f in (box / "done").glob("*.parquet") if ".predictions." not in f.name) == sorted(
+        [*evil, "new.parquet"])
 
     parent = _pipeline_runs(p)[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
     assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
-    run_id, how = _steps_of(parent)["predict.0"]
-    assert how == "ran" and run["xcom"]["predict[0]"] == run_id
+    steps = _steps_of(parent)
+    assert {how for _, how in steps.values()} == {"ran"} and len(steps) == 3
+    run_id, how = steps["predict.1"]  # new.parquet, second by name
+    assert run["xcom"]["predict[1]"] == run_id
     predict = mlflow.get_run(run_id)
     assert predict.info.status == "FINISHED" and predict.data.params["source"] == "project"
     leaked = password in json.dumps([predict.data.params, predict.data.tags])

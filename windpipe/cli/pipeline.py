@@ -4,6 +4,7 @@ and `windpipe demo`."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -112,48 +113,82 @@ def _json(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not JSON ({exc.msg}): {text[:200]!r}.", "see the task before this one") from None
 
 
+StdinOption = Annotated[bool, typer.Option(
+    "--stdin", help="Read the values (conf, run ids, files) as one JSON object from stdin, as the Airflow tasks do.")]
+
+
+def _task_input(use_stdin: bool, **given: Any) -> dict[str, Any]:
+    """The options of an orchestrator's command; with --stdin, a JSON object on stdin overrides them (what a
+    task gets from a user never passes through a command line)."""
+    from windpipe.errors import UsageError
+
+    if not use_stdin:
+        return given
+    data = _json(sys.stdin.read(), "The JSON on stdin")
+    if not isinstance(data, dict) or set(data) - set(given):
+        raise UsageError(f"stdin must hold a JSON object with keys among {', '.join(given)}.",
+                         "let the DAG's task call it, or pass the values as options")
+    if "conf" in data:
+        data["conf"] = json.dumps(data["conf"])
+    for key in ("upstream", "files"):
+        if key in data:
+            data[key] = json.dumps(data[key])
+    return {**given, **data}
+
+
 def pipeline_open(
-    dag_run: Annotated[str, typer.Option(help="The orchestrator's run, e.g. <dag id>/<run id>.")],
+    dag_run: Annotated[str, typer.Option(help="The orchestrator's run, e.g. <dag id>/<run id>.")] = "",
     pipeline: PipelineOption = "training",
     conf: ConfOption = "{}",
+    stdin: StdinOption = False,
 ) -> None:
     """An orchestrator's first task: check the conf, open the pipeline run; the last line is its run id."""
+    from windpipe.errors import UsageError
     from windpipe.steps.driver import open_pipeline
 
-    run_id = open_pipeline(_config(pipeline, conf), dag_run)
-    typer.echo(f"{pipeline} pipeline run {run_id} for {dag_run}")
+    given = _task_input(stdin, dag_run=dag_run, conf=conf)
+    if not given["dag_run"]:
+        raise UsageError("No --dag-run given.", "pass --dag-run <dag id>/<run id>")
+    run_id = open_pipeline(_config(pipeline, given["conf"]), given["dag_run"])
+    typer.echo(f"{pipeline} pipeline run {run_id} for {given['dag_run']}")
     typer.echo(run_id)
 
 
 def pipeline_step(
     step: Annotated[str, typer.Argument(help="The step to run, e.g. lr.")],
-    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")],
+    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")] = "",
     upstream: Annotated[str, typer.Option(help="JSON: the run id of each step it reads from.")] = "{}",
     pipeline: PipelineOption = "training",
     conf: ConfOption = "{}",
     file: Annotated[Optional[str], typer.Option(help="prediction: the inbox file this task scores.")] = None,
     index: Annotated[Optional[int], typer.Option(help="prediction: the file's place in the DAG run's list.")] = None,
+    stdin: StdinOption = False,
 ) -> None:
     """An orchestrator's task: run (or reuse) one step as a child of the pipeline run; the last line is its run id."""
     from windpipe.steps.driver import announce, run_task
 
-    announce(run_task(_config(pipeline, conf), pipeline_run, step, _json(upstream, "--upstream"), file, index))
+    given = _task_input(stdin, pipeline_run=pipeline_run, upstream=upstream, conf=conf, file=file, index=index)
+    announce(run_task(_config(pipeline, given["conf"]), given["pipeline_run"], step,
+                      _json(given["upstream"], "--upstream"), given["file"], given["index"]))
 
 
 def pipeline_close(
-    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")],
+    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")] = "",
     pipeline: PipelineOption = "training",
     conf: ConfOption = "{}",
     files: Annotated[str, typer.Option(help="prediction: JSON list of the inbox files of this DAG run.")] = "[]",
+    stdin: StdinOption = False,
 ) -> None:
     """An orchestrator's last task: end the pipeline run (FAILED naming what did not finish; exit 1);
     prediction: move each file to done/ or failed/ with the reason."""
     from windpipe.steps.driver import close_pipeline
 
-    problems = close_pipeline(_config(pipeline, conf), pipeline_run, _json(files, "--files") or [])
+    given = _task_input(stdin, pipeline_run=pipeline_run, conf=conf, files=files)
+    problems = close_pipeline(_config(pipeline, given["conf"]), given["pipeline_run"],
+                              _json(given["files"], "--files") or [])
     for line in problems:
         typer.echo(f"not finished: {line}", err=True)
-    typer.echo(f"pipeline run {pipeline_run}: {'FAILED' if problems else 'FINISHED'}")
+    typer.echo(f"pipeline run {given['pipeline_run']}: {'FAILED' if problems else 'FINISHED'}")
     if problems:
         raise typer.Exit(1)
 

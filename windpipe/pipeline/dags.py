@@ -9,19 +9,21 @@
     training:    open -> each step, after the steps it reads from -> close
     prediction:  open -> inbox -> each step, once per new inbox file (mapped) -> close
 
-Every task runs a `windpipe pipeline ...` command of the main environment by absolute path
-(`Settings.windpipe_bin`): `open` checks the DAG run's conf and opens the MLflow pipeline run,
-each step task runs its step as an `mlflow run` child of it (the same `Launcher.run` the local
-driver calls, so the same cache), `close` ends the pipeline run (and moves each inbox file to
-done/ or failed/). Run ids travel by XCom: each command's last output line. Only this module,
-the graph and the settings are imported inside Airflow's own environment, so it stays light
-(no MLflow, no pandas).
+Every task is a Python task that runs a `windpipe pipeline ...` command of the main environment by
+absolute path (`Settings.windpipe_bin`, read where the task runs) with an argument list, and hands it
+the DAG run's conf, the inbox file and the run ids as JSON on its stdin: no user-controlled text is
+ever part of a shell command or an Airflow template (a conf value or a file name with `{{ }}` arrives
+as written). `open` checks the conf and opens the MLflow pipeline run, each step task runs its step
+as an `mlflow run` child of it (the same `Launcher.run` the local driver calls, so the same cache),
+`close` ends the pipeline run (and moves each inbox file to done/ or failed/). Run ids travel by
+XCom: each command's last output line. Only this module, the graph and the settings are imported
+inside Airflow's own environment, so it stays light (no MLflow, no pandas).
 """
 
 from __future__ import annotations
 
 import json
-import shlex
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +42,7 @@ DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
 SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
 OPEN, INBOX, CLOSE = "open", "inbox", "close"
 ALL_SUCCESS, ALL_DONE = "all_success", "all_done"
-SKIP_EXIT_CODE = 99  # BashOperator: exit 99 marks the task skipped
+FILES_KEY = "files"  # the inbox task's XCom of the files it found (its return value: their indexes)
 
 
 @dataclass(frozen=True)
@@ -79,20 +81,73 @@ def dag_layout(pipeline: str, projects: Path | str | None = None) -> list[TaskSp
     return tasks
 
 
+@dataclass(frozen=True)
+class TaskCommand:
+    """A task's `windpipe pipeline open | step | close` call: the argument list and the JSON it reads on stdin.
+
+    Everything that comes from a user (the DAG run's conf, inbox file names, the run ids of XComs) travels
+    in `stdin`, never in the argument list: nothing a user writes reaches a shell, a template or `ps`,
+    and a conf is not bounded by the kernel's argument size (128 KB per argument).
+    """
+
+    argv: list[str]
+    stdin: str
+
+
 def task_command(task: TaskSpec, pipeline: str, conf: dict[str, Any], bin_dir: Path | str, dag_run: str = "",
                  pipeline_run: str = "", upstream: dict[str, str] | None = None, file: str | None = None,
-                 index: int | None = None, files: list[str] | None = None) -> list[str]:
-    """The `windpipe pipeline open | step | close` command line a task runs (the main environment's windpipe)."""
-    base = [str(Path(bin_dir) / "windpipe"), "pipeline"]
-    common = ["--pipeline", pipeline, "--conf", json.dumps(conf, sort_keys=True)]
+                 index: int | None = None, files: list[str] | None = None) -> TaskCommand:
+    """The `windpipe pipeline open | step | close` call a task makes (the main environment's windpipe)."""
+    argv = [str(Path(bin_dir) / "windpipe"), "pipeline", task.kind, *([task.task_id] if task.kind == "step" else []),
+            "--pipeline", pipeline, "--stdin"]
+    data: dict[str, Any] = {"conf": conf}
     if task.kind == OPEN:
-        return [*base, "open", *common, "--dag-run", dag_run]
-    if task.kind == CLOSE:
-        return [*base, "close", *common, "--pipeline-run", pipeline_run,
-                *(["--files", json.dumps(files or [])] if pipeline == PREDICTION else [])]
-    per_file = ["--file", str(file), "--index", str(index)] if task.mapped else []
-    return [*base, "step", task.task_id, *common, "--pipeline-run", pipeline_run,
-            "--upstream", json.dumps(upstream or {}, sort_keys=True), *per_file]
+        data["dag_run"] = dag_run
+    elif task.kind == CLOSE:
+        data["pipeline_run"] = pipeline_run
+        if pipeline == PREDICTION:
+            data["files"] = list(files or [])
+    else:
+        data.update(pipeline_run=pipeline_run, upstream=dict(upstream or {}))
+        if task.mapped:
+            data.update(file=file, index=index)
+    return TaskCommand(argv, json.dumps(data, sort_keys=True))
+
+
+def run_command(command: TaskCommand, env: dict[str, str]) -> str:
+    """Run a task's command with an argument list (no shell, no template), its output streamed into the task's
+    log; return its last line (a run id: the task's XCom). Raises RuntimeError naming the exit code when it
+    fails. The command dies with the task's process (a killed worker leaves no step running on its own)."""
+    import subprocess
+
+    proc = subprocess.Popen(command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env}, text=True, encoding="utf-8", errors="replace",
+                            preexec_fn=_die_with_parent)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(command.stdin)
+        proc.stdin.close()
+    except BrokenPipeError:  # it stopped before reading: its output says why
+        pass
+    last = ""
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        last = line.strip() or last
+    code = proc.wait()
+    if code:
+        raise RuntimeError(f"`windpipe pipeline {command.argv[2]}` exited with code {code}: see the lines above")
+    return last
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec) Linux: SIGTERM when the task's process dies, even by kill -9."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the task's own signal handling stops it
+        pass
 
 
 def inbox_files(conf: dict[str, Any]) -> list[str]:
@@ -104,7 +159,8 @@ def inbox_files(conf: dict[str, Any]) -> list[str]:
 def _params(pipeline: str) -> dict[str, Any]:
     from airflow.sdk import Param
 
-    types = {bool: "boolean", dict: "object", str: "string"}
+    # params: {"rf.max_depth": "8,12"} or ["rf.max_depth=8,12"], both forms the docs show
+    types: dict[type, Any] = {bool: "boolean", dict: ["object", "array"], str: "string"}
     return {k: Param(v, type=types[type(v)]) for k, v in conf_defaults(pipeline).items()}
 
 
@@ -121,7 +177,6 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     try:
         projects = Path(projects or projects_dir()).resolve()
         layout = dag_layout(pipeline, projects)
-        bin_dir = get_settings().windpipe_bin
     except WindpipeError as exc:
         raise exc.with_traceback(None) from None
     import datetime
@@ -135,50 +190,55 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
              tags=["windpipe", pipeline], params=_params(pipeline), doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}
         for spec in layout:
-            tasks[spec.task_id] = _task(spec, pipeline, bin_dir, env, tasks)
+            tasks[spec.task_id] = _task(spec, pipeline, env, tasks)
         for spec in layout:
             for up in spec.upstream:
                 tasks[up] >> tasks[spec.task_id]
     return dag
 
 
-def _task(spec: TaskSpec, pipeline: str, bin_dir: Path, env: dict[str, str], made: dict[str, Any]) -> Any:
-    """The Airflow task for `spec`: a @task.bash whose command is built when it runs (conf and XComs known)."""
+def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any]) -> Any:
+    """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
+    runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
+    read their file from the inbox task's XCom."""
     from airflow.sdk import task
 
     if spec.kind == INBOX:
         @task(task_id=INBOX)
-        def inbox(**context: Any) -> list[str]:
-            return inbox_files(dict(context["dag_run"].conf or {}))
+        def inbox(**context: Any) -> list[int]:
+            files = inbox_files(dict(context["dag_run"].conf or {}))
+            context["ti"].xcom_push(key=FILES_KEY, value=files)
+            return list(range(len(files)))
 
         return inbox()
 
-    @task.bash(task_id=spec.task_id, trigger_rule=spec.trigger_rule, env=env, append_env=True,
-               doc_md=f"`windpipe pipeline {spec.kind}`" + (f" of the {spec.task_id} step" if spec.kind == "step"
-                                                             else ""))
-    def command(file: str | None = None, **context: Any) -> str:
+    @task(task_id=spec.task_id, trigger_rule=spec.trigger_rule,
+          doc_md=f"`windpipe pipeline {spec.kind}`" + (f" of the {spec.task_id} step" if spec.kind == "step" else ""))
+    def command(index: int | None = None, **context: Any) -> str:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         ti, dag_run = context["ti"], context["dag_run"]
         conf = dict(dag_run.conf or {})
-        run = f"{dag_run.dag_id}/{dag_run.run_id}"
+        bin_dir = get_settings().windpipe_bin  # this worker's main environment
         if spec.kind == OPEN:
-            return shlex.join(task_command(spec, pipeline, conf, bin_dir, dag_run=run))
+            run = f"{dag_run.dag_id}/{dag_run.run_id}"
+            return run_command(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)
         pipeline_run = ti.xcom_pull(task_ids=OPEN)
         if not pipeline_run:  # (close, all_done) the DAG run failed before it began: fail, so the run does too
-            return "echo 'the pipeline run was never opened: see the log of the open task' >&2; exit 1"
+            raise RuntimeError("the pipeline run was never opened: see the log of the open task")
+        files = list(ti.xcom_pull(task_ids=INBOX, key=FILES_KEY) or []) if pipeline == PREDICTION else []
         if spec.kind == CLOSE:
-            files = ti.xcom_pull(task_ids=INBOX) if pipeline == PREDICTION else None
-            return shlex.join(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run,
-                                           files=list(files or [])))
-        index = ti.map_index if spec.mapped else None
+            return run_command(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, files=files),
+                               env)
         upstream = {n: ti.xcom_pull(task_ids=n, map_indexes=index) for n in spec.needs}
         if any(not v for v in upstream.values()):  # (mapped) this file failed in a step before: nothing to do
-            return f"echo 'skipped: {' '.join(n for n, v in upstream.items() if not v)} did not finish'; " \
-                   f"exit {SKIP_EXIT_CODE}"
-        return shlex.join(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, upstream=upstream,
-                                       file=file, index=index))
+            raise AirflowSkipException(f"skipped: {' '.join(n for n, v in upstream.items() if not v)} did not finish")
+        file = files[index] if spec.mapped and index is not None else None
+        return run_command(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, upstream=upstream,
+                                        file=file, index=index), env)
 
     if spec.mapped:
-        return command.expand(file=made[INBOX])
+        return command.expand(index=made[INBOX])
     return command()
 
 

@@ -145,6 +145,19 @@ class StepInterface:
                 f"Step {self.name!r} ({ep} entry point) has no parameter {', '.join(map(repr, unknown))} ({where}); "
                 f"it declares: {', '.join(declared) or 'none'}.",
                 f"use one of those names (see {self.folder / MLPROJECT_FILE})")
+        for name, value in values.items():
+            if declared[name].type == "float" and not _is_number(value):
+                raise WindpipeError(f"Step {self.name!r} parameter {name!r} must be a number, got {str(value)[:200]!r} "
+                                    f"({where}).", f"pass a number, e.g. {name}={declared[name].default or 1}")
+
+
+def _is_number(value: object) -> bool:
+    import math
+
+    try:
+        return math.isfinite(float(str(value)))
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- reading

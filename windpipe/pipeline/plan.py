@@ -21,7 +21,9 @@ from windpipe.settings import default_raw_dir, get_settings
 
 PRESETS = ("full", "quick")
 TRAINING, PREDICTION = "training", "prediction"
-ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+# each environment manager MLflow Projects knows, and the tool it needs on PATH (local: this environment)
+ENV_MANAGER_TOOLS = {"local": None, "virtualenv": "pyenv", "uv": "uv", "conda": "conda"}
+ENV_MANAGERS = tuple(ENV_MANAGER_TOOLS)
 CONF_SOURCE = "the DAG run's conf"
 
 
@@ -73,10 +75,33 @@ def _flag(key: str, value: object) -> bool:
     raise UsageError(f"{CONF_SOURCE}: {key} must be true or false, got {value!r}.", f'pass {{"{key}": true}}')
 
 
+def check_env_manager(name: str, where: str = "--env-manager") -> None:
+    """Refuse an environment manager MLflow does not know, or one whose tool this machine lacks, before any run."""
+    import shutil
+
+    if name not in ENV_MANAGER_TOOLS:
+        raise UsageError(f"Unknown environment manager {name!r} ({where}).",
+                         f"use one of {', '.join(ENV_MANAGERS)} (local: this environment)")
+    tool = ENV_MANAGER_TOOLS[name]
+    if tool and not shutil.which(tool):
+        raise UsageError(f"The {name} environment manager needs `{tool}`, which is not on this machine's PATH "
+                         f"({where}).", f"use local (this environment), or install {tool}")
+
+
+def _absolute(key: str, value: object) -> Path:
+    """A folder named in a DAG run's conf: its tasks run in a temporary folder, so a relative path would be
+    resolved against that, on whichever machine runs the task."""
+    path = Path(str(value))
+    if not path.is_absolute():
+        raise UsageError(f"{CONF_SOURCE}: {key} must be an absolute path, got {str(value)[:200]!r} (the DAG's tasks "
+                         "run in a temporary folder, not in your checkout).", f'pass e.g. {{"{key}": "/data/{key}"}}')
+    return path
+
+
 def conf_overrides(params: object) -> dict[str, dict[str, str]]:
     """The conf's `params`: {"rf.max_depth": "8,12"}, {"rf": {"max_depth": "8,12"}} or ["rf.max_depth=8,12"]."""
     if isinstance(params, list | tuple):
-        return parse_overrides([str(p) for p in params])
+        return parse_overrides([str(p) for p in params], CONF_SOURCE)
     if not isinstance(params, Mapping):
         raise UsageError(f"{CONF_SOURCE}: params must map STEP.NAME to a value, got {params!r}.",
                          'pass e.g. {"params": {"rf.max_depth": "8,12"}}')
@@ -86,7 +111,8 @@ def conf_overrides(params: object) -> dict[str, dict[str, str]]:
             for name, v in value.items():
                 out.setdefault(str(key), {})[str(name)] = str(v)
         else:
-            out.update({k: {**out.get(k, {}), **v} for k, v in parse_overrides([f"{key}={value}"]).items()})
+            parsed = parse_overrides([f"{key}={value}"], CONF_SOURCE)
+            out.update({k: {**out.get(k, {}), **v} for k, v in parsed.items()})
     return out
 
 
@@ -101,13 +127,14 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> Pipeli
                          'trigger it with only those keys, e.g. {"params": {"rf.max_depth": "8,12"}}')
     values = {**defaults, **conf}
     env_manager = str(values["env_manager"] or "local")
+    check_env_manager(env_manager, f"{CONF_SOURCE}: env_manager")
     config = PipelineConfig(force=_flag("force", values["force"]), env_manager=env_manager,
                             overrides=conf_overrides(values["params"] or {}), pipeline=pipeline, source=CONF_SOURCE)
     if pipeline == TRAINING:
-        config.external = {"raw": str(values["raw"])}
+        config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"
     else:
-        config.inbox = Path(str(values["inbox"]))
+        config.inbox = _absolute("inbox", values["inbox"])
     return config
 
 
@@ -142,14 +169,16 @@ class Plan:
         return next(s for s in self.steps if s.name == name)
 
 
-def parse_overrides(items: Iterable[str] | None) -> dict[str, dict[str, str]]:
+def parse_overrides(items: Iterable[str] | None, source: str = "-P") -> dict[str, dict[str, str]]:
     """`["rf.max_depth=8,12", "keras.epochs=5"]` -> {"rf": {"max_depth": "8,12"}, "keras": {"epochs": "5"}}."""
     out: dict[str, dict[str, str]] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         step, dot, param = name.partition(".")
         if not sep or not dot or not step.strip() or not param.strip():
-            raise UsageError(f"Cannot read -P {item!r}.", "write it as STEP.NAME=VALUE, e.g. -P rf.max_depth=8,12")
+            raise UsageError(f"Cannot read {'-P' if source == '-P' else source + ' params'} {item[:200]!r}: the "
+                             "parameter's name is not STEP.NAME.",
+                             "write it as STEP.NAME=VALUE, e.g. rf.max_depth=8,12")
         out.setdefault(step.strip(), {})[param.strip()] = value
     return out
 

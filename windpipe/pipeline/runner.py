@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from windpipe import names
-from windpipe.errors import UsageError, WindpipeError, first_line
+from windpipe.errors import WindpipeError, first_line
 from windpipe.pipeline.cache import cache_key, content_hash, find_cached
 from windpipe.pipeline.interfaces import load_interfaces
-from windpipe.pipeline.plan import ENV_MANAGERS, PipelineConfig, Plan, PlannedStep, make_plan
+from windpipe.pipeline.plan import PipelineConfig, Plan, PlannedStep, check_env_manager, make_plan
 from windpipe.pipeline.progress import Progress, tail
 from windpipe.settings import STEP_LOG_DIR_ENV, Settings
 from windpipe.tracking.client import ServerDown, diagnose
@@ -78,9 +78,7 @@ class StepFailed(WindpipeError):
 
 def plan_for(config: PipelineConfig) -> Plan:
     """The plan of this config from the interfaces below `config.projects`, checked before anything runs."""
-    if config.env_manager not in ENV_MANAGERS:
-        raise UsageError(f"Unknown environment manager {config.env_manager!r}.",
-                         f"pass --env-manager {' or '.join(ENV_MANAGERS[:3])}")
+    check_env_manager(config.env_manager, "--env-manager" if config.source == "-P" else config.source)
     external = {k: str(Path(v).resolve()) if ":/" not in str(v) else str(v) for k, v in config.external.items()}
     return make_plan(load_interfaces(config.projects), config.pipeline, config.preset, config.overrides, external,
                      config.source, config.outputs)
