@@ -34,11 +34,12 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     import numpy as np
     import pandas as pd
 
+    from windpipe.names import TARGETS
     from windpipe.pipeline.interfaces import step_defaults
     from windpipe.steps.train import family_fitter
+    from windpipe.training.families import predict_fitted
     from windpipe.training.metrics import regression_metrics
-    from windpipe.training.models import predict_fitted
-    from windpipe.training.split import SplitSpec, split, time_window, xy
+    from windpipe.training.split import SplitSpec, split, time_window
 
     defaults = step_defaults(family)
     kw = {k: v for k, v in defaults.items() if k in {
@@ -47,12 +48,11 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
 
     def score(name: str, train: pd.DataFrame, test: pd.DataFrame, split_by: str) -> None:
-        _params, fit = family_fitter(family, kw, SplitSpec(split_by=split_by), trend)
+        _family, _params, fit = family_fitter(family, kw, SplitSpec(split_by=split_by), trend)
         started = time.perf_counter()
         model = fit(train)
         seconds = time.perf_counter() - started
-        X, y = xy(test, trend)
-        out[name] = {**regression_metrics(y, predict_fitted(model, X)), "fit_seconds": seconds}
+        out[name] = {**regression_metrics(test[TARGETS], predict_fitted(model, test)), "fit_seconds": seconds}
         print(f"  {family} {'trend' if trend else 'weather'} {name}: r2 {out[name]['r2']:.3f}, wind error "
               f"{out[name]['bias_wind_GW']:+.2f} GW ({seconds:.1f} s)", flush=True)
 
