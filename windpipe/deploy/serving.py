@@ -159,8 +159,7 @@ def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = 
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): "
-                            f"{exc.read().decode(errors='replace')[:500]}",
+        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): {refusal(exc.read())}",
                             f"send the columns {', '.join(columns or FEATURES)}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WindpipeError(f"The model server at {url} does not answer ({exc}).",
@@ -172,13 +171,28 @@ def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = 
     return frame
 
 
+def refusal(body: bytes, limit: int = 500) -> str:
+    """The reason in a scoring server's error answer: its `message`, without the echo of the request MLflow puts
+    before the model's own error ("Failed to predict data '...'. Error: ...")."""
+    text = body.decode(errors="replace")
+    try:
+        text = str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        pass
+    if text.startswith("Failed to predict data") and "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1]
+    return text.strip()[:limit]
+
+
 def curl_example(url: str, columns: list[str] | None = None, tensor: bool = False) -> str:
     """A curl command that works against the server: two rows of the model's input columns (`input_spec`:
     utc_timestamp 2016-12-01 13:00 and 23:00 UTC and the weather; an older model's time columns derived),
     rounded to 6 digits."""
     from windpipe.training.features import model_input
 
-    rows = model_input(loading.example_rows(), columns or FEATURES).round(6)
+    rows = model_input(loading.example_rows(), columns or FEATURES)
+    numbers = rows.select_dtypes("number").columns
+    rows[numbers] = rows[numbers].round(6)
     body = json.dumps(payload(rows, tensor))
     return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"
 

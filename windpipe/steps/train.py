@@ -156,8 +156,23 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
             from mlflow.models import Model
 
             return Model.log(artifact_path=None, flavor=_NaturalKerasFlavor(), model=model, **kwargs)
-        trusted = [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}", *family.skops_trusted]
+        trusted = check_trusted(family, model, [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}",
+                                                *family.skops_trusted])
         return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted, **kwargs)
+
+
+def check_trusted(family: Family, model: Any, trusted: list[str]) -> list[str]:
+    """`trusted`, after checking that skops needs no other type to load `model`: a type the family forgot would
+    log a model nobody can load (MLflow only warns when its check of the input example fails)."""
+    import skops.io
+
+    missing = sorted(set(skops.io.get_untrusted_types(data=skops.io.dumps(model))) - set(trusted))
+    if missing:
+        raise WindpipeError(f"The {family.name} model holds types that skops does not trust by default and the family "
+                            f"does not list: {', '.join(missing)}.",
+                            f"add them to skops_trusted in the {family.name} family's module "
+                            "(windpipe/training/families/), if they are safe to load")
+    return trusted
 
 
 class _NaturalKerasFlavor:

@@ -130,7 +130,7 @@ def input_error(problem: str, fix: str) -> Exception:
         from mlflow.exceptions import MlflowException
     except ImportError:  # (a model is loaded by MLflow; a bare transformer may be used without it)
         return ValueError(message)
-    return MlflowException(message, error_code="INVALID_PARAMETER_VALUE")
+    return MlflowException.invalid_parameter_value(message)
 
 
 # ---------------------------------------------------------------------------------------------- the wrappers

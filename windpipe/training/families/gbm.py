@@ -30,20 +30,21 @@ class GBMParams:
     max_leaf_nodes: int
     min_samples_leaf: int
     l2_regularization: float
+    max_features: float
     seed: int
 
     @classmethod
     def check(cls, max_iter: object, learning_rate: object, max_leaf_nodes: object, min_samples_leaf: object,
-              l2_regularization: object, seed: object) -> GBMParams:
+              l2_regularization: object, max_features: object, seed: object) -> GBMParams:
         l2 = float(as_float("l2_regularization", l2_regularization, -1e-12))
         return cls(as_int("max_iter", max_iter, 1, MAX_TREES), as_float("learning_rate", learning_rate, 0.0, 1.0),
                    as_int("max_leaf_nodes", max_leaf_nodes, 2), as_int("min_samples_leaf", min_samples_leaf, 1),
-                   max(l2, 0.0), as_int("seed", seed, 0))
+                   max(l2, 0.0), as_float("max_features", max_features, 0.0, 1.0 + 1e-12), as_int("seed", seed, 0))
 
     def logged(self) -> dict[str, object]:
         return {"max_iter": self.max_iter, "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
                 "min_samples_leaf": self.min_samples_leaf, "l2_regularization": self.l2_regularization,
-                "seed": self.seed}
+                "max_features": self.max_features, "seed": self.seed}
 
 
 def monotone(target: str, columns: list[str]) -> list[int]:
@@ -66,8 +67,8 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
     def boosted(target: str, columns: list[str]) -> HistGradientBoostingRegressor:
         return HistGradientBoostingRegressor(
             max_iter=p.max_iter, learning_rate=p.learning_rate, max_leaf_nodes=p.max_leaf_nodes,
-            min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization, early_stopping=False,
-            monotonic_cst=monotone(target, columns), random_state=p.seed)
+            min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization, max_features=p.max_features,
+            early_stopping=False, monotonic_cst=monotone(target, columns), random_state=p.seed)
 
     if follows_trend(X):
         return capacity_model(X, y, lambda target: boosted(target, WEATHER_AND_CALENDAR))
