@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -348,9 +349,9 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
         r2, best_id, model, p, fit_s = best
         out = log_training(rf, model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
-                                         "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
-                                         "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
-                                         "grid_max_depth": str(max_depth)},
+                                       "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
+                                       "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
+                                       "grid_max_depth": str(max_depth)},
                            d, fit_s, trend)
         mlflow.set_tag(names.BEST_RUN_TAG, best_id)
         print(f"best: n_estimators={p.n_estimators} max_depth={p.max_depth} r2 {r2:.4f} (run {best_id})"
@@ -407,6 +408,12 @@ def evaluate(family: str, model_uri: str, data: str, scope: str, seed: str, test
 
 
 # ---------------------------------------------------------------- family specifics
+
+def entry_points(family: str) -> dict[str, Callable[..., object]]:
+    """A family's project entry points (`main`, `backtest`, `evaluate`) for its step.py."""
+    return {"main": partial(train, family), "backtest": partial(backtest, family),
+            "evaluate": partial(evaluate, family)}
+
 
 def family_fitter(family: str, kw: dict[str, object], spec: SplitSpec,
                   trend: bool) -> tuple[Family, dict[str, object], Callable[[pd.DataFrame], object]]:
