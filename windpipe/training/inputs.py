@@ -42,7 +42,6 @@ sys.modules.setdefault(MODULE, sys.modules[__name__])
 
 TREND_EPOCH = pd.Timestamp("2013-01-01T00:00:00Z")
 YEAR_SECONDS = 365.25 * 86400.0
-TIME_COLUMNS = 5  # hour_sin, hour_cos, doy_sin, doy_cos, trend: the formula's outputs, in this order
 ROWS_SHOWN = 10
 KERAS_FILE = "model.keras"  # in the model's data folder, beside INPUTS_FILE
 INPUTS_FILE = "inputs.json"
