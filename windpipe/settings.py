@@ -57,6 +57,8 @@ def _env_file() -> Path:
 PG_DRIVER = "postgresql+psycopg"
 # the team stack's PostgreSQL role and database of the data marts (their schema: windpipe.marts.dialects)
 MARTS_ROLE = "marts"
+# ... and of the registry lock every machine sees (windpipe.stack.locks)
+LOCKS_ROLE = "locks"
 
 
 class Settings(BaseSettings):
@@ -147,6 +149,11 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    # the registry lock on the team stack (windpipe.stack.locks): a PostgreSQL database every machine that promotes
+    # reaches; default: the team stack's own (database and role `locks`, its password in a 0600 file)
+    lock_url: SecretStr | None = None
+    # how long a promotion may hold the team's registry lock: a holder past it is ended by the next promotion
+    registry_lease: float = Field(default=300.0, gt=0)
     # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
     auth: Literal["none", "basic"] = "none"
     # what windpipe's own requests to a basic-auth tracking server send (MLflow's client reads the same variables)
@@ -187,6 +194,27 @@ class Settings(BaseSettings):
             return (f"{PG_DRIVER}://{MARTS_ROLE}@{self.host}:{self.pg_port}/{MARTS_ROLE}"
                     f"?passfile={quote(str(self.marts_passfile), safe='/')}")
         return f"sqlite:///{self.home / 'marts.db'}"
+
+    @property
+    def effective_lock_url(self) -> str | None:
+        """Where the registry lock lives (None: the file lock in the state folder, for one machine):
+        `WINDPIPE_LOCK_URL`; else on the team stack WINDPIPE_PG_URL's database and login, or the `locks`
+        database of the server `up` starts, as the role `locks` (its password in a 0600 file the URL names)."""
+        if self.lock_url is not None:
+            return self.lock_url.get_secret_value()
+        if self.stack != "team":
+            return None
+        if self.pg_url is not None:
+            return self.pg_url.get_secret_value()
+        from urllib.parse import quote
+
+        return (f"{PG_DRIVER}://{LOCKS_ROLE}@{self.host}:{self.pg_port}/{LOCKS_ROLE}"
+                f"?passfile={quote(str(self.locks_passfile), safe='/')}")
+
+    @property
+    def locks_passfile(self) -> Path:
+        """The team stack's libpq password file for the locks role (its line only; mode 0600)."""
+        return self.secret_file("locks_pgpass")
 
     @property
     def marts_passfile(self) -> Path:
