@@ -23,7 +23,7 @@ import pytest
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline import inbox
-from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, inbox_files, run_command, task_command
+from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, run_command, task_command
 from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
@@ -118,7 +118,8 @@ def test_the_conf_of_a_dag_run_is_checked_like_the_command_line(tmp_path):
     config = config_from_conf("training", {"quick": "true", "params": {"rf.max_depth": "8,12", "keras": {"epochs": 2}}})
     assert config.preset == "quick" and config.overrides == {"rf": {"max_depth": "8,12"}, "keras": {"epochs": "2"}}
     assert config_from_conf("training", {"params": ["rf.max_depth=4"]}).overrides == {"rf": {"max_depth": "4"}}
-    assert config_from_conf("prediction", {"inbox": str(tmp_path)}).inbox == tmp_path
+    assert config_from_conf("prediction", {"inbox": str(tmp_path)}).inbox == str(tmp_path)
+    assert config_from_conf("prediction", {"inbox": "s3://mlflow/inbox/"}).inbox == "s3://mlflow/inbox/"
     with pytest.raises(UsageError, match="unknown key.*'quik'.*takes raw, quick"):
         config_from_conf("training", {"quik": True})
     with pytest.raises(UsageError, match="force must be true or false"):
@@ -148,6 +149,10 @@ def test_tasks_pass_what_users_write_on_stdin_never_in_the_command_line(tmp_path
     assert json.loads(cmd.stdin) == {"conf": conf, "pipeline_run": "r" * 32, "upstream": {"process": "p" * 32}}
     assert task_command(open_, "training", conf, "/venv/bin", dag_run="d/r").argv[-1] == "--stdin"
     assert "files" not in json.loads(task_command(close, "training", {}, "/venv/bin", pipeline_run="r" * 32).stdin)
+    box = next(t for t in dag_layout("prediction") if t.task_id == INBOX)
+    cmd = task_command(box, "prediction", {"inbox": "s3://b/in/"}, "/venv/bin", pipeline_run="r" * 32)
+    assert cmd.argv == ["/venv/bin/windpipe", "pipeline", "inbox", "--pipeline", "prediction", "--stdin"]
+    assert json.loads(cmd.stdin) == {"conf": {"inbox": "s3://b/in/"}, "pipeline_run": "r" * 32}
 
     # for real, as the open task runs it: the conf arrives as written and is refused; nothing is executed
     with pytest.raises(RuntimeError, match="exited with code 2"):
@@ -174,27 +179,6 @@ def test_a_dag_runs_conf_names_absolute_folders_numbers_and_managers_that_work_h
     config = config_from_conf("training", {"raw": str(tmp_path), "params": {"keras.epochs": "{{ 7*7 }}"}})
     with pytest.raises(WindpipeError, match=r"Step 'keras' parameter 'epochs' must be a number, got '\{\{ 7\*7 \}\}'"):
         make_plan(load_interfaces(), overrides=config.overrides, external={"raw": "/raw"}, source=config.source)
-
-
-def test_the_inbox_lists_new_files_and_settles_them_beside_their_reason(tmp_path):
-    box = tmp_path / "inbox"
-    box.mkdir()
-    frame = pd.DataFrame({"windspeed": [1.0], "temperature": [2.0], "rad_horizontal": [3.0], "rad_diffuse": [4.0]})
-    for name in ("b.parquet", "a.parquet", ".partial.parquet"):
-        frame.to_parquet(box / name)
-    (box / "notes.txt").write_text("not a batch")
-    assert inbox_files({"inbox": str(box)}) == [str(box / "a.parquet"), str(box / "b.parquet")]
-    out = inbox.output_path(box, box / "a.parquet", "predictions")
-    assert out.parent == box / "done" and out.name.startswith("a.") and out.name.endswith(".predictions.parquet")
-    assert inbox.settle(box, box / "a.parquet") == box / "done" / "a.parquet"
-    failed = inbox.settle(box, box / "b.parquet", "lacks column windspeed")
-    assert failed == box / "failed" / "b.parquet"
-    assert (box / "failed" / "b.parquet.reason.txt").read_text() == "lacks column windspeed\n"
-    assert inbox.pending(box) == []
-    # the same name with other content does not overwrite what was scored
-    frame.assign(windspeed=9.0).to_parquet(box / "a.parquet")
-    again = inbox.settle(box, box / "a.parquet")
-    assert again != box / "done" / "a.parquet" and (box / "done" / "a.parquet").exists()
 
 
 # ---------------------------------------------------------------------------------------------- Airflow

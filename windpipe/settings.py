@@ -104,7 +104,10 @@ class Settings(BaseSettings):
     # orchestration: what the pipeline's steps are and where the environment that runs them lives
     projects: Path | None = None  # the folder of step folders (default: projects/ of this checkout)
     bin_dir: Path | None = None  # bin/ of the environment with windpipe and mlflow (default: .venv/bin)
-    inbox: Path | None = None  # the prediction DAG's inbox (default: <home>/inbox)
+    # the prediction DAG's inbox: a folder or an S3 prefix (s3://<bucket>/inbox/, through the S3 settings below)
+    inbox: str | None = None  # default: <home>/inbox
+    # a claim of an inbox file whose DAG run neither settled nor released it can be taken over after this long
+    inbox_lease: float = Field(default=6 * 3600.0, gt=0)
     # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
     airflow_port: int = Field(default=8090, ge=1, le=65535)
     airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
@@ -255,9 +258,10 @@ class Settings(BaseSettings):
         return self.bin_dir or repo_root() / ".venv" / "bin"
 
     @property
-    def inbox_dir(self) -> Path:
-        """New feature files land here; scored ones move to done/, refused ones to failed/."""
-        return self.inbox or self.home / "inbox"
+    def inbox_uri(self) -> str:
+        """Where new feature files land (a folder, or an S3 prefix s3://<bucket>/<prefix>/); scored ones move to
+        done/, refused ones to failed/ (windpipe.pipeline.inbox)."""
+        return self.inbox or str(self.home / "inbox")
 
     def pipeline_log_dir(self, pipeline_run_id: str) -> Path:
         """The output of each step of one local pipeline run: <home>/logs/pipeline/<run id>/<step>.log."""
