@@ -337,6 +337,12 @@ def test_the_s3_inbox_claims_each_object_once_and_survives_the_store_going_away(
         for f in files:
             box.settle(f, holder, None)
     assert sorted(keys(p, prefix)) == [f"done/f{i:02d}.parquet" for i in range(12)]
+    # `windpipe predict` takes s3:// URIs too: a missing input is a clear error, and nothing is written
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "predict", "--input", prefix + "missing.parquet",
+                           "--output", prefix + "out.parquet"], env=p.env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"Input {prefix}missing.parquet does not exist" in proc.stderr and "out.parquet" not in keys(p, prefix)
 
     # replaced while it is scored: the claimed bytes are settled; the new object waits for the next run
     put(p, prefix + "x.parquet", frame(300))
