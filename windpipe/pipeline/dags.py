@@ -245,8 +245,9 @@ def _doc(pipeline: str, projects: Path) -> str:
     example = '{"quick": true, "params": {"rf.max_depth": "8,12"}}' if pipeline == TRAINING else \
         '{"params": {"predict.drop_invalid": "true"}}'
     what = ("process -> the trainers -> compare -> promote" if pipeline == TRAINING else
-            "each new parquet file in the inbox is scored with the production model into the data marts; "
-            "scored files move to done/, refused ones to failed/ with the reason beside them")
+            "each new parquet file in the inbox (a folder or an S3 prefix) is claimed by one DAG run and scored "
+            "once with the production model into the data marts; scored files move to done/, refused ones to "
+            "failed/ with the reason beside them")
     return (f"windpipe's {pipeline} pipeline, built from the step interfaces in `{projects}` "
             f"(`windpipe steps` lists them): {what}. Each step task is an `mlflow run` of its project, a child "
             f"of one MLflow pipeline run; finished steps are reused from the cache. Conf, e.g. `{example}`.")

@@ -155,13 +155,13 @@ class Inbox:
             if item.refused is not None:
                 self._refuse(item, say)
                 continue
-            uri = self._claim_one(item.name, holder, say)
+            uri = self._claim_one(item.name, holder, say, avoid=set(files))
             if uri is not None:
                 files.append(uri)
         return files
 
-    def _claim_one(self, name: str, holder: str, say: Say) -> str | None:
-        taken = self._take(name, holder)
+    def _claim_one(self, name: str, holder: str, say: Say, avoid: set[str]) -> str | None:
+        taken = self._take(name, holder, avoid)
         if taken is None:
             say(f"{shown(name)}: gone before it could be claimed (another run took it, or it was removed)")
             return None
@@ -188,11 +188,12 @@ class Inbox:
         self._duplicate(name, uri, etag, existing, say)
         return None
 
-    def _take(self, name: str, holder: str) -> tuple[str, str] | None:
+    def _take(self, name: str, holder: str, avoid: set[str]) -> tuple[str, str] | None:
         """Move the object out of the inbox into claimed/<holder>/ (S3: copy it there); (uri, etag), or None when
-        it is gone."""
+        it is gone. A place in `avoid` (this run's earlier claims: a retried task) is not taken twice, nor a
+        folder's file a killed task left (an S3 copy left so is garbage: its original is still in the inbox)."""
         dst = self.at(CLAIMED_DIR, holder, name)
-        if objects.exists(dst, self.settings):  # (this run claimed a file of that name before: a retried task)
+        if dst in avoid or not self.s3 and os.path.lexists(dst):
             dst = self.at(CLAIMED_DIR, holder, uuid.uuid4().hex[:8], name)
         if self.s3:
             try:

@@ -67,10 +67,17 @@ class Entry:
     modified: float = 0.0
 
 
+_clients: dict[tuple[str, str, str], Any] = {}
+
+
 def _client(settings: Settings) -> Any:
+    """One S3 client per store and key (making one costs tens of milliseconds; they are thread-safe)."""
     from windpipe.stack import s3
 
-    return s3.client(settings)
+    key = (settings.s3_endpoint, settings.s3_region, "\0".join(s3.keys(settings)))
+    if key not in _clients:
+        _clients[key] = s3.client(settings)
+    return _clients[key]
 
 
 @contextlib.contextmanager
