@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text
 from windpipe.pipeline.cache import content_hash
 
@@ -22,12 +23,40 @@ DONE, FAILED = "done", "failed"
 REASON_SUFFIX = ".reason.txt"
 
 
-def pending(inbox: Path | str) -> list[Path]:
-    """The parquet files waiting in `inbox` (hidden and partly written `.name` files left out), by name."""
+def pending(inbox: Path | str, worker: str | None = None) -> list[Path]:
+    """The parquet files waiting in `inbox` (hidden and partly written `.name` files left out), by name.
+
+    A folder that is not there holds nothing, except on a remote Airflow worker (`worker`: its name): there a
+    folder it cannot list is a folder of another machine or user, and WindpipeError says so.
+    """
     inbox = Path(inbox)
-    if not inbox.is_dir():
+    try:
+        there: bool | None = inbox.is_dir()
+    except OSError:  # a parent folder this user may not pass: it may be there
+        there = None
+    if there and os.access(inbox, os.R_OK | os.X_OK):
+        return sorted(p for p in inbox.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+    if there is False and not worker:
         return []
-    return sorted(p for p in inbox.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+    if worker:
+        raise WindpipeError(
+            f"The prediction inbox {inbox} is not a folder the Airflow worker {worker} ({_user()}) can read: "
+            "with remote workers, an inbox on one machine's disk is out of the other machines' reach.",
+            "give the DAG run an inbox every worker reads (`inbox` in its conf or WINDPIPE_INBOX on the workers: "
+            "a shared volume mounted at the same path), or run the prediction DAG on the central machine "
+            "(`windpipe airflow up` with the LocalExecutor)")
+    raise WindpipeError(f"The prediction inbox {inbox} is not readable by {_user()}.",
+                        "give that user read access to the folder, or point WINDPIPE_INBOX at one it can read")
+
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return f"user {getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def output_path(inbox: Path | str, file: Path | str, entity: str) -> Path:

@@ -131,7 +131,7 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
         return same[0].info.run_id
     tags = {names.STEP_TAG: "pipeline", names.ENTRY_TAG: "main", names.DAG_RUN_TAG: dag_run,
             names.CODE_VERSION_TAG: code_version(projects_dir() / "pipeline"), **pipeline_tags(config, AIRFLOW)}
-    if config.pipeline == PREDICTION and inbox.pending(config.inbox or settings.inbox_dir):
+    if config.pipeline == PREDICTION and inbox.pending(config.inbox or settings.inbox_dir, worker=settings.worker):
         # (an empty inbox needs no model: a daily DAG run before the first promotion is no failure)
         tags[names.entity_tag(names.PRODUCTION)] = loading.resolve(None, settings, client).load_uri
     run = client.create_run(experiment_id, tags=tags, run_name=f"{config.pipeline} {dag_run}")
@@ -170,8 +170,33 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
     results = {n: StepResult.of_run(n, client.get_run(_run_id(upstream[n], f"the run of {n}")), True, 0.0,
                                     plan.step(n).spec.key_metric) for n in planned.needs}
     tag = f"{step}.{index}" if index is not None else None
+    end_earlier_attempts(client, parent, tag or step)
     _plain_shell_for_steps()
     return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
+
+
+def end_earlier_attempts(client: Any, parent: Any, task: str) -> list[str]:
+    """End KILLED the step runs of this pipeline run's `task` that are still RUNNING; return their ids.
+
+    An orchestrator starts a task again only once its earlier attempt is over: a run that attempt left RUNNING
+    lost its process (a worker killed with kill -9, a machine gone), on whichever machine it ran. Its
+    nested runs (a grid's children) end with it.
+    """
+    from windpipe.tracking.runs import fail_run
+
+    filter_ = (f"tags.`{names.PIPELINE_RUN_TAG}` = '{parent.info.run_id}' and tags.`{names.TASK_TAG}` = '{task}' "
+               "and attributes.status = 'RUNNING'")
+    ended = []
+    for run in client.search_runs([parent.info.experiment_id], filter_, max_results=100):
+        children = client.search_runs([parent.info.experiment_id], f"tags.`{names.MLFLOW_PARENT_RUN_TAG}` = "
+                                      f"'{run.info.run_id}' and attributes.status = 'RUNNING'", max_results=1000)
+        host = run.data.tags.get(names.PROCESS_TAG, "").split(" ")[0] or "an unknown host"
+        reason = f"killed: an earlier attempt of the task {task} (on {host}) died; the orchestrator tried it again"
+        for run_ in (*children, run):
+            fail_run(run_.info.run_id, reason, "KILLED", client)
+            ended.append(run_.info.run_id)
+        print(f"{task}: run {run.info.run_id} of an earlier attempt (on {host}) ended KILLED", flush=True)
+    return ended
 
 
 def _plain_shell_for_steps() -> None:
