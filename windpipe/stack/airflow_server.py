@@ -329,13 +329,17 @@ def check_api(url: str) -> None:
     """Raise WindpipeError unless `url` is an Airflow API server that serves the edge workers' API."""
     try:
         version = _get_json(f"{url}/api/v2/version")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.HTTPError, ValueError) as exc:
+        raise WindpipeError(f"{url} answers, but not as Airflow's API server ({first_line(exc)}).",
+                            "check --api-url: the central machine's WINDPIPE_AIRFLOW_PORT") from None
+    except (urllib.error.URLError, OSError) as exc:
         raise WindpipeError(f"The Airflow API server at {url} does not answer "
                             f"({first_line(getattr(exc, 'reason', exc))}).",
                             "check --api-url (the central machine's address and WINDPIPE_AIRFLOW_PORT, reachable from "
                             "here), and that `windpipe airflow status` is up there") from None
     if not isinstance(version, dict) or "version" not in version:
-        raise WindpipeError(f"{url} answers, but not as Airflow's API server.", "check --api-url")
+        raise WindpipeError(f"{url} answers, but not as Airflow's API server.",
+                            "check --api-url: the central machine's WINDPIPE_AIRFLOW_PORT")
     try:
         _get_json(f"{url}/edge_worker/v1/health")
     except (urllib.error.URLError, OSError, ValueError):
