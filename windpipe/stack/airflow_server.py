@@ -153,13 +153,16 @@ def _edge_env(settings: Settings) -> dict[str, str]:
                             "run it on the team stack: WINDPIPE_STACK=team windpipe up, then "
                             "WINDPIPE_STACK=team windpipe airflow up --executor edge (docs/team.md)")
     kept_secret(worker_secret_file(settings))
+    db = postgres.uri(settings, postgres.AIRFLOW_DATABASE)
     return {
         "AIRFLOW__EDGE__API_ENABLED": "True",
         "AIRFLOW__EDGE__API_URL": settings.airflow_url + EDGE_API,
         "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _secret_cmd(worker_secret_file(settings)),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(EDGE_HEARTBEAT_TIMEOUT),
         # no password in the URI: libpq reads it from the 0600 password file
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.uri(settings, postgres.AIRFLOW_DATABASE),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+        # (Airflow would derive asyncpg's URI; psycopg 3 speaks async itself)
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": db.replace("+psycopg:", "+psycopg_async:", 1),
         **postgres.client_env(settings),
     }
 
