@@ -122,7 +122,8 @@ class Worker:
             ) -> subprocess.CompletedProcess:
         """`windpipe ARGS` on this worker: its network namespace, host name, mount namespace (its raw data at the
         shared path), its user, its environment, from its own clone."""
-        script = 'hostname "$0" && mount --bind "$1" "$2" && u="$3" && shift 3 && exec runuser -p -u "$u" -- "$@"'
+        script = ('hostname "$0" && mount --bind "$1" "$2" && u="$3" && shift 3 && '
+                  f'exec {shutil.which("runuser")} -p -u "$u" -- "$@"')
         argv = ["unshare", "--uts", "--mount", "sh", "-c", script, self.name, str(self.folder / "raw"),
                 str(self.raw_mount), self.user, str(MAIN_BIN / "python"), "-m", "windpipe", *args]
         if self.netns:
