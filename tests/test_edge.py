@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -122,10 +123,19 @@ class Worker:
             ) -> subprocess.CompletedProcess:
         """`windpipe ARGS` on this worker: its network namespace, host name, mount namespace (its raw data at the
         shared path), its user, its environment, from its own clone."""
-        script = ('hostname "$0" && mount --bind "$1" "$2" && u="$3" && shift 3 && '
-                  f'exec {shutil.which("runuser")} -p -u "$u" -- "$@"')
-        argv = ["unshare", "--uts", "--mount", "sh", "-c", script, self.name, str(self.folder / "raw"),
-                str(self.raw_mount), self.user, str(MAIN_BIN / "python"), "-m", "windpipe", *args]
+        q = shlex.quote
+        script = [f"hostname {q(self.name)}", f"mount --bind {q(str(self.folder / 'raw'))} {q(str(self.raw_mount))}"]
+        blocked = _blocked_parent(Path(sys.base_prefix).resolve())
+        if blocked:  # the image's interpreter lives below a folder other users may not pass (/root, say): in this
+            # mount namespace that folder is an empty tmpfs holding only the interpreter's folder
+            parent, child = (q(str(x)) for x in blocked)
+            stage = q(str(self.folder / ".image"))
+            script += [f"mkdir -p {stage}", f"mount --bind {child} {stage}",
+                       f"mount -t tmpfs -o mode=0755 tmpfs {parent}", f"mkdir -p {child}",
+                       f"mount --bind {stage} {child}"]
+        script.append(f'exec {shutil.which("runuser")} -p -u {q(self.user)} -- "$@"')
+        argv = ["unshare", "--uts", "--mount", "sh", "-c", " && ".join(script), "worker",
+                str(MAIN_BIN / "python"), "-m", "windpipe", *args]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return subprocess.run(argv, env={**self.env, **(extra_env or {})}, capture_output=True, text=True,
@@ -191,6 +201,14 @@ class Cluster:
 
         return json.dumps(self.api(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/logs/"
                                    f"{try_number}"))
+
+
+def _blocked_parent(path: Path) -> tuple[Path, Path] | None:
+    """(the first folder above `path` that other users may not pass, its child on the way to `path`), or None."""
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            return parent, Path(*path.parts[:len(parent.parts) + 1])
+    return None
 
 
 def _user(name: str, home: Path) -> str:
