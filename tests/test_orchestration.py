@@ -9,11 +9,14 @@ runs the prediction DAG through the scheduler against a local platform.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -549,3 +552,81 @@ def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_onc
     finally:
         down = p.windpipe("airflow", "down", extra_env=env, timeout=300)
     assert down.returncode == 0 and p.windpipe("airflow", "status", extra_env=env).returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------- leftovers, --wait
+
+
+def test_airflow_down_and_up_stop_what_a_killed_scheduler_left_behind(tmp_path):
+    """kill -9 of the scheduler leaves its forked workers reparented to init (issue: ~143 MB each, they survived `up`
+    and `down`): `down` finds them in the session the scheduler led and stops them; nothing else is touched."""
+    import psutil
+
+    from windpipe.identity import pid_alive
+    from windpipe.settings import Settings
+    from windpipe.stack import airflow_server
+    from windpipe.stack.procs import start_detached
+
+    settings = Settings(home=tmp_path / "home", airflow_venv=tmp_path / "no-airflow")
+    # a stand-in scheduler: it forks a worker that moves to a process group of its own (as edge task supervisors do)
+    code = ("import os, subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setpgrp(); time.sleep(300)'])\n"
+            "print(p.pid, flush=True)\ntime.sleep(300)\n")
+    log = settings.log_file("airflow-scheduler")
+    leader = start_detached([sys.executable, "-c", code], dict(os.environ), log,
+                            settings.pid_file("airflow-scheduler"), settings.home)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # not Airflow's: left alone
+    try:
+        deadline = time.monotonic() + 30
+        while not log.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(log.read_text().split()[0])
+        os.kill(leader, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(leader) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_alive(worker) and psutil.Process(worker).ppid() != leader  # reparented, still running
+        assert airflow_server.leftovers(settings) == [worker]
+        said: list[str] = []
+        airflow_server.down(settings, say=said.append)
+        assert not pid_alive(worker) and pid_alive(stranger.pid)
+        assert f"airflow: stopped process {worker}, left behind by a service that was killed" in said
+        assert airflow_server.leftovers(settings) == []
+    finally:
+        for pid in (leader, stranger.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stranger.wait()
+
+
+def test_trigger_wait_names_an_api_server_that_stopped_answering(tmp_path):
+    """`windpipe airflow trigger --wait` while the API server dies: the message and the fix, not a URLError."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from windpipe.settings import Settings
+    from windpipe.stack import airflow_server
+
+    class Once(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"state": "running"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            threading.Thread(target=self.server.shutdown).start()  # then it is gone
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Once)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(home=tmp_path, airflow_port=server.server_address[1])
+    try:
+        with pytest.raises(WindpipeError) as err:
+            airflow_server.wait_for_run(settings, "windpipe_training", "manual__1", "token", timeout=60, patience=2)
+    finally:
+        server.server_close()
+    assert "stopped answering while waiting for the DAG run windpipe_training manual__1" in err.value.problem
+    assert "windpipe airflow status" in err.value.fix

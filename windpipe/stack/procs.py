@@ -151,6 +151,8 @@ def session_leftovers(pid_file: Path, home: Path) -> list[int]:
                 continue
         except (OSError, TypeError):
             continue
+        if proc.pid == record.pid or not pid_alive(proc.pid):  # (the leader itself, a zombie not yet reaped)
+            continue
         if _process_home(proc.pid) in (None, _home_key(home)):  # (None: unreadable, or renamed over)
             found.append(proc.pid)
     return found
