@@ -366,7 +366,8 @@ def test_training_runs_across_both_workers_survives_a_killed_one_and_reuses_ever
     # each step ran from its worker's own clone
     for step, (rid, _) in steps.items():
         source = mlflow.get_run(rid).data.tags["mlflow.source.name"]
-        assert source.startswith(str((a if step in ("keras", "compare", "promote") else b).clone)), (step, source)
+        worker = a if step in ("keras", "compare", "promote") else b
+        assert source == f"file://{worker.clone}#projects/{step}", (step, source)
     version = mlflow.MlflowClient().get_model_version_by_alias(s.model_name, "production")
     assert version.run_id == mlflow.get_run(steps["compare"][0]).data.tags["windpipe.best_run_id"]
 
