@@ -256,7 +256,9 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
             return _final(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)
         pipeline_run = ti.xcom_pull(task_ids=OPEN)
         if not pipeline_run:  # (close, all_done) the DAG run failed before it began: fail, so the run does too
-            raise RuntimeError("the pipeline run was never opened: see the log of the open task")
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException("the pipeline run was never opened: see the log of the open task")
         files = list(ti.xcom_pull(task_ids=INBOX, key=FILES_KEY) or []) if pipeline == PREDICTION else []
         if spec.kind == CLOSE:
             return _final(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, files=files), env)
