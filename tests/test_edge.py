@@ -150,12 +150,14 @@ class Worker:
         import psutil
 
         uid = int(sh("id", "-u", self.user).stdout)
-        return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+        return [p.pid for p in psutil.process_iter(["uids", "status"]) if p.info["uids"]
+                and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE]
 
     def kill_machine(self) -> None:
         """kill -9 of everything this worker runs: the machine is gone."""
-        for _ in range(3):  # (a process may fork while we look)
-            for pid in self.pids():
+        deadline = time.monotonic() + 30
+        while (pids := self.pids()) and time.monotonic() < deadline:  # (a process may fork while we look)
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
