@@ -389,11 +389,14 @@ def _registered(settings: Settings) -> None:
 def _worker_exited(settings: Settings, url: str, name: str) -> WindpipeError:
     log = settings.log_file(f"airflow-{WORKER}")
     text = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-    if "403" in text or "Forbidden" in text or "401" in text:
+    import re
+
+    # (aiohttp's ClientResponseError reads "403, message='Forbidden', url=...")
+    if re.search(r"\b40[13], message=|Forbidden|Unauthorized", text):
         return WindpipeError(f"The Airflow API server at {url} refused the worker's login (its secret).",
                              "set WINDPIPE_AIRFLOW_WORKER_SECRET to the secret the central machine keeps in "
                              "<state folder>/airflow_worker_secret")
-    if "409" in text or "uplicate" in text:
+    if re.search(r"\b409, message=|EdgeWorkerDuplicate|already (registered|running)", text):
         return WindpipeError(f"A worker named {name!r} is registered and running already.",
                              "give this one another name: --name <name>")
     return WindpipeError(f"The Airflow worker exited while starting.{log_tail(log, 8)}", f"see {log}")
