@@ -396,7 +396,7 @@ def _worker_exited(settings: Settings, url: str, name: str) -> WindpipeError:
         return WindpipeError(f"The Airflow API server at {url} refused the worker's login (its secret).",
                              "set WINDPIPE_AIRFLOW_WORKER_SECRET to the secret the central machine keeps in "
                              "<state folder>/airflow_worker_secret")
-    if re.search(r"\b409, message=|EdgeWorkerDuplicate|already (registered|running)", text):
+    if re.search(r"\b409, message=|is already active", text):
         return WindpipeError(f"A worker named {name!r} is registered and running already.",
                              "give this one another name: --name <name>")
     return WindpipeError(f"The Airflow worker exited while starting.{log_tail(log, 8)}", f"see {log}")
