@@ -630,3 +630,33 @@ def test_trigger_wait_names_an_api_server_that_stopped_answering(tmp_path):
         server.server_close()
     assert "stopped answering while waiting for the DAG run windpipe_training manual__1" in err.value.problem
     assert "windpipe airflow status" in err.value.fix
+
+
+def test_a_retried_task_ends_the_run_its_dead_attempt_left_running(use_platform):
+    """A worker killed with kill -9 leaves its step run RUNNING (on another machine: no process of this host to
+    check); the task's retry ends it KILLED, with its nested runs, and touches no other task's run."""
+    import mlflow
+
+    from windpipe import names
+    from windpipe.steps.driver import end_earlier_attempts
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(use_platform.settings.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(use_platform.settings.experiment)
+    parent = client.create_run(exp_id, tags={names.STEP_TAG: "pipeline"})
+
+    def child(task: str, **tags: str) -> str:
+        return client.create_run(exp_id, tags={names.PIPELINE_RUN_TAG: parent.info.run_id, names.TASK_TAG: task,
+                                               names.PROCESS_TAG: "edge-b 4242 1.00", **tags}).info.run_id
+
+    dead, other, sibling = child("predict.0"), child("predict.1"), child("predict.10")
+    nested = client.create_run(exp_id, tags={names.MLFLOW_PARENT_RUN_TAG: dead}).info.run_id
+    assert sorted(end_earlier_attempts(client, client.get_run(parent.info.run_id), "predict.0")) == sorted(
+        [dead, nested])
+    for run_id in (dead, nested):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert "an earlier attempt of the task predict.0 (on edge-b) died" in run.data.tags[names.FAILURE_TAG]
+    assert {client.get_run(r).info.status for r in (other, sibling, parent.info.run_id)} == {"RUNNING"}
+    for run_id in (other, sibling, parent.info.run_id):
+        client.set_terminated(run_id, "FINISHED")
