@@ -660,3 +660,21 @@ def test_a_retried_task_ends_the_run_its_dead_attempt_left_running(use_platform)
     assert {client.get_run(r).info.status for r in (other, sibling, parent.info.run_id)} == {"RUNNING"}
     for run_id in (other, sibling, parent.info.run_id):
         client.set_terminated(run_id, "FINISHED")
+
+
+def test_a_step_names_its_workers_queue_in_step_yaml(projects):
+    """`queue:` in a step.yaml sends its task to the workers of that queue; the others go to the default queue; a
+    worker without --queues listens on all of them; a name that is no queue name is refused with the file."""
+    from windpipe.pipeline.dags import worker_queues
+
+    queues = {t.task_id: t.queue for t in dag_layout("training", projects)}
+    assert queues["keras"] == "heavy" and {q for t, q in queues.items() if t != "keras"} == {None}
+    assert worker_queues(projects) == ["default", "heavy"]
+    spec = projects / "lr" / "step.yaml"
+    spec.write_text(spec.read_text() + "queue: small\n")
+    assert {t.task_id: t.queue for t in dag_layout("training", projects)}["lr"] == "small"
+    assert worker_queues(projects) == ["default", "heavy", "small"]
+    spec.write_text(spec.read_text().replace("queue: small", "queue: a,b"))
+    with pytest.raises(WindpipeError) as err:
+        dag_layout("training", projects)
+    assert "`queue: 'a,b'` is not a queue name" in err.value.problem and str(spec) in err.value.problem
