@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         secret = worker_secret_file(settings).read_text()
         for name in ("bench-w1", "bench-w2"):
             wenv = {**env, "WINDPIPE_HOME": str(root / name), "WINDPIPE_AIRFLOW_WORKER_SECRET": secret,
-                    "WINDPIPE_AIRFLOW_API_URL": settings.airflow_url}
+                    "WINDPIPE_AIRFLOW_API_URL": settings.airflow_url,
+                    # (this machine: the central marts' password file is at hand; elsewhere PGPASSWORD)
+                    "WINDPIPE_MARTS_URL": settings.effective_marts_url}
             for k in ("WINDPIPE_STACK", "WINDPIPE_AUTH"):  # a worker's settings: URLs and logins
                 wenv.pop(k, None)
             workers.append(wenv)

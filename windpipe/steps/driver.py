@@ -151,7 +151,13 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
     """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
     import mlflow
 
-    connect(get_settings(), experiment=False)
+    settings = get_settings()
+    if config.pipeline == PREDICTION and settings.worker and not settings.marts_url:
+        raise UsageError(f"The Airflow worker {settings.worker} has no data marts of the team's to write to: its "
+                         "own SQLite marts, in its state folder, nobody would read.",
+                         "set WINDPIPE_MARTS_URL on the worker to the central marts (postgresql+psycopg://marts@"
+                         "<central host>:<port>/marts, the password in PGPASSWORD or ~/.pgpass)")
+    connect(settings, experiment=False)
     client = mlflow.MlflowClient()
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     if config.pipeline == PREDICTION:
