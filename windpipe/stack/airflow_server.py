@@ -148,9 +148,11 @@ def _edge_env(settings: Settings) -> dict[str, str]:
     from windpipe.stack import postgres
 
     if settings.stack != "team":
-        raise WindpipeError("The EdgeExecutor needs a database that the scheduler and the API server share over "
-                            "the network; on the local stack Airflow's database is a SQLite file.",
-                            "run it on the team stack: WINDPIPE_STACK=team windpipe up, then "
+        # (SQLite would do for Airflow's database: only the central processes use it, the workers talk HTTP; a
+        # trial ran 3 DAG runs with no lock error. The login is what the local stack lacks.)
+        raise WindpipeError("Remote workers need a tracking server they reach over the network with a login; the "
+                            "local stack's has no login (it serves 127.0.0.1 only).",
+                            "run the team stack: WINDPIPE_STACK=team WINDPIPE_AUTH=basic windpipe up, then "
                             "WINDPIPE_STACK=team windpipe airflow up --executor edge (docs/team.md)")
     kept_secret(worker_secret_file(settings))
     db = postgres.uri(settings, postgres.AIRFLOW_DATABASE)
