@@ -227,7 +227,7 @@ def _clone(dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(raw_dir: Path) -> Iterator[Cluster]:
-    from windpipe.stack import team
+    from windpipe.stack import postgres, s3, team
     from windpipe.stack.airflow_server import worker_secret_file
     from windpipe.stack.procs import free_port
 
@@ -255,6 +255,7 @@ def cluster(raw_dir: Path) -> Iterator[Cluster]:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert home.stat().st_mode & 0o007 == 0  # the workers' users cannot even pass the central state folder
         secret = worker_secret_file(settings).read_text()
+        key_id, key = s3.keys(settings)
         for i, letter in enumerate("ab"):
             folder = root / f"worker-{letter}"
             folder.mkdir(mode=0o700)
@@ -272,6 +273,11 @@ def cluster(raw_dir: Path) -> Iterator[Cluster]:
                 "WINDPIPE_AIRFLOW_WORKER_SECRET": secret,
                 "MLFLOW_TRACKING_URI": f"http://{host}:{mlflow_port}",
                 "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password,
+                # the prediction DAG: the inbox's S3 store and the central data marts (their own logins)
+                "WINDPIPE_S3_ENDPOINT_URL": f"http://{host}:{env['WINDPIPE_S3_PORT']}",
+                "WINDPIPE_S3_ACCESS_KEY_ID": key_id, "WINDPIPE_S3_SECRET_ACCESS_KEY": key,
+                "WINDPIPE_MARTS_URL": f"postgresql+psycopg://marts@{host}:{env['WINDPIPE_PG_PORT']}/marts",
+                "PGPASSWORD": settings.secret_file(postgres.MARTS_PASSWORD).read_text().strip(),
             }
             workers.append(Worker(f"edge-{letter}", name, folder, wenv, network.spaces[i] if network else None, raw))
         yield Cluster(central, workers, network, raw)
@@ -387,8 +393,8 @@ def test_training_runs_across_both_workers_survives_a_killed_one_and_reuses_ever
 
 
 def test_the_prediction_dag_refuses_an_inbox_its_workers_cannot_read(cluster, monkeypatch):
-    """The inbox is a folder in the central state folder (mode 0700): the task on a worker fails with the message and
-    the fix, the DAG run fails (no retry: another worker cannot read it either), the file stays where it was."""
+    """The inbox is a folder in the central state folder (no other user passes it): the first task, on a worker,
+    fails with the message and the fix, the DAG run fails (no retry), the file stays where it was."""
     p = point_at(cluster.central, monkeypatch)
     for w in cluster.workers:
         if not (w.home / "run" / "airflow-worker.pid").exists():
@@ -407,3 +413,44 @@ def test_the_prediction_dag_refuses_an_inbox_its_workers_cannot_read(cluster, mo
     assert f"The prediction inbox {box} is not a folder the Airflow worker" in log, log[-3000:]
     assert "every worker reads" in log
     assert (box / "new.parquet").exists() and not (box / "done").exists()
+
+
+def test_the_prediction_dag_scores_an_s3_inbox_across_both_workers_into_postgresql(cluster, monkeypatch):
+    """The inbox an S3 prefix both workers reach by its URI: four files, each scored once by one of the workers, the
+    batches in the central PostgreSQL marts, the objects in done/."""
+    import mlflow
+
+    from tests.models import log_registered_model, tiny_processed
+    from windpipe.marts import queries, tables
+    from windpipe.names import FEATURES, TIMESTAMP
+    from windpipe.stack import objects, s3
+
+    p = point_at(cluster.central, monkeypatch)
+    a, b = cluster.workers
+    for w, queues in ((a, f"{HEAVY},{DEFAULT}"), (b, DEFAULT)):
+        if not (w.home / "run" / "airflow-worker.pid").exists():
+            w.start(queues)
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
+    except Exception:  # (this test alone: the training test made none)
+        log_registered_model(p, tmp_dir=cluster.raw.parent)
+    prefix = f"s3://{p.settings.s3_bucket}/inbox-edge/"
+    client = s3.client(p.settings)
+    data = tiny_processed(96)[[TIMESTAMP, *FEATURES]]
+    names = [f"part{i}.parquet" for i in range(4)]
+    for i, name in enumerate(names):
+        client.put_object(Bucket=p.settings.s3_bucket, Key=objects.split(prefix + name)[1],
+                          Body=data.iloc[i * 24:(i + 1) * 24].to_parquet(index=False))
+    engine = tables.get_engine(p.settings.effective_marts_url)
+    before = set(queries.latest_batches(engine, limit=1000).id)
+    run_id, state = cluster.trigger("windpipe_prediction", {"inbox": prefix})
+    tis = cluster.task_instances("windpipe_prediction", run_id)
+    assert state == "success", {k: (v["state"], v["hostname"]) for k, v in tis.items()}
+    predicts = {k: v for k, v in tis.items() if k.startswith("predict[")}
+    assert len(predicts) == 4 and {v["state"] for v in predicts.values()} == {"success"}
+    assert {v["hostname"] for v in tis.values() if v["hostname"]} == {a.name, b.name}
+    batches = queries.latest_batches(engine, limit=1000)
+    new = batches[~batches.id.isin(before)]
+    assert sorted(new.row_count) == [24] * 4 and set(new.status) == {"complete"}
+    done = {e.name for e in objects.listing(prefix + "done/", p.settings)}
+    assert set(names) <= done and not [e for e in objects.listing(prefix, p.settings) if e.name in names]
