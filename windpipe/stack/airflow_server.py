@@ -63,6 +63,8 @@ EDGE_API = "/edge_worker/v1/rpcapi"
 # a task whose worker stopped heartbeating is failed (and retried on another worker) after this many seconds
 # (Airflow's default: 300)
 EDGE_HEARTBEAT_TIMEOUT = 60
+# an edge worker reports every this many seconds; the API server counts one that missed 5 as gone (default: 30)
+EDGE_WORKER_HEARTBEAT = 10
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def _edge_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__EDGE__API_URL": settings.airflow_url + EDGE_API,
         "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _secret_cmd(worker_secret_file(settings)),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(EDGE_HEARTBEAT_TIMEOUT),
+        "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": str(EDGE_WORKER_HEARTBEAT),
         # no password in the URI: libpq reads it from the 0600 password file
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
         # (Airflow would derive asyncpg's URI; psycopg 3 speaks async itself)
@@ -368,6 +371,7 @@ def worker_env(settings: Settings, url: str, name: str, base: dict[str, str] | N
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": url + "/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _secret_cmd(worker_secret_file(settings)),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.airflow_home / "logs"),
+        "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": str(EDGE_WORKER_HEARTBEAT),
         "WINDPIPE_WORKER": name,
     })
     return env
@@ -388,6 +392,10 @@ def _registered(settings: Settings) -> None:
         raise WindpipeError("The worker has not registered yet.")
 
 
+class DuplicateWorker(WindpipeError):
+    """The API server has a running worker of this name (or one that died and has not missed enough heartbeats)."""
+
+
 def _worker_exited(settings: Settings, url: str, name: str) -> WindpipeError:
     log = settings.log_file(f"airflow-{WORKER}")
     text = log.read_text(errors="replace")[-4000:] if log.exists() else ""
@@ -399,7 +407,7 @@ def _worker_exited(settings: Settings, url: str, name: str) -> WindpipeError:
                              "set WINDPIPE_AIRFLOW_WORKER_SECRET to the secret the central machine keeps in "
                              "<state folder>/airflow_worker_secret")
     if re.search(r"\b409, message=|is already active", text):
-        return WindpipeError(f"A worker named {name!r} is registered and running already.",
+        return DuplicateWorker(f"A worker named {name!r} is registered and running already.",
                              "give this one another name: --name <name>")
     return WindpipeError(f"The Airflow worker exited while starting.{log_tail(log, 8)}", f"see {log}")
 
@@ -436,19 +444,31 @@ def worker(settings: Settings, queues: list[str], api_url: str | None = None, co
     (settings.airflow_home / "airflow-edge-worker.pid").unlink(missing_ok=True)
     argv = [str(airflow_bin(settings)), "edge", "worker", "--queues", ",".join(queues), "--concurrency",
             str(concurrency), "--edge-hostname", name]
-    pid = start_detached(argv, env, settings.log_file(f"airflow-{WORKER}"), settings.pid_file(f"airflow-{WORKER}"),
-                         settings.home, cwd=settings.airflow_home)
-    say(f"airflow worker {name}: starting (pid {pid}, queues {','.join(queues)}, {concurrency} tasks at a time)")
-    try:
-        wait_until(lambda: _registered(settings), max(settings.startup_timeout, 120.0), "The Airflow worker",
-                   alive=lambda: pid_alive(pid), exited=lambda: _worker_exited(settings, url, name),
-                   fix=f"see {settings.log_file(f'airflow-{WORKER}')}", interval=0.5)
-    except BaseException:
-        stop_pid(pid)
-        settings.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
-        raise
-    say(f"airflow worker {name}: registered with {url}")
-    return pid
+    deadline = time.monotonic() + max(settings.startup_timeout, 120.0)
+    while True:
+        pid = start_detached(argv, env, settings.log_file(f"airflow-{WORKER}"),
+                             settings.pid_file(f"airflow-{WORKER}"), settings.home, cwd=settings.airflow_home)
+        say(f"airflow worker {name}: starting (pid {pid}, queues {','.join(queues)}, {concurrency} tasks at a time)")
+        try:
+            wait_until(lambda: _registered(settings), max(deadline - time.monotonic(), 10.0), "The Airflow worker",
+                       alive=lambda p=pid: pid_alive(p), exited=lambda: _worker_exited(settings, url, name),
+                       fix=f"see {settings.log_file(f'airflow-{WORKER}')}", interval=0.5)
+        except DuplicateWorker:
+            settings.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
+            if time.monotonic() > deadline:
+                raise
+            # a worker of this name that died (kill -9, a lost machine) stays "running" for the API server until
+            # it has missed 5 heartbeats: wait that out, as a restarted machine must
+            say(f"airflow worker {name}: the API server still counts a worker of this name as running (one that "
+                "died stays so for 5 heartbeats, 50 s); trying again in 10 s")
+            time.sleep(10.0)
+            continue
+        except BaseException:
+            stop_pid(pid)
+            settings.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
+            raise
+        say(f"airflow worker {name}: registered with {url}")
+        return pid
 
 
 def _exited(settings: Settings, started: dict[str, int]) -> WindpipeError:
