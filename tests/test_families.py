@@ -71,6 +71,33 @@ def test_gbm_is_monotone_in_wind_speed_and_radiation():
         model.predict(grid.assign(**{TIMESTAMP: stamp}))
 
 
+def test_power_is_clipped_inside_the_model_to_zero_and_the_capacity_it_knows():
+    """A core that predicts -5 GW and 10^6 GW gives 0 and the ceiling; lr's negative nights are clipped and
+    counted (clipped_share), and what the model returns never leaves [0, capacity]."""
+    from sklearn.dummy import DummyRegressor
+
+    from windpipe.training.families import clipped_fitted, forecaster_of, predict_fitted
+    from windpipe.training.inputs import Head
+    from windpipe.training.metrics import clipped_metrics
+    from windpipe.training.split import xy
+
+    df = tiny_processed(24 * 40)
+    rows = TrainingRows(df, time_features=True)
+    X, y = xy(df, time_features=True)
+    core = DummyRegressor(strategy="constant", constant=[-5.0, 1e6]).fit(X, y)
+    wild = families.natural(core, time_features=True, head=rows.head())
+    ceiling = Head(forecaster_of(wild).head).ceiling(X)
+    assert (ceiling > 0).all() and (ceiling < 1e3).all()
+    np.testing.assert_array_equal(predict_fitted(wild, df), np.column_stack([np.zeros(len(df)), ceiling[:, 1]]))
+    assert clipped_metrics(clipped_fitted(wild, df))["clipped_share"] == 1.0
+
+    lr = fit("lr", df)
+    pred, clipped = predict_fitted(lr, df), clipped_fitted(lr, df)
+    assert (pred >= 0).all() and (pred <= ceiling + 1e-9).all()
+    share = clipped_metrics(clipped)
+    assert 0 < share["clipped_share_solar_GW"] < 1 and share["clipped_share"] == clipped.mean()
+
+
 def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():
     from windpipe.steps.train import check_trusted
 
