@@ -172,10 +172,11 @@ def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone():
                                                                    (6, None)]
     for p, model, seconds in got:
         alone = RF.train_rf(X, y, p)
-        assert seconds >= 0 and [len(f.estimators_) for f in model.estimators_] == [p.n_estimators] * 2
+        # (each target's member: its inputs, then its forest)
+        assert seconds >= 0 and [len(f[-1].estimators_) for f in model.estimators_] == [p.n_estimators] * 2
         assert repr(model.get_params()) == repr(alone.get_params())
         assert np.allclose(model.predict(xy(test)[0]), alone.predict(xy(test)[0]), rtol=1e-12)
-    assert len(got[0][1].estimators_[0].estimators_) == 2  # growing a copy left the smaller model as it was
+    assert len(got[0][1].estimators_[0][-1].estimators_) == 2  # growing a copy left the smaller model as it was
 
 
 def test_training_rejects_empty_or_incomplete_data():

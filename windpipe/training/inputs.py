@@ -177,9 +177,10 @@ class Head:
 # ---------------------------------------------------------------------------------------------- the wrappers
 
 def __getattr__(name: str) -> Any:
-    """`NaturalInputs` and `Forecast` are made on first use (PEP 562): scikit-learn's base classes take seconds to
-    import."""
-    makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class}
+    """`NaturalInputs`, `Forecast` and `MonotoneDesign` are made on first use (PEP 562): scikit-learn's base classes
+    take seconds to import."""
+    makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class,
+              "MonotoneDesign": _monotone_design_class}
     if name in makers:
         globals()[name] = cls = makers[name]()
         return cls
@@ -281,6 +282,63 @@ def _forecast_class() -> type:
 
     Forecast.__module__, Forecast.__qualname__ = MODULE, "Forecast"  # (what skops and pickle record)
     return Forecast
+
+
+def _monotone_design_class() -> type:
+    from sklearn.base import BaseEstimator, TransformerMixin
+    from sklearn.preprocessing import SplineTransformer
+
+    class MonotoneDesign(TransformerMixin, BaseEstimator):
+        """A linear model's design that is non-decreasing in the `rising` input columns (indices) wherever its
+        coefficients on the rising block are >= 0 (Ridge(positive=True)), and free in the rest:
+
+            M_r    = reversed cumulative sums of r's cubic B-splines, without the constant: each a monotone ramp
+                     from 0 to 1 (a spline with non-decreasing coefficients is non-decreasing)
+            C      = [1, B-splines of the `other` columns, (1 + calendar) / 2]      every column >= 0
+            design = [M_r x C for each r] (rising)  |  [C', C'_i C'_j] and their negatives (free, C' = C without 1)
+
+        so the fitted response to each rising input is a sum of non-negative multiples of monotone ramps."""
+
+        def __init__(self, rising: tuple[int, ...] = (), other: tuple[int, ...] = (),
+                     calendar: tuple[int, ...] = (), n_knots: int = 8) -> None:
+            self.rising = rising
+            self.other = other
+            self.calendar = calendar
+            self.n_knots = n_knots
+
+        def _splines(self) -> Any:
+            return SplineTransformer(n_knots=self.n_knots, degree=3, extrapolation="constant")
+
+        def fit(self, X: Any, y: object = None) -> Any:
+            X = np.asarray(X, dtype="float64")
+            self.rising_splines_ = [self._splines().fit(X[:, [r]]) for r in self.rising]
+            self.other_splines_ = self._splines().fit(X[:, list(self.other)]) if self.other else None
+            return self
+
+        def _context(self, X: np.ndarray) -> np.ndarray:
+            parts = [np.ones((len(X), 1))]
+            if self.other_splines_ is not None:
+                parts.append(self.other_splines_.transform(X[:, list(self.other)]))
+            if self.calendar:
+                parts.append((1.0 + X[:, list(self.calendar)]) / 2.0)
+            return np.hstack(parts)
+
+        def _free(self, context: np.ndarray) -> np.ndarray:
+            c = context[:, 1:]
+            i, j = np.triu_indices(c.shape[1], k=1)
+            return np.hstack([c, c[:, i] * c[:, j]])
+
+        def transform(self, X: Any) -> np.ndarray:
+            X = np.asarray(X, dtype="float64")
+            context = self._context(X)
+            ramps = [np.cumsum(s.transform(X[:, [r]])[:, ::-1], axis=1)[:, ::-1][:, 1:]
+                     for r, s in zip(self.rising, self.rising_splines_, strict=True)]
+            rising = [(m[:, :, None] * context[:, None, :]).reshape(len(X), -1) for m in ramps]
+            free = self._free(context)
+            return np.hstack([*rising, free, -free])
+
+    MonotoneDesign.__module__, MonotoneDesign.__qualname__ = MODULE, "MonotoneDesign"
+    return MonotoneDesign
 
 
 class KerasForecaster:
