@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 ALPHA = 0.1  # Ridge's penalty on the spline coefficients (the earlier model's, chosen on 2015 Q4)
+# the positive-coefficient solver's (L-BFGS-B) tolerance: 1e-3 fitted a year of synthetic hours in 3.5 s against
+# 10.5 s at scikit-learn's 1e-4, with the same holdout r2 (0.863 and 0.861)
+TOL = 1e-3
 
 
 def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> Pipeline:
@@ -41,7 +44,7 @@ def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> Pip
     calendar = [c for c in own if c in CALENDAR]
     design = MonotoneDesign(rising=tuple(own.index(c) for c in rising), other=tuple(own.index(c) for c in other),
                             calendar=tuple(own.index(c) for c in calendar))
-    return Pipeline([("design", design), ("ridge", Ridge(alpha=alpha, positive=True))])
+    return Pipeline([("design", design), ("ridge", Ridge(alpha=alpha, positive=True, tol=TOL))])
 
 
 def train_lr(X: pd.DataFrame, y: pd.DataFrame) -> object:
