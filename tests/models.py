@@ -113,8 +113,12 @@ def log_nine_column_model(platform, df: pd.DataFrame | None = None, tmp_dir: Pat
     `predict(rows)`, its predictions for processed rows with the time columns derived by hand."""
     import mlflow
     from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import PolynomialFeatures, SplineTransformer
 
-    from windpipe.training.families.lr import train_lr
+    from windpipe.names import TIME_FEATURES
     from windpipe.training.features import MODEL_COLUMNS
     from windpipe.training.split import xy
 
@@ -122,7 +126,12 @@ def log_nine_column_model(platform, df: pd.DataFrame | None = None, tmp_dir: Pat
     mlflow.set_tracking_uri(platform.tracking_uri)
     mlflow.set_experiment(platform.settings.experiment)
     X, y = xy(df, time_features=True)
-    model = train_lr(X, y)
+    # the lr family's model of that time: Ridge on the weather's splines and their products with the time columns
+    splines = ColumnTransformer([("weather", SplineTransformer(n_knots=8, degree=3, extrapolation="constant"),
+                                  FEATURES), ("time", "passthrough", TIME_FEATURES)])
+    model = Pipeline([("splines", splines), ("products", PolynomialFeatures(degree=2, interaction_only=True,
+                                                                            include_bias=False)),
+                      ("ridge", Ridge(alpha=0.1))]).fit(X[MODEL_COLUMNS], y)
     with mlflow.start_run(tags={"windpipe.step": "lr", "windpipe.model_family": "lr"}):
         info = mlflow.sklearn.log_model(model, name="model", input_example=X.head(3),
                                         signature=infer_signature(X, model.predict(X.head(3))),
