@@ -44,7 +44,7 @@ def assert_trained(run, family: str, entity_uri: str) -> str:
     assert METRICS <= set(run.data.metrics)
     tags = run.data.tags
     assert tags["windpipe.model_family"] == family
-    assert tags["windpipe.entity.processed"] == entity_uri
+    assert tags["windpipe.input.processed"] == entity_uri and "windpipe.entity.processed" not in tags
     assert tags["windpipe.data_date"].isdigit() and tags["windpipe.model_uri"].startswith("models:/m-")
     assert {"split_seed", "test_size", "split_by", "holdout_weeks", "holdout_start"} <= set(run.data.params)
     assert run.data.params["split_by"] == "time" and run.data.params["time_features"] == "true"
@@ -120,11 +120,14 @@ def test_keras_main_logs_epochs_and_model(use_platform, entity):
     assert run.data.params["learning_rate"] == "0.01"
 
 
-def test_latest_default_uses_the_newest_process_run(use_platform, raw_dir):
+def test_latest_reads_what_the_newest_process_run_wrote(use_platform, raw_dir, entity):
+    """`data=latest` is the newest process output, even after a training run read a file of its own."""
     ok(mlflow_run(use_platform, "process", "-P", f"raw_dir={raw_dir}"))
-    entity_uri = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
+    written = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
+    ok(use_platform.windpipe("run", "lr", "-P", f"data={entity}", *WEEK))  # newer than the process run
     ok(mlflow_run(use_platform, "lr", *WEEK))
-    assert latest_run(use_platform, "lr", "main").data.tags["windpipe.entity.processed"] == entity_uri
+    run = latest_run(use_platform, "lr", "main")
+    assert run.data.params["data_uri"] == written
 
 
 @pytest.fixture(scope="module")
