@@ -3,7 +3,7 @@ installed MLflow: an upgrade that changes one of them fails here first."""
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import subprocess
 import sys
 import time
@@ -15,12 +15,16 @@ from windpipe.tracking.internals import initialize_stores, step_process
 from .processes import processes_of
 
 
-def test_the_server_initialises_its_stores_as_mlflow_server_does():
+def test_the_server_initialises_its_stores_as_mlflow_server_does(monkeypatch):
+    from unittest import mock
+
     from mlflow.server import handlers
 
-    # what initialize_stores passes: backend store, registry store, default artifact root
-    inspect.signature(handlers.initialize_backend_stores).bind("sqlite:///x.db", "sqlite:///x.db", "mlflow-artifacts:/")
-    assert "initialize_backend_stores" in inspect.getsource(initialize_stores)
+    # a stand-in with the real function's signature: a call that no longer fits it raises TypeError
+    stand_in = mock.create_autospec(handlers.initialize_backend_stores)
+    monkeypatch.setattr(handlers, "initialize_backend_stores", stand_in)
+    initialize_stores("sqlite:///x.db", "mlflow-artifacts:/")
+    stand_in.assert_called_once_with("sqlite:///x.db", "sqlite:///x.db", "mlflow-artifacts:/")
 
 
 def test_a_local_submitted_run_holds_its_process():
@@ -52,14 +56,19 @@ def test_an_asynchronous_project_run_gives_the_process_tree_to_stop(use_platform
     with step_environment():
         submitted = mlflow.projects.run(str(tmp_path), "main", parameters={"seconds": "120"}, experiment_id=experiment,
                                         env_manager="local", synchronous=False)
-    proc = step_process(submitted)
-    assert isinstance(proc, subprocess.Popen) and proc.poll() is None
-    assert mlflow.MlflowClient().get_run(submitted.run_id).info.status == "RUNNING"
-    deadline = time.monotonic() + 60
-    while len(processes_of(submitted.run_id)) < 3 and time.monotonic() < deadline:  # mlflow run, the step, its child
-        time.sleep(0.2)
-    tree = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)} | {proc.pid}
-    assert set(processes_of(submitted.run_id)) <= tree and len(tree) >= 3
-    _kill_tree(proc)
-    submitted.wait()  # (returns at once: the process is gone)
-    assert processes_of(submitted.run_id) == []
+    try:
+        proc = step_process(submitted)
+        assert isinstance(proc, subprocess.Popen) and proc.poll() is None
+        assert mlflow.MlflowClient().get_run(submitted.run_id).info.status == "RUNNING"
+        deadline = time.monotonic() + 60
+        while len(processes_of(submitted.run_id)) < 3 and time.monotonic() < deadline:  # mlflow run, step, child
+            time.sleep(0.2)
+        tree = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)} | {proc.pid}
+        assert set(processes_of(submitted.run_id)) <= tree and len(tree) >= 3
+        _kill_tree(proc)
+        submitted.wait()  # (returns at once: the process is gone)
+        assert processes_of(submitted.run_id) == []
+    finally:  # (whatever failed above: nothing of the test left running)
+        for pid in processes_of(submitted.run_id):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
