@@ -138,7 +138,7 @@ def run(
         params[name] = value
     import mlflow
 
-    from windpipe.pipeline.inprocess import run_here
+    from windpipe.pipeline.project_run import run_here
     from windpipe.tracking.client import connect
 
     settings = get_settings()

@@ -1,5 +1,5 @@
-"""Launching one step of a plan: reuse a finished run with the same cache key, or start the step's MLflow
-project run as a child of the pipeline run and wait for it.
+"""Launching one step of a plan: reuse a finished run with the same cache key, or make the step's MLflow
+project run as a child of the pipeline run and run the step in it.
 
 Steps hand entities over by run id and artifact URI (`runs:/<id>/entities/processed.parquet`),
 never by local paths: a step's wired input parameter gets the URI its producer's run recorded
@@ -8,13 +8,14 @@ run (`windpipe.steps.driver`, or an Airflow DAG's first task), so the step runs 
 
 `Launcher.run` runs (or reuses) one step; the local driver calls it from worker threads
 (`windpipe.pipeline.runner`, `--jobs N`), an Airflow task calls it once (`windpipe pipeline step`). Each
-launch is `mlflow.projects.run(..., synchronous=False)`, MLflow Projects' public API: it creates the run
-and starts `mlflow run --run-id <id>` for it, returning at once. So the run is tagged for the cache and as
-a child of the pipeline run before the step does any work, its output goes to its own log file (the step
-script redirects itself, `windpipe.steps.cli`), and a stopped pipeline kills its whole process tree and
-marks it KILLED. The price of the public API: each launched step starts one more Python process (the
-`mlflow run` command, about 4-5 s of imports here) before the step's own (docs/pipeline.md).
-The tracking server serialises the writes of steps running side by side (SQLite takes one writer).
+launch makes the run the way MLflow Projects makes it (`windpipe.pipeline.project_run`), with the cache
+key and the parent run among its first tags, then runs the project in it through MLflow Projects'
+public `mlflow.projects.run` on this thread (`windpipe.tracking.internals.run_project_in`): MLflow starts
+the entry point's command, whose output goes to its own log file (the step script redirects itself,
+`windpipe.steps.cli`). A stopped pipeline kills each running step's whole process tree (found by the
+run id MLflow gives it) and marks it KILLED. `--from-git` checks the repository out once, at the resolved
+commit, for every step. The tracking server serialises the writes of steps running side by side (SQLite
+takes one writer).
 """
 
 from __future__ import annotations
@@ -25,24 +26,27 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from windpipe import names
-from windpipe.errors import WindpipeError, first_line
+from windpipe.errors import WindpipeError, first_line, redact
 from windpipe.pipeline.cache import StepResult, external_hashes, find_cached, step_key
 from windpipe.pipeline.plan import PipelineConfig, Plan, PlannedStep
 from windpipe.pipeline.progress import Progress
+from windpipe.pipeline.project_run import create_project_run, logged_params, project_tags
 from windpipe.settings import STEP_LOG_DIR_ENV
 from windpipe.stack.procs import environment
 from windpipe.tracking.client import ServerDown, diagnose
-from windpipe.tracking.internals import step_process
-from windpipe.tracking.runs import code_version
+from windpipe.tracking.internals import run_project_in
+from windpipe.tracking.runs import code_version, fail_run
 
 if TYPE_CHECKING:
+    import psutil
     from mlflow.entities import Run
 
 RESUME_FIX = "fix the cause and run the pipeline again: finished steps are reused"
@@ -55,13 +59,6 @@ class StepFailed(WindpipeError):
     def __init__(self, problem: str, fix: str, step: str, run_id: str | None = None, log: Path | None = None) -> None:
         super().__init__(problem, fix)
         self.step, self.run_id, self.log = step, run_id, log
-
-
-def project_uri(config: PipelineConfig, step: PlannedStep) -> str:
-    """Where `mlflow run` finds a step: its folder in this checkout, or `<git-uri>#projects/<step folder>`."""
-    if config.git_uri:
-        return f"{config.git_uri}#projects/{step.spec.folder.name}"
-    return str(step.spec.folder.resolve())
 
 
 def resolve_git_version(git_uri: str, ref: str | None) -> str:
@@ -84,22 +81,35 @@ def step_label(plan: Plan, step: PlannedStep) -> str:
     return f"{step.name} ({step.spec.folder.name}:{step.entry_point})"
 
 
+def git_checkout(git_uri: str, commit: str) -> tempfile.TemporaryDirectory:
+    """One checkout of `git_uri` at `commit` for every step of a `--from-git` run (removed with the object)."""
+    tmp = tempfile.TemporaryDirectory(prefix="windpipe-git-")
+    steps = (["clone", "--quiet", "--no-checkout", git_uri, tmp.name], ["-C", tmp.name, "checkout", "--quiet", commit])
+    for args in steps:
+        try:
+            subprocess.run(["git", *args], capture_output=True, text=True, timeout=600, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            tmp.cleanup()
+            why = first_line(RuntimeError(getattr(exc, "stderr", None) or exc), 300)  # (passwords masked)
+            raise WindpipeError(f"Cannot check out {commit} of {redact(git_uri)} ({why}).",
+                                "check the repository URL and --git-version") from None
+    return tmp
+
+
 @contextlib.contextmanager
 def step_environment(log_dir: Path | None = None) -> Iterator[None]:
     """The environment the launched steps inherit (this process's, copied at each launch), restored on exit.
 
     - `WINDPIPE_STEP_LOG_DIR`: each step writes its output to `<log_dir>/<step folder>.log` (None: to this
       process's output, as under Airflow);
-    - this environment's `bin/` first on PATH: the `mlflow run` command and the step's `python` are this
-      environment's, whether or not it was activated;
-    - no `MLFLOW_EXPERIMENT_NAME` (`windpipe env` exports it): `mlflow run` refuses it beside the experiment
-      id MLflow Projects passes on;
+    - this environment's `bin/` first on PATH: the step's `python` is this environment's, whether or not it
+      was activated;
     - MLflow telemetry off: its thread edits os.environ while the launching threads copy it
       (docs/reliability.md).
     """
-    changes = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-               "MLFLOW_EXPERIMENT_NAME": None,
-               "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    changes: dict[str, str | None] = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
     if log_dir is not None:
         changes[STEP_LOG_DIR_ENV] = str(log_dir)
     with environment(changes):
@@ -115,30 +125,41 @@ def _raise_if_down(what: str) -> None:
                          f"{down.fix}; then run the pipeline again: finished steps are reused") from None
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """Stop a step's process and whatever it started (the step's interpreter, joblib workers, a marts helper):
-    SIGTERM (its run ends KILLED), then SIGKILL for what is left after 5 s."""
-    try:
-        import psutil
-    except ImportError:  # (a step environment without psutil: the process itself)
-        proc.terminate()
-        return
-    try:
-        root = psutil.Process(proc.pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
+def step_processes(run_id: str) -> list[psutil.Process]:
+    """The processes of this process's step run `run_id`: the children MLflow Projects started with
+    `MLFLOW_RUN_ID=<run_id>` (the shell, the step's interpreter) and whatever they started (joblib workers,
+    a marts helper)."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("MLFLOW_RUN_ID") == run_id:
+                found.update({p.pid: p for p in [child, *child.children(recursive=True)]})
+    return list(found.values())
+
+
+def _kill(procs: list[psutil.Process], grace: float = 5.0) -> None:
+    """SIGTERM (a step run ends KILLED), then SIGKILL for what is left after `grace` seconds. Nothing is reaped
+    here: the thread waiting on the step's process must see how it ended (psutil's wait would reap it)."""
+    import psutil
+
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    deadline = time.monotonic() + grace
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if alive(p):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
 
 
 class Launcher:
@@ -157,9 +178,10 @@ class Launcher:
         self.commit = resolve_git_version(config.git_uri, config.git_version) if config.git_uri else None
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._git_lock = threading.Lock()  # MLflow's git fetch (GitPython) fails when two run at once
+        self._git_lock = threading.Lock()  # one checkout for every step, made by the first that runs
+        self._checkout: tempfile.TemporaryDirectory | None = None
         self._store_checked = False
-        self._running: dict[str, Any] = {}  # run id -> mlflow.projects.SubmittedRun
+        self._running: set[str] = set()  # the run ids of the steps running now
 
     def log(self, step: PlannedStep) -> Path | None:
         """The file the step's output goes to (None: this process's own output, as under Airflow)."""
@@ -209,50 +231,59 @@ class Launcher:
             _raise_if_down("Cannot run the pipeline's steps")
             self._store_checked = True
 
+    def folder(self, step: PlannedStep) -> Path:
+        """Where the step's project is: its folder in this checkout, or in the `--from-git` checkout."""
+        if not self.commit:
+            return step.spec.folder.resolve()
+        with self._git_lock:
+            if self._checkout is None:
+                self._checkout = git_checkout(str(self.config.git_uri), self.commit)
+        return Path(self._checkout.name) / "projects" / step.spec.folder.name
+
     def _launch(self, step: PlannedStep, params: dict[str, str], key: str, upstream: dict[str, str], label: str,
                 progress: Progress | None) -> Run:
-        """Run one step as its own MLflow project run, tagged for the cache as a child of the pipeline run."""
-        import mlflow.projects
-        from mlflow.entities import RunTag
+        """Make the step's run, tagged for the cache as a child of the pipeline run, and run its project in it."""
         from mlflow.exceptions import MlflowException
 
         if self.stopping.is_set():
             raise StepFailed(f"{label} was not started: the pipeline is stopping.", STOP_FIX, step.name)
-        try:
-            # returns once the run exists and its `mlflow run` process started (we wait below)
-            with self._git_lock if self.commit else contextlib.nullcontext():
-                submitted = mlflow.projects.run(project_uri(self.config, step), step.entry_point, version=self.commit,
-                                                parameters=params, experiment_id=self.experiment_id,
-                                                env_manager=self.config.env_manager, synchronous=False)
-        except MlflowException as exc:  # (ExecutionException too): a bad parameter value, a broken MLproject
-            raise StepFailed(f"{label} could not start: {first_line(exc, 500)}",
-                             "check the parameters (-P) and the step project", step.name) from None
-        except OSError as exc:  # no `mlflow` command to start
-            raise StepFailed(f"{label} could not start: {first_line(exc, 500)}",
-                             "install the requirements into this environment (`make install`)", step.name) from None
-        run_id = submitted.run_id
-        with self._lock:
-            self._running[run_id] = submitted
-        log = self.log(step)
-        try:
-            # a FINISHED run that misses its key is only rerun, never wrongly reused
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
+        folder = self.folder(step)
+        source = f"{self.config.git_uri}#projects/{step.spec.folder.name}" if self.commit else None
+        # a FINISHED run that misses its key is only rerun, never wrongly reused
+        tags = {**project_tags(folder, step.entry_point, source),
                 names.MLFLOW_PARENT_RUN_TAG: self.parent_id, names.PIPELINE_RUN_TAG: self.parent_id,
                 names.UPSTREAM_TAG: json.dumps(upstream, sort_keys=True), names.CACHE_KEY_TAG: key,
-                names.MLFLOW_RUN_NAME_TAG: step.name}.items()])
+                names.MLFLOW_RUN_NAME_TAG: step.name}
+        run_id = create_project_run(self.client, self.experiment_id, tags, logged_params(step.spec.parameters, params))
+        with self._lock:
+            self._running.add(run_id)
+        log = self.log(step)
+        error: Exception | None = None
+        try:
+            if self.stopping.is_set():  # (stop() came between the check above and now: it waits for us)
+                fail_run(run_id, "not started: the pipeline is stopping", "KILLED", self.client)
+                raise StepFailed(f"{label} was not started: the pipeline is stopping.", STOP_FIX, step.name, run_id)
             if progress is not None:
                 progress.running(step.name, run_id)
-            ok = submitted.wait()
+            run_project_in(run_id, folder, step.entry_point, params, self.experiment_id, self.config.env_manager)
+        except (MlflowException, OSError) as exc:  # (ExecutionException too): it failed, or could not start
+            error = exc
         finally:
             with self._lock:
-                self._running.pop(run_id, None)
+                self._running.discard(run_id)
         if self.stopping.is_set():
             raise StepFailed(f"{label} was stopped (run {run_id}).", STOP_FIX, step.name, run_id, log)
         run = self.client.get_run(run_id)
-        if run.info.status == "RUNNING":  # (`mlflow run` ends the run; this covers its being killed first)
-            self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        if run.info.status == "RUNNING" and error is not None:
+            # MLflow Projects ends a run whose command failed; this one never started (a bad parameter value,
+            # a broken MLproject, an environment that could not be made)
+            problem = f"{label} could not start: {first_line(error, 500)}"
+            fail_run(run_id, problem, client=self.client)
+            raise StepFailed(problem, "check the parameters (-P) and the step project", step.name, run_id, log)
+        if run.info.status == "RUNNING":  # (the step's process ended without ending its run)
+            self.client.set_terminated(run_id, "FINISHED" if error is None else "FAILED")
             run = self.client.get_run(run_id)
-        if ok and run.info.status == "FINISHED":
+        if error is None and run.info.status == "FINISHED":
             return run
         reason = run.data.tags.get(names.FAILURE_TAG)
         if not reason:
@@ -265,14 +296,18 @@ class Launcher:
         raise StepFailed(f"{label} failed (run {run_id}): {detail}", RESUME_FIX, step.name, run_id, log)
 
     def stop(self) -> list[str]:
-        """Stop every running step (its whole process tree); return their run ids."""
+        """Stop every running step (its whole process tree) and wait for their threads; return their run ids.
+
+        A step whose process starts after the first look (MLflow Projects was still making its environment)
+        is stopped at the next look, every 0.2 s, until no step runs."""
         self.stopping.set()
         with self._lock:
-            running = list(self._running.items())
-        for _, submitted in running:
-            proc = step_process(submitted)
-            if proc is not None:
-                _kill_tree(proc)
-            else:  # (a backend without a local process)
-                submitted.cancel()
-        return [run_id for run_id, _ in running]
+            stopped = sorted(self._running)
+        while True:
+            with self._lock:
+                running = list(self._running)
+            if not running:
+                return stopped
+            for run_id in running:
+                _kill(step_processes(run_id))
+            time.sleep(0.2)

@@ -122,7 +122,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console: Any = None
     progress = Progress(labels, console, logs)
     projects_log = logging.getLogger("mlflow.projects")
     level = projects_log.level
-    projects_log.setLevel(logging.WARNING)  # its "=== Asynchronously launching MLflow run ..." lines: the table says it
+    projects_log.setLevel(logging.WARNING)  # its "=== Running command ..." lines: the table says it
     try:
         with progress, step_environment(log_dir):
             results = schedule(launcher, progress, config.workers)
