@@ -57,6 +57,8 @@ def _env_file() -> Path:
 PG_DRIVER = "postgresql+psycopg"
 # the team stack's PostgreSQL role and database of the data marts (their schema: windpipe.marts.dialects)
 MARTS_ROLE = "marts"
+# ... and of the registry lock every machine sees (windpipe.stack.locks)
+LOCKS_ROLE = "locks"
 
 
 class Settings(BaseSettings):
@@ -102,7 +104,10 @@ class Settings(BaseSettings):
     # orchestration: what the pipeline's steps are and where the environment that runs them lives
     projects: Path | None = None  # the folder of step folders (default: projects/ of this checkout)
     bin_dir: Path | None = None  # bin/ of the environment with windpipe and mlflow (default: .venv/bin)
-    inbox: Path | None = None  # the prediction DAG's inbox (default: <home>/inbox)
+    # the prediction DAG's inbox: a folder or an S3 prefix (s3://<bucket>/inbox/, through the S3 settings below)
+    inbox: str | None = None  # default: <home>/inbox
+    # a claim of an inbox file whose DAG run neither settled nor released it can be taken over after this long
+    inbox_lease: float = Field(default=6 * 3600.0, gt=0)
     # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
     airflow_port: int = Field(default=8090, ge=1, le=65535)
     airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
@@ -147,6 +152,11 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    # the registry lock on the team stack (windpipe.stack.locks): a PostgreSQL database every machine that promotes
+    # reaches; default: the team stack's own (database and role `locks`, its password in a 0600 file)
+    lock_url: SecretStr | None = None
+    # how long a promotion may hold the team's registry lock: a holder past it is ended by the next promotion
+    registry_lease: float = Field(default=300.0, gt=0)
     # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
     auth: Literal["none", "basic"] = "none"
     # what windpipe's own requests to a basic-auth tracking server send (MLflow's client reads the same variables)
@@ -189,6 +199,27 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home / 'marts.db'}"
 
     @property
+    def effective_lock_url(self) -> str | None:
+        """Where the registry lock lives (None: the file lock in the state folder, for one machine):
+        `WINDPIPE_LOCK_URL`; else on the team stack WINDPIPE_PG_URL's database and login, or the `locks`
+        database of the server `up` starts, as the role `locks` (its password in a 0600 file the URL names)."""
+        if self.lock_url is not None:
+            return self.lock_url.get_secret_value()
+        if self.stack != "team":
+            return None
+        if self.pg_url is not None:
+            return self.pg_url.get_secret_value()
+        from urllib.parse import quote
+
+        return (f"{PG_DRIVER}://{LOCKS_ROLE}@{self.host}:{self.pg_port}/{LOCKS_ROLE}"
+                f"?passfile={quote(str(self.locks_passfile), safe='/')}")
+
+    @property
+    def locks_passfile(self) -> Path:
+        """The team stack's libpq password file for the locks role (its line only; mode 0600)."""
+        return self.secret_file("locks_pgpass")
+
+    @property
     def marts_passfile(self) -> Path:
         """The team stack's libpq password file for the marts role (its line only; mode 0600)."""
         return self.secret_file("marts_pgpass")
@@ -227,9 +258,10 @@ class Settings(BaseSettings):
         return self.bin_dir or repo_root() / ".venv" / "bin"
 
     @property
-    def inbox_dir(self) -> Path:
-        """New feature files land here; scored ones move to done/, refused ones to failed/."""
-        return self.inbox or self.home / "inbox"
+    def inbox_uri(self) -> str:
+        """Where new feature files land (a folder, or an S3 prefix s3://<bucket>/<prefix>/); scored ones move to
+        done/, refused ones to failed/ (windpipe.pipeline.inbox)."""
+        return self.inbox or str(self.home / "inbox")
 
     def pipeline_log_dir(self, pipeline_run_id: str) -> Path:
         """The output of each step of one local pipeline run: <home>/logs/pipeline/<run id>/<step>.log."""

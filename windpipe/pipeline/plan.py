@@ -43,7 +43,7 @@ class PipelineConfig:
     pipeline: str = TRAINING
     projects: Path | None = None  # the folder of step folders (default: settings' projects_dir())
     jobs: int = 0  # steps run side by side; 0: one per core
-    inbox: Path | None = None  # prediction: the folder new feature files land in
+    inbox: str | None = None  # prediction: where new feature files land (a folder or an S3 prefix)
     outputs: dict[str, str] = field(default_factory=dict)  # entity -> where a step writes it (predictions)
     source: str = "-P"  # where the overrides came from, for messages
 
@@ -62,7 +62,7 @@ def conf_defaults(pipeline: str) -> dict[str, object]:
     if pipeline == TRAINING:
         return {"raw": str(default_raw_dir()), "quick": False, **common}
     if pipeline == PREDICTION:
-        return {"inbox": str(get_settings().inbox_dir), **common}
+        return {"inbox": get_settings().inbox_uri, **common}
     raise UsageError(f"There is no {pipeline!r} pipeline.", f"use {TRAINING} or {PREDICTION}")
 
 
@@ -134,7 +134,8 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> Pipeli
         config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"
     else:
-        config.inbox = _absolute("inbox", values["inbox"])
+        inbox = str(values["inbox"])
+        config.inbox = inbox if inbox.startswith("s3://") else str(_absolute("inbox", inbox))
     return config
 
 
