@@ -211,7 +211,7 @@ class Launcher:
                                            step.spec.key_metric)
             else:
                 self._check_store()
-                run = self._launch(step, params, key, upstream, label, progress)
+                run = self._launch(step, params, key, upstream, label, progress, tag_as or step.name)
                 result = StepResult.of_run(step.name, run, False, time.perf_counter() - started, step.spec.key_metric)
         except WindpipeError as exc:
             failed = exc if isinstance(exc, StepFailed) else StepFailed(f"{label}: {exc.problem}",
@@ -241,7 +241,7 @@ class Launcher:
         return Path(self._checkout.name) / "projects" / step.spec.folder.name
 
     def _launch(self, step: PlannedStep, params: dict[str, str], key: str, upstream: dict[str, str], label: str,
-                progress: Progress | None) -> Run:
+                progress: Progress | None, task: str) -> Run:
         """Make the step's run, tagged for the cache as a child of the pipeline run, and run its project in it."""
         from mlflow.exceptions import MlflowException
 
@@ -253,7 +253,7 @@ class Launcher:
         tags = {**project_tags(folder, step.entry_point, source),
                 names.MLFLOW_PARENT_RUN_TAG: self.parent_id, names.PIPELINE_RUN_TAG: self.parent_id,
                 names.UPSTREAM_TAG: json.dumps(upstream, sort_keys=True), names.CACHE_KEY_TAG: key,
-                names.MLFLOW_RUN_NAME_TAG: step.name}
+                names.MLFLOW_RUN_NAME_TAG: step.name, names.TASK_TAG: task}
         run_id = create_project_run(self.client, self.experiment_id, tags, logged_params(step.spec.parameters, params))
         with self._lock:
             self._running.add(run_id)
