@@ -89,6 +89,25 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     return out
 
 
+def climatology_q4(df) -> dict[str, float]:
+    """GEFCom's climatology benchmark on 2016 Q4 (the training data's hour-of-year quantiles, trained to 2016-09):
+    the pinball loss a probabilistic forecast must beat by 40 % (issue 23), its coverage and width."""
+    import pandas as pd
+
+    from windpipe.names import TARGETS, TIMESTAMP
+    from windpipe.training.metrics import quantile_metrics
+    from windpipe.training.split import time_window
+    from windpipe.training.uncertainty import climatology
+
+    train, test = time_window(df, pd.Timestamp(QUARTERS[3], tz="UTC"))
+    quantiles = climatology(train[TIMESTAMP], train[TARGETS].to_numpy(), test[TIMESTAMP])
+    m = quantile_metrics(test[TARGETS], quantiles)
+    print(f"climatology, 2016 Q4: pinball {m['pinball']:.3f} GW (solar {m['pinball_solar_GW']:.3f}, wind "
+          f"{m['pinball_wind_GW']:.3f}); 80 % interval coverage {m['coverage80']:.3f}, width {m['width80']:.2f} GW; "
+          f"a forecast's target: pinball <= {0.6 * m['pinball']:.3f} GW\n", flush=True)
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default="", help="comma list (default: every registered family)")
@@ -105,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     from windpipe.training import families
 
+    climatology_q4(df)
     results = {}
     for family in [f for f in args.families.split(",") if f] or families.names():
         for variant in args.variants.split(","):
