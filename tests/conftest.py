@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -80,10 +81,9 @@ def platform_env(home: Path) -> dict[str, str]:
 
 
 def settings_from(env: dict[str, str]) -> Settings:
-    return Settings(home=Path(env["WINDPIPE_HOME"]), ftp_port=int(env["WINDPIPE_FTP_PORT"]),
-                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]),
-                    ftp_passive_ports=env["WINDPIPE_FTP_PASSIVE_PORTS"],
-                    ftp_password=env.get("WINDPIPE_FTP_PASSWORD"), tracking_uri=env["MLFLOW_TRACKING_URI"])
+    """The settings a windpipe process started with `env` reads (nothing of this test process's own environment)."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings(_env_file=None)
 
 
 @pytest.fixture
@@ -137,15 +137,6 @@ def team_env(home: Path) -> dict[str, str]:
     return env
 
 
-def team_settings(env: dict[str, str]) -> Settings:
-    return Settings(home=Path(env["WINDPIPE_HOME"]), stack="team", auth=env["WINDPIPE_AUTH"],
-                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), pg_port=int(env["WINDPIPE_PG_PORT"]),
-                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180,
-                    # explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, so the process's environment
-                    # may name another test's (stopped) server
-                    tracking_uri=env["MLFLOW_TRACKING_URI"])
-
-
 @pytest.fixture(scope="session")
 def team_platform() -> Iterator[Platform]:
     """One team platform (PostgreSQL, rclone S3, MLflow with basic auth) for the session, removed at the end.
@@ -157,7 +148,7 @@ def team_platform() -> Iterator[Platform]:
 
     home = Path(tempfile.mkdtemp(prefix="windpipe-team-"))
     env = team_env(home)
-    p = Platform(team_settings(env), env)
+    p = Platform(settings_from(env), env)
     try:
         team.up(p.settings, say=lambda _m: None)
         user, password = team.admin_credentials(p.settings)
@@ -203,9 +194,9 @@ def stored_artifacts(p: Platform, prefix: str) -> set[str]:
         from windpipe.stack import s3
 
         pages = s3.client(p.settings).get_paginator("list_objects_v2").paginate(
-            Bucket=p.settings.s3_bucket, Prefix=f"artifacts/{prefix}/")
+            Bucket=p.settings.team.s3_bucket, Prefix=f"artifacts/{prefix}/")
         return {o["Key"].removeprefix(f"artifacts/{prefix}/") for page in pages for o in page.get("Contents", [])}
-    root = p.settings.ftp_root / "artifacts" / prefix
+    root = p.settings.paths.ftp_root / "artifacts" / prefix
     return {f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()}
 
 

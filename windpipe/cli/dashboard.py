@@ -38,7 +38,7 @@ def dashboard(
     if detach:
         pid, url = serve.start(settings, host, port)
         typer.echo(f"dashboard: running (pid {pid}) at {url}")
-        typer.echo(f"  log: {settings.log_file(serve.SERVICE)}   stop: windpipe dashboard --stop")
+        typer.echo(f"  log: {settings.paths.log_file(serve.SERVICE)}   stop: windpipe dashboard --stop")
         return
     serve.serve(settings, host, port, server)
 

@@ -212,7 +212,7 @@ def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
 
     df = process(*read_raw(raw))
     batch = df[df[TIMESTAMP] > df[TIMESTAMP].max() - pd.Timedelta(days=28)][[TIMESTAMP, *FEATURES]]
-    features = settings.output_dir("demo", "last_4_weeks_features.parquet")
+    features = settings.paths.output_dir("demo", "last_4_weeks_features.parquet")
     with atomic_path(features) as tmp:
         batch.to_parquet(tmp, index=False)
     predict_main(str(features), str(features.with_name("last_4_weeks_predictions.parquet")), None, True, False,

@@ -72,9 +72,9 @@ def env() -> None:
     typer.echo(f"export MLFLOW_EXPERIMENT_NAME={settings.experiment}")
     for key, value in settings.process_environment().items():
         typer.echo(f"export {key}={value}")
-    if settings.stack == "team" and settings.auth == "basic":
+    if settings.stack == "team" and settings.team.auth == "basic":
         from windpipe.stack import team
 
         # the password stays in its 0600 file: the export reads it when the shell runs it
         typer.echo(f"export MLFLOW_TRACKING_USERNAME={team.ADMIN}")
-        typer.echo(f'export MLFLOW_TRACKING_PASSWORD="$(cat {settings.secret_file(team.ADMIN_PASSWORD)})"')
+        typer.echo(f'export MLFLOW_TRACKING_PASSWORD="$(cat {settings.paths.secret_file(team.ADMIN_PASSWORD)})"')

@@ -158,7 +158,7 @@ def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
 
     if not (ref.load_uri.startswith("models:/") and (ref.name and ref.version or ref.logged_model_id)):
         return None
-    target = (settings or get_settings()).cache_dir(*ref.cache_key.split("/"), "model")
+    target = (settings or get_settings()).paths.cache_dir(*ref.cache_key.split("/"), "model")
     if (target / "MLmodel").exists():
         return str(target)
     try:
@@ -324,7 +324,7 @@ def training_entity(ref: ModelRef, settings: Settings | None = None) -> pd.DataF
                             f"{names.entity_tag('processed')} tag.",
                             "use a model trained by the windpipe steps (they record the entity they read)")
     settings = settings or get_settings()
-    target = settings.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)
+    target = settings.paths.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

@@ -62,7 +62,7 @@ def registry_lock(settings: Settings, timeout: float = 300.0) -> Iterator[None]:
     """Exclusive lock (fcntl.flock on settings.home/registry.lock) around a registry change."""
     import fcntl
 
-    path = settings.registry_lock_file
+    path = settings.paths.registry_lock_file
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     with open(path, "a+") as fh:

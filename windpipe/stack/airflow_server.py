@@ -53,7 +53,7 @@ def airflow_bin(settings: Settings) -> Path:
 
 
 def password_file(settings: Settings) -> Path:
-    return settings.secret_file("airflow_passwords.json")
+    return settings.paths.secret_file("airflow_passwords.json")
 
 
 def admin_password(settings: Settings, create: bool = False) -> str:
@@ -77,7 +77,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
     """
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AIRFLOW")}
     env.update({
-        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW_HOME": str(settings.paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -119,7 +119,7 @@ def check_login(env: dict[str, str]) -> None:
 
 
 def _pid(settings: Settings, name: str) -> int | None:
-    return owned_pid(settings.pid_file(f"airflow-{name}"), settings.home)
+    return owned_pid(settings.paths.pid_file(f"airflow-{name}"), settings.home)
 
 
 def health(settings: Settings, timeout: float = 3.0) -> dict[str, str]:
@@ -149,7 +149,7 @@ def _ready(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings, env: dict[str, str]) -> None:
-    log = settings.log_file("airflow-db-migrate")
+    log = settings.paths.log_file("airflow-db-migrate")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.run([str(airflow_bin(settings)), "db", "migrate"], env=env, stdout=out,
@@ -170,7 +170,7 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
         raise WindpipeError(f"Port {settings.airflow_port} on {settings.host} is taken by another program, so "
                             "Airflow's API server cannot start.",
                             "stop that program, or choose another port with WINDPIPE_AIRFLOW_PORT=<port>")
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    settings.paths.airflow_home.mkdir(parents=True, exist_ok=True)
     admin_password(settings, create=True)
     if missing:
         say("airflow: migrating its database ...")
@@ -183,29 +183,30 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
             say(f"airflow {name}: already running (pid {pid})")
             continue
         argv = [str(airflow_bin(settings)), name, *ARGS[name]]
-        started[name] = start_detached(argv, env, settings.log_file(f"airflow-{name}"),
-                                       settings.pid_file(f"airflow-{name}"), settings.home,
+        started[name] = start_detached(argv, env, settings.paths.log_file(f"airflow-{name}"),
+                                       settings.paths.pid_file(f"airflow-{name}"), settings.home,
                                        port=settings.airflow_port if name == "api-server" else None,
-                                       cwd=settings.airflow_home)
+                                       cwd=settings.paths.airflow_home)
         say(f"airflow {name}: starting (pid {started[name]})")
         if name == "api-server":
             wait_until(lambda: _answers(settings), timeout, "Airflow's API server",
                        alive=lambda: pid_alive(started["api-server"]), exited=lambda: _exited(settings, started),
-                       fix=f"see {settings.log_file('airflow-api-server')}")
+                       fix=f"see {settings.paths.log_file('airflow-api-server')}")
             # its first request to the execution API builds it (8-18 s): pay it before any task runs
             try:
                 urllib.request.urlopen(f"{settings.airflow_url}/execution/health", timeout=timeout).read()
             except (urllib.error.URLError, OSError):
                 pass  # (only a warm-up)
     wait_until(lambda: _ready(settings), timeout, "Airflow", alive=lambda: all(pid_alive(p) for p in started.values()),
-               exited=lambda: _exited(settings, started), fix=f"see {settings.log_file('airflow-scheduler').parent}")
+               exited=lambda: _exited(settings, started),
+               fix=f"see {settings.paths.log_file('airflow-scheduler').parent}")
     say(f"airflow: up at {settings.airflow_url} (user {USER}, password in {password_file(settings)})")
     return status(settings)
 
 
 def _exited(settings: Settings, started: dict[str, int]) -> WindpipeError:
     name = next((n for n, p in started.items() if not pid_alive(p)), "a service")
-    log = settings.log_file(f"airflow-{name}")
+    log = settings.paths.log_file(f"airflow-{name}")
     return WindpipeError(f"Airflow's {name} exited while starting.{log_tail(log, 8)}", f"see {log}")
 
 
@@ -219,7 +220,7 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
             pass
     for name, pid in pids.items():
         stop_pid(pid, timeout=30.0)
-        settings.pid_file(f"airflow-{name}").unlink(missing_ok=True)
+        settings.paths.pid_file(f"airflow-{name}").unlink(missing_ok=True)
         say(f"airflow {name}: stopped (pid {pid})")
     if not pids:
         say("airflow: not running")

@@ -42,8 +42,8 @@ MARTS_PASSWORD = "pg_marts_password"
 
 def bin_dir(settings: Settings) -> Path:
     """Where initdb/pg_ctl live: WINDPIPE_PG_BIN, else the newest Debian /usr/lib/postgresql/<n>/bin, else PATH."""
-    if settings.pg_bin is not None:
-        candidates = [settings.pg_bin]
+    if settings.team.pg_bin is not None:
+        candidates = [settings.team.pg_bin]
     else:
         debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
                         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
@@ -63,7 +63,7 @@ def _as_root() -> bool:
 
 def _server_cmd(settings: Settings, argv: list[str]) -> list[str]:
     # runuser switches user without PAM prompts; only root may, and only root needs to
-    return ["runuser", "-u", settings.pg_os_user, "--", *argv] if _as_root() else argv
+    return ["runuser", "-u", settings.team.pg_os_user, "--", *argv] if _as_root() else argv
 
 
 def _run(settings: Settings, argv: list[str]) -> subprocess.CompletedProcess:
@@ -72,24 +72,24 @@ def _run(settings: Settings, argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def data_dir(settings: Settings) -> Path:
-    return settings.postgres_dir / "data"
+    return settings.paths.postgres_dir / "data"
 
 
 def socket_dir(settings: Settings) -> Path:
-    return settings.postgres_dir / "run"
+    return settings.paths.postgres_dir / "run"
 
 
 def log_path(settings: Settings) -> Path:
-    return settings.postgres_dir / "postgres.log"
+    return settings.paths.postgres_dir / "postgres.log"
 
 
 def passfile(settings: Settings) -> Path:
-    return settings.secret_file(PASSFILE)
+    return settings.paths.secret_file(PASSFILE)
 
 
 def prepare(settings: Settings) -> None:
     """Make the server's folders; as root, hand them to the server's user and close the state folder."""
-    pg = settings.postgres_dir
+    pg = settings.paths.postgres_dir
     for folder in (pg, socket_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)
@@ -99,9 +99,9 @@ def prepare(settings: Settings) -> None:
     import pwd
 
     try:
-        user = pwd.getpwnam(settings.pg_os_user)
+        user = pwd.getpwnam(settings.team.pg_os_user)
     except KeyError:
-        raise WindpipeError(f"The user {settings.pg_os_user!r} that should run PostgreSQL does not exist.",
+        raise WindpipeError(f"The user {settings.team.pg_os_user!r} that should run PostgreSQL does not exist.",
                             "install the `postgresql` package (it makes `postgres`), "
                             "or set WINDPIPE_PG_OS_USER") from None
     for folder in (pg, socket_dir(settings)):
@@ -111,19 +111,19 @@ def prepare(settings: Settings) -> None:
     settings.home.chmod(0o710)
     if _run(settings, ["test", "-w", str(pg)]).returncode != 0:
         raise WindpipeError(
-            f"The user {settings.pg_os_user!r} cannot reach {pg}: a parent folder of {settings.home} "
+            f"The user {settings.team.pg_os_user!r} cannot reach {pg}: a parent folder of {settings.home} "
             "does not let other users pass (mode o+x).",
             "point WINDPIPE_HOME at a folder below world-passable parents (e.g. under /srv or /tmp)")
 
 
 def _initdb(settings: Settings) -> None:
-    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
+    su_password = kept_secret(settings.paths.secret_file(SUPERUSER_PASSWORD))
     # initdb runs as the server's user, which cannot read root's secret: a short-lived 0600 copy it owns
-    pwfile = settings.postgres_dir / ".initdb_pwfile"
+    pwfile = settings.paths.postgres_dir / ".initdb_pwfile"
     atomic_write_text(pwfile, su_password + "\n", mode=0o600)
     try:
         if _as_root():
-            st = settings.postgres_dir.stat()
+            st = settings.paths.postgres_dir.stat()
             os.chown(pwfile, st.st_uid, st.st_gid)
         proc = _run(settings, [str(bin_dir(settings) / "initdb"), "-D", str(data_dir(settings)), "-U", SUPERUSER,
                                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
@@ -132,13 +132,13 @@ def _initdb(settings: Settings) -> None:
         pwfile.unlink(missing_ok=True)
     if proc.returncode != 0:
         shutil.rmtree(data_dir(settings), ignore_errors=True)  # a half-made cluster would block the next try
-        raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.postgres_dir}")
+        raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.paths.postgres_dir}")
 
 
 def _ready(settings: Settings) -> int:
     """pg_isready: 0 accepting, 1 starting or recovering, 2 no answer."""
     return subprocess.run([str(bin_dir(settings) / "pg_isready"), "-q", "-h", settings.host,
-                           "-p", str(settings.pg_port), "-t", "2"]).returncode
+                           "-p", str(settings.team.pg_port), "-t", "2"]).returncode
 
 
 def running_pid(settings: Settings) -> int | None:
@@ -163,9 +163,9 @@ def start(settings: Settings, timeout: float) -> bool:
         return False
     if state == 0:
         raise WindpipeError(
-            f"Port {settings.pg_port} on {settings.host} is taken by another program, so PostgreSQL cannot start.",
+            f"Port {settings.team.pg_port} on {settings.host} is taken by another program, so PostgreSQL cannot start.",
             "stop that program, or choose another port with WINDPIPE_PG_PORT=<port>")
-    options = (f"-c listen_addresses={settings.host} -c port={settings.pg_port} "
+    options = (f"-c listen_addresses={settings.host} -c port={settings.team.pg_port} "
                f"-c unix_socket_directories={socket_dir(settings)} "
                # crash recovery first syncs every file (seconds); syncfs is one call per filesystem
                "-c recovery_init_sync_method=syncfs")
@@ -191,16 +191,17 @@ def bootstrap(settings: Settings) -> None:
     """Make (or refresh) the app role and its databases, the marts role and schema, and the password files."""
     from psycopg import sql
 
-    app_password = kept_secret(settings.secret_file(APP_PASSWORD))
-    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
-    marts_password = kept_secret(settings.secret_file(MARTS_PASSWORD))
+    app_password = kept_secret(settings.paths.secret_file(APP_PASSWORD))
+    su_password = kept_secret(settings.paths.secret_file(SUPERUSER_PASSWORD))
+    marts_password = kept_secret(settings.paths.secret_file(MARTS_PASSWORD))
     # the password files first: the superuser connects through one too (no password in a parameter list);
     # the marts' clients (predict, dashboard, monitor) get a file with the marts role's line only
     atomic_write_text(passfile(settings),
-                      f"{settings.host}:{settings.pg_port}:*:{APP_ROLE}:{app_password}\n"
-                      f"{settings.host}:{settings.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
-    atomic_write_text(settings.marts_passfile,
-                      f"{settings.host}:{settings.pg_port}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n", mode=0o600)
+                      f"{settings.host}:{settings.team.pg_port}:*:{APP_ROLE}:{app_password}\n"
+                      f"{settings.host}:{settings.team.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
+    atomic_write_text(settings.paths.marts_passfile,
+                      f"{settings.host}:{settings.team.pg_port}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n",
+                      mode=0o600)
     with _connect(settings, SUPERUSER, "postgres", autocommit=True) as conn:
         for role, password in ((APP_ROLE, app_password), (MARTS_ROLE, marts_password)):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
@@ -224,18 +225,18 @@ def bootstrap(settings: Settings) -> None:
 def _connect(settings: Settings, user: str, dbname: str, autocommit: bool = False) -> psycopg.Connection:
     import psycopg
 
-    return psycopg.connect(host=settings.host, port=settings.pg_port, user=user, dbname=dbname,
+    return psycopg.connect(host=settings.host, port=settings.team.pg_port, user=user, dbname=dbname,
                            passfile=str(passfile(settings)), connect_timeout=3, autocommit=autocommit)
 
 
 def uri(settings: Settings, db: str = "mlflow") -> str:
     """The SQLAlchemy URI of a database: WINDPIPE_PG_URL's, else ours, without a password (PGPASSFILE has it)."""
-    if settings.pg_url is not None:
+    if settings.team.pg_url is not None:
         from sqlalchemy.engine import make_url
 
-        external = settings.pg_url.get_secret_value()
+        external = settings.team.pg_url.get_secret_value()
         return external if db == "mlflow" else make_url(external).set(database=db).render_as_string(False)
-    return f"{DRIVER}://{APP_ROLE}@{settings.host}:{settings.pg_port}/{db}"
+    return f"{DRIVER}://{APP_ROLE}@{settings.host}:{settings.team.pg_port}/{db}"
 
 
 def display_uri(settings: Settings) -> str:
@@ -247,7 +248,7 @@ def display_uri(settings: Settings) -> str:
 
 def client_env(settings: Settings) -> dict[str, str]:
     """What a process that connects (the tracking server) needs in its environment."""
-    return {} if settings.pg_url is not None else {"PGPASSFILE": str(passfile(settings))}
+    return {} if settings.team.pg_url is not None else {"PGPASSFILE": str(passfile(settings))}
 
 
 def check(settings: Settings) -> str:
@@ -255,17 +256,17 @@ def check(settings: Settings) -> str:
     import psycopg
 
     try:
-        if settings.pg_url is not None:
+        if settings.team.pg_url is not None:
             from sqlalchemy.engine import make_url
 
-            url = make_url(settings.pg_url.get_secret_value()).set(drivername="postgresql")
+            url = make_url(settings.team.pg_url.get_secret_value()).set(drivername="postgresql")
             conn = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=3)
         else:
             conn = _connect(settings, APP_ROLE, "mlflow")
         with conn:
             conn.execute("SELECT 1").fetchone()
     except psycopg.Error as exc:
-        fix = ("check WINDPIPE_PG_URL (host, user, password, database)" if settings.pg_url is not None
+        fix = ("check WINDPIPE_PG_URL (host, user, password, database)" if settings.team.pg_url is not None
                else "run `windpipe up`")
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise WindpipeError(f"PostgreSQL at {display_uri(settings)} does not answer a query ({reason}).",

@@ -38,7 +38,7 @@ def running_pid(settings: Settings, name: str, say: Callable[[str], None] | None
     """The pid of the `name` server this state folder started, when it runs (proven by its pid file).
 
     With `say`, a stale or foreign pid file is removed and reported."""
-    return owned_pid(settings.pid_file(name), settings.home, say)
+    return owned_pid(settings.paths.pid_file(name), settings.home, say)
 
 
 # files of the state folder only their owner may read: the databases (with their WAL files) and the logs
@@ -55,13 +55,14 @@ def ensure_state_folder(settings: Settings) -> None:
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(home, 0o700)
-        for folder in (settings.ftp_root / "artifacts", settings.log_file(FTP).parent, settings.pid_file(FTP).parent):
+        paths = settings.paths
+        for folder in (paths.ftp_root / "artifacts", paths.log_file(FTP).parent, paths.pid_file(FTP).parent):
             folder.mkdir(parents=True, exist_ok=True)
         for pattern in PRIVATE_GLOBS:
             for path in home.glob(pattern):
                 if path.is_file():
                     os.chmod(path, 0o600)
-        probe = settings.run_file(".write-test")
+        probe = settings.paths.run_file(".write-test")
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -162,12 +163,12 @@ def _start(settings: Settings, name: str, env: dict[str, str]) -> int:
             f"Port {port} on {settings.host} is taken by another program, so the {name} server cannot start.",
             f"stop that program, or choose another port with {var}=<port>",
         )
-    return start_detached(_command(settings, name), env, settings.log_file(name), settings.pid_file(name),
+    return start_detached(_command(settings, name), env, settings.paths.log_file(name), settings.paths.pid_file(name),
                           settings.home, port=port, cwd=settings.home)
 
 
 def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> None:
-    log = settings.log_file(name)
+    log = settings.paths.log_file(name)
     wait_until(lambda: _check(settings, name), max(deadline - time.monotonic(), 0.0), f"The {name} server",
                alive=lambda: pid_alive(pid),
                exited=lambda: WindpipeError(f"The {name} server exited while starting.{log_tail(log, 5)}",
@@ -205,7 +206,7 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceSt
     except BaseException:  # (Ctrl-C too) what this call started does not outlive its failure
         for name, pid in started.items():
             stop_pid(pid)
-            settings.pid_file(name).unlink(missing_ok=True)
+            settings.paths.pid_file(name).unlink(missing_ok=True)
         raise
     for st in states:
         if st.name in started:
@@ -220,7 +221,7 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
 
         return team.down(settings, say)
     for name in (MLFLOW, FTP):
-        stop_service(name, running_pid(settings, name, say), settings.pid_file(name), say)
+        stop_service(name, running_pid(settings, name, say), settings.paths.pid_file(name), say)
 
 
 def tidy_up(settings: Settings) -> list[str]:

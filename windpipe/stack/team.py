@@ -47,17 +47,17 @@ _PRIVATE_PREFIXES = ("AWS_", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_S3_SECRET", "
 
 def admin_credentials(settings: Settings) -> tuple[str, str] | None:
     """(user, password) of the basic-auth admin (generated on first use, kept 0600); None without auth."""
-    if settings.auth != "basic":
+    if settings.team.auth != "basic":
         return None
-    return ADMIN, kept_secret(settings.secret_file(ADMIN_PASSWORD))
+    return ADMIN, kept_secret(settings.paths.secret_file(ADMIN_PASSWORD))
 
 
 def _auth_env(settings: Settings) -> dict[str, str]:
     credentials = admin_credentials(settings)
     if credentials is None:
         return {"WINDPIPE_AUTH": "none"}
-    kept_secret(settings.secret_file(FLASK_KEY))
-    config = atomic_write_text(settings.secret_file(AUTH_CONFIG), (
+    kept_secret(settings.paths.secret_file(FLASK_KEY))
+    config = atomic_write_text(settings.paths.secret_file(AUTH_CONFIG), (
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {postgres.uri(settings, 'mlflow_auth')}\n"
@@ -68,7 +68,7 @@ def _auth_env(settings: Settings) -> dict[str, str]:
         # without it every request re-checks the password hash: about a second each here
         "auth_cache_ttl_seconds = 300\n"), mode=0o600)
     return {"WINDPIPE_AUTH": "basic", "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "WINDPIPE_FLASK_SECRET_KEY_FILE": str(settings.secret_file(FLASK_KEY))}
+            "WINDPIPE_FLASK_SECRET_KEY_FILE": str(settings.paths.secret_file(FLASK_KEY))}
 
 
 def _base_env() -> dict[str, str]:
@@ -92,7 +92,7 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
 
 
 def mlflow_pid(settings: Settings) -> int | None:
-    return owned_pid(settings.pid_file(MLFLOW), settings.home)
+    return owned_pid(settings.paths.pid_file(MLFLOW), settings.home)
 
 
 def _check_mlflow(settings: Settings) -> str:
@@ -123,10 +123,10 @@ def _parts(settings: Settings) -> list[tuple[str, str, Callable[[], int | None],
 
     return [
         (POSTGRES, postgres.display_uri(settings),
-         lambda: None if settings.pg_url is not None else postgres.running_pid(settings),
+         lambda: None if settings.team.pg_url is not None else postgres.running_pid(settings),
          lambda: postgres.check(settings)),
         (MARTS, display_url(settings.effective_marts_url), lambda: None, lambda: _check_marts(settings)),
-        (S3, f"{settings.s3_endpoint}/{settings.s3_bucket}",
+        (S3, f"{settings.s3_endpoint}/{settings.team.s3_bucket}",
          lambda: None if s3.external(settings) else s3.running_pid(settings), lambda: s3.check(settings)),
         (MLFLOW, settings.local_tracking_uri, lambda: mlflow_pid(settings), lambda: _check_mlflow(settings)),
     ]
@@ -152,9 +152,9 @@ def _require_free(settings: Settings, name: str, port: int, var: str) -> None:
 
 def _prepare_home(settings: Settings) -> None:
     try:
-        for folder in (settings.home, settings.log_file(MLFLOW).parent, settings.pid_file(MLFLOW).parent):
+        for folder in (settings.home, settings.paths.log_file(MLFLOW).parent, settings.paths.pid_file(MLFLOW).parent):
             folder.mkdir(parents=True, exist_ok=True)
-        for folder in (settings.log_file(MLFLOW).parent, settings.pid_file(MLFLOW).parent):
+        for folder in (settings.paths.log_file(MLFLOW).parent, settings.paths.pid_file(MLFLOW).parent):
             folder.chmod(0o700)
     except OSError as exc:
         raise WindpipeError(f"The state folder {settings.home} is not writable ({exc.strerror or exc}).",
@@ -187,17 +187,17 @@ def _up(settings: Settings, say: Callable[[str], None], deadline: float, started
 
     rclone = None
     if s3.external(settings):
-        say(f"s3: using {settings.s3_endpoint} (bucket {settings.s3_bucket})")
+        say(f"s3: using {settings.s3_endpoint} (bucket {settings.team.s3_bucket})")
     elif (rclone := s3.running_pid(settings)) is not None:
         say(f"s3: already running (pid {rclone})")
         rclone = None
     else:
-        _require_free(settings, "S3", settings.s3_port, "WINDPIPE_S3_PORT")
+        _require_free(settings, "S3", settings.team.s3_port, "WINDPIPE_S3_PORT")
         rclone = s3.start(settings, _base_env())
         started.append(S3)
         say(f"s3: starting (pid {rclone})")
 
-    if settings.pg_url is not None:
+    if settings.team.pg_url is not None:
         say(f"postgres: using {postgres.display_uri(settings)}")
     else:
         postgres.prepare(settings)
@@ -212,7 +212,7 @@ def _up(settings: Settings, say: Callable[[str], None], deadline: float, started
     if rclone is None:  # running already, or not ours: it answers now or the settings are wrong
         s3.check(settings)
     else:
-        s3_log = settings.log_file(S3)
+        s3_log = settings.paths.log_file(S3)
         wait_until(lambda: s3.check(settings), remaining(), "The S3 store", alive=lambda: pid_alive(rclone),
                    exited=lambda: WindpipeError(f"rclone exited while starting.{log_tail(s3_log, 5)}",
                                                 f"see {s3_log}"),
@@ -224,11 +224,11 @@ def _up(settings: Settings, say: Callable[[str], None], deadline: float, started
         return
     _require_free(settings, "MLflow", settings.mlflow_port, "WINDPIPE_MLFLOW_PORT")
     pid = start_detached([sys.executable, *MLFLOW_ARGV], _mlflow_env(settings),
-                         settings.log_file(MLFLOW), settings.pid_file(MLFLOW), settings.home,
+                         settings.paths.log_file(MLFLOW), settings.paths.pid_file(MLFLOW), settings.home,
                          port=settings.mlflow_port, cwd=settings.home)
     started.append(MLFLOW)
     say(f"mlflow: starting (pid {pid})")
-    log = settings.log_file(MLFLOW)
+    log = settings.paths.log_file(MLFLOW)
     wait_until(lambda: _check_mlflow(settings), remaining(), "The mlflow server", alive=lambda: pid_alive(pid),
                exited=lambda: WindpipeError(f"The mlflow server exited while starting.{log_tail(log, 5)}",
                                             f"see {log}"),
@@ -240,7 +240,7 @@ def _stop(settings: Settings, names: list[str], say: Callable[[str], None]) -> N
         if name not in names:
             continue
         pid = mlflow_pid(settings) if name == MLFLOW else s3.running_pid(settings)
-        stop_service(name, pid, settings.pid_file(name), say)
+        stop_service(name, pid, settings.paths.pid_file(name), say)
     if POSTGRES in names:
         pid = postgres.stop(settings)
         say(f"{POSTGRES}: stopped (pid {pid})" if pid else f"{POSTGRES}: not running")
@@ -251,6 +251,6 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
     names = [MLFLOW]
     if not s3.external(settings):
         names.append(S3)
-    if settings.pg_url is None and postgres.data_dir(settings).exists():
+    if settings.team.pg_url is None and postgres.data_dir(settings).exists():
         names.append(POSTGRES)
     _stop(settings, names, say)

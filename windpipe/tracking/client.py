@@ -121,12 +121,12 @@ def tracking_store_name(settings: Settings) -> str | None:
     local stack's server, or another server's own database)."""
     if not (_own_server(settings) and settings.stack == "team"):
         return None
-    if settings.pg_url is not None:
+    if settings.team.pg_url is not None:
         from sqlalchemy.engine import make_url
 
-        url = make_url(settings.pg_url.get_secret_value())
+        url = make_url(settings.team.pg_url.get_secret_value())
         return f"the PostgreSQL server of the tracking store at {url.host}:{url.port or 5432}"
-    return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.pg_port}"
+    return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.team.pg_port}"
 
 
 def diagnose(settings: Settings | None = None) -> ServerDown | None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from windpipe import identity, names
 from windpipe.errors import WindpipeError, first_line
-from windpipe.settings import fault_point, get_settings, package_dir
+from windpipe.faults import fault_point
+from windpipe.settings import get_settings, package_dir
 from windpipe.tracking.client import ServerDown, connect, diagnose, probe_health
 
 if TYPE_CHECKING:

@@ -39,16 +39,16 @@ def base_url(settings: Settings, port: int | None = None) -> str:
 
 def token(settings: Settings) -> str:
     """The lab's token: generated on first use, kept (mode 0600) in the state folder."""
-    return kept_secret(settings.secret_file(TOKEN_FILE))
+    return kept_secret(settings.paths.secret_file(TOKEN_FILE))
 
 
 def runtime_dir(settings: Settings) -> Path:
     """Jupyter's runtime files (server info and the log-in page, which hold the token): a 0700 folder."""
-    return settings.run_file("jupyter")
+    return settings.paths.run_file("jupyter")
 
 
 def running_pid(settings: Settings) -> int | None:
-    return owned_pid(settings.pid_file(SERVICE), settings.home)
+    return owned_pid(settings.paths.pid_file(SERVICE), settings.home)
 
 
 def lab_env(settings: Settings) -> dict[str, str]:
@@ -59,7 +59,7 @@ def lab_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.effective_tracking_uri,
         "MLFLOW_EXPERIMENT_NAME": settings.experiment,
         "WINDPIPE_HOME": str(settings.home.resolve()),
-        "JUPYTER_TOKEN_FILE": str(settings.secret_file(TOKEN_FILE).resolve()),
+        "JUPYTER_TOKEN_FILE": str(settings.paths.secret_file(TOKEN_FILE).resolve()),
         "JUPYTER_RUNTIME_DIR": str(runtime_dir(settings).resolve()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
@@ -109,10 +109,10 @@ def start(settings: Settings, port: int | None = None) -> tuple[int, str]:
     secret = token(settings)
     runtime_dir(settings).mkdir(parents=True, exist_ok=True, mode=0o700)
     runtime_dir(settings).chmod(0o700)
-    log = settings.log_file(SERVICE)
-    pid = start_detached(command(settings, port), lab_env(settings), log, settings.pid_file(SERVICE),
+    log = settings.paths.log_file(SERVICE)
+    pid = start_detached(command(settings, port), lab_env(settings), log, settings.paths.pid_file(SERVICE),
                          settings.home, port=port, cwd=repo_root())
-    settings.run_file("lab.url").write_text(f"{base}/lab\n")
+    settings.paths.run_file("lab.url").write_text(f"{base}/lab\n")
     try:
         wait_until(lambda: check(base, secret), max(settings.startup_timeout, 90.0), "JupyterLab",
                    alive=lambda: pid_alive(pid),
@@ -120,7 +120,7 @@ def start(settings: Settings, port: int | None = None) -> tuple[int, str]:
                    fix=f"see {log}")
     except BaseException:
         stop_pid(pid)
-        settings.pid_file(SERVICE).unlink(missing_ok=True)
+        settings.paths.pid_file(SERVICE).unlink(missing_ok=True)
         raise
     page = login_page(settings, pid)
     if page is not None:
@@ -136,7 +136,7 @@ def login_page(settings: Settings, pid: int) -> Path | None:
 
 def _recorded_url(settings: Settings) -> str | None:
     try:
-        return settings.run_file("lab.url").read_text().strip() or None
+        return settings.paths.run_file("lab.url").read_text().strip() or None
     except OSError:
         return None
 
@@ -146,7 +146,7 @@ def stop(settings: Settings) -> int | None:
     pid = running_pid(settings)
     if pid is not None:
         stop_pid(pid)
-    settings.pid_file(SERVICE).unlink(missing_ok=True)
+    settings.paths.pid_file(SERVICE).unlink(missing_ok=True)
     return pid
 
 

@@ -86,7 +86,7 @@ def start(settings: Settings, host: str | None = None, port: int | None = None) 
     """Start the dashboard detached (idempotent); return (pid, url). Pid and log live in settings.home."""
     host = host or settings.host
     port = port or settings.dashboard_port
-    pid_file, log_file = settings.pid_file(SERVICE), settings.log_file(SERVICE)
+    pid_file, log_file = settings.paths.pid_file(SERVICE), settings.paths.log_file(SERVICE)
     pid = owned_pid(pid_file, settings.home, say=lambda _m: None)
     if pid is not None:
         return pid, _recorded_url(settings) or url(host, port)
@@ -94,7 +94,7 @@ def start(settings: Settings, host: str | None = None, port: int | None = None) 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.process_environment()}
     pid = start_detached([sys.executable, "-m", MARKER, "--host", host, "--port", str(port)], env, log_file,
                          pid_file, settings.home, port=port)
-    settings.run_file("dashboard.url").write_text(url(host, port))
+    settings.paths.run_file("dashboard.url").write_text(url(host, port))
     try:
         wait_until(lambda: check_ready(url(host, port)), settings.startup_timeout, "The dashboard",
                    alive=lambda: pid_alive(pid), fix=f"see {log_file}")
@@ -106,7 +106,7 @@ def start(settings: Settings, host: str | None = None, port: int | None = None) 
 
 def _recorded_url(settings: Settings) -> str | None:
     try:
-        return settings.run_file("dashboard.url").read_text().strip() or None
+        return settings.paths.run_file("dashboard.url").read_text().strip() or None
     except OSError:
         return None
 
@@ -114,7 +114,7 @@ def _recorded_url(settings: Settings) -> str | None:
 def stop(settings: Settings, say: Callable[[str], None] = print) -> int | None:
     """Stop the detached dashboard; return its pid, or None when none was running (a stale or foreign pid
     file is removed and reported, never acted on)."""
-    pid_file = settings.pid_file(SERVICE)
+    pid_file = settings.paths.pid_file(SERVICE)
     pid = owned_pid(pid_file, settings.home, say=say)
     if pid is not None:
         stop_pid(pid)
