@@ -15,11 +15,13 @@ from unittest import mock
 
 import pytest
 
-from windpipe.settings import Settings, clear_settings_cache
+from windpipe.settings import TELEMETRY_OFF, Settings, clear_settings_cache
 from windpipe.stack import services as platform
 from windpipe.stack.procs import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parent.parent
+# as in every windpipe process: this one drives pipelines in threads too (DESIGN.md fact 11)
+os.environ.update(TELEMETRY_OFF)
 PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
                  "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE",
                  # MLflow 3's set_experiment() exports MLFLOW_EXPERIMENT_ID into os.environ; an earlier

@@ -198,3 +198,56 @@ def test_command_needing_tracking_says_run_up(tmp_path):
     with pytest.raises(WindpipeError, match="does not answer") as err:
         connect(settings)
     assert "windpipe up" in str(err.value)
+
+
+@pytest.mark.slow
+def test_no_windpipe_process_falls_back_to_a_local_mlflow_db(shared_platform, tmp_path):
+    """MLflow 3 writes ./mlflow.db when a client has no tracking URI: the committed mlflow.db came from
+    `windpipe status` ending a killed run with such a client. Without MLFLOW_TRACKING_URI (the settings name the
+    server by WINDPIPE_MLFLOW_PORT) and run in an empty folder, status ends the run KILLED on the platform's
+    server and writes nothing there; a library call that uses MLflow's default finds the server too."""
+    import socket
+    import subprocess
+    import sys
+
+    from windpipe import names
+    from windpipe.identity import ProcessId
+    from windpipe.tracking.client import mlflow_client
+
+    p = shared_platform
+    client = mlflow_client(p.settings)
+    exp = client.get_experiment_by_name("no-local-db") or client.get_experiment(client.create_experiment("no-local-db"))
+    gone = ProcessId(socket.gethostname(), os.getpid(), 1.0)  # (this pid, another start time: a process that ended)
+    run = client.create_run(exp.experiment_id, tags={names.PROCESS_TAG: str(gone)})
+    env = {k: v for k, v in p.env.items() if k != "MLFLOW_TRACKING_URI"}
+    status = subprocess.run([sys.executable, "-m", "windpipe", "status"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert f"run {run.info.run_id}: marked KILLED" in status.stdout, status.stdout + status.stderr
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    code = ("from windpipe.settings import enter_process; enter_process(); import mlflow; "
+            "mlflow.MlflowClient().search_experiments(); print(mlflow.get_tracking_uri())")
+    default = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert default.stdout.strip() == p.tracking_uri, default.stdout + default.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_is_made_with_the_tracking_uri_and_only_a_steps_process_sets_mlflows_global_one():
+    """Fast: every MlflowClient of windpipe comes from tracking.client.mlflow_client (the URI passed explicitly),
+    and mlflow.set_tracking_uri is called by tracking.client.connect only (a step's process, for the fluent API):
+    never by a server (it would change the URI for every thread and export it to every subprocess)."""
+    import re
+    from pathlib import Path
+
+    import windpipe
+
+    root = Path(windpipe.__file__).parent
+    found = {"MlflowClient(": [], "set_tracking_uri(": []}
+    for path in root.rglob("*.py"):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for call in found:
+                if re.search(rf"\b{re.escape(call)}", code) and "def " not in code:
+                    found[call].append(f"{path.relative_to(root)}:{lineno}")
+    assert [f.split(":")[0] for f in found["MlflowClient("]] == ["tracking/client.py"], found
+    assert [f.split(":")[0] for f in found["set_tracking_uri("]] == ["tracking/client.py"], found

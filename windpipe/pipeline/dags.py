@@ -33,7 +33,7 @@ from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.inbox import pending
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import PREDICTION, TRAINING, conf_defaults, config_from_conf
-from windpipe.settings import get_settings, projects_dir
+from windpipe.settings import TELEMETRY_OFF, get_settings, projects_dir
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -185,7 +185,7 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
 
     cron = SCHEDULES[pipeline] if schedule == "default" else schedule
     timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
-    env = {"WINDPIPE_PROJECTS": str(projects), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {"WINDPIPE_PROJECTS": str(projects), **TELEMETRY_OFF}
     with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
              tags=["windpipe", pipeline], params=_params(pipeline), doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
 from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface
-from windpipe.settings import default_raw_dir, get_settings
+from windpipe.settings import default_raw_dir, get_settings, parse_bool
 
 PRESETS = ("full", "quick")
 TRAINING, PREDICTION = "training", "prediction"
@@ -67,11 +67,10 @@ def conf_defaults(pipeline: str) -> dict[str, object]:
 
 
 def _flag(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "false", "0", "no", ""):
-        return text in ("true", "1", "yes")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        pass
     raise UsageError(f"{CONF_SOURCE}: {key} must be true or false, got {value!r}.", f'pass {{"{key}": true}}')
 
 

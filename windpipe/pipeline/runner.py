@@ -37,7 +37,7 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import PipelineConfig, Plan, PlannedStep, check_env_manager, make_plan
 from windpipe.pipeline.progress import Progress, tail
 from windpipe.settings import STEP_LOG_DIR_ENV, Settings
-from windpipe.tracking.client import ServerDown, diagnose
+from windpipe.tracking.client import ServerDown, diagnose, mlflow_client
 from windpipe.tracking.runs import code_version, fail_run
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class Launcher:
         import mlflow
 
         self.config, self.plan, self.parent_id, self.log_dir = config, plan, parent_id, log_dir
-        self.client = mlflow.MlflowClient()
+        self.client = mlflow_client()
         self.tracking_uri = mlflow.get_tracking_uri()
         self.experiment_id = self.client.get_run(parent_id).info.experiment_id
         self.experiment_name = self.client.get_experiment(self.experiment_id).name
@@ -339,7 +339,6 @@ def run_here(step_dir: Path, entry_point: str, params: dict[str, str], experimen
     import shlex
     import sys
 
-    import mlflow
     from mlflow.projects import utils as project_utils
 
     uri = str(Path(step_dir).resolve())
@@ -347,7 +346,7 @@ def run_here(step_dir: Path, entry_point: str, params: dict[str, str], experimen
     project = project_utils.load_project(work_dir)
     run_id = project_utils.get_or_create_run(None, uri, experiment_id, work_dir, None, entry_point,
                                              params).info.run_id
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     client.set_tag(run_id, names.MLFLOW_PROJECT_BACKEND_TAG, "local")
     argv = shlex.split(" ".join(project_utils.get_entry_point_command(project, entry_point, params, None)))
     env = project_utils.get_run_env_vars(run_id, experiment_id)
@@ -473,11 +472,10 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console: Any = None
     launcher = Launcher(config, plan, parent.info.run_id, log_dir)
     labels = {s.name: step_label(plan, s) for s in plan.steps}
     logs = {s.name: launcher.log(s) for s in plan.steps}
-    # the step processes inherit this process's environment: where to write their output; and MLflow's
-    # telemetry thread edits os.environ, which the worker threads copy for each step (DESIGN.md fact 11)
-    saved = {k: os.environ.get(k) for k in (STEP_LOG_DIR_ENV, "MLFLOW_DISABLE_TELEMETRY")}
+    # the step processes inherit this process's environment: where to write their output (telemetry is off
+    # in every windpipe process: windpipe.settings.enter_process)
+    saved = {STEP_LOG_DIR_ENV: os.environ.get(STEP_LOG_DIR_ENV)}
     os.environ[STEP_LOG_DIR_ENV] = str(log_dir)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     started = time.perf_counter()
     progress = Progress(labels, console, logs)
     projects_log = logging.getLogger("mlflow.projects")

@@ -26,7 +26,7 @@ from pathlib import Path
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text
 from windpipe.identity import pid_alive
-from windpipe.settings import Settings
+from windpipe.settings import TELEMETRY_OFF, Settings
 from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
 from windpipe.tracking.client import ServerDown, probe_artifacts
 
@@ -97,7 +97,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
         "WINDPIPE_BIN_DIR": str(settings.bin_dir or Path(sys.executable).parent),
         "WINDPIPE_HOME": str(settings.home.resolve()),
         "MLFLOW_TRACKING_URI": settings.effective_tracking_uri,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **TELEMETRY_OFF,
         "PYTHONWARNINGS": "ignore",
     })
     return env

@@ -28,7 +28,7 @@ from windpipe.stack.procs import (
     stop_service,
     wait_until,
 )
-from windpipe.tracking.client import probe_artifacts, probe_health
+from windpipe.tracking.client import mlflow_client, probe_artifacts, probe_health
 
 FTP = "ftp"
 MLFLOW = "mlflow"
@@ -227,14 +227,12 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
 def tidy_up(settings: Settings) -> list[str]:
     """After killed processes: end KILLED the RUNNING runs whose process is gone, and complete or remove the
     prediction batches a killed `windpipe predict` left pending. Returns what was done, one line each."""
-    from mlflow import MlflowClient
-
     from windpipe.marts.tables import get_engine
     from windpipe.marts.writers import settle_pending
     from windpipe.tracking.runs import mark_killed_runs
 
     lines = [f"run {run_id}: marked KILLED (its process is gone)"
-             for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+             for run_id in mark_killed_runs(mlflow_client(settings))]
     try:
         lines += settle_pending(get_engine(settings=settings))
     except WindpipeError as exc:

@@ -25,7 +25,7 @@ from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan
 from windpipe.pipeline.runner import Launcher, StepResult, plan_for, run_pipeline
 from windpipe.settings import get_settings, projects_dir
 from windpipe.steps.cli import flag
-from windpipe.tracking.client import connect
+from windpipe.tracking.client import connect, mlflow_client
 from windpipe.tracking.runs import code_version, mark_killed_runs, step_run
 
 LOCAL, AIRFLOW = "local", "airflow"
@@ -43,12 +43,12 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
     with step_run("pipeline", "main", step_dir=step_dir, run_name="pipeline", native_log=False) as run:
         if under_mlflow_run and not config.env_manager:
             # under `mlflow run projects/pipeline --env-manager X`: pass X on to every step
-            tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+            tags = mlflow_client().get_run(run.info.run_id).data.tags
             config.env_manager = tags.get(names.MLFLOW_PROJECT_ENV_TAG, "local")
         config.env_manager = config.env_manager or "local"
         mlflow.set_tags(pipeline_tags(config, LOCAL))
         console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager}, {config.workers} jobs)")
-        for run_id in mark_killed_runs(mlflow.MlflowClient(), [run.info.experiment_id]):  # left by a kill
+        for run_id in mark_killed_runs(mlflow_client(), [run.info.experiment_id]):  # left by a kill
             console.print(f"run {run_id}: marked KILLED (it was RUNNING, its process is gone)")
         return run_pipeline(get_settings(), config, console=console)
 
@@ -115,14 +115,13 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
     with the same version (tag windpipe.entity.production on the pipeline run); with files waiting and
     no production model it stops here, leaving them in the inbox.
     """
-    import mlflow
 
     from windpipe.models import loading
 
     check_config(config)
     settings = get_settings()
     connect(settings)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
     same = client.search_runs([experiment_id], f"tags.`{names.DAG_RUN_TAG}` = '{dag_run}' and "
@@ -149,10 +148,9 @@ def _run_id(value: str, what: str) -> str:
 def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dict[str, str],
              file: str | None = None, index: int | None = None) -> StepResult:
     """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
-    import mlflow
 
     connect(get_settings(), experiment=False)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     if config.pipeline == PREDICTION:
         if not file:
@@ -188,12 +186,11 @@ def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[st
     """An orchestrator's last task: end the pipeline run FINISHED, or FAILED naming what did not finish; for the
     prediction pipeline first move each file to done/ (every step finished for it) or failed/ (with the reasons).
     Returns the problems, one line per file (or one for the training pipeline); empty when all finished."""
-    import mlflow
 
     from windpipe.tracking.runs import fail_run
 
     connect(get_settings(), experiment=False)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     steps = check_config(config).names
     outcome = {k.removeprefix(names.PIPELINE_STEP_TAG_PREFIX): v for k, v in parent.data.tags.items()

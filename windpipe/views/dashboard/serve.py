@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from windpipe.errors import WindpipeError
 from windpipe.identity import pid_alive
-from windpipe.settings import Settings, apply_process_environment, get_settings
+from windpipe.settings import Settings, enter_process, get_settings
 from windpipe.stack.procs import owned_pid, port_is_free, start_detached, stop_pid, wait_until
 
 MARKER = "windpipe.views.dashboard.serve"  # the module the detached process runs
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", choices=("auto", "gunicorn", "dash"), default="auto")
     args = parser.parse_args(argv)
     try:
-        settings = apply_process_environment(get_settings())
+        enter_process()  # telemetry off, bounded MLflow retries, a tracking URI
+        settings = get_settings()
         serve(settings, args.host or settings.host, args.port or settings.dashboard_port, args.server)
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
