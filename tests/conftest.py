@@ -152,13 +152,13 @@ def team_platform() -> Iterator[Platform]:
     env = team_env(home)
     p = Platform(settings_from(env), env)
     try:
-        team.up(p.settings, say=lambda _m: None)
+        platform.up(p.settings, say=lambda _m: None)
         user, password = team.admin_credentials(p.settings)
         # what a user's shell gets from `eval "$(windpipe env)"`
         p.env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
         yield p
     finally:
-        team.down(p.settings, say=lambda _m: None)
+        platform.down(p.settings, say=lambda _m: None)
         shutil.rmtree(home, ignore_errors=True)
 
 

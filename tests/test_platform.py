@@ -15,6 +15,7 @@ from windpipe.errors import WindpipeError
 from windpipe.settings import Settings
 from windpipe.stack import ftp as ftp_server
 from windpipe.stack import services as platform
+from windpipe.stack.procs import port_is_free
 
 
 def _password(p) -> str:
@@ -146,7 +147,7 @@ def test_kill_tracking_server_then_up_keeps_runs_and_artifacts(make_platform):
     pid = platform.running_pid(p.settings, platform.MLFLOW)
     os.kill(pid, signal.SIGKILL)
     deadline = time.time() + 10
-    while time.time() < deadline and not platform.port_is_free("127.0.0.1", p.settings.mlflow_port):
+    while time.time() < deadline and not port_is_free("127.0.0.1", p.settings.mlflow_port):
         time.sleep(0.1)
     down = p.windpipe("status")
     assert down.returncode == 1 and "DOWN mlflow" in down.stdout
@@ -181,8 +182,8 @@ def test_down_stops_only_what_up_started(make_platform):
         proc = p.windpipe("down")
         assert proc.returncode == 0
         assert proc.stdout.count("stopped") == 2, proc.stdout
-        assert platform.port_is_free("127.0.0.1", p.settings.mlflow_port)
-        assert platform.port_is_free("127.0.0.1", p.settings.ftp_port)
+        assert port_is_free("127.0.0.1", p.settings.mlflow_port)
+        assert port_is_free("127.0.0.1", p.settings.ftp_port)
         assert other.poll() is None, "down stopped a process this state folder did not start"
     finally:
         other.kill()
@@ -251,3 +252,47 @@ def test_a_client_is_made_with_the_tracking_uri_and_only_a_steps_process_sets_ml
                     found[call].append(f"{path.relative_to(root)}:{lineno}")
     assert [f.split(":")[0] for f in found["MlflowClient("]] == ["tracking/client.py"], found
     assert [f.split(":")[0] for f in found["set_tracking_uri("]] == ["tracking/client.py"], found
+
+
+def test_a_new_server_is_one_service_definition(tmp_path):
+    """Fast: a `Service` definition (command, check, port) is all a new server needs: `start` waits until it
+    answers and records a pid file that proves it, `state` checks it, a second start finds it running, another
+    state folder cannot take its port (the message names the setting), `stop` ends it and says so, and a server
+    that exits while starting is named with its log's last lines, leaving no pid file."""
+    import dataclasses
+    import sys
+    import urllib.request
+
+    from windpipe.identity import pid_alive
+    from windpipe.stack.procs import Service, free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+
+    def check() -> str:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+        except OSError as exc:
+            raise WindpipeError(f"Nothing answers at {url} ({exc}).") from None
+        return "http ok"
+
+    svc = Service("toy", url, check, home=tmp_path / "home", port=port, cwd=tmp_path,
+                  command=lambda: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                  port_fix="choose another port with TOY_PORT=<port>")
+    said: list[str] = []
+    pid = svc.start(timeout=60)
+    try:
+        assert svc.pid() == pid and svc.state() == platform.ServiceState("toy", url, True, pid, "http ok")
+        assert svc.start() == pid
+        with pytest.raises(WindpipeError, match=f"Port {port} on 127.0.0.1 is taken by another program, so the toy "
+                                                "server cannot start") as taken:
+            dataclasses.replace(svc, home=tmp_path / "other").start()
+        assert "TOY_PORT=<port>" in taken.value.fix
+    finally:
+        assert svc.stop(said.append) == pid
+    assert said == [f"toy: stopped (pid {pid})"] and not pid_alive(pid) and not svc.pid_file.exists()
+    assert not svc.state().healthy
+    broken = dataclasses.replace(svc, command=lambda: [sys.executable, "-c", "print('no such model'); exit(3)"])
+    with pytest.raises(WindpipeError, match=r"(?s)The toy server exited while starting\..*no such model"):
+        broken.start(timeout=60)
+    assert not broken.pid_file.exists()

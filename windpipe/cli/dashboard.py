@@ -30,8 +30,7 @@ def dashboard(
 
     settings = get_settings()
     if stop:
-        pid = serve.stop(settings)
-        typer.echo(f"dashboard: stopped (pid {pid})" if pid else "dashboard: not running")
+        serve.stop(settings, say=typer.echo)  # dashboard: stopped (pid ...) | not running
         return
     host = host or settings.host
     port = port or settings.dashboard_port

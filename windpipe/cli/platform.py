@@ -38,11 +38,13 @@ def status() -> None:
     """
     from windpipe.settings import get_settings
     from windpipe.stack import services
+    from windpipe.views.dashboard import serve
     from windpipe.workbench import lab
 
     settings = get_settings()
     states = services.status(settings)
-    states += [st for st in [lab.state(settings)] if st is not None]  # listed while it runs
+    # the servers started on their own (`windpipe lab`, `windpipe dashboard --detach`): listed while they run
+    states += [svc.state() for svc in (lab.service(settings), serve.service(settings)) if svc.pid() is not None]
     for st in states:
         mark = "up  " if st.healthy else "DOWN"
         pid = f"pid {st.pid}" if st.pid else "no pid"

@@ -28,8 +28,7 @@ def lab(
 
     settings = get_settings()
     if stop:
-        pid = workbench_lab.stop(settings)
-        typer.echo(f"lab: stopped (pid {pid})" if pid else "lab: not running")
+        workbench_lab.stop(settings, say=typer.echo)  # lab: stopped (pid ...) | not running
         return
     pid, url = workbench_lab.start(settings, port)
     typer.echo(describe(settings, pid, url))

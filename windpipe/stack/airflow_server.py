@@ -20,14 +20,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text
 from windpipe.identity import pid_alive
 from windpipe.settings import TELEMETRY_OFF, Settings
-from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.stack.procs import Service, ServiceState, log_tail, stop_pid, wait_until
 from windpipe.tracking.client import ServerDown, probe_artifacts
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
@@ -35,17 +34,11 @@ USER = "admin"
 # the scheduler serves task logs on 0.0.0.0:8793 unless told not to; LocalExecutor writes them where the API
 # server reads them anyway
 ARGS = {"api-server": [], "scheduler": ["--skip-serve-logs"], "dag-processor": []}
+# what Airflow's health endpoint calls each service
+COMPONENTS = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
 READY_TIMEOUT = 300.0  # a first start migrates the database and builds the UI (40-70 s on a busy 2-core machine)
 MAKE_FIX = "run `make airflow` (Airflow's own environment, .venv-airflow)"
 STATUS_FIX = "check `windpipe airflow status`"
-
-
-@dataclass(frozen=True)
-class AirflowState:
-    name: str
-    pid: int | None
-    healthy: bool
-    detail: str
 
 
 def airflow_bin(settings: Settings) -> Path:
@@ -118,8 +111,25 @@ def check_login(env: dict[str, str]) -> None:
                             "then `windpipe airflow up`") from None
 
 
+def service(settings: Settings, name: str) -> Service:
+    """One of Airflow's services (SERVICES) as windpipe starts it: pid file and log `airflow-<name>`. Airflow's
+    own health endpoint says how they are (`status`)."""
+    return Service(f"airflow-{name}", settings.airflow_url, lambda: _component(settings, name), home=settings.home,
+                   host=settings.host, port=settings.airflow_port if name == "api-server" else None,
+                   command=lambda: [str(airflow_bin(settings)), name, *ARGS[name]], env=lambda: airflow_env(settings),
+                   cwd=settings.paths.airflow_home, title="Airflow's API server" if name == "api-server" else
+                   f"Airflow's {name}", port_fix="choose another port with WINDPIPE_AIRFLOW_PORT=<port>")
+
+
 def _pid(settings: Settings, name: str) -> int | None:
-    return owned_pid(settings.paths.pid_file(f"airflow-{name}"), settings.home)
+    return service(settings, name).pid()
+
+
+def _component(settings: Settings, name: str) -> str:
+    state = health(settings).get(COMPONENTS[name], "")
+    if state != "healthy":
+        raise WindpipeError(f"Airflow's {name} is {state or 'not running'}.", STATUS_FIX)
+    return state
 
 
 def health(settings: Settings, timeout: float = 3.0) -> dict[str, str]:
@@ -158,7 +168,7 @@ def _migrate(settings: Settings, env: dict[str, str]) -> None:
         raise WindpipeError(f"`airflow db migrate` failed (exit {proc.returncode}).{log_tail(log, 8)}", f"see {log}")
 
 
-def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowState]:
+def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
     """Start the services that do not run yet, wait until Airflow is healthy and its execution API warm."""
     if not airflow_bin(settings).exists():
         raise WindpipeError(f"Airflow's environment {settings.airflow_venv} is missing.", MAKE_FIX)
@@ -166,10 +176,8 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
     missing = [s for s in SERVICES if _pid(settings, s) is None]
     if missing:
         check_login(env)
-    if "api-server" in missing and not port_is_free(settings.host, settings.airflow_port):
-        raise WindpipeError(f"Port {settings.airflow_port} on {settings.host} is taken by another program, so "
-                            "Airflow's API server cannot start.",
-                            "stop that program, or choose another port with WINDPIPE_AIRFLOW_PORT=<port>")
+    if "api-server" in missing:
+        service(settings, "api-server").require_port()
     settings.paths.airflow_home.mkdir(parents=True, exist_ok=True)
     admin_password(settings, create=True)
     if missing:
@@ -182,11 +190,7 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> list[AirflowSt
         if pid is not None:
             say(f"airflow {name}: already running (pid {pid})")
             continue
-        argv = [str(airflow_bin(settings)), name, *ARGS[name]]
-        started[name] = start_detached(argv, env, settings.paths.log_file(f"airflow-{name}"),
-                                       settings.paths.pid_file(f"airflow-{name}"), settings.home,
-                                       port=settings.airflow_port if name == "api-server" else None,
-                                       cwd=settings.paths.airflow_home)
+        started[name] = service(settings, name).launch()
         say(f"airflow {name}: starting (pid {started[name]})")
         if name == "api-server":
             wait_until(lambda: _answers(settings), timeout, "Airflow's API server",
@@ -220,28 +224,27 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
             pass
     for name, pid in pids.items():
         stop_pid(pid, timeout=30.0)
-        settings.paths.pid_file(f"airflow-{name}").unlink(missing_ok=True)
+        service(settings, name).pid_file.unlink(missing_ok=True)
         say(f"airflow {name}: stopped (pid {pid})")
     if not pids:
         say("airflow: not running")
 
 
-def status(settings: Settings) -> list[AirflowState]:
+def status(settings: Settings) -> list[ServiceState]:
     """Each service: its pid and what the health endpoint says of it."""
     try:
         found = health(settings)
         problem = ""
     except WindpipeError as exc:
         found, problem = {}, exc.problem
-    component = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
     out = []
     for name in SERVICES:
         pid = _pid(settings, name)
-        state = found.get(component[name], "")
+        state = found.get(COMPONENTS[name], "")
         ok = pid is not None and state == "healthy"
         detail = problem if name == "api-server" and problem else (state or "not running") + (
             f" ({settings.airflow_url})" if name == "api-server" else "")
-        out.append(AirflowState(name, pid, ok, detail))
+        out.append(ServiceState(name, settings.airflow_url, ok, pid, detail))
     return out
 
 

@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
 from windpipe.marts.dialects import SCHEMA as MARTS_SCHEMA
 from windpipe.settings import MARTS_ROLE, PG_DRIVER
+from windpipe.stack.procs import Say, Service, quiet
 
 if TYPE_CHECKING:
     import psycopg
@@ -281,3 +284,49 @@ def stop(settings: Settings) -> int | None:
         return None
     _run(settings, [str(bin_dir(settings) / "pg_ctl"), "stop", "-D", str(data_dir(settings)), "-m", "fast", "-w"])
     return pid
+
+
+@dataclass
+class PostgresService(Service):
+    """PostgreSQL as a `Service`: pg_ctl starts it (and waits for it) and stops it; its pid is the postmaster's
+    (postmaster.pid). After a start the roles, databases and password files are made or refreshed."""
+
+    settings: Settings | None = None
+
+    @property
+    def _settings(self) -> Settings:
+        assert self.settings is not None
+        return self.settings
+
+    def pid(self, say: Say | None = None) -> int | None:
+        return None if self.external else running_pid(self._settings)
+
+    def begin(self, say: Say = quiet, timeout: float | None = None) -> int | None:
+        if self.external:
+            return super().begin(say, timeout)
+        settings = self._settings
+        prepare(settings)
+        started = start(settings, timeout or self.timeout)
+        pid = running_pid(settings)
+        say(f"{self.name}: {'started' if started else 'already running'} (pid {pid})")
+        bootstrap(settings)
+        self.check()
+        return pid if started else None
+
+    def wait(self, alive: Callable[[], bool], timeout: float | None = None) -> str:
+        return self.check()  # (pg_ctl start -w waited already)
+
+    def stop(self, say: Say = quiet) -> int | None:
+        if self.external or not data_dir(self._settings).exists():
+            return None
+        pid = stop(self._settings)
+        say(f"{self.name}: stopped (pid {pid})" if pid else f"{self.name}: not running")
+        return pid
+
+
+def service(settings: Settings) -> PostgresService:
+    """The team stack's PostgreSQL (started by pg_ctl), or the existing one WINDPIPE_PG_URL names (only checked)."""
+    return PostgresService("postgres", display_uri(settings), lambda: check(settings), home=settings.home,
+                           host=settings.host, port=settings.team.pg_port, title="PostgreSQL",
+                           port_fix="choose another port with WINDPIPE_PG_PORT=<port>",
+                           external=settings.team.pg_url is not None, settings=settings)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text, kept_secret
-from windpipe.stack.procs import owned_pid, start_detached
+from windpipe.stack.procs import Service
 
 if TYPE_CHECKING:
     from windpipe.settings import Settings
@@ -79,24 +79,29 @@ def rclone_binary() -> Path:
                         "or set WINDPIPE_S3_ENDPOINT_URL to an existing S3 service")
 
 
+def service(settings: Settings, base_env: dict[str, str] | None = None) -> Service:
+    """`rclone serve s3` on the state folder's S3 root (the bucket is a subfolder made before it starts), or the
+    existing S3 service WINDPIPE_S3_ENDPOINT_URL names (then only checked). `base_env`: what rclone inherits."""
+    def prepare() -> None:
+        (settings.paths.s3_root / settings.team.s3_bucket).mkdir(parents=True, exist_ok=True)
+        settings.paths.s3_root.chmod(0o700)
+
+    def env() -> dict[str, str]:
+        key_id, secret = keys(settings)
+        # CSV-quoted because of the comma; the environment, so no process list shows it
+        return {**(base_env or {}), "RCLONE_AUTH_KEY": f'"{key_id},{secret}"', "RCLONE_CONFIG": "/dev/null"}
+
+    return Service(NAME, f"{settings.s3_endpoint}/{settings.team.s3_bucket}", lambda: check(settings),
+                   home=settings.home, host=settings.host, port=settings.team.s3_port,
+                   command=lambda: [str(rclone_binary()), "serve", "s3", "--addr",
+                                    f"{settings.host}:{settings.team.s3_port}", "--log-level", "NOTICE",
+                                    str(settings.paths.s3_root)],
+                   env=env, prepare=prepare, cwd=settings.home, title="the S3 server (rclone)",
+                   port_fix="choose another port with WINDPIPE_S3_PORT=<port>", external=external(settings))
+
+
 def running_pid(settings: Settings) -> int | None:
-    return owned_pid(settings.paths.pid_file(NAME), settings.home)
-
-
-def start(settings: Settings, base_env: dict[str, str]) -> int:
-    """Start `rclone serve s3` on the state folder's S3 root (the bucket is a subfolder made here)."""
-    key_id, secret = keys(settings)
-    bucket = settings.paths.s3_root / settings.team.s3_bucket
-    bucket.mkdir(parents=True, exist_ok=True)
-    settings.paths.s3_root.chmod(0o700)
-    env = {**base_env,
-           # CSV-quoted because of the comma; the environment, so no process list shows it
-           "RCLONE_AUTH_KEY": f'"{key_id},{secret}"',
-           "RCLONE_CONFIG": "/dev/null"}
-    argv = [str(rclone_binary()), "serve", "s3", "--addr", f"{settings.host}:{settings.team.s3_port}",
-            "--log-level", "NOTICE", str(settings.paths.s3_root)]
-    return start_detached(argv, env, settings.paths.log_file(NAME), settings.paths.pid_file(NAME), settings.home,
-                          port=settings.team.s3_port, cwd=settings.home)
+    return service(settings).pid()
 
 
 def client(settings: Settings) -> Any:
