@@ -293,3 +293,36 @@ def test_a_login_kept_in_the_env_file_reaches_mlflows_client(tmp_path, monkeypat
     apply_process_environment()
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-shell"
     clear_settings_cache()
+
+
+def test_the_team_settings_keep_their_variable_names(tmp_path, monkeypatch):
+    """Fast: the team stack's settings are one nested model (settings.team), read from the variables they always
+    had (WINDPIPE_PG_PORT, WINDPIPE_S3_BUCKET, ...), from the environment or the .env file (the environment
+    wins); a bad value names its variable; the state folder's paths are one object (settings.paths)."""
+    team_vars = {"WINDPIPE_PG_PORT": "6543", "WINDPIPE_S3_BUCKET": "from-the-shell", "WINDPIPE_AUTH": "basic",
+                 "WINDPIPE_PG_URL": "postgresql+psycopg://u:secret@db.example.org/mlflow"}
+    for name in [*team_vars, "WINDPIPE_S3_PORT", "WINDPIPE_S3_REGION", "WINDPIPE_STACK"]:
+        monkeypatch.setenv(name, "")  # (recorded, so that the teardown restores the test's environment)
+        monkeypatch.delenv(name)
+    for name, value in team_vars.items():
+        monkeypatch.setenv(name, value)
+    env_file = tmp_path / ".env"
+    env_file.write_text("WINDPIPE_S3_BUCKET=from-the-file\nWINDPIPE_S3_REGION=eu-central-1\nWINDPIPE_STACK=team\n")
+    monkeypatch.setenv("WINDPIPE_ENV_FILE", str(env_file))
+    monkeypatch.setenv("WINDPIPE_HOME", str(tmp_path / "home"))
+    clear_settings_cache()
+    try:
+        settings = get_settings()
+        assert settings.stack == "team"
+        team = settings.team
+        assert (team.pg_port, team.s3_bucket, team.s3_region, team.auth, team.s3_port) == (
+            6543, "from-the-shell", "eu-central-1", "basic", 9000)
+        assert team.pg_url is not None and team.pg_url.get_secret_value().endswith("@db.example.org/mlflow")
+        assert settings.paths.pid_file("mlflow") == tmp_path / "home" / "run" / "mlflow.pid"
+        assert settings.paths.marts_passfile == tmp_path / "home" / "marts_pgpass"
+        monkeypatch.setenv("WINDPIPE_S3_PORT", "99999")
+        clear_settings_cache()
+        with pytest.raises(WindpipeError, match=r"WINDPIPE_S3_PORT='99999': Input should be less than or equal"):
+            get_settings()
+    finally:
+        clear_settings_cache()

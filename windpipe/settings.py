@@ -37,9 +37,15 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
+def default_projects_dir() -> Path:
+    """`projects/` of this checkout: the step folders a pure module reads unless its caller names others."""
+    return repo_root() / "projects"
+
+
 def projects_dir() -> Path:
-    """The folder of step folders (one MLflow project each): WINDPIPE_PROJECTS, else `projects/` of this checkout."""
-    return get_settings().projects or repo_root() / "projects"
+    """The folder of step folders (one MLflow project each): WINDPIPE_PROJECTS, else `projects/` of this checkout.
+    For the edges (commands, the driver); pure modules take the folder as an argument."""
+    return get_settings().projects_dir
 
 
 def default_report_path() -> Path:
@@ -338,6 +344,11 @@ class Settings(BaseSettings):
     def paths(self) -> StatePaths:
         """Every file and folder of the state folder."""
         return StatePaths(self.home)
+
+    @property
+    def projects_dir(self) -> Path:
+        """The folder of step folders: WINDPIPE_PROJECTS, else `projects/` of this checkout."""
+        return self.projects or default_projects_dir()
 
     @property
     def windpipe_bin(self) -> Path:

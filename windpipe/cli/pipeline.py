@@ -94,6 +94,7 @@ PipelineOption = Annotated[str, typer.Option(help="training or prediction.")]
 def _config(pipeline: str, conf: str) -> PipelineConfig:
     from windpipe.errors import UsageError
     from windpipe.pipeline.plan import config_from_conf
+    from windpipe.settings import get_settings
 
     try:
         data = json.loads(conf or "{}")
@@ -101,7 +102,7 @@ def _config(pipeline: str, conf: str) -> PipelineConfig:
         raise UsageError(f"The conf is not JSON ({exc.msg}): {conf[:200]!r}.", 'pass e.g. {"quick": true}') from None
     if not isinstance(data, dict):
         raise UsageError(f"The conf must be a JSON object, got {conf[:200]!r}.", 'pass e.g. {"quick": true}')
-    return config_from_conf(pipeline, data)
+    return config_from_conf(pipeline, data, get_settings().inbox_dir)  # (this machine's, unless the conf names one)
 
 
 def _json(text: str, what: str) -> Any:

@@ -2,7 +2,8 @@
 
     # orchestration/airflow/dags/windpipe_training.py
     from windpipe.pipeline.dags import build_dag
-    dag = build_dag("training")
+    from windpipe.settings import get_settings
+    dag = build_dag("training", settings=get_settings())
 
 `dag_layout` (pure, no Airflow needed) turns the step graph into tasks and dependencies:
 
@@ -10,7 +11,9 @@
     prediction:  open -> inbox -> each step, once per new inbox file (mapped) -> close
 
 Every task is a Python task that runs a `windpipe pipeline ...` command of the main environment by
-absolute path (`Settings.windpipe_bin`, read where the task runs) with an argument list, and hands it
+absolute path (`Settings.windpipe_bin` of the settings the DAG file passes: Airflow parses the DAG file again
+in each task's process, so they are the settings of the machine that runs the task) with an argument list,
+and hands it
 the DAG run's conf, the inbox file and the run ids as JSON on its stdin: no user-controlled text is
 ever part of a shell command or an Airflow template (a conf value or a file name with `{{ }}` arrives
 as written). `open` checks the conf and opens the MLflow pipeline run, each step task runs its step
@@ -33,10 +36,12 @@ from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.inbox import pending
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import PREDICTION, TRAINING, conf_defaults, config_from_conf
-from windpipe.settings import TELEMETRY_OFF, get_settings, projects_dir
+from windpipe.settings import TELEMETRY_OFF
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
+
+    from windpipe.settings import Settings
 
 DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
 SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
@@ -150,23 +155,26 @@ def _die_with_parent() -> None:
         pass
 
 
-def inbox_files(conf: dict[str, Any]) -> list[str]:
-    """The inbox files a prediction DAG run scores (the `inbox` task's XCom)."""
-    folder = config_from_conf(PREDICTION, conf).inbox
+def inbox_files(conf: dict[str, Any], inbox: Path | None = None) -> list[str]:
+    """The inbox files a prediction DAG run scores (the `inbox` task's XCom): in the conf's inbox, else `inbox`."""
+    folder = config_from_conf(PREDICTION, conf, inbox).inbox
     return [str(p) for p in pending(folder)] if folder else []
 
 
-def _params(pipeline: str) -> dict[str, Any]:
+def _params(pipeline: str, inbox: Path) -> dict[str, Any]:
     from airflow.sdk import Param
 
     # params: {"rf.max_depth": "8,12"} or ["rf.max_depth=8,12"], both forms the docs show
     types: dict[type, Any] = {bool: "boolean", dict: ["object", "array"], str: "string"}
-    return {k: Param(v, type=types[type(v)]) for k, v in conf_defaults(pipeline).items()}
+    return {k: Param(v, type=types[type(v)]) for k, v in conf_defaults(pipeline, inbox).items()}
 
 
 def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "default",
-              projects: Path | str | None = None) -> DAG:
+              projects: Path | str | None = None, *, settings: Settings) -> DAG:
     """The Airflow DAG of `pipeline` (training: weekly, prediction: daily by default; None: triggered only).
+
+    `settings` (the DAG file passes them) name the step folders (unless `projects` does), the environment
+    whose `windpipe` the tasks run and the default inbox.
 
     The first scheduled run is the next one due (Sunday / midnight UTC), not one for a time already
     past: a DAG appearing (or Airflow starting) does not start a run by itself.
@@ -175,7 +183,7 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     so that Airflow's import error shows the message, not frames from deep inside windpipe.
     """
     try:
-        projects = Path(projects or projects_dir()).resolve()
+        projects = Path(projects or settings.projects_dir).resolve()
         layout = dag_layout(pipeline, projects)
     except WindpipeError as exc:
         raise exc.with_traceback(None) from None
@@ -187,26 +195,29 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
     env = {"WINDPIPE_PROJECTS": str(projects), **TELEMETRY_OFF}
     with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
-             tags=["windpipe", pipeline], params=_params(pipeline), doc_md=_doc(pipeline, projects)) as dag:
+             tags=["windpipe", pipeline], params=_params(pipeline, settings.inbox_dir),
+             doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}
         for spec in layout:
-            tasks[spec.task_id] = _task(spec, pipeline, env, tasks)
+            tasks[spec.task_id] = _task(spec, pipeline, env, tasks, settings.windpipe_bin, settings.inbox_dir)
         for spec in layout:
             for up in spec.upstream:
                 tasks[up] >> tasks[spec.task_id]
     return dag
 
 
-def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any]) -> Any:
+def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any], bin_dir: Path,
+          inbox: Path) -> Any:
     """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
     runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
-    read their file from the inbox task's XCom."""
+    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs; `inbox`:
+    the prediction DAG's default inbox."""
     from airflow.sdk import task
 
     if spec.kind == INBOX:
         @task(task_id=INBOX)
         def inbox(**context: Any) -> list[int]:
-            files = inbox_files(dict(context["dag_run"].conf or {}))
+            files = inbox_files(dict(context["dag_run"].conf or {}), inbox)
             context["ti"].xcom_push(key=FILES_KEY, value=files)
             return list(range(len(files)))
 
@@ -219,7 +230,6 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
 
         ti, dag_run = context["ti"], context["dag_run"]
         conf = dict(dag_run.conf or {})
-        bin_dir = get_settings().windpipe_bin  # this worker's main environment
         if spec.kind == OPEN:
             run = f"{dag_run.dag_id}/{dag_run.run_id}"
             return run_command(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)

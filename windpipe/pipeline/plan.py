@@ -17,7 +17,7 @@ from pathlib import Path
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
 from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface
-from windpipe.settings import default_raw_dir, get_settings, parse_bool
+from windpipe.settings import default_raw_dir, parse_bool
 
 PRESETS = ("full", "quick")
 TRAINING, PREDICTION = "training", "prediction"
@@ -41,7 +41,7 @@ class PipelineConfig:
     git_uri: str | None = None
     git_version: str | None = None
     pipeline: str = TRAINING
-    projects: Path | None = None  # the folder of step folders (default: settings' projects_dir())
+    projects: Path | None = None  # the folder of step folders (default: settings.projects_dir, read by the edges)
     jobs: int = 0  # steps run side by side; 0: one per core
     inbox: Path | None = None  # prediction: the folder new feature files land in
     outputs: dict[str, str] = field(default_factory=dict)  # entity -> where a step writes it (predictions)
@@ -56,13 +56,14 @@ class PipelineConfig:
         return self.jobs if self.jobs > 0 else os.cpu_count() or 1
 
 
-def conf_defaults(pipeline: str) -> dict[str, object]:
-    """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params)."""
+def conf_defaults(pipeline: str, inbox: Path | None = None) -> dict[str, object]:
+    """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params). `inbox`: the
+    prediction DAG's (settings.inbox_dir where the DAG is built; None: the one of the machine that runs it)."""
     common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local"}
     if pipeline == TRAINING:
         return {"raw": str(default_raw_dir()), "quick": False, **common}
     if pipeline == PREDICTION:
-        return {"inbox": str(get_settings().inbox_dir), **common}
+        return {"inbox": str(inbox or ""), **common}
     raise UsageError(f"There is no {pipeline!r} pipeline.", f"use {TRAINING} or {PREDICTION}")
 
 
@@ -115,9 +116,10 @@ def conf_overrides(params: object) -> dict[str, dict[str, str]]:
     return out
 
 
-def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> PipelineConfig:
-    """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused."""
-    defaults = conf_defaults(pipeline)
+def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: Path | None = None) -> PipelineConfig:
+    """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused. `inbox`:
+    the prediction DAG's default inbox (None: config.inbox stays None, the driver reads settings.inbox_dir)."""
+    defaults = conf_defaults(pipeline, inbox)
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(defaults))
     if unknown:
@@ -133,7 +135,7 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> Pipeli
         config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"
     else:
-        config.inbox = _absolute("inbox", values["inbox"])
+        config.inbox = _absolute("inbox", values["inbox"]) if values["inbox"] else None
     return config
 
 

@@ -36,7 +36,7 @@ from windpipe.pipeline.cache import cache_key, content_hash, find_cached
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import PipelineConfig, Plan, PlannedStep, check_env_manager, make_plan
 from windpipe.pipeline.progress import Progress, tail
-from windpipe.settings import STEP_LOG_DIR_ENV, Settings
+from windpipe.settings import STEP_LOG_DIR_ENV, Settings, projects_dir
 from windpipe.tracking.client import ServerDown, diagnose, mlflow_client
 from windpipe.tracking.runs import code_version, fail_run
 
@@ -80,8 +80,8 @@ def plan_for(config: PipelineConfig) -> Plan:
     """The plan of this config from the interfaces below `config.projects`, checked before anything runs."""
     check_env_manager(config.env_manager, "--env-manager" if config.source == "-P" else config.source)
     external = {k: str(Path(v).resolve()) if ":/" not in str(v) else str(v) for k, v in config.external.items()}
-    return make_plan(load_interfaces(config.projects), config.pipeline, config.preset, config.overrides, external,
-                     config.source, config.outputs)
+    specs = load_interfaces(config.projects or projects_dir())
+    return make_plan(specs, config.pipeline, config.preset, config.overrides, external, config.source, config.outputs)
 
 
 def project_uri(config: PipelineConfig, step: PlannedStep) -> str:

@@ -88,7 +88,7 @@ def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
     from windpipe.pipeline.graph import build_graph
     from windpipe.pipeline.interfaces import load_interfaces
 
-    graph = build_graph(load_interfaces(config.projects), config.pipeline)
+    graph = build_graph(load_interfaces(config.projects or projects_dir()), config.pipeline)
     kinds = {p.entity: p.kind for s in graph.specs.values() for p in s.inputs}
     return {e: file for e in graph.external if kinds.get(e) == "table"}
 
@@ -97,7 +97,8 @@ def _file_outputs(config: PipelineConfig, file: Path, where: Any) -> dict[str, s
     """Each output a prediction step writes where its parameter says: beside the scored file (inbox.output_path)."""
     from windpipe.pipeline.interfaces import load_interfaces
 
-    specs = [s for s in load_interfaces(config.projects) if s.pipeline == config.pipeline and not s.driver]
+    specs = [s for s in load_interfaces(config.projects or projects_dir()) if s.pipeline == config.pipeline
+             and not s.driver]
     return {p.entity: str(where(config.inbox, file, p.entity)) for s in specs for p in s.outputs if p.parameter}
 
 
