@@ -20,7 +20,7 @@ from windpipe.stack import services as platform
 from windpipe.stack.procs import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parent.parent
-# as in every windpipe process: this one drives pipelines in threads too (DESIGN.md fact 11)
+# telemetry off as in every windpipe process: this one drives pipelines in threads too (windpipe.settings)
 os.environ.update(TELEMETRY_OFF)
 PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
                  "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE",

@@ -70,7 +70,7 @@ PG_DRIVER = "postgresql+psycopg"
 # the team stack's PostgreSQL role and database of the data marts (their schema: windpipe.marts.dialects)
 MARTS_ROLE = "marts"
 # MLflow's telemetry thread edits os.environ while other threads read it (a rare KeyError under load) and asks
-# the internet for its config at exit (DESIGN.md fact 11): off for every windpipe process and all it starts
+# the internet for its config at exit: off for every windpipe process and all it starts
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 _BOOL = TypeAdapter(bool)

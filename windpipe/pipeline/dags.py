@@ -207,17 +207,17 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
 
 
 def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any], bin_dir: Path,
-          inbox: Path) -> Any:
+          inbox_dir: Path) -> Any:
     """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
     runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
-    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs; `inbox`:
-    the prediction DAG's default inbox."""
+    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs;
+    `inbox_dir`: the prediction DAG's default inbox."""
     from airflow.sdk import task
 
     if spec.kind == INBOX:
         @task(task_id=INBOX)
         def inbox(**context: Any) -> list[int]:
-            files = inbox_files(dict(context["dag_run"].conf or {}), inbox)
+            files = inbox_files(dict(context["dag_run"].conf or {}), inbox_dir)
             context["ti"].xcom_push(key=FILES_KEY, value=files)
             return list(range(len(files)))
 
