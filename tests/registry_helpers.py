@@ -119,3 +119,82 @@ def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.D
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def promote_in_background(env: dict[str, str], run_id: str, out: Path, pause_env: dict[str, str] | None = None):
+    """`windpipe promote --run-id RUN` started in the background, its output (stdout and stderr) into `out`."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    with open(out, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "windpipe", "promote", "--run-id", run_id],
+                                env={**env, **(pause_env or {})}, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                text=True)
+
+
+def wait_paused(proc, marker: Path, out: Path, timeout: float = 300) -> None:
+    """Until the process stops at its fault point (`marker` appears); fail with its output if it ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"ended before the fault point ({proc.returncode}):\n{out.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the fault point was not reached"
+        time.sleep(0.05)
+
+
+def race_promotions(tmp_path: Path, first: tuple[dict[str, str], str],
+                    second: tuple[dict[str, str], str]) -> tuple[str, str]:
+    """Two `windpipe promote --run-id` at once, (environment, run id) each; returns both outputs.
+
+    The first is held inside the registry lock (fault point `promote:locked`: production re-read, nothing
+    changed yet) until the second has started and either says it waits for the lock or has ended; then
+    the first goes on. Both must succeed. With a lock both see, the second waits and then compares itself
+    with the first's result; without one it moves production from the version the first is about to replace.
+    """
+    from .processes import Paused, wait_for
+
+    pause = Paused(tmp_path, "promote:locked")
+    tag = new_id()[:8]
+    out_a, out_b = tmp_path / f"promote-first-{tag}.out", tmp_path / f"promote-second-{tag}.out"
+    a = promote_in_background(first[0], first[1], out_a, pause.env)
+    b = None
+    try:
+        wait_paused(a, Path(str(pause.release) + ".paused"), out_a)
+        b = promote_in_background(second[0], second[1], out_b)
+        wait_for(lambda: b.poll() is not None or "waiting for the" in out_b.read_text(),
+                 "the second promotion waits for the lock (or ends)", timeout=120)
+    finally:
+        pause.go()
+        for proc in (a, b):
+            if proc is not None:
+                proc.wait(timeout=300)
+    for proc, out in ((a, out_a), (b, out_b)):
+        assert proc.returncode == 0, out.read_text()[-3000:]
+    return out_a.read_text(), out_b.read_text()
+
+
+def production_moves(scope: Scope) -> list[tuple[int | None, int | None]]:
+    """The alias history of `production`, oldest first: (from version, to version) of each move."""
+    from windpipe.models.history import history
+
+    prod = history(scope.settings).query("alias == 'production'")
+    return [(None if pd.isna(f) else int(f), None if pd.isna(t) else int(t))
+            for f, t in zip(prod["from_version"], prod["to_version"], strict=True)]
+
+
+def chained(moves: list[tuple[int | None, int | None]]) -> bool:
+    """Each move starts where the one before it ended (the first from nothing)."""
+    return all(move[0] == (moves[i - 1][1] if i else None) for i, move in enumerate(moves))
+
+
+def decided(output: str) -> tuple[int | None, int] | None:
+    """(the production it replaced, the version it promoted) as `windpipe promote` said it; None: not promoted."""
+    import re
+
+    found = re.search(r"^promoted: \S+@production -> v(\d+)(?: \(was v(\d+)\))?", output, re.MULTILINE)
+    if found is None:
+        return None
+    return (int(found.group(2)) if found.group(2) else None, int(found.group(1)))

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.pipeline import inbox
-from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, inbox_files, run_command, task_command
+from windpipe.pipeline.dags import CLOSE, INBOX, OPEN, dag_layout, run_command, task_command
 from windpipe.pipeline.graph import build_graph
+from windpipe.pipeline.inbox import Inbox
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
 from windpipe.pipeline.scaffold import new_step
@@ -118,7 +118,8 @@ def test_the_conf_of_a_dag_run_is_checked_like_the_command_line(tmp_path):
     config = config_from_conf("training", {"quick": "true", "params": {"rf.max_depth": "8,12", "keras": {"epochs": 2}}})
     assert config.preset == "quick" and config.overrides == {"rf": {"max_depth": "8,12"}, "keras": {"epochs": "2"}}
     assert config_from_conf("training", {"params": ["rf.max_depth=4"]}).overrides == {"rf": {"max_depth": "4"}}
-    assert config_from_conf("prediction", {"inbox": str(tmp_path)}).inbox == tmp_path
+    assert config_from_conf("prediction", {"inbox": str(tmp_path)}).inbox == str(tmp_path)
+    assert config_from_conf("prediction", {"inbox": "s3://mlflow/inbox/"}).inbox == "s3://mlflow/inbox/"
     with pytest.raises(UsageError, match="unknown key.*'quik'.*takes raw, quick"):
         config_from_conf("training", {"quik": True})
     with pytest.raises(UsageError, match="force must be true or false"):
@@ -148,6 +149,10 @@ def test_tasks_pass_what_users_write_on_stdin_never_in_the_command_line(tmp_path
     assert json.loads(cmd.stdin) == {"conf": conf, "pipeline_run": "r" * 32, "upstream": {"process": "p" * 32}}
     assert task_command(open_, "training", conf, "/venv/bin", dag_run="d/r").argv[-1] == "--stdin"
     assert "files" not in json.loads(task_command(close, "training", {}, "/venv/bin", pipeline_run="r" * 32).stdin)
+    box = next(t for t in dag_layout("prediction") if t.task_id == INBOX)
+    cmd = task_command(box, "prediction", {"inbox": "s3://b/in/"}, "/venv/bin", pipeline_run="r" * 32)
+    assert cmd.argv == ["/venv/bin/windpipe", "pipeline", "inbox", "--pipeline", "prediction", "--stdin"]
+    assert json.loads(cmd.stdin) == {"conf": {"inbox": "s3://b/in/"}, "pipeline_run": "r" * 32}
 
     # for real, as the open task runs it: the conf arrives as written and is refused; nothing is executed
     with pytest.raises(RuntimeError, match="exited with code 2"):
@@ -174,27 +179,6 @@ def test_a_dag_runs_conf_names_absolute_folders_numbers_and_managers_that_work_h
     config = config_from_conf("training", {"raw": str(tmp_path), "params": {"keras.epochs": "{{ 7*7 }}"}})
     with pytest.raises(WindpipeError, match=r"Step 'keras' parameter 'epochs' must be a number, got '\{\{ 7\*7 \}\}'"):
         make_plan(load_interfaces(), overrides=config.overrides, external={"raw": "/raw"}, source=config.source)
-
-
-def test_the_inbox_lists_new_files_and_settles_them_beside_their_reason(tmp_path):
-    box = tmp_path / "inbox"
-    box.mkdir()
-    frame = pd.DataFrame({"windspeed": [1.0], "temperature": [2.0], "rad_horizontal": [3.0], "rad_diffuse": [4.0]})
-    for name in ("b.parquet", "a.parquet", ".partial.parquet"):
-        frame.to_parquet(box / name)
-    (box / "notes.txt").write_text("not a batch")
-    assert inbox_files({"inbox": str(box)}) == [str(box / "a.parquet"), str(box / "b.parquet")]
-    out = inbox.output_path(box, box / "a.parquet", "predictions")
-    assert out.parent == box / "done" and out.name.startswith("a.") and out.name.endswith(".predictions.parquet")
-    assert inbox.settle(box, box / "a.parquet") == box / "done" / "a.parquet"
-    failed = inbox.settle(box, box / "b.parquet", "lacks column windspeed")
-    assert failed == box / "failed" / "b.parquet"
-    assert (box / "failed" / "b.parquet.reason.txt").read_text() == "lacks column windspeed\n"
-    assert inbox.pending(box) == []
-    # the same name with other content does not overwrite what was scored
-    frame.assign(windspeed=9.0).to_parquet(box / "a.parquet")
-    again = inbox.settle(box, box / "a.parquet")
-    assert again != box / "done" / "a.parquet" and (box / "done" / "a.parquet").exists()
 
 
 # ---------------------------------------------------------------------------------------------- Airflow
@@ -383,77 +367,121 @@ def test_training_dag_runs_every_step_as_a_child_then_reuses_them(team_corner, m
     assert {s: v for s, v in _steps_of(local).items()} == {s: (rid, "reused") for s, (rid, _) in steps.items()}
 
 
+def _stored(p, prefix: str) -> list[str]:
+    """What the team stack's bucket holds below the S3 prefix, relative to it (its own listing)."""
+    from windpipe.stack import objects
+
+    return sorted(e.name for e in objects.listing(prefix, p.settings, deep=True))
+
+
+def _airflow_test(env: dict[str, str], conf: dict) -> subprocess.Popen:
+    """`dag.test()` of the prediction DAG in Airflow's environment, in the background (see airflow_output)."""
+    return subprocess.Popen([str(AIRFLOW_PY), str(HELPER), "test", str(DAGS), "windpipe_prediction", json.dumps(conf)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.mark.slow
 @needs_airflow
 def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
-    """The prediction DAG under `dag.test()` on the team stack: the registered production model scores the inbox
-    file, its batch lands in PostgreSQL's marts, the run's artifacts come back through the proxy from S3. The
-    login reaches the tasks from the environment only: the password is in no command, log line or file."""
+    """The prediction DAG under `dag.test()` on the team stack, its inbox an S3 prefix (s3://<bucket>/inbox-.../):
+    six objects, one bad, two named to run code through Airflow's templates. Five batches land in PostgreSQL's marts
+    holding the five files' rows; each object ends in done/ or failed/ once; run again, nothing is scored; two DAG
+    runs at once over new objects score each once. The login reaches the tasks from the environment only: the
+    password is in no command, log line or file."""
+    import uuid
+
     import mlflow
-    import numpy as np
 
     from tests.models import log_registered_model, tiny_processed
     from windpipe.marts import queries, tables
-    from windpipe.names import BATCH_ID_TAG, FEATURES, PRED_COLUMNS, TIMESTAMP
+    from windpipe.names import BATCH_ID_TAG, FEATURES, TIMESTAMP
+    from windpipe.stack import objects, s3
 
     p = team_corner
     password = p.env["MLFLOW_TRACKING_PASSWORD"]
     model = log_registered_model(p, tmp_dir=tmp_path)
-    box = tmp_path / "inbox"
-    box.mkdir()
-    frame = tiny_processed(48)[[TIMESTAMP, *FEATURES]]
+    prefix = f"s3://{p.settings.team.s3_bucket}/inbox-{uuid.uuid4().hex[:8]}/"
+    client = s3.client(p.settings)
+
+    def put(name: str, df: pd.DataFrame) -> None:
+        client.put_object(Bucket=p.settings.team.s3_bucket, Key=objects.split(prefix + name)[1],
+                          Body=df.to_parquet(index=False))
+
+    data = tiny_processed(600)[[TIMESTAMP, *FEATURES]]
     # two names that once ran code through Airflow's templates (issue: template injection): scored as named
     evil = ["e{{(params|string)[1]}};touch ${WINDPIPE_HOME}_PWNED;#.parquet", "x{{7*7}}.parquet"]
-    for name in (*evil, "new.parquet"):
-        frame.to_parquet(box / name, index=False)
+    good = dict(zip([*evil, "a.parquet", "b.parquet", "new.parquet"], (24, 30, 36, 42, 48), strict=True))
+    start = 0
+    for name, rows in good.items():
+        put(name, data.iloc[start:start + rows])
+        start += rows
+    put("bad.parquet", data.iloc[:10].drop(columns=["windspeed"]))
     home = airflow_home(migrated, tmp_path)
     env = airflow_env(home, p.env, settings=p.settings)
-    (run,), output = airflow_output("test", str(DAGS), "windpipe_prediction", json.dumps({"inbox": str(box)}),
-                                    env=env)
-    assert run["state"] == "success", output[-4000:]
-    assert_no_secret(password, output, home, box)
-    assert not Path(env["WINDPIPE_HOME"] + "_PWNED").exists() and not (box / "x49.parquet").exists()
-    assert sorted(f.name for f in (box / "done").glob("*.parquet") if ".predictions." not in f.name) == sorted(
-        [*evil, "new.parquet"])
+    (first, again), output = airflow_output("test", str(DAGS), "windpipe_prediction", json.dumps({"inbox": prefix}),
+                                            json.dumps({"inbox": prefix}), env=env)
+    # the bad object fails its task and the DAG run (someone should look at it); the others are scored all the same
+    assert first["state"] == "failed" and first["tasks"]["close"] == "failed", output[-4000:]
+    assert again["state"] == "success", output[-4000:]
+    assert_no_secret(password, output, home)
+    assert not Path(env["WINDPIPE_HOME"] + "_PWNED").exists()
+    stored = _stored(p, prefix)
+    assert [k for k in stored if not k.startswith("done/") and not k.startswith("failed/")] == [], stored
+    assert sorted(k.removeprefix("done/") for k in stored if k.startswith("done/") and ".predictions." not in k) == \
+        sorted(good)  # each once, under its own name (x49.parquet would be a rendered template)
+    assert [k for k in stored if k.startswith("failed/")] == ["failed/bad.parquet", "failed/bad.parquet.reason.txt"]
+    with objects.local_copy(prefix + "failed/bad.parquet.reason.txt", p.settings) as reason:
+        assert "predict failed" in reason.read_text() and "windspeed" in reason.read_text()
 
-    parent = _pipeline_runs(p)[0]
-    assert parent.info.status == "FINISHED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
-    assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
-    steps = _steps_of(parent)
-    assert {how for _, how in steps.values()} == {"ran"} and len(steps) == 3
-    run_id, how = steps["predict.1"]  # new.parquet, second by name
-    assert run["xcom"]["predict[1]"] == run_id
-    predict = mlflow.get_run(run_id)
-    assert predict.info.status == "FINISHED" and predict.data.params["source"] == "project"
-    leaked = password in json.dumps([predict.data.params, predict.data.tags])
-    assert not leaked, "the password is in the predict run's params or tags"
-
-    # the batch: its output in done/, its rows in the team stack's PostgreSQL marts (as their own login)
-    scored = [f for f in (box / "done").glob("new.*.predictions.parquet")]
-    assert len(scored) == 1 and inbox.pending(box) == []
-    out = pd.read_parquet(scored[0])
-    batch_id = int(predict.data.tags[BATCH_ID_TAG])
-    assert len(out) == 48 and set(out.batch_id) == {batch_id} and set(out.model_version.astype(str)) == {
-        str(model["version"])}
     engine = tables.get_engine(p.settings.effective_marts_url)
     assert engine.dialect.name == "postgresql"
-    batches = queries.latest_batches(engine, limit=100)
-    assert batch_id in set(batches.id), f"batch {batch_id} is not in the team stack's PostgreSQL marts"
-    batch = batches[batches.id == batch_id].iloc[0]
-    assert (batch.status, batch.row_count, batch.source) == ("complete", 48, "project")
-    rows = queries.batch_rows(engine, batch_id)
-    assert rows.row_no.tolist() == list(range(48))
-    np.testing.assert_allclose(rows[PRED_COLUMNS].to_numpy(), out[PRED_COLUMNS].to_numpy())
 
-    # the run's artifacts: objects in the S3 bucket, read back through the tracking server's proxy
-    assert predict.info.artifact_uri.startswith("mlflow-artifacts:/")
-    stored = stored_artifacts(p, f"{predict.info.experiment_id}/{run_id}")
-    assert "artifacts/drift.json" in stored and any(k.startswith("artifacts/logs/") for k in stored), stored
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "artifacts")))
-    assert {d["feature"] for d in json.loads((local / "drift.json").read_text())} == set(FEATURES)
-    logs = "".join(f.read_text(errors="replace") for f in (local / "logs").iterdir())
-    leaked = password in logs
-    assert f"predict run {run_id}" in logs and not leaked
+    def batches() -> pd.DataFrame:
+        found = queries.latest_batches(engine, limit=1000)
+        return found[found.model_name == p.settings.model_name]
+
+    mine = batches()
+    assert sorted(mine.row_count) == sorted(good.values())  # five batches, the five files' rows, none twice
+    assert sum(len(queries.batch_rows(engine, int(b))) for b in mine.id) == sum(good.values())
+    assert set(mine.status) == {"complete"} and set(mine.source) == {"project"}
+
+    parent, rerun = _pipeline_runs(p)[1], _pipeline_runs(p)[0]
+    assert parent.info.status == "FAILED" and parent.data.tags["windpipe.orchestrator"] == "airflow"
+    assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
+    steps = _steps_of(parent)
+    assert sorted(how for _, how in steps.values()) == ["failed", *["ran"] * 5], steps
+    assert rerun.info.status == "FINISHED" and _steps_of(rerun) == {}  # nothing new: nothing scored
+    # new.parquet's batch: read from S3, predictions written back to S3 beside it, artifacts through the proxy
+    run_id = next(rid for rid, how in steps.values() if how == "ran" and mlflow.get_run(rid).data.params[
+        "input_path"].endswith("/new.parquet"))
+    predict = mlflow.get_run(run_id)
+    assert predict.data.params["input_path"].startswith(prefix + "claimed/")
+    scored = [k for k in stored if k.startswith("done/new.") and k.endswith(".predictions.parquet")]
+    with objects.local_copy(prefix + scored[0], p.settings) as out:
+        out = pd.read_parquet(out)
+    assert len(out) == 48 and set(out.batch_id) == {int(predict.data.tags[BATCH_ID_TAG])}
+    leaked = password in json.dumps([predict.data.params, predict.data.tags])
+    assert not leaked, "the password is in the predict run's params or tags"
+    assert "artifacts/drift.json" in stored_artifacts(p, f"{predict.info.experiment_id}/{run_id}")
+
+    # two DAG runs at once (two Airflows) over new objects: each object is scored once
+    more = {"c.parquet": 12, "d.parquet": 18}
+    for name, rows in more.items():
+        put(name, data.iloc[start:start + rows])
+        start += rows
+    for i in (1, 2):
+        (tmp_path / f"concurrent{i}").mkdir()
+    homes = [airflow_home(migrated, tmp_path / f"concurrent{i}") for i in (1, 2)]
+    procs = [_airflow_test(airflow_env(h, p.env, settings=p.settings), {"inbox": prefix}) for h in homes]
+    outs = [proc.communicate(timeout=1200)[0] for proc in procs]
+    for proc, out in zip(procs, outs, strict=True):
+        assert proc.returncode == 0 and '"state": "success"' in out, out[-4000:]
+    assert sorted(batches().row_count) == sorted([*good.values(), *more.values()])
+    stored = _stored(p, prefix)
+    assert sorted(k.removeprefix("done/") for k in stored if k.startswith("done/") and ".predictions." not in k) == \
+        sorted([*good, *more]) and not [k for k in stored if k.startswith("claimed/")]
+    ran = [how for run in _pipeline_runs(p)[:2] for _, how in _steps_of(run).values()]
+    assert ran == ["ran"] * len(more), ran
 
 
 @pytest.mark.slow
@@ -528,7 +556,7 @@ def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_onc
         predictions = [f.name for f in (box / "done").glob("good.*.predictions.parquet")]
         assert sorted(f.name for f in (box / "done").iterdir()) == sorted(["good.parquet", *predictions])
         assert len(pd.read_parquet(box / "done" / predictions[0])) == 48
-        assert (box / "failed" / "bad.parquet").exists() and inbox.pending(box) == []
+        assert (box / "failed" / "bad.parquet").exists() and Inbox(str(box), p.settings).new() == []
         reason = (box / "failed" / "bad.parquet.reason.txt").read_text()
         assert "predict failed" in reason and "windspeed" in reason, reason
         parent = _pipeline_runs(p)[0]
@@ -536,16 +564,17 @@ def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_onc
         assert parent.data.tags["windpipe.entity.production"] == f"models:/{p.settings.model_name}/{model['version']}"
         assert {k: v[1] for k, v in _steps_of(parent).items()} == {"predict.0": "failed", "predict.1": "ran"}
 
-        # the same file again: reused from the cache, not scored twice; then nothing new: nothing scored
+        # the same bytes again (the content is the identity): not scored twice, filed with a note; then nothing new
         shutil.copy(box / "done" / "good.parquet", box / "good.parquet")
         for _ in range(2):
             rerun = p.windpipe("airflow", "trigger", "windpipe_prediction", "--wait", extra_env=env, timeout=900)
             assert rerun.returncode == 0 and "success" in rerun.stdout, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert queries.count_rows(engine)["batches"] == 1
         runs = _pipeline_runs(p)
-        assert {k: v[1] for k, v in _steps_of(runs[1]).items()} == {"predict.0": "reused"}
-        assert runs[0].info.status == "FINISHED" and _steps_of(runs[0]) == {}
-        assert inbox.pending(box) == [] and (box / "done" / "good.parquet").exists()
+        assert [r.info.status for r in runs[:2]] == ["FINISHED", "FINISHED"]
+        assert _steps_of(runs[0]) == {} and _steps_of(runs[1]) == {}
+        assert "not scored again" in (box / "done" / "good.parquet.note.txt").read_text()
+        assert Inbox(str(box), p.settings).new() == [] and (box / "done" / "good.parquet").exists()
     finally:
         down = p.windpipe("airflow", "down", extra_env=env, timeout=300)
     assert down.returncode == 0 and p.windpipe("airflow", "status", extra_env=env).returncode == 1

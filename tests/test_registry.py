@@ -20,8 +20,21 @@ from windpipe.models.history import Move, rollback_source, settle
 from windpipe.models.promotion import gate, improvement
 from windpipe.models.registry import instance_name
 
-from .conftest import REPO
-from .registry_helpers import Scope, log_candidate, make_scope, new_id, small_df
+from .conftest import REPO, point_at
+from .processes import Paused, kill9
+from .registry_helpers import (
+    Scope,
+    chained,
+    decided,
+    log_candidate,
+    make_scope,
+    new_id,
+    production_moves,
+    promote_in_background,
+    race_promotions,
+    small_df,
+    wait_paused,
+)
 
 # ----------------------------------------------------------------------------------- pure functions
 
@@ -412,32 +425,96 @@ def test_production_never_moves_to_a_version_whose_run_is_gone(scope):
 
 
 @pytest.mark.slow
-def test_two_promotions_at_once_leave_one_consistent_winner(scope):
+def test_two_promotions_at_once_take_turns_and_the_second_compares_with_the_first(scope, tmp_path):
+    """The worse run's promotion holds the lock while the better one's starts: the second waits, then compares
+    itself with the first's result. The history shows it: the second move starts where the first ended."""
     from mlflow import MlflowClient
 
     worse = log_candidate(scope, scale=1.3)
     better = log_candidate(scope, scale=1.0)
     env = {**scope.platform.env, **scope.env}
-    procs = [subprocess.Popen([sys.executable, "-m", "windpipe", "promote", "--run-id", rid], env=env,
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rid in (worse, better)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-    versions, aliases = scope.snapshot()
-    assert versions == [1, 2]
-    client = MlflowClient(scope.platform.tracking_uri)
-    prod = client.get_model_version_by_alias(scope.model_name, "production")
-    assert prod.run_id == better and prod.status == "READY"
-    assert client.get_run(prod.run_id).info.status == "FINISHED"
-    # each says one verdict; whichever ran second compared itself with the first, so the better run's
-    # promotion moved production either way (the worse run's only when it came first)
-    verdicts = [[line for line in out.splitlines() if line.startswith(("promoted: ", "not promoted: "))]
-                for out, _ in outs]
-    assert [len(v) for v in verdicts] == [1, 1], verdicts
-    assert verdicts[1][0].startswith("promoted: "), verdicts
-    tags = prod.tags
-    assert tags["windpipe.run_id"] == better and tags["windpipe.instance_name"].startswith(f"{scope.model_name}_v")
+    first, second = race_promotions(tmp_path, (env, worse), (env, better))
+    assert production_moves(scope) == [(None, 1), (1, 2)]  # taking turns: the second move starts at the first's end
+    assert "waiting for the registry lock" in second, second
+    assert "promoted: " in first and "no production version yet" in first, first
+    # the second saw the first's result: production v1 (the worse run) is what it was compared with
+    assert "production v1 " in second and f"promoted: {scope.model_name}@production -> v2 (was v1)" in second, second
+    prod = MlflowClient(scope.platform.tracking_uri).get_model_version_by_alias(scope.model_name, "production")
+    assert prod.run_id == better and prod.tags["windpipe.run_id"] == better
+
+
+# ------------------------------------------------------------------- on the team stack: one lock, many machines
+
+
+@pytest.fixture
+def team_scope(team_platform, monkeypatch):
+    """A private experiment and model on the session's team platform (PostgreSQL, S3, basic auth)."""
+    point_at(team_platform, monkeypatch)
+    return make_scope(team_platform, monkeypatch)
+
+
+@pytest.mark.slow
+def test_promotions_from_two_state_folders_take_turns_on_the_team_registry(team_scope, tmp_path):
+    """Two machines (two state folders, nothing shared but the network) promote against the team registry at the
+    same moment, three rounds, the worse candidate first: the lock both see (the team stack's PostgreSQL, its
+    `locks` login) makes the second wait and compare itself with the first's result. The history chains and
+    production ends on the best model; with a lock per state folder the second moved production from the
+    version the first was replacing (and the worse one could end in production)."""
+    from mlflow import MlflowClient
+
+    scope, p = team_scope, team_scope.platform
+    lock_url = p.settings.effective_lock_url  # what another machine sets as WINDPIPE_LOCK_URL
+    machines = [{**p.env, **scope.env, "WINDPIPE_HOME": str(tmp_path / f"machine{i}"), "WINDPIPE_LOCK_URL": lock_url}
+                for i in (1, 2)]
+    best, outputs = None, []
+    for worse, better in ((1.8, 1.6), (1.5, 1.4), (1.3, 1.2)):  # (the fit is best near 1.05)
+        first_run, best = log_candidate(scope, scale=worse), log_candidate(scope, scale=better)
+        outputs.append(race_promotions(tmp_path, (machines[0], first_run), (machines[1], best)))
+    prod = MlflowClient(p.tracking_uri).get_model_version_by_alias(scope.model_name, "production")
+    assert prod.run_id == best and prod.version == "6"
+    # what each promotion compared itself with is where the move before it ended, and the history says the same
+    decisions = sorted((decided(out) for pair in outputs for out in pair), key=lambda d: d[1] if d else 0)
+    moves = production_moves(scope)
+    assert chained(decisions) and decisions == moves and len(moves) == 6, (decisions, moves)
+    for _first, second in outputs:
+        assert f"waiting for the lock 'registry:{scope.model_name}'" in second, second
+
+
+@pytest.mark.slow
+def test_a_promotion_killed_or_stuck_holding_the_team_lock(team_scope, tmp_path):
+    """kill -9 of a promotion holding the team's lock: the next one proceeds at once (its session closed) and
+    says so. A holder stuck past its lease: the next one waits for the lease, ends the holder's session, proceeds
+    and says so; the stuck one, resumed, finds it lost the lock and changes nothing."""
+    from windpipe.models.promotion import promote
+
+    scope, p = team_scope, team_scope.platform
+    env = {**p.env, **scope.env}
+    first, killed, after_kill, stuck, after_stuck = (log_candidate(scope, scale=s) for s in (1.5, 1.4, 1.3, 1.35, 1.1))
+    assert promote(scope.settings, run_id=first).version == 1
+
+    pause = Paused(tmp_path, "promote:locked")
+    holder = promote_in_background(env, killed, tmp_path / "killed.out", pause.env)
+    wait_paused(holder, Path(str(pause.release) + ".paused"), tmp_path / "killed.out")
+    kill9(holder.pid)
+    nxt = scope.cli("promote", "--run-id", after_kill)
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert "ended without releasing it (killed?)" in nxt.stdout and "-> v2 (was v1)" in nxt.stdout, nxt.stdout
+
+    pause = Paused(tmp_path, "promote:locked")
+    out = tmp_path / "stuck.out"
+    holder = promote_in_background({**env, "WINDPIPE_REGISTRY_LEASE": "3"}, stuck, out, pause.env)
+    try:
+        wait_paused(holder, Path(str(pause.release) + ".paused"), out)
+        nxt = scope.cli("promote", "--run-id", after_stuck)
+    finally:
+        pause.go()
+        holder.wait(timeout=120)
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert "past the end of its lease" in nxt.stdout and "-> v3 (was v2)" in nxt.stdout, nxt.stdout
+    said = out.read_text()
+    assert holder.returncode == 1 and "lost the lock" in said and "Traceback" not in said, said
+    assert scope.snapshot() == ([1, 2, 3], {"production": "3", "challenger": "3"})  # the stuck one registered nothing
+    assert production_moves(scope) == [(None, 1), (1, 2), (2, 3)]
 
 
 @pytest.mark.slow

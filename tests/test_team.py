@@ -25,8 +25,8 @@ from windpipe.stack.procs import stop_pid
 from windpipe.tracking.client import basic_auth_header
 
 SECRETS = (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.PASSFILE, postgres.MARTS_PASSWORD,
-           "marts_pgpass", s3.KEY_ID, s3.SECRET_KEY, s3.CREDENTIALS, team.ADMIN_PASSWORD, team.FLASK_KEY,
-           team.AUTH_CONFIG)
+           "marts_pgpass", postgres.LOCKS_PASSWORD, "locks_pgpass", s3.KEY_ID, s3.SECRET_KEY, s3.CREDENTIALS,
+           team.ADMIN_PASSWORD, team.FLASK_KEY, team.AUTH_CONFIG)
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def as_client(team_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Itera
 def _secrets(p: Platform) -> dict[str, str]:
     """Every generated secret value (the files' contents, and each value inside the multi-line ones)."""
     values = {}
-    for name in (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.MARTS_PASSWORD, s3.KEY_ID,
-                 s3.SECRET_KEY, team.ADMIN_PASSWORD, team.FLASK_KEY):
+    for name in (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.MARTS_PASSWORD,
+                 postgres.LOCKS_PASSWORD, s3.KEY_ID, s3.SECRET_KEY, team.ADMIN_PASSWORD, team.FLASK_KEY):
         values[name] = p.settings.paths.secret_file(name).read_text().strip()
     assert all(len(v) >= 16 for v in values.values()), values.keys()
     return values
@@ -70,19 +70,21 @@ def test_team_up_status_secrets_and_loopback(team_platform):
     assert "query ok" in proc.stdout and "bucket mlflow listed" in proc.stdout and "artifact proxy ok" in proc.stdout
     # the marts: their own login and schema on the same PostgreSQL, the URL shown without its password file
     assert f"marts@127.0.0.1:{p.settings.team.pg_port}/marts " in proc.stdout and "passfile" not in proc.stdout
-    # ... and that login reaches the marts' database only, not the tracking store
+    # ... and that login reaches the marts' database only, not the tracking store; the registry lock's login
+    # (windpipe.stack.locks) its own database only
     import psycopg
 
-    marts_password = p.settings.paths.secret_file(postgres.MARTS_PASSWORD).read_text().strip()
-    for db, allowed in (("marts", True), ("mlflow", False), ("mlflow_auth", False)):
-        try:
-            psycopg.connect(host=p.settings.host, port=p.settings.team.pg_port, user="marts", dbname=db,
-                            password=marts_password).close()
-            reached = True
-        except psycopg.OperationalError as exc:
-            assert "permission denied" in str(exc)
-            reached = False
-        assert reached is allowed, db
+    for role, secret in (("marts", postgres.MARTS_PASSWORD), ("locks", postgres.LOCKS_PASSWORD)):
+        password = p.settings.paths.secret_file(secret).read_text().strip()
+        for db in ("marts", "locks", "mlflow", "mlflow_auth"):
+            try:
+                psycopg.connect(host=p.settings.host, port=p.settings.team.pg_port, user=role, dbname=db,
+                                password=password).close()
+                reached = True
+            except psycopg.OperationalError as exc:
+                assert "permission denied" in str(exc)
+                reached = False
+            assert reached is (db == role), (role, db)
 
     # up again: nothing new starts
     proc = p.windpipe("up")

@@ -69,6 +69,8 @@ def _env_file() -> Path:
 PG_DRIVER = "postgresql+psycopg"
 # the team stack's PostgreSQL role and database of the data marts (their schema: windpipe.marts.dialects)
 MARTS_ROLE = "marts"
+# ... and of the registry lock every machine sees (windpipe.stack.locks)
+LOCKS_ROLE = "locks"
 # MLflow's telemetry thread edits os.environ while other threads read it (a rare KeyError under load) and asks
 # the internet for its config at exit: off for every windpipe process and all it starts
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -122,7 +124,7 @@ class StatePaths:
 
     @property
     def inbox(self) -> Path:
-        """The prediction DAG's inbox unless WINDPIPE_INBOX names another (`Settings.inbox_dir`)."""
+        """The prediction DAG's inbox unless WINDPIPE_INBOX names another (`Settings.inbox_uri`)."""
         return self.home / "inbox"
 
     @property
@@ -163,6 +165,11 @@ class StatePaths:
         """The team stack's libpq password file for the marts role (its line only; mode 0600)."""
         return self.secret_file("marts_pgpass")
 
+    @property
+    def locks_passfile(self) -> Path:
+        """The team stack's libpq password file for the locks role (its line only; mode 0600)."""
+        return self.secret_file("locks_pgpass")
+
 
 class TeamStack(BaseModel):
     """The team stack's settings (WINDPIPE_STACK=team, docs/team.md). Each is read from `WINDPIPE_<NAME>`, as
@@ -183,6 +190,11 @@ class TeamStack(BaseModel):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    # the registry lock on the team stack (windpipe.stack.locks): a PostgreSQL database every machine that promotes
+    # reaches; default: the team stack's own (database and role `locks`, its password in a 0600 file)
+    lock_url: SecretStr | None = None
+    # how long a promotion may hold the team's registry lock: a holder past it is ended by the next promotion
+    registry_lease: float = Field(default=300.0, gt=0)
     # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
     auth: Literal["none", "basic"] = "none"
 
@@ -248,7 +260,10 @@ class Settings(BaseSettings):
     # orchestration: what the pipeline's steps are and where the environment that runs them lives
     projects: Path | None = None  # the folder of step folders (default: projects/ of this checkout)
     bin_dir: Path | None = None  # bin/ of the environment with windpipe and mlflow (default: .venv/bin)
-    inbox: Path | None = None  # the prediction DAG's inbox (default: <home>/inbox)
+    # the prediction DAG's inbox: a folder or an S3 prefix (s3://<bucket>/inbox/, through the S3 settings below)
+    inbox: str | None = None  # default: <home>/inbox
+    # a claim of an inbox file whose DAG run neither settled nor released it can be taken over after this long
+    inbox_lease: float = Field(default=6 * 3600.0, gt=0)
     # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
     airflow_port: int = Field(default=8090, ge=1, le=65535)
     airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
@@ -328,6 +343,22 @@ class Settings(BaseSettings):
                     f"?passfile={quote(str(self.paths.marts_passfile), safe='/')}")
         return f"sqlite:///{self.paths.marts_db}"
 
+    @property
+    def effective_lock_url(self) -> str | None:
+        """Where the registry lock lives (None: the file lock in the state folder, for one machine):
+        `WINDPIPE_LOCK_URL`; else on the team stack WINDPIPE_PG_URL's database and login, or the `locks`
+        database of the server `up` starts, as the role `locks` (its password in a 0600 file the URL names)."""
+        if self.team.lock_url is not None:
+            return self.team.lock_url.get_secret_value()
+        if self.stack != "team":
+            return None
+        if self.team.pg_url is not None:
+            return self.team.pg_url.get_secret_value()
+        from urllib.parse import quote
+
+        return (f"{PG_DRIVER}://{LOCKS_ROLE}@{self.host}:{self.team.pg_port}/{LOCKS_ROLE}"
+                f"?passfile={quote(str(self.paths.locks_passfile), safe='/')}")
+
     def process_environment(self) -> dict[str, str]:
         """What every windpipe process and the step runs it starts carry in their environment: MLflow's
         bounded HTTP retries, and MLflow telemetry off."""
@@ -356,9 +387,10 @@ class Settings(BaseSettings):
         return self.bin_dir or repo_root() / ".venv" / "bin"
 
     @property
-    def inbox_dir(self) -> Path:
-        """New feature files land here; scored ones move to done/, refused ones to failed/."""
-        return self.inbox or self.paths.inbox
+    def inbox_uri(self) -> str:
+        """Where new feature files land (a folder, or an S3 prefix s3://<bucket>/<prefix>/); scored ones move to
+        done/, refused ones to failed/ (windpipe.pipeline.inbox)."""
+        return self.inbox or str(self.paths.inbox)
 
     @property
     def airflow_url(self) -> str:

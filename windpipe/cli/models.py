@@ -80,7 +80,7 @@ def rollback() -> None:
     from windpipe.settings import get_settings
 
     settings = get_settings()
-    res = do_rollback(settings)
+    res = do_rollback(settings, say=typer.echo)
     typer.echo(f"rolled back: {settings.model_name}@{PRODUCTION} -> v{res.version} ({res.instance_name}), "
                f"was v{res.from_version}")
 

@@ -1,5 +1,5 @@
-"""`windpipe pipeline run`, the commands an orchestrator's tasks run (`windpipe pipeline open | step | close`),
-and `windpipe demo`."""
+"""`windpipe pipeline run`, the commands an orchestrator's tasks run (`windpipe pipeline open | inbox | step |
+close`), and `windpipe demo`."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def _config(pipeline: str, conf: str) -> PipelineConfig:
         raise UsageError(f"The conf is not JSON ({exc.msg}): {conf[:200]!r}.", 'pass e.g. {"quick": true}') from None
     if not isinstance(data, dict):
         raise UsageError(f"The conf must be a JSON object, got {conf[:200]!r}.", 'pass e.g. {"quick": true}')
-    return config_from_conf(pipeline, data, get_settings().inbox_dir)  # (this machine's, unless the conf names one)
+    return config_from_conf(pipeline, data, get_settings().inbox_uri)  # (this machine's, unless the conf names one)
 
 
 def _json(text: str, what: str) -> Any:
@@ -155,6 +155,25 @@ def pipeline_open(
     typer.echo(run_id)
 
 
+def pipeline_inbox(
+    pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")] = "",
+    pipeline: PipelineOption = "prediction",
+    conf: ConfOption = "{}",
+    stdin: StdinOption = False,
+) -> None:
+    """The prediction DAG's inbox task: claim the new inbox files (and what earlier runs left) for the pipeline run;
+    the last line is the JSON list of the claimed files the step tasks score."""
+    from windpipe.errors import UsageError
+    from windpipe.steps.driver import claim_inbox
+
+    if pipeline != "prediction":
+        raise UsageError(f"Only the prediction pipeline has an inbox, not {pipeline!r}.", "pass --pipeline prediction")
+    given = _task_input(stdin, pipeline_run=pipeline_run, conf=conf)
+    files = claim_inbox(_config(pipeline, given["conf"]), given["pipeline_run"], say=typer.echo)
+    typer.echo(f"{len(files)} file(s) to score")
+    typer.echo(json.dumps(files))
+
+
 def pipeline_step(
     step: Annotated[str, typer.Argument(help="The step to run, e.g. lr.")],
     pipeline_run: Annotated[str, typer.Option(help="The run id `windpipe pipeline open` printed.")] = "",
@@ -186,7 +205,7 @@ def pipeline_close(
 
     given = _task_input(stdin, pipeline_run=pipeline_run, conf=conf, files=files)
     problems = close_pipeline(_config(pipeline, given["conf"]), given["pipeline_run"],
-                              _json(given["files"], "--files") or [])
+                              _json(given["files"], "--files") or [], say=typer.echo)
     for line in problems:
         typer.echo(f"not finished: {line}", err=True)
     typer.echo(f"pipeline run {given['pipeline_run']}: {'FAILED' if problems else 'FINISHED'}")
@@ -195,7 +214,8 @@ def pipeline_close(
 
 
 # the commands an orchestrator's tasks run (windpipe.pipeline.dags), one per kind of task
-for _name, _command in (("open", pipeline_open), ("step", pipeline_step), ("close", pipeline_close)):
+for _name, _command in (("open", pipeline_open), ("inbox", pipeline_inbox), ("step", pipeline_step),
+                         ("close", pipeline_close)):
     pipeline_app.command(_name)(_command)
 
 

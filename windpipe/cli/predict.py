@@ -15,10 +15,12 @@ app = typer.Typer()
 
 @app.command("predict")
 def predict(
-    input: Annotated[Path, typer.Option("--input", help="Parquet with windspeed, temperature, rad_horizontal, "
-                                        "rad_diffuse (utc_timestamp optional; other columns ignored).")],
-    output: Annotated[Path, typer.Option("--output", help="Parquet to write: row_no, utc_timestamp, "
-                                         "solar_GW_pred, wind_GW_pred, model_name, model_version, batch_id.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet with windspeed, temperature, rad_horizontal, "
+                                       "rad_diffuse (utc_timestamp optional; other columns ignored): a path or "
+                                       "s3://<bucket>/<key> (the S3 settings' store).")],
+    output: Annotated[str, typer.Option("--output", help="Parquet to write: row_no, utc_timestamp, "
+                                        "solar_GW_pred, wind_GW_pred, model_name, model_version, batch_id; a path "
+                                        "or s3://<bucket>/<key>.")],
     model_uri: Annotated[Optional[str], typer.Option(
         help=f"Model to use (default {alias_uri('<model>')}).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
@@ -32,7 +34,7 @@ def predict(
     """
     from windpipe.steps.predict import main
 
-    main(str(input), str(output), model_uri, overwrite, drop_invalid, source="cli")
+    main(input, output, model_uri, overwrite, drop_invalid, source="cli")
 
 
 @app.command("monitor")

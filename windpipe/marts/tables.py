@@ -11,6 +11,8 @@ Tables
   performance  batch_id -> the model's error on the batch's hours once their recorded power arrived
                (`windpipe monitor --actuals FILE`, windpipe.scoring.monitor): one row per scored batch
                with actuals, replaced when more actuals arrive
+  inbox_claims (inbox, sha256) -> who scores that content of the prediction inbox, and how it ended
+               (windpipe.marts.claims; the protocol: windpipe.pipeline.inbox)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     create_engine,
 )
 
@@ -128,6 +131,21 @@ performance = Table(
     Column("run_id", String(64)),  # the monitor run that computed it
 )
 
+# one row per content (sha256 of the bytes) of an inbox: the primary key makes the claim (one insert wins)
+inbox_claims = Table(
+    "inbox_claims", metadata,
+    Column("inbox", String(1000), primary_key=True),  # the inbox's URI (a folder or s3://bucket/prefix/)
+    Column("sha256", String(64), primary_key=True),
+    Column("name", String(1000), nullable=False),  # the object's name when it was claimed
+    Column("uri", String(2000), nullable=False),  # where its bytes are while it is claimed (<inbox>/claimed/...)
+    Column("holder", String(64), nullable=False),  # the pipeline run that scores it ("": released for the next)
+    Column("claimed_at", DateTime, nullable=False),  # UTC, naive
+    Column("state", String(20), nullable=False),  # claimed | done | failed
+    Column("reason", Text),  # failed: why
+    Column("settled_at", DateTime),
+    Column("filed_as", String(2000)),  # where the object went (done/ or failed/), once it is there
+)
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -153,7 +171,7 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
                 _private_file(db_file)
             engine = create_engine(url, **dialects.engine_options(url, lock_timeout))
             dialects.configure(engine)
-            metadata.create_all(engine)
+            _create_tables(engine)
             _add_new_columns(engine)
         except Exception as exc:  # driver missing, server down, bad URL; or a lock, a full disk, a read-only file
             reason = getattr(exc, "orig", None) or exc
@@ -168,6 +186,19 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
                                 "or PostgreSQL on the team stack)") from None
         _engines[url] = engine
         return engine
+
+
+def _create_tables(engine: Engine, tries: int = 3) -> None:
+    """The tables that are missing. Two processes opening a new database at once both find a table missing and
+    one of them fails to create it: that one looks again (then it is there)."""
+    for attempt in range(tries):
+        try:
+            metadata.create_all(engine)
+            return
+        except Exception as exc:
+            text = str(exc).lower()
+            if attempt == tries - 1 or not ("already exists" in text or "duplicate key" in text):
+                raise
 
 
 def display_url(url: str | URL) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,12 +56,16 @@ def remove_batch(engine: Engine, batch_id: int) -> None:
         conn.execute(delete(batches).where(batches.c.id == batch_id))
 
 
-def settle_pending(engine: Engine | None = None) -> list[str]:
+def settle_pending(engine: Engine | None = None,
+                   local_copy: Callable[[str], contextlib.AbstractContextManager[Path | None]] | None = None
+                   ) -> list[str]:
     """Finish or remove the pending batches of processes that are gone (killed between the marts' commit
     and the output file's rename, or just after it); return what was done, one line per batch.
 
     A batch whose output file is in place with its batch id becomes complete; any other is removed with
-    its rows. Batches of processes that still run, or run on another host, are left alone.
+    its rows. Batches of processes that still run, or run on another host, are left alone. `local_copy`
+    gives a readable local file for an output path or URI (an S3 object: a downloaded copy; None when
+    there is none); by default the path itself.
     """
     from sqlalchemy import select
 
@@ -74,7 +78,9 @@ def settle_pending(engine: Engine | None = None) -> list[str]:
         proc = identity.ProcessId.parse(owner)
         if proc is None or proc.running() is not False:
             continue
-        if output_path and _file_batch_id(Path(output_path)) == batch_id:
+        with (local_copy or _as_path)(output_path or "") as local:
+            in_place = local is not None and _file_batch_id(local) == batch_id
+        if in_place:
             with _database_errors(engine), engine.begin() as conn:
                 conn.execute(batches.update().where(batches.c.id == batch_id).values(status=COMPLETE))
             done.append(f"batch {batch_id}: completed (its process was killed after writing {output_path})")
@@ -82,6 +88,11 @@ def settle_pending(engine: Engine | None = None) -> list[str]:
             remove_batch(engine, batch_id)
             done.append(f"batch {batch_id}: removed (its process was killed before {output_path} was written)")
     return done
+
+
+@contextlib.contextmanager
+def _as_path(path: str) -> Iterator[Path | None]:
+    yield Path(path) if path else None
 
 
 def _file_batch_id(path: Path) -> int | None:

@@ -31,6 +31,7 @@ from windpipe import names
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
+from windpipe.faults import fault_point
 from windpipe.models import history, loading
 from windpipe.models.compare import compare_runs
 from windpipe.models.registry import (
@@ -204,9 +205,10 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
     challenger_metrics = _scored(run.data.tags[names.MODEL_URI_TAG], holdout.df, settings)
     say(f"holdout: {holdout.describe()}")
 
-    with registry_lock(settings):
+    with registry_lock(settings, say=say) as lock:
         current = loading.version_by_alias(client, name)  # re-read under the lock
         previous = int(current.version) if current is not None else None
+        fault_point("promote:locked")
         existing = existing_version(client, name, run, previous)
         production_metrics, promoted, reason = None, None, ""
         if current is None:
@@ -234,6 +236,7 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
                 **{f"{names.HOLDOUT_PREFIX}{k}": f"{v:.6g}" for k, v in challenger_metrics.items()}}
         if run.data.tags.get(names.CACHE_KEY_TAG):  # the work that made the model (shown in the MLflow UI)
             tags[names.CACHE_KEY_TAG] = run.data.tags[names.CACHE_KEY_TAG]
+        lock.check()  # (still ours: a holder past its lease may have been ended by another promotion)
         mv = existing or register(client, name, run, tags)
         version = int(mv.version)
         inst = names.instance_name_for(name, version, data_date)
@@ -245,6 +248,7 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
             client.set_registered_model_alias(name, names.CHALLENGER, str(version))
         if promoted:
             check_promotable(client, name, version)
+            lock.check()
             set_tags(client, mv, {names.PREVIOUS_TAG: "" if previous is None else str(previous),
                                   names.REASON_TAG: reason, names.PROMOTED_AT_TAG: now_iso()})
             action = "first" if previous is None else ("force" if reason.startswith("forced") else "promote")

@@ -1,8 +1,9 @@
 """The model registry: aliases, the promotion lock, registering, rolling back, listing versions.
 
 Aliases, not stages (stages are deprecated since MLflow 2.9). Every change of an alias goes
-through `registry_lock` (an exclusive file lock in the state folder), so two promotions or
-rollbacks at once leave one consistent state. The promotion gate that decides whether
+through `registry_lock` (a file lock in the state folder on one machine; on the team stack a
+PostgreSQL advisory lock with a lease that every machine sees), so two promotions or rollbacks at
+once leave one consistent state, and the alias history's moves chain. The promotion gate that decides whether
 `production` moves lives in `windpipe.models.promotion`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,27 +58,55 @@ def get_run(client: Any, run_id: str) -> Any:
         raise
 
 
+class _FileHeld:
+    """The file lock (one machine): held until the block ends, so there is nothing to check."""
+
+    def check(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
-def registry_lock(settings: Settings, timeout: float = 300.0) -> Iterator[None]:
-    """Exclusive lock (fcntl.flock on settings.home/registry.lock) around a registry change."""
+def registry_lock(settings: Settings, timeout: float | None = None,
+                  say: Callable[[str], None] = lambda _m: None) -> Iterator[Any]:
+    """Exclusive lock around a registry change; yields a handle whose `check()` a change calls first.
+
+    On the team stack (or with WINDPIPE_LOCK_URL) a PostgreSQL advisory lock every machine sees, per
+    registered model, with a lease of WINDPIPE_REGISTRY_LEASE seconds (windpipe.stack.locks); it waits
+    up to the lease and a minute. Else a file lock (fcntl.flock on settings.home/registry.lock) for the
+    promotions of one machine, waiting up to 300 s.
+    """
+    url = settings.effective_lock_url
+    if url is not None:
+        from windpipe.stack.locks import advisory_lock
+
+        lease = settings.team.registry_lease
+        wait = timeout if timeout is not None else lease + 60
+        with advisory_lock(url, f"registry:{settings.model_name}", lease, wait, say) as held:
+            yield held
+        return
     import fcntl
 
+    timeout = 300.0 if timeout is None else timeout
     path = settings.paths.registry_lock_file
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     with open(path, "a+") as fh:
+        told = False
         while True:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not told:
+                    say(f"waiting for the registry lock ({path}): another promotion holds it")
+                    told = True
                 if time.monotonic() > deadline:
                     raise WindpipeError(f"Another promotion has held {path} for over {timeout:.0f} s.",
                                         "wait for it to finish; if none runs, retry (the lock is freed "
                                         "when its process ends)") from None
                 time.sleep(0.2)
         try:
-            yield
+            yield _FileHeld()
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -156,7 +185,7 @@ def check_promotable(client: Any, name: str, version: str | int) -> Any:
     return mv
 
 
-def rollback(settings: Settings | None = None) -> RollbackResult:
+def rollback(settings: Settings | None = None, say: Callable[[str], None] = lambda _m: None) -> RollbackResult:
     """Point `production` back at the version it replaced (the `windpipe.previous_production` tag).
 
     Rolling back again walks further back. No production, or none before it: WindpipeError,
@@ -165,7 +194,7 @@ def rollback(settings: Settings | None = None) -> RollbackResult:
     settings = settings or get_settings()
     name = settings.model_name
     client = tracking_client(settings)
-    with registry_lock(settings):
+    with registry_lock(settings, say=say) as lock:
         current = version_by_alias(client, name)
         if current is None:
             raise WindpipeError(f"{name} has no production version, so there is nothing to roll back.",
@@ -182,6 +211,7 @@ def rollback(settings: Settings | None = None) -> RollbackResult:
                                 "previous one to roll back to.",
                                 "promote another version instead: `windpipe promote --run-id <id> --force`")
         mv = check_promotable(client, name, previous)
+        lock.check()
         client.set_model_version_tag(name, str(mv.version), names.REASON_TAG, f"rollback from v{current.version}")
         client.set_model_version_tag(name, str(mv.version), names.PROMOTED_AT_TAG, now_iso())
         client.set_model_version_tag(name, str(current.version), names.ROLLED_BACK_AT_TAG, now_iso())

@@ -21,7 +21,10 @@ from windpipe.errors import WindpipeError
 
 
 def content_hash(path: Path | str) -> str:
-    """Content hash of a file, or of the CSV/parquet files of a folder (raw files change under one path)."""
+    """Content hash of a file, or of the CSV/parquet files of a folder (raw files change under one path); of an S3
+    object, its name and ETag (the store's checksum of its bytes: no download)."""
+    if str(path).startswith("s3://"):
+        return _object_hash(str(path))
     path = Path(path)
     files = (sorted(p for p in path.iterdir() if p.suffix in (".csv", ".parquet")) if path.is_dir()
              else [path] if path.is_file() else [])
@@ -35,6 +38,16 @@ def content_hash(path: Path | str) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def _object_hash(uri: str) -> str:
+    from windpipe.settings import get_settings
+    from windpipe.stack import objects
+
+    entry = objects.head(uri, get_settings())
+    if entry is None:
+        raise WindpipeError(f"There is no object {uri}.", "check the URI (s3://<bucket>/<key>)")
+    return hashlib.sha256(f"{entry.name}\0{entry.etag}".encode()).hexdigest()[:16]
 
 
 def cache_key(project: str, entry_point: str, params: dict[str, str], code: str, upstream: dict[str, str],

@@ -16,11 +16,12 @@ in each task's process, so they are the settings of the machine that runs the ta
 and hands it
 the DAG run's conf, the inbox file and the run ids as JSON on its stdin: no user-controlled text is
 ever part of a shell command or an Airflow template (a conf value or a file name with `{{ }}` arrives
-as written). `open` checks the conf and opens the MLflow pipeline run, each step task runs its step
-as an `mlflow run` child of it (the same `Launcher.run` the local driver calls, so the same cache),
-`close` ends the pipeline run (and moves each inbox file to done/ or failed/). Run ids travel by
-XCom: each command's last output line. Only this module, the graph and the settings are imported
-inside Airflow's own environment, so it stays light (no MLflow, no pandas).
+as written). `open` checks the conf and opens the MLflow pipeline run, `inbox` claims the new inbox
+files for it (a folder or an S3 prefix: windpipe.pipeline.inbox), each step task runs its step as an
+`mlflow run` child of it (the same `Launcher.run` the local driver calls, so the same cache), `close`
+ends the pipeline run (and settles each claimed file: done/ or failed/). Run ids and the claimed files
+travel by XCom: each command's last output line. Only this module, the graph and the settings are
+imported inside Airflow's own environment, so it stays light (no MLflow, no pandas, no S3 client).
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from windpipe.errors import WindpipeError
 from windpipe.pipeline.graph import build_graph
-from windpipe.pipeline.inbox import pending
 from windpipe.pipeline.interfaces import load_interfaces
-from windpipe.pipeline.plan import PREDICTION, TRAINING, conf_defaults, config_from_conf
+from windpipe.pipeline.plan import PREDICTION, TRAINING, conf_defaults
 from windpipe.settings import TELEMETRY_OFF
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
 SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
 OPEN, INBOX, CLOSE = "open", "inbox", "close"
 ALL_SUCCESS, ALL_DONE = "all_success", "all_done"
-FILES_KEY = "files"  # the inbox task's XCom of the files it found (its return value: their indexes)
+FILES_KEY = "files"  # the inbox task's XCom of the files it claimed (its return value: their indexes)
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,14 @@ class TaskCommand:
 def task_command(task: TaskSpec, pipeline: str, conf: dict[str, Any], bin_dir: Path | str, dag_run: str = "",
                  pipeline_run: str = "", upstream: dict[str, str] | None = None, file: str | None = None,
                  index: int | None = None, files: list[str] | None = None) -> TaskCommand:
-    """The `windpipe pipeline open | step | close` call a task makes (the main environment's windpipe)."""
+    """The `windpipe pipeline open | inbox | step | close` call a task makes (the main environment's windpipe)."""
     argv = [str(Path(bin_dir) / "windpipe"), "pipeline", task.kind, *([task.task_id] if task.kind == "step" else []),
             "--pipeline", pipeline, "--stdin"]
     data: dict[str, Any] = {"conf": conf}
     if task.kind == OPEN:
         data["dag_run"] = dag_run
+    elif task.kind == INBOX:
+        data["pipeline_run"] = pipeline_run
     elif task.kind == CLOSE:
         data["pipeline_run"] = pipeline_run
         if pipeline == PREDICTION:
@@ -155,13 +157,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def inbox_files(conf: dict[str, Any], inbox: Path | None = None) -> list[str]:
-    """The inbox files a prediction DAG run scores (the `inbox` task's XCom): in the conf's inbox, else `inbox`."""
-    folder = config_from_conf(PREDICTION, conf, inbox).inbox
-    return [str(p) for p in pending(folder)] if folder else []
-
-
-def _params(pipeline: str, inbox: Path) -> dict[str, Any]:
+def _params(pipeline: str, inbox: str) -> dict[str, Any]:
     from airflow.sdk import Param
 
     # params: {"rf.max_depth": "8,12"} or ["rf.max_depth=8,12"], both forms the docs show
@@ -195,30 +191,30 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
     env = {"WINDPIPE_PROJECTS": str(projects), **TELEMETRY_OFF}
     with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
-             tags=["windpipe", pipeline], params=_params(pipeline, settings.inbox_dir),
+             tags=["windpipe", pipeline], params=_params(pipeline, settings.inbox_uri),
              doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}
         for spec in layout:
-            tasks[spec.task_id] = _task(spec, pipeline, env, tasks, settings.windpipe_bin, settings.inbox_dir)
+            tasks[spec.task_id] = _task(spec, pipeline, env, tasks, settings.windpipe_bin)
         for spec in layout:
             for up in spec.upstream:
                 tasks[up] >> tasks[spec.task_id]
     return dag
 
 
-def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any], bin_dir: Path,
-          inbox_dir: Path) -> Any:
+def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any], bin_dir: Path) -> Any:
     """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
     runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
-    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs;
-    `inbox_dir`: the prediction DAG's default inbox."""
+    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs."""
     from airflow.sdk import task
 
     if spec.kind == INBOX:
-        @task(task_id=INBOX)
+        @task(task_id=INBOX, doc_md="`windpipe pipeline inbox`: claim the new inbox files for this DAG run")
         def inbox(**context: Any) -> list[int]:
-            files = inbox_files(dict(context["dag_run"].conf or {}), inbox_dir)
-            context["ti"].xcom_push(key=FILES_KEY, value=files)
+            ti, conf = context["ti"], dict(context["dag_run"].conf or {})
+            command = task_command(spec, pipeline, conf, bin_dir, pipeline_run=ti.xcom_pull(task_ids=OPEN))
+            files = json.loads(run_command(command, env))  # (its last line: the claimed files, as JSON)
+            ti.xcom_push(key=FILES_KEY, value=files)
             return list(range(len(files)))
 
         return inbox()
@@ -256,8 +252,9 @@ def _doc(pipeline: str, projects: Path) -> str:
     example = '{"quick": true, "params": {"rf.max_depth": "8,12"}}' if pipeline == TRAINING else \
         '{"params": {"predict.drop_invalid": "true"}}'
     what = ("process -> the trainers -> compare -> promote" if pipeline == TRAINING else
-            "each new parquet file in the inbox is scored with the production model into the data marts; "
-            "scored files move to done/, refused ones to failed/ with the reason beside them")
+            "each new parquet file in the inbox (a folder or an S3 prefix) is claimed by one DAG run and scored "
+            "once with the production model into the data marts; scored files move to done/, refused ones to "
+            "failed/ with the reason beside them")
     return (f"windpipe's {pipeline} pipeline, built from the step interfaces in `{projects}` "
             f"(`windpipe steps` lists them): {what}. Each step task is an `mlflow run` of its project, a child "
             f"of one MLflow pipeline run; finished steps are reused from the cache. Conf, e.g. `{example}`.")

@@ -43,7 +43,7 @@ class PipelineConfig:
     pipeline: str = TRAINING
     projects: Path | None = None  # the folder of step folders (default: settings.projects_dir, read by the edges)
     jobs: int = 0  # steps run side by side; 0: one per core
-    inbox: Path | None = None  # prediction: the folder new feature files land in
+    inbox: str | None = None  # prediction: where new feature files land (a folder or an S3 prefix)
     outputs: dict[str, str] = field(default_factory=dict)  # entity -> where a step writes it (predictions)
     source: str = "-P"  # where the overrides came from, for messages
 
@@ -56,14 +56,14 @@ class PipelineConfig:
         return self.jobs if self.jobs > 0 else os.cpu_count() or 1
 
 
-def conf_defaults(pipeline: str, inbox: Path | None = None) -> dict[str, object]:
+def conf_defaults(pipeline: str, inbox: str | None = None) -> dict[str, object]:
     """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params). `inbox`: the
-    prediction DAG's (settings.inbox_dir where the DAG is built; None: the one of the machine that runs it)."""
+    prediction DAG's (settings.inbox_uri where the DAG is built; None: the one of the machine that runs it)."""
     common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local"}
     if pipeline == TRAINING:
         return {"raw": str(default_raw_dir()), "quick": False, **common}
     if pipeline == PREDICTION:
-        return {"inbox": str(inbox or ""), **common}
+        return {"inbox": inbox or "", **common}
     raise UsageError(f"There is no {pipeline!r} pipeline.", f"use {TRAINING} or {PREDICTION}")
 
 
@@ -116,9 +116,9 @@ def conf_overrides(params: object) -> dict[str, dict[str, str]]:
     return out
 
 
-def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: Path | None = None) -> PipelineConfig:
+def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: str | None = None) -> PipelineConfig:
     """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused. `inbox`:
-    the prediction DAG's default inbox (None: config.inbox stays None, the driver reads settings.inbox_dir)."""
+    the prediction DAG's default inbox (None: config.inbox stays None, the driver reads settings.inbox_uri)."""
     defaults = conf_defaults(pipeline, inbox)
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(defaults))
@@ -135,7 +135,9 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: Pa
         config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"
     else:
-        config.inbox = _absolute("inbox", values["inbox"]) if values["inbox"] else None
+        inbox = str(values["inbox"] or "")
+        if inbox:
+            config.inbox = inbox if inbox.startswith("s3://") else str(_absolute("inbox", inbox))
     return config
 
 

@@ -9,16 +9,21 @@ Writes: OUT.parquet with row_no, utc_timestamp (when the input has it), solar_GW
         (windpipe.marts), with its drift against the same season of the model's training entity
         (windpipe.scoring.drift).
 
-`run_batch` strings validation, the model (windpipe.models.loading), drift and the marts
-together; the MLflow run lives in windpipe.steps.predict.
+IN and OUT are local paths or S3 objects (s3://<bucket>/<key>, windpipe.stack.objects): an S3 input is
+read through a temporary copy, an S3 output written locally and uploaded in one PUT where a local one is
+renamed into place. `run_batch` strings validation, the model (windpipe.models.loading), drift and the
+marts together; the MLflow run lives in windpipe.steps.predict.
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +38,7 @@ from windpipe.names import PRED_COLUMNS, TIMESTAMP
 from windpipe.scoring import drift
 from windpipe.scoring.validate import ValidInput, read_input, row_list, validate_input
 from windpipe.settings import Settings, get_settings
+from windpipe.stack import objects
 from windpipe.tracking.runs import termination_deferred
 
 OUTPUT_COLUMNS = ["row_no", TIMESTAMP, *PRED_COLUMNS, "model_name", "model_version", "batch_id"]
@@ -42,7 +48,7 @@ OUTPUT_COLUMNS = ["row_no", TIMESTAMP, *PRED_COLUMNS, "model_name", "model_versi
 class BatchResult:
     """What `run_batch` did."""
 
-    output: Path
+    output: Path | str  # (an S3 output: its URI)
     batch_id: int | None
     rows: int
     rows_dropped: int
@@ -80,6 +86,42 @@ def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = No
                                reference_times=reference[TIMESTAMP])
 
 
+def _read(uri: str, settings: Settings) -> pd.DataFrame:
+    """The input as a frame: a local file, or an S3 object read through a temporary copy."""
+    if not objects.is_s3(uri):
+        return read_input(uri)
+    with objects.local_copy(uri, settings) as local:
+        if local is None:
+            raise WindpipeError(f"Input {uri} does not exist.", "pass an existing parquet object with --input")
+        return read_input(local)
+
+
+@dataclass
+class _Upload:
+    """An S3 output staged in a local temporary file; `publish()` uploads it (one PUT: readers never see half)."""
+
+    tmp: Path
+    target: str
+    settings: Settings
+
+    def publish(self) -> str:
+        objects.publish(self.tmp, self.target, self.settings)
+        return self.target
+
+
+@contextlib.contextmanager
+def _staged(output: str, settings: Settings) -> Iterator[Any]:
+    """Where the output is written before `publish()` puts it in place: beside a local target, or a temporary file
+    uploaded to S3."""
+    if not objects.is_s3(output):
+        with staged_path(output) as staged:
+            yield staged
+        return
+    objects.split(output)
+    with tempfile.TemporaryDirectory(prefix="windpipe-output-") as tmp:
+        yield _Upload(Path(tmp) / objects.name_of(output), output, settings)
+
+
 def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | None = None,
               overwrite: bool = False, drop_invalid: bool = False, source: str = "cli",
               run_id: str | None = None, settings: Settings | None = None,
@@ -100,11 +142,12 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
     from windpipe.marts.writers import BatchWriter, settle_pending
 
     settings = settings or get_settings()
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and not output_path.is_dir() and not overwrite:
+    input_path, output_path = str(input_path), str(output_path)  # a path, or s3://<bucket>/<key>
+    local_out = not objects.is_s3(output_path)
+    if objects.exists(output_path, settings) and not (local_out and Path(output_path).is_dir()) and not overwrite:
         raise WindpipeError(f"Output {output_path} exists already.",
                             "pass --overwrite to replace it, or choose another --output")
-    if output_path.resolve() == input_path.resolve():
+    if objects.absolute(output_path) == objects.absolute(input_path):
         raise WindpipeError("--output is the same file as --input.", "write the predictions to another file")
     t: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -112,13 +155,13 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
     def lap(name: str) -> None:
         t[name] = time.perf_counter() - t0 - sum(t.values())
 
-    df = read_input(input_path)
-    for line in settle_pending(get_engine(settings=settings)):  # what a killed predict left
-        say(line)
+    df = _read(input_path, settings)
+    for line in settle_pending(get_engine(settings=settings), lambda uri: objects.local_copy(uri, settings)):
+        say(line)  # (what a killed predict left)
     lap("read")
     # the output folder is checked (a folder, read-only, missing) before any work; the marts take the input
     # rows (a helper process for big batches) while the model loads and scores
-    with staged_path(output_path) as staged, BatchWriter(rows=len(df), settings=settings) as batch:
+    with _staged(output_path, settings) as staged, BatchWriter(rows=len(df), settings=settings) as batch:
         ref = loading.resolve(model_uri, settings)
         files = loading.model_files(ref, settings)
         model = None if files else loading.load(ref, settings)  # no local files: the signature needs the model
@@ -130,8 +173,8 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("validate")
         batch.start(valid.features, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
                     source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, run_id=run_id,
-                    input_path=str(input_path.resolve()), rows_dropped=len(valid.dropped_rows),
-                    output_path=str(output_path.resolve()))
+                    input_path=objects.absolute(input_path), rows_dropped=len(valid.dropped_rows),
+                    output_path=objects.absolute(output_path))
         lap("marts_start")
         model = model or loading.load(ref, settings)
         lap("load_model")
@@ -143,11 +186,11 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         batch.add_predictions(pred, drift_rows, drift.batch_status(drift_rows))
         # (while the marts insert the predictions)
         output_frame(valid, pred, ref, batch.batch_id).to_parquet(staged.tmp, index=False)
-        if output_path.exists() and not overwrite:  # appeared while we worked
+        if objects.exists(output_path, settings) and not overwrite:  # appeared while we worked
             raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
         lap("write")
-        result = BatchResult(output_path, batch.batch_id, len(pred), len(valid.dropped_rows), valid.extra_columns,
-                             ref, drift_rows, t)
+        result = BatchResult(Path(output_path) if local_out else output_path, batch.batch_id, len(pred),
+                             len(valid.dropped_rows), valid.extra_columns, ref, drift_rows, t)
         fault_point("predict:before_commit")
         if before_commit is not None:
             before_commit(result)

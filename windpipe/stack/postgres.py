@@ -23,7 +23,7 @@ from windpipe.errors import WindpipeError
 from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
 from windpipe.marts.dialects import SCHEMA as MARTS_SCHEMA
-from windpipe.settings import MARTS_ROLE, PG_DRIVER
+from windpipe.settings import LOCKS_ROLE, MARTS_ROLE, PG_DRIVER
 from windpipe.stack.procs import Say, Service, quiet
 
 if TYPE_CHECKING:
@@ -33,14 +33,17 @@ if TYPE_CHECKING:
 
 APP_ROLE = "mlflow"
 SUPERUSER = "postgres"
-# the tracking store, the basic-auth app's users, the data marts
+# the tracking store, the basic-auth app's users, the data marts, the registry lock (each of the last two
+# reached by its own role only: the marts' clients and the promotions hold no other password)
 MARTS_DATABASE = MARTS_ROLE
-DATABASES = ("mlflow", "mlflow_auth", MARTS_DATABASE)
+LOCKS_DATABASE = LOCKS_ROLE
+DATABASES = ("mlflow", "mlflow_auth", MARTS_DATABASE, LOCKS_DATABASE)
 SUPERUSER_PASSWORD = "pg_superuser_password"
 APP_PASSWORD = "pg_app_password"
 PASSFILE = "pgpass"
 DRIVER = PG_DRIVER
 MARTS_PASSWORD = "pg_marts_password"
+LOCKS_PASSWORD = "pg_locks_password"
 
 
 def bin_dir(settings: Settings) -> Path:
@@ -191,22 +194,26 @@ def start(settings: Settings, timeout: float) -> bool:
 
 
 def bootstrap(settings: Settings) -> None:
-    """Make (or refresh) the app role and its databases, the marts role and schema, and the password files."""
+    """Make (or refresh) the app role and its databases, the marts and locks roles with their database and schema,
+    and the password files."""
     from psycopg import sql
 
     app_password = kept_secret(settings.paths.secret_file(APP_PASSWORD))
     su_password = kept_secret(settings.paths.secret_file(SUPERUSER_PASSWORD))
     marts_password = kept_secret(settings.paths.secret_file(MARTS_PASSWORD))
+    locks_password = kept_secret(settings.paths.secret_file(LOCKS_PASSWORD))
     # the password files first: the superuser connects through one too (no password in a parameter list);
-    # the marts' clients (predict, dashboard, monitor) get a file with the marts role's line only
+    # the marts' clients (predict, dashboard, monitor) get a file with the marts role's line only, and the
+    # promotions one with the locks role's line only
     atomic_write_text(passfile(settings),
                       f"{settings.host}:{settings.team.pg_port}:*:{APP_ROLE}:{app_password}\n"
                       f"{settings.host}:{settings.team.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
-    atomic_write_text(settings.paths.marts_passfile,
-                      f"{settings.host}:{settings.team.pg_port}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n",
-                      mode=0o600)
+    pg = f"{settings.host}:{settings.team.pg_port}"
+    atomic_write_text(settings.paths.marts_passfile, f"{pg}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n", mode=0o600)
+    atomic_write_text(settings.paths.locks_passfile, f"{pg}:{LOCKS_ROLE}:{LOCKS_ROLE}:{locks_password}\n", mode=0o600)
+    own = {MARTS_DATABASE: MARTS_ROLE, LOCKS_DATABASE: LOCKS_ROLE}  # database -> the role whose schema it holds
     with _connect(settings, SUPERUSER, "postgres", autocommit=True) as conn:
-        for role, password in ((APP_ROLE, app_password), (MARTS_ROLE, marts_password)):
+        for role, password in ((APP_ROLE, app_password), (MARTS_ROLE, marts_password), (LOCKS_ROLE, locks_password)):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             # the statement holds the password; log_statement is 'none', so it reaches no log
             conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
@@ -217,12 +224,14 @@ def bootstrap(settings: Settings) -> None:
                                                                               sql.Identifier(APP_ROLE)))
             # each role reaches its own databases only (PostgreSQL lets every role connect to any by default)
             conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(MARTS_DATABASE),
-                                                                         sql.Identifier(MARTS_ROLE)))
-    # the marts' tables live in a schema the marts role owns (it makes them on first use)
-    with _connect(settings, SUPERUSER, MARTS_DATABASE, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-            sql.Identifier(MARTS_SCHEMA), sql.Identifier(MARTS_ROLE)))
+        for db, role in own.items():
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role)))
+    # the marts' tables live in a schema the marts role owns (it makes them on first use); the lock's table in
+    # one named after the locks role (first on its search path)
+    for db, schema in ((MARTS_DATABASE, MARTS_SCHEMA), (LOCKS_DATABASE, LOCKS_ROLE)):
+        with _connect(settings, SUPERUSER, db, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(own[db])))
 
 
 def _connect(settings: Settings, user: str, dbname: str, autocommit: bool = False) -> psycopg.Connection:

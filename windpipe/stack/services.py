@@ -158,12 +158,13 @@ def tidy_up(settings: Settings) -> list[str]:
     prediction batches a killed `windpipe predict` left pending. Returns what was done, one line each."""
     from windpipe.marts.tables import get_engine
     from windpipe.marts.writers import settle_pending
+    from windpipe.stack.objects import local_copy
     from windpipe.tracking.runs import mark_killed_runs
 
     lines = [f"run {run_id}: marked KILLED (its process is gone)"
              for run_id in mark_killed_runs(mlflow_client(settings))]
     try:
-        lines += settle_pending(get_engine(settings=settings))
+        lines += settle_pending(get_engine(settings=settings), lambda uri: local_copy(uri, settings))
     except WindpipeError as exc:
         lines.append(f"marts: not checked ({exc.problem})")
     return lines

@@ -5,8 +5,9 @@
 library calls: `open_pipeline` (the DAG run's first task: check the conf, open the pipeline run),
 `run_task` (one step, its producers' run ids from the tasks before it), `close_pipeline` (the
 last task: end the run, and for the prediction pipeline move each inbox file to done/ or
-failed/). The steps and their wiring come from the step interfaces (windpipe.pipeline), each step
-an `mlflow run` of its project.
+failed/); for the prediction pipeline `claim_inbox` between the first two (the inbox task: the
+files this DAG run scores, windpipe.pipeline.inbox). The steps and their wiring come from the step
+interfaces (windpipe.pipeline), each step an `mlflow run` of its project.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from windpipe import names
-from windpipe.errors import UsageError
-from windpipe.pipeline import inbox
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.pipeline.inbox import Inbox
 from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan
 from windpipe.pipeline.runner import Launcher, StepResult, plan_for, run_pipeline
 from windpipe.settings import get_settings, projects_dir
+from windpipe.stack import objects
 from windpipe.steps.cli import flag
 from windpipe.tracking.client import connect, mlflow_client
 from windpipe.tracking.runs import code_version, mark_killed_runs, step_run
@@ -78,9 +80,13 @@ def check_config(config: PipelineConfig) -> Plan:
     """Plan once to refuse a bad conf before anything runs (a prediction plan with a stand-in file)."""
     if config.pipeline != PREDICTION:
         return plan_for(config)
-    sample = (config.inbox or get_settings().inbox_dir) / "<new file>.parquet"
-    return plan_for(dataclasses.replace(config, external={**_file_inputs(config, str(sample)), **config.external},
-                                        outputs=_file_outputs(config, sample, lambda *_: "<output>")))
+    sample = objects.join(_inbox(config).uri, "<new file>.parquet")
+    return plan_for(dataclasses.replace(config, external={**_file_inputs(config, sample), **config.external},
+                                        outputs=_file_outputs(config, lambda _entity: "<output>")))
+
+
+def _inbox(config: PipelineConfig) -> Inbox:
+    return Inbox(config.inbox or get_settings().inbox_uri)
 
 
 def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
@@ -93,20 +99,29 @@ def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
     return {e: file for e in graph.external if kinds.get(e) == "table"}
 
 
-def _file_outputs(config: PipelineConfig, file: Path, where: Any) -> dict[str, str]:
-    """Each output a prediction step writes where its parameter says: beside the scored file (inbox.output_path)."""
+def _file_outputs(config: PipelineConfig, where: Callable[[str], str]) -> dict[str, str]:
+    """Each output a prediction step writes where its parameter says: beside the scored file (`where(entity)`)."""
     from windpipe.pipeline.interfaces import load_interfaces
 
     specs = [s for s in load_interfaces(config.projects or projects_dir()) if s.pipeline == config.pipeline
              and not s.driver]
-    return {p.entity: str(where(config.inbox, file, p.entity)) for s in specs for p in s.outputs if p.parameter}
+    return {p.entity: where(p.entity) for s in specs for p in s.outputs if p.parameter}
 
 
 def file_config(config: PipelineConfig, parent: Any, file: str) -> PipelineConfig:
-    """The prediction config for one inbox file: its features, its output paths, the DAG run's production model."""
+    """The prediction config for one claimed inbox file: its features, its output paths (named by its content),
+    the DAG run's production model. A file that is gone is a WindpipeError."""
+    settings = get_settings()
+    box = _inbox(config)
+    if not objects.exists(file, settings):
+        raise WindpipeError(f"The inbox file {file} is gone: it disappeared after the inbox task claimed it.",
+                            "put the file into the inbox again")
+    claim = box.claim_of(file)
+    name, sha = (claim.name, claim.sha256) if claim else (objects.name_of(file), objects.sha256(file, settings))
     production = parent.data.tags.get(names.entity_tag(names.PRODUCTION))
     external = {**_file_inputs(config, file), **({names.PRODUCTION: production} if production else {})}
-    return dataclasses.replace(config, external=external, outputs=_file_outputs(config, Path(file), inbox.output_path))
+    return dataclasses.replace(config, external=external,
+                               outputs=_file_outputs(config, lambda entity: box.output_uri(name, sha, entity)))
 
 
 def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
@@ -131,7 +146,7 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
         return same[0].info.run_id
     tags = {names.STEP_TAG: "pipeline", names.ENTRY_TAG: "main", names.DAG_RUN_TAG: dag_run,
             names.CODE_VERSION_TAG: code_version(projects_dir() / "pipeline"), **pipeline_tags(config, AIRFLOW)}
-    if config.pipeline == PREDICTION and inbox.pending(config.inbox or settings.inbox_dir):
+    if config.pipeline == PREDICTION and _inbox(config).has_work():
         # (an empty inbox needs no model: a daily DAG run before the first promotion is no failure)
         tags[names.entity_tag(names.PRODUCTION)] = loading.resolve(None, settings, client).load_uri
     run = client.create_run(experiment_id, tags=tags, run_name=f"{config.pipeline} {dag_run}")
@@ -146,6 +161,12 @@ def _run_id(value: str, what: str) -> str:
     return value
 
 
+def claim_inbox(config: PipelineConfig, pipeline_run: str, say: Callable[[str], None] = print) -> list[str]:
+    """The prediction DAG's inbox task: claim the new inbox files for the pipeline run (and what earlier runs left);
+    return the claimed files it scores (windpipe.pipeline.inbox)."""
+    return _inbox(config).claim(_run_id(pipeline_run, "the pipeline run"), say)
+
+
 def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dict[str, str],
              file: str | None = None, index: int | None = None) -> StepResult:
     """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
@@ -153,10 +174,15 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
     connect(get_settings(), experiment=False)
     client = mlflow_client()
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
+    tag = f"{step}.{index}" if index is not None else None
     if config.pipeline == PREDICTION:
         if not file:
             raise UsageError(f"The prediction step {step!r} needs the inbox file it scores.", "pass --file PATH")
-        config = file_config(config, parent, file)
+        try:
+            config = file_config(config, parent, file)
+        except WindpipeError as exc:  # the file fails alone, with its reason (close settles it)
+            client.set_tag(parent.info.run_id, names.pipeline_step_tag(tag or step), f"- failed {exc.problem[:2000]}")
+            raise
     plan = plan_for(config)
     if step not in plan.names:
         raise UsageError(f"The {config.pipeline} pipeline has no step {step!r} (steps: {', '.join(plan.names)}).",
@@ -168,7 +194,6 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
                          "the DAG is older than the step interfaces: let Airflow parse the DAG files again")
     results = {n: StepResult.of_run(n, client.get_run(_run_id(upstream[n], f"the run of {n}")), True, 0.0,
                                     plan.step(n).spec.key_metric) for n in planned.needs}
-    tag = f"{step}.{index}" if index is not None else None
     _plain_shell_for_steps()
     return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
 
@@ -183,9 +208,11 @@ def _plain_shell_for_steps() -> None:
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
-def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[str] = ()) -> list[str]:
+def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[str] = (),
+                   say: Callable[[str], None] = print) -> list[str]:
     """An orchestrator's last task: end the pipeline run FINISHED, or FAILED naming what did not finish; for the
-    prediction pipeline first move each file to done/ (every step finished for it) or failed/ (with the reasons).
+    prediction pipeline first settle each claimed file: its outcome recorded, then moved to done/ (every step
+    finished for it) or failed/ (with the reasons); claims the run did not score are released.
     Returns the problems, one line per file (or one for the training pipeline); empty when all finished."""
 
     from windpipe.tracking.runs import fail_run
@@ -206,17 +233,34 @@ def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[st
             reason = (client.get_run(run_id).data.tags.get(names.FAILURE_TAG) if run_id != "-" else None) or detail
             problems.setdefault(item, []).append(f"{step} {how}" + (f" (run {run_id})" if run_id != "-" else "")
                                                  + (f": {reason}" if reason else ""))
-    for i, file in enumerate(files):
-        if Path(file).exists():
-            reasons = problems.get(i)
-            inbox.settle(config.inbox or get_settings().inbox_dir, file, "\n".join(reasons) if reasons else None)
-    lines = ["; ".join(v) if item is None else f"{Path(files[item]).name}: {'; '.join(v)}"
+    lines = ["; ".join(v) if item is None else f"{objects.name_of(files[item])}: {'; '.join(v)}"
              for item, v in problems.items()]
+    if config.pipeline == PREDICTION:
+        lines += _settle_files(_inbox(config), parent.info.run_id, files, problems, say)
     client.log_batch(parent.info.run_id, metrics=_metrics([_outcome(v)[1] for v in outcome.values()]))
     if lines:
         fail_run(parent.info.run_id, "\n".join(lines))
     else:
         client.set_terminated(parent.info.run_id, "FINISHED")
+    return lines
+
+
+def _settle_files(box: Inbox, holder: str, files: Sequence[str], problems: dict[int | None, list[str]],
+                  say: Callable[[str], None]) -> list[str]:
+    """Settle each claimed file (outcome first, then the move); a store that is down leaves the move to the next DAG
+    run's inbox task, and is a problem of this one."""
+    lines = []
+    for i, file in enumerate(files):
+        reasons = problems.get(i)
+        try:
+            box.settle(file, holder, "\n".join(reasons) if reasons else None, say)
+        except WindpipeError as exc:
+            lines.append(f"{objects.name_of(file)}: not settled ({exc.problem}); the next DAG run settles it "
+                         f"({exc.fix})")
+    try:
+        box.release(holder, list(files), say)
+    except WindpipeError as exc:
+        lines.append(f"the claims this run did not score are not released ({exc.problem}); the lease frees them")
     return lines
 
 

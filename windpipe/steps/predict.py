@@ -16,6 +16,7 @@ from windpipe import names
 from windpipe.scoring import drift
 from windpipe.scoring.batch import BatchResult, run_batch
 from windpipe.settings import get_settings
+from windpipe.stack import objects
 from windpipe.steps.cli import flag
 from windpipe.tracking.client import diagnose
 from windpipe.tracking.runs import step_run
@@ -35,7 +36,7 @@ def main(input: str, output: str, model_uri: str | None = None, overwrite: bool 
         if down is not None:
             raise down
         # (not the MLproject's parameter names: `mlflow run` logged those already)
-        mlflow.log_params({"input_path": str(Path(input).resolve()), "output_path": str(Path(output).resolve()),
+        mlflow.log_params({"input_path": objects.absolute(input), "output_path": objects.absolute(output),
                            "model_requested": model_uri or "production alias", "source": source})
         started = time.perf_counter()
 
