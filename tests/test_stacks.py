@@ -300,7 +300,8 @@ def test_the_team_settings_keep_their_variable_names(tmp_path, monkeypatch):
     had (WINDPIPE_PG_PORT, WINDPIPE_S3_BUCKET, ...), from the environment or the .env file (the environment
     wins); a bad value names its variable; the state folder's paths are one object (settings.paths)."""
     team_vars = {"WINDPIPE_PG_PORT": "6543", "WINDPIPE_S3_BUCKET": "from-the-shell", "WINDPIPE_AUTH": "basic",
-                 "WINDPIPE_PG_URL": "postgresql+psycopg://u:secret@db.example.org/mlflow"}
+                 "WINDPIPE_PG_URL": "postgresql+psycopg://u:secret@db.example.org/mlflow",
+                 "WINDPIPE_REGISTRY_LEASE": "42"}
     for name in [*team_vars, "WINDPIPE_S3_PORT", "WINDPIPE_S3_REGION", "WINDPIPE_STACK"]:
         monkeypatch.setenv(name, "")  # (recorded, so that the teardown restores the test's environment)
         monkeypatch.delenv(name)
@@ -318,6 +319,7 @@ def test_the_team_settings_keep_their_variable_names(tmp_path, monkeypatch):
         assert (team.pg_port, team.s3_bucket, team.s3_region, team.auth, team.s3_port) == (
             6543, "from-the-shell", "eu-central-1", "basic", 9000)
         assert team.pg_url is not None and team.pg_url.get_secret_value().endswith("@db.example.org/mlflow")
+        assert team.registry_lease == 42.0 and settings.effective_lock_url == team.pg_url.get_secret_value()
         assert settings.paths.pid_file("mlflow") == tmp_path / "home" / "run" / "mlflow.pid"
         assert settings.paths.marts_passfile == tmp_path / "home" / "marts_pgpass"
         monkeypatch.setenv("WINDPIPE_S3_PORT", "99999")
