@@ -9,11 +9,14 @@ runs the prediction DAG through the scheduler against a local platform.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -578,3 +581,129 @@ def test_airflow_serves_the_dags_and_the_prediction_dag_scores_each_new_file_onc
     finally:
         down = p.windpipe("airflow", "down", extra_env=env, timeout=300)
     assert down.returncode == 0 and p.windpipe("airflow", "status", extra_env=env).returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------- leftovers, --wait
+
+
+def test_airflow_down_and_up_stop_what_a_killed_scheduler_left_behind(tmp_path):
+    """kill -9 of the scheduler leaves its forked workers reparented to init (issue: ~143 MB each, they survived `up`
+    and `down`): `down` finds them in the session the scheduler led and stops them; nothing else is touched."""
+    import psutil
+
+    from windpipe.identity import pid_alive
+    from windpipe.settings import Settings
+    from windpipe.stack import airflow_server
+    from windpipe.stack.procs import start_detached
+
+    settings = Settings(home=tmp_path / "home", airflow_venv=tmp_path / "no-airflow")
+    # a stand-in scheduler: it forks a worker that moves to a process group of its own (as edge task supervisors do)
+    code = ("import os, subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setpgrp(); time.sleep(300)'])\n"
+            "print(p.pid, flush=True)\ntime.sleep(300)\n")
+    log = settings.paths.log_file("airflow-scheduler")
+    leader = start_detached([sys.executable, "-c", code], dict(os.environ), log,
+                            settings.paths.pid_file("airflow-scheduler"), settings.home)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # not Airflow's: left alone
+    try:
+        deadline = time.monotonic() + 30
+        while not log.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(log.read_text().split()[0])
+        os.kill(leader, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(leader) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_alive(worker) and psutil.Process(worker).ppid() != leader  # reparented, still running
+        assert airflow_server.leftovers(settings) == [worker]
+        said: list[str] = []
+        airflow_server.down(settings, say=said.append)
+        assert not pid_alive(worker) and pid_alive(stranger.pid)
+        assert f"airflow: stopped process {worker}, left behind by a service that was killed" in said
+        assert airflow_server.leftovers(settings) == []
+    finally:
+        for pid in (leader, stranger.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stranger.wait()
+
+
+def test_trigger_wait_names_an_api_server_that_stopped_answering(tmp_path):
+    """`windpipe airflow trigger --wait` while the API server dies: the message and the fix, not a URLError."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from windpipe.settings import Settings
+    from windpipe.stack import airflow_server
+
+    class Once(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"state": "running"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            threading.Thread(target=self.server.shutdown).start()  # then it is gone
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Once)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(home=tmp_path, airflow_port=server.server_address[1])
+    try:
+        with pytest.raises(WindpipeError) as err:
+            airflow_server.wait_for_run(settings, "windpipe_training", "manual__1", "token", timeout=60, patience=2)
+    finally:
+        server.server_close()
+    assert "stopped answering while waiting for the DAG run windpipe_training manual__1" in err.value.problem
+    assert "windpipe airflow status" in err.value.fix
+
+
+def test_a_retried_task_ends_the_run_its_dead_attempt_left_running(use_platform):
+    """A worker killed with kill -9 leaves its step run RUNNING (on another machine: no process of this host to
+    check); the task's retry ends it KILLED, with its nested runs, and touches no other task's run."""
+    import mlflow
+
+    from windpipe import names
+    from windpipe.steps.driver import end_earlier_attempts
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(use_platform.settings.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(use_platform.settings.experiment)
+    parent = client.create_run(exp_id, tags={names.STEP_TAG: "pipeline"})
+
+    def child(task: str, **tags: str) -> str:
+        return client.create_run(exp_id, tags={names.PIPELINE_RUN_TAG: parent.info.run_id, names.TASK_TAG: task,
+                                               names.PROCESS_TAG: "edge-b 4242 1.00", **tags}).info.run_id
+
+    dead, other, sibling = child("predict.0"), child("predict.1"), child("predict.10")
+    nested = client.create_run(exp_id, tags={names.MLFLOW_PARENT_RUN_TAG: dead}).info.run_id
+    assert sorted(end_earlier_attempts(client, client.get_run(parent.info.run_id), "predict.0")) == sorted(
+        [dead, nested])
+    for run_id in (dead, nested):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert "an earlier attempt of the task predict.0 (on edge-b) died" in run.data.tags[names.FAILURE_TAG]
+    assert {client.get_run(r).info.status for r in (other, sibling, parent.info.run_id)} == {"RUNNING"}
+    for run_id in (other, sibling, parent.info.run_id):
+        client.set_terminated(run_id, "FINISHED")
+
+
+def test_a_step_names_its_workers_queue_in_step_yaml(projects):
+    """`queue:` in a step.yaml sends its task to the workers of that queue; the others go to the default queue; a
+    worker without --queues listens on all of them; a name that is no queue name is refused with the file."""
+    from windpipe.pipeline.dags import worker_queues
+
+    queues = {t.task_id: t.queue for t in dag_layout("training", projects)}
+    assert queues["keras"] == "heavy" and {q for t, q in queues.items() if t != "keras"} == {None}
+    assert worker_queues(projects) == ["default", "heavy"]
+    spec = projects / "lr" / "step.yaml"
+    spec.write_text(spec.read_text() + "queue: small\n")
+    assert {t.task_id: t.queue for t in dag_layout("training", projects)}["lr"] == "small"
+    assert worker_queues(projects) == ["default", "heavy", "small"]
+    spec.write_text(spec.read_text().replace("queue: small", "queue: a,b"))
+    with pytest.raises(WindpipeError) as err:
+        dag_layout("training", projects)
+    assert "`queue: 'a,b'` is not a queue name" in err.value.problem and str(spec) in err.value.problem

@@ -36,6 +36,9 @@ INPUT_TAG_PREFIX = _P + "input."  # + entity name: the URI an interface step res
 CACHE_KEY_TAG = _P + "cache_key"  # also on a model version: the work (step, code, params, inputs) that made it
 UPSTREAM_TAG = _P + "upstream"
 PIPELINE_RUN_TAG = _P + "pipeline_run_id"
+# on a step run: the task of its pipeline run it belongs to (`predict.3` for a mapped one): an orchestrator's
+# retry ends the RUNNING run a dead attempt left
+TASK_TAG = _P + "task"
 PIPELINE_STEP_TAG_PREFIX = _P + "pipeline."  # + step name, on the pipeline run: "<run id> ran|reused"
 QUICK_TAG = _P + "quick"
 FORCE_TAG = _P + "force"

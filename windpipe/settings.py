@@ -267,6 +267,14 @@ class Settings(BaseSettings):
     # Apache Airflow 3 (`windpipe airflow up`), in its own environment (`make airflow`)
     airflow_port: int = Field(default=8090, ge=1, le=65535)
     airflow_venv: Path = Field(default_factory=lambda: repo_root() / ".venv-airflow")
+    # `windpipe airflow up --executor ...`: local (LocalExecutor, this machine) or edge (remote workers poll the
+    # API server, docs/orchestration.md "Past one machine")
+    airflow_executor: Literal["local", "edge"] = "local"
+    # a remote worker (`windpipe airflow worker`): the central API server, and the workers' shared secret (the
+    # central machine keeps it in <home>/airflow_worker_secret); its name (default: this host's name)
+    airflow_api_url: str | None = None
+    airflow_worker_secret: SecretStr | None = None
+    worker: str | None = None  # set by `windpipe airflow worker` for its tasks: they run on a remote worker
     # MLflow's HTTP client, for every windpipe process and the step runs it starts. MLflow's defaults
     # (7 retries, backoff factor 2, 120 s per request) wait about 4 minutes on a server that is gone;
     # these give up within seconds and windpipe says which server is down. MLflow's own variable

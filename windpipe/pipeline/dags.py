@@ -47,6 +47,10 @@ DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
 SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
 OPEN, INBOX, CLOSE = "open", "inbox", "close"
 ALL_SUCCESS, ALL_DONE = "all_success", "all_done"
+# a task whose worker died (kill -9, a lost machine) is tried again, on any worker of its queue; a step that
+# failed by itself is not (the task fails for good: AirflowFailException)
+RETRIES, RETRY_DELAY_SECONDS = 2, 5
+DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue: tasks of steps whose step.yaml names none
 FILES_KEY = "files"  # the inbox task's XCom of the files it claimed (its return value: their indexes)
 
 
@@ -60,6 +64,7 @@ class TaskSpec:
     needs: tuple[str, ...] = ()  # step tasks: the steps whose run ids it gets
     mapped: bool = False
     trigger_rule: str = ALL_SUCCESS
+    queue: str | None = None  # the worker queue its step.yaml names (None: Airflow's default queue)
 
 
 def dag_layout(pipeline: str, projects: Path | str | None = None) -> list[TaskSpec]:
@@ -81,7 +86,7 @@ def dag_layout(pipeline: str, projects: Path | str | None = None) -> list[TaskSp
         needs = tuple(dict.fromkeys(graph.needs(name)))
         # mapped: a file refused by one step must not stop the other files' next steps (the step skips it)
         rule = ALL_DONE if mapped and needs else ALL_SUCCESS
-        tasks.append(TaskSpec(name, "step", needs or (first,), needs, mapped, rule))
+        tasks.append(TaskSpec(name, "step", needs or (first,), needs, mapped, rule, graph.specs[name].queue))
     tasks.append(TaskSpec(CLOSE, CLOSE, tuple(graph.order) or (first,), trigger_rule=ALL_DONE))
     return tasks
 
@@ -157,6 +162,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def worker_queues(projects: Path | str | None = None) -> list[str]:
+    """Every queue the step interfaces name, and Airflow's default one: a worker listening on all of them can run
+    every task of both DAGs."""
+    return sorted({DEFAULT_QUEUE} | {s.queue for s in load_interfaces(projects) if s.queue})
+
+
 def _params(pipeline: str, inbox: str) -> dict[str, Any]:
     from airflow.sdk import Param
 
@@ -178,6 +189,7 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     A broken step interface raises the same WindpipeError the pipeline itself gives, re-raised here
     so that Airflow's import error shows the message, not frames from deep inside windpipe.
     """
+    explicit = projects is not None
     try:
         projects = Path(projects or settings.projects_dir).resolve()
         layout = dag_layout(pipeline, projects)
@@ -189,7 +201,8 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
 
     cron = SCHEDULES[pipeline] if schedule == "default" else schedule
     timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
-    env = {"WINDPIPE_PROJECTS": str(projects), **TELEMETRY_OFF}
+    # the step projects are read where the task runs (its worker's own checkout), unless the caller named a folder
+    env = {**TELEMETRY_OFF, **({"WINDPIPE_PROJECTS": str(projects)} if explicit else {})}
     with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
              tags=["windpipe", pipeline], params=_params(pipeline, settings.inbox_uri),
              doc_md=_doc(pipeline, projects)) as dag:
@@ -206,21 +219,26 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
     """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
     runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
     read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs."""
+    import datetime
+
     from airflow.sdk import task
 
+    retry = {"retries": RETRIES, "retry_delay": datetime.timedelta(seconds=RETRY_DELAY_SECONDS)}
     if spec.kind == INBOX:
-        @task(task_id=INBOX, doc_md="`windpipe pipeline inbox`: claim the new inbox files for this DAG run")
+        @task(task_id=INBOX, doc_md="`windpipe pipeline inbox`: claim the new inbox files for this DAG run", **retry)
         def inbox(**context: Any) -> list[int]:
             ti, conf = context["ti"], dict(context["dag_run"].conf or {})
             command = task_command(spec, pipeline, conf, bin_dir, pipeline_run=ti.xcom_pull(task_ids=OPEN))
-            files = json.loads(run_command(command, env))  # (its last line: the claimed files, as JSON)
+            files = json.loads(_final(command, env))  # (its last line: the claimed files, as JSON)
             ti.xcom_push(key=FILES_KEY, value=files)
             return list(range(len(files)))
 
         return inbox()
 
-    @task(task_id=spec.task_id, trigger_rule=spec.trigger_rule,
-          doc_md=f"`windpipe pipeline {spec.kind}`" + (f" of the {spec.task_id} step" if spec.kind == "step" else ""))
+    doc = f"`windpipe pipeline {spec.kind}`" + (f" of the {spec.task_id} step" if spec.kind == "step" else "")
+
+    @task(task_id=spec.task_id, trigger_rule=spec.trigger_rule, doc_md=doc, **retry,
+          **({"queue": spec.queue} if spec.queue else {}))
     def command(index: int | None = None, **context: Any) -> str:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -228,24 +246,36 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
         conf = dict(dag_run.conf or {})
         if spec.kind == OPEN:
             run = f"{dag_run.dag_id}/{dag_run.run_id}"
-            return run_command(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)
+            return _final(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)
         pipeline_run = ti.xcom_pull(task_ids=OPEN)
         if not pipeline_run:  # (close, all_done) the DAG run failed before it began: fail, so the run does too
-            raise RuntimeError("the pipeline run was never opened: see the log of the open task")
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException("the pipeline run was never opened: see the log of the open task")
         files = list(ti.xcom_pull(task_ids=INBOX, key=FILES_KEY) or []) if pipeline == PREDICTION else []
         if spec.kind == CLOSE:
-            return run_command(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, files=files),
-                               env)
+            return _final(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, files=files), env)
         upstream = {n: ti.xcom_pull(task_ids=n, map_indexes=index) for n in spec.needs}
         if any(not v for v in upstream.values()):  # (mapped) this file failed in a step before: nothing to do
             raise AirflowSkipException(f"skipped: {' '.join(n for n, v in upstream.items() if not v)} did not finish")
         file = files[index] if spec.mapped and index is not None else None
-        return run_command(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, upstream=upstream,
-                                        file=file, index=index), env)
+        return _final(task_command(spec, pipeline, conf, bin_dir, pipeline_run=pipeline_run, upstream=upstream,
+                                   file=file, index=index), env)
 
     if spec.mapped:
         return command.expand(index=made[INBOX])
     return command()
+
+
+def _final(command: TaskCommand, env: dict[str, str]) -> str:
+    """run_command, and a command that ran and failed fails its task for good: trying it again would fail the
+    same way (only a task whose worker died is retried)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return run_command(command, env)
+    except RuntimeError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def _doc(pipeline: str, projects: Path) -> str:

@@ -119,6 +119,8 @@ class Inbox:
         if self.s3:
             return [New(e.name) for e in objects.listing(self.uri, self.settings) if wanted(e.name)]
         root = Path(self.uri)
+        if self.settings.worker:
+            _reachable(root, self.settings.worker)
         if not root.is_dir():
             return []
         found = []
@@ -350,6 +352,23 @@ class Inbox:
             return target
         _tidy(Path(uri).parent, Path(self.at(CLAIMED_DIR)))
         return target
+
+
+def _reachable(root: Path, worker: str) -> None:
+    """On a remote Airflow worker a folder inbox it cannot list is a folder of another machine or user (its own
+    state folder's inbox is not where anyone drops files): WindpipeError, not an inbox that looks empty."""
+    try:
+        ok = root.is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK)
+    except OSError:  # a parent folder this user may not pass
+        ok = False
+    if not ok:
+        import getpass
+
+        raise WindpipeError(
+            f"The prediction inbox {root} is not a folder the Airflow worker {worker} (user {getpass.getuser()}) can "
+            "read: with remote workers, an inbox on one machine's disk is out of the other machines' reach.",
+            "give the DAG run an inbox every worker reads: an S3 prefix (`inbox` in its conf or WINDPIPE_INBOX, "
+            "s3://<bucket>/inbox/, with the S3 settings on the workers), or a shared volume mounted at the same path")
 
 
 def _link_refusal(path: str) -> str:

@@ -9,6 +9,7 @@
     outputs:
       - {entity: model}                 # the run records its URI (tag: windpipe.names.entity_tag)
     metrics: [rmse, mae, r2]            # what the run logs; the first one is shown in summaries
+    queue: heavy                        # Airflow: the worker queue its task goes to (default: Airflow's default queue)
     presets:                            # parameter values per preset (`--quick`; the default run is `full`)
       full: {n_estimators: "32,64", max_depth: "10,14"}
       quick: {n_estimators: "16,32", max_depth: "6,10"}
@@ -25,6 +26,7 @@ Nothing here touches MLflow or the network.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,8 @@ COLUMN_KINDS = ("datetime", "float", "int")  # what Entity.validate checks
 PARAM_TYPES = ("string", "float", "path", "uri")
 ENTITY_KINDS = ("table", "model", "files")
 PIPELINES = ("training", "prediction", "none")
-SPEC_KEYS = {"step", "description", "driver", "pipeline", "entry_point", "inputs", "outputs", "metrics", "presets"}
+SPEC_KEYS = {"step", "description", "driver", "pipeline", "entry_point", "inputs", "outputs", "metrics", "presets",
+             "queue"}
 PORT_KEYS = {"entity", "parameter", "columns", "kind", "external", "description", "all"}
 
 
@@ -110,6 +113,7 @@ class StepInterface:
     driver: bool = False
     metrics: tuple[str, ...] = ()
     presets: dict[str, dict[str, str]] = field(default_factory=dict)
+    queue: str | None = None  # the Airflow worker queue of its task (None: the default queue)
 
     @property
     def spec_file(self) -> Path:
@@ -279,6 +283,16 @@ def _presets(path: Path, raw: Any) -> dict[str, dict[str, str]]:
     return {str(k): {str(p): _text(v) for p, v in (vals or {}).items()} for k, vals in raw.items()}
 
 
+def _queue(path: Path, raw: Any) -> str | None:
+    """A worker queue name: letters, digits, `-`, `_`, `.` (edge workers take it in `--queues a,b`)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", raw):
+        raise _bad(path, f"`queue: {raw!r}` is not a queue name (letters, digits, `-`, `_`, `.`; no commas).",
+                   "name the queue the workers that can run this step listen on, e.g. `queue: heavy`")
+    return raw
+
+
 def _text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -310,7 +324,7 @@ def parse_interface(data: Any, folder: Path, path: Path | None = None,
         outputs=_ports(path, data.get("outputs"), "outputs"), entry_points=eps, entry_point=entry_point,
         pipeline="none" if data.get("driver") else pipeline, description=str(data.get("description", "")),
         driver=bool(data.get("driver", False)), metrics=tuple(map(str, data.get("metrics") or ())),
-        presets=_presets(path, data.get("presets")))
+        presets=_presets(path, data.get("presets")), queue=_queue(path, data.get("queue")))
     params = spec.parameters
     for port in spec.inputs + spec.outputs:
         if port.parameter and port.parameter not in params:

@@ -244,7 +244,7 @@ class Launcher:
                                            step.spec.key_metric)
             else:
                 self._check_store()
-                run = self._launch(step, params, key, upstream, label, progress)
+                run = self._launch(step, params, key, upstream, label, progress, tag_as or step.name)
                 result = StepResult.of_run(step.name, run, False, time.perf_counter() - started, step.spec.key_metric)
         except WindpipeError as exc:
             failed = exc if isinstance(exc, StepFailed) else StepFailed(f"{label}: {exc.problem}",
@@ -265,7 +265,7 @@ class Launcher:
             self._store_checked = True
 
     def _launch(self, step: PlannedStep, params: dict[str, str], key: str, upstream: dict[str, str], label: str,
-                progress: Progress | None) -> Run:
+                progress: Progress | None, task: str) -> Run:
         """Run one step as its own MLflow project run, tagged for the cache as a child of the pipeline run."""
         from mlflow.entities import RunTag
         from mlflow.exceptions import MlflowException
@@ -295,7 +295,8 @@ class Launcher:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
                 names.MLFLOW_PARENT_RUN_TAG: self.parent_id, names.PIPELINE_RUN_TAG: self.parent_id,
                 names.UPSTREAM_TAG: json.dumps(upstream, sort_keys=True), names.CACHE_KEY_TAG: key,
-                names.MLFLOW_RUN_NAME_TAG: step.name, names.MLFLOW_PROJECT_BACKEND_TAG: "local"}.items()])
+                names.MLFLOW_RUN_NAME_TAG: step.name, names.MLFLOW_PROJECT_BACKEND_TAG: "local",
+                names.TASK_TAG: task}.items()])
             if progress is not None:
                 progress.running(step.name, run_id)
             ok = submitted.wait()

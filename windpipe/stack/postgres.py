@@ -37,7 +37,9 @@ SUPERUSER = "postgres"
 # reached by its own role only: the marts' clients and the promotions hold no other password)
 MARTS_DATABASE = MARTS_ROLE
 LOCKS_DATABASE = LOCKS_ROLE
-DATABASES = ("mlflow", "mlflow_auth", MARTS_DATABASE, LOCKS_DATABASE)
+# Airflow's own database (`windpipe airflow up --executor edge`: the scheduler and the API server share it)
+AIRFLOW_DATABASE = "airflow"
+DATABASES = ("mlflow", "mlflow_auth", MARTS_DATABASE, LOCKS_DATABASE, AIRFLOW_DATABASE)
 SUPERUSER_PASSWORD = "pg_superuser_password"
 APP_PASSWORD = "pg_app_password"
 PASSFILE = "pgpass"
@@ -141,6 +143,27 @@ def _initdb(settings: Settings) -> None:
         raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.paths.postgres_dir}")
 
 
+def _allow_clients(settings: Settings) -> None:
+    """initdb lets clients in from 127.0.0.1 only. Bound to another address (WINDPIPE_HOST, e.g. for remote Airflow
+    workers), the server also takes its own addresses (`samehost`: this machine's clients connect from the bound
+    address) and its subnet's (`samenet`: the other machines), each with its password (scram-sha-256)."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:  # a host name
+        loopback = settings.host == "localhost"
+    if loopback:
+        return
+    hba = data_dir(settings) / "pg_hba.conf"
+    text = hba.read_text()
+    lines = [f"host all all {where} scram-sha-256" for where in ("samehost", "samenet")]
+    missing = [line for line in lines if line not in text.splitlines()]
+    if missing:
+        with open(hba, "a") as out:  # (appending keeps the file's owner, the server's user)
+            out.write("# windpipe: clients of the bound address's machine and subnet\n" + "\n".join(missing) + "\n")
+
+
 def _ready(settings: Settings) -> int:
     """pg_isready: 0 accepting, 1 starting or recovering, 2 no answer."""
     return subprocess.run([str(bin_dir(settings) / "pg_isready"), "-q", "-h", settings.host,
@@ -160,6 +183,7 @@ def start(settings: Settings, timeout: float) -> bool:
     """Start the server unless it answers already; True when this call started it."""
     if not (data_dir(settings) / "PG_VERSION").exists():
         _initdb(settings)
+    _allow_clients(settings)
     state = _ready(settings)
     if state in (0, 1) and running_pid(settings) is not None:
         deadline = time.monotonic() + timeout

@@ -142,6 +142,35 @@ def owned_pid(pid_file: Path, home: Path, say: Callable[[str], None] | None = No
     return None
 
 
+def session_leftovers(pid_file: Path, home: Path) -> list[int]:
+    """Processes still in the session of the service `pid_file` recorded, now that its leader is gone.
+
+    `start_detached` makes each service lead its own session; what it forks (an executor's workers, their
+    tasks, even those that moved to a process group of their own) stays in that session and outlives a
+    kill -9 of the leader, reparented to init. Proof they are the service's: the session id is the recorded
+    pid, they started after the recorded leader, and they do not name another state folder. [] when the
+    leader still runs or nothing was recorded.
+    """
+    import psutil
+
+    record = _read_record(pid_file)
+    if record is None or record.started is None or pid_alive(record.pid) or (
+            record.home and record.home != _home_key(home)):
+        return []
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getsid(proc.pid) != record.pid or proc.info["create_time"] + 0.05 < record.started:
+                continue
+        except (OSError, TypeError):
+            continue
+        if proc.pid == record.pid or not pid_alive(proc.pid):  # (the leader itself, a zombie not yet reaped)
+            continue
+        if _process_home(proc.pid) in (None, _home_key(home)):  # (None: unreadable, or renamed over)
+            found.append(proc.pid)
+    return found
+
+
 def start_detached(argv: list[str], env: dict[str, str], log_file: Path, pid_file: Path, home: Path,
                    port: int | None = None, cwd: Path | None = None, url: str | None = None) -> int:
     """Start `argv` in its own session (it outlives this process) and record it in `pid_file`.

@@ -86,7 +86,18 @@ def check_config(config: PipelineConfig) -> Plan:
 
 
 def _inbox(config: PipelineConfig) -> Inbox:
+    _check_worker_marts(get_settings())
     return Inbox(config.inbox or get_settings().inbox_uri)
+
+
+def _check_worker_marts(settings: Any) -> None:
+    """On a remote Airflow worker the data marts (the batches, and the inbox's claims) are the central ones: its own
+    SQLite marts, in its state folder, nobody would read, and claims there would not stop another worker."""
+    if settings.worker and not settings.marts_url:
+        raise UsageError(f"The Airflow worker {settings.worker} has no data marts of the team's to write to: its "
+                         "own SQLite marts, in its state folder, nobody would read.",
+                         "set WINDPIPE_MARTS_URL on the worker to the central marts (postgresql+psycopg://marts@"
+                         "<central host>:<port>/marts, the password in PGPASSWORD or ~/.pgpass)")
 
 
 def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
@@ -171,8 +182,11 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
              file: str | None = None, index: int | None = None) -> StepResult:
     """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
 
-    connect(get_settings(), experiment=False)
-    client = mlflow_client()
+    settings = get_settings()
+    if config.pipeline == PREDICTION:
+        _check_worker_marts(settings)
+    connect(settings, experiment=False)
+    client = mlflow_client(settings)
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     tag = f"{step}.{index}" if index is not None else None
     if config.pipeline == PREDICTION:
@@ -194,8 +208,33 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
                          "the DAG is older than the step interfaces: let Airflow parse the DAG files again")
     results = {n: StepResult.of_run(n, client.get_run(_run_id(upstream[n], f"the run of {n}")), True, 0.0,
                                     plan.step(n).spec.key_metric) for n in planned.needs}
+    end_earlier_attempts(client, parent, tag or step)
     _plain_shell_for_steps()
     return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
+
+
+def end_earlier_attempts(client: Any, parent: Any, task: str) -> list[str]:
+    """End KILLED the step runs of this pipeline run's `task` that are still RUNNING; return their ids.
+
+    An orchestrator starts a task again only once its earlier attempt is over: a run that attempt left RUNNING
+    lost its process (a worker killed with kill -9, a machine gone), on whichever machine it ran. Its
+    nested runs (a grid's children) end with it.
+    """
+    from windpipe.tracking.runs import fail_run
+
+    filter_ = (f"tags.`{names.PIPELINE_RUN_TAG}` = '{parent.info.run_id}' and tags.`{names.TASK_TAG}` = '{task}' "
+               "and attributes.status = 'RUNNING'")
+    ended = []
+    for run in client.search_runs([parent.info.experiment_id], filter_, max_results=100):
+        children = client.search_runs([parent.info.experiment_id], f"tags.`{names.MLFLOW_PARENT_RUN_TAG}` = "
+                                      f"'{run.info.run_id}' and attributes.status = 'RUNNING'", max_results=1000)
+        host = run.data.tags.get(names.PROCESS_TAG, "").split(" ")[0] or "an unknown host"
+        reason = f"killed: an earlier attempt of the task {task} (on {host}) died; the orchestrator tried it again"
+        for run_ in (*children, run):
+            fail_run(run_.info.run_id, reason, "KILLED", client)
+            ended.append(run_.info.run_id)
+        print(f"{task}: run {run.info.run_id} of an earlier attempt (on {host}) ended KILLED", flush=True)
+    return ended
 
 
 def _plain_shell_for_steps() -> None:
