@@ -279,6 +279,7 @@ def test_a_new_server_is_one_service_definition(tmp_path):
     svc = Service("toy", url, check, home=tmp_path / "home", port=port, cwd=tmp_path,
                   command=lambda: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                   port_fix="choose another port with TOY_PORT=<port>")
+    other = dataclasses.replace(svc, home=tmp_path / "other")
     said: list[str] = []
     pid = svc.start(timeout=60)
     try:
@@ -286,9 +287,10 @@ def test_a_new_server_is_one_service_definition(tmp_path):
         assert svc.start() == pid
         with pytest.raises(WindpipeError, match=f"Port {port} on 127.0.0.1 is taken by another program, so the toy "
                                                 "server cannot start") as taken:
-            dataclasses.replace(svc, home=tmp_path / "other").start()
+            other.start()
         assert "TOY_PORT=<port>" in taken.value.fix
     finally:
+        other.stop()
         assert svc.stop(said.append) == pid
     assert said == [f"toy: stopped (pid {pid})"] and not pid_alive(pid) and not svc.pid_file.exists()
     assert not svc.state().healthy
