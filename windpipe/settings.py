@@ -75,7 +75,9 @@ LOCKS_ROLE = "locks"
 # the internet for its config at exit: off for every windpipe process and all it starts
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
-_BOOL = TypeAdapter(bool)
+@lru_cache(maxsize=1)
+def _bool_adapter() -> TypeAdapter:
+    return TypeAdapter(bool)
 
 
 def parse_bool(value: object, default: bool = False) -> bool:
@@ -84,7 +86,7 @@ def parse_bool(value: object, default: bool = False) -> bool:
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
     try:
-        return _BOOL.validate_python(value.strip() if isinstance(value, str) else value)
+        return _bool_adapter().validate_python(value.strip() if isinstance(value, str) else value)
     except ValidationError:
         raise ValueError(f"not true or false: {value!r}") from None
 
