@@ -66,10 +66,6 @@ def service(settings: Settings, port: int | None = None) -> Service:
                    port_fix="choose another port: windpipe lab --port <port> (or WINDPIPE_LAB_PORT=<port>)")
 
 
-def running_pid(settings: Settings) -> int | None:
-    return service(settings).pid()
-
-
 def lab_env(settings: Settings) -> dict[str, str]:
     """The server's environment, which every kernel inherits: the platform, the experiment, this venv first."""
     env = {k: v for k, v in user_environment().items()
