@@ -30,8 +30,7 @@ def run_training(raw: Path | None, quick: bool = False, force: bool = False, env
     from windpipe.data.process import check_processed, read_processed
     from windpipe.errors import UsageError
     from windpipe.pipeline.cache import content_hash
-    from windpipe.pipeline.plan import PipelineConfig, parse_overrides
-    from windpipe.pipeline.runner import plan_for
+    from windpipe.pipeline.plan import PipelineConfig, parse_overrides, plan_for
     from windpipe.settings import get_settings, projects_dir
     from windpipe.steps.driver import driver
     from windpipe.tracking.client import connect
@@ -46,7 +45,7 @@ def run_training(raw: Path | None, quick: bool = False, force: bool = False, env
     config = PipelineConfig(external=external, preset="quick" if quick else "full", force=force,
                             env_manager=env_manager, overrides=overrides, git_uri=from_git,
                             git_version=git_version, jobs=jobs)
-    plan_for(config)  # a bad -P, a broken interface: said before any run is created
+    plan_for(config, projects_dir())  # a bad -P, a broken interface: said before any run is created
     if processed is not None:  # a bad file: said before any run is created (the process step checks it again)
         check_processed(read_processed(processed), f"The processed file {processed}",
                         overrides.get("process", {}).get("duplicates", "error"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
-from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface
+from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface, load_interfaces
 from windpipe.settings import default_raw_dir, parse_bool
 
 PRESETS = ("full", "quick")
@@ -240,3 +240,12 @@ def make_plan(specs: Iterable[StepInterface], pipeline: str = TRAINING, preset: 
                              f"pass -P {name}.{missing[0]}=<value>, or give it a default in its MLproject")
         steps.append(PlannedStep(name, spec, params, tuple(dict.fromkeys(graph.needs(name)))))
     return Plan(graph, steps, external, outputs)
+
+
+def plan_for(config: PipelineConfig, projects: Path | None = None) -> Plan:
+    """The plan of this config from the interfaces below `config.projects` (else `projects`, which the edges read
+    from settings; else this checkout's projects/), checked before anything runs."""
+    check_env_manager(config.env_manager, "--env-manager" if config.source == "-P" else config.source)
+    external = {k: str(Path(v).resolve()) if ":/" not in str(v) else str(v) for k, v in config.external.items()}
+    specs = load_interfaces(config.projects or projects)
+    return make_plan(specs, config.pipeline, config.preset, config.overrides, external, config.source, config.outputs)

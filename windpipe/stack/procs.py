@@ -11,13 +11,14 @@ them (a stack) in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -514,3 +515,22 @@ def bring_down(services: Iterable[Service], say: Say = quiet) -> None:
     """Stop, in reverse order, the services windpipe started (and only those)."""
     for svc in reversed(list(services)):
         svc.stop(say)
+
+
+@contextlib.contextmanager
+def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """This process's environment (what the processes it starts inherit) with `changes` (None: unset), those
+    variables restored on exit. Only they are touched: other threads may read the environment meanwhile."""
+    def apply(values: Mapping[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        apply(changes)
+        yield
+    finally:
+        apply(saved)
