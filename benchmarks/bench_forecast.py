@@ -14,8 +14,10 @@ old models) and with the time columns (`time_features=true`, the default): r2 an
   - 2016:     trained on 2013-2015, judged on 2016;
   - 2016 Q4:  trained on everything before 2016-10-01;
   - backtest: the mean over 2016 Q1, Q2, Q3 and Q4, each trained on everything before it;
-with the fit seconds of the 2016 Q4 model. The targets (issue 23): the best production model, the one
-compare would pick by rmse on 2016 Q4, reaches r2 >= 0.90 with a mean wind error within +-0.5 GW.
+with the fit seconds of the 2016 Q4 model, the share of its raw predictions the model clipped to [0, capacity],
+and whether its response curves pass the promotion gate's physics check (windpipe.training.physics, the
+default tolerances). The targets (issue 23): the best production model, the one compare would pick by rmse on
+2016 Q4, reaches r2 >= 0.90 with a mean wind error within +-0.5 GW, and passes the physics check.
 """
 
 from __future__ import annotations
@@ -34,18 +36,21 @@ R2_TARGET, WIND_ERROR_TARGET = 0.90, 0.5
 
 
 def met(m: dict[str, float]) -> bool:
-    return m["r2"] >= R2_TARGET and abs(m["bias_wind_GW"]) <= WIND_ERROR_TARGET
+    return m["r2"] >= R2_TARGET and abs(m["bias_wind_GW"]) <= WIND_ERROR_TARGET and m.get("physics", 1.0) == 1.0
 
 
 def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     import numpy as np
     import pandas as pd
 
-    from windpipe.names import TARGETS
+    from windpipe.names import FEATURES, TARGETS, TIMESTAMP
     from windpipe.pipeline.interfaces import step_defaults
+    from windpipe.settings import get_settings
     from windpipe.steps.train import family_fitter
-    from windpipe.training.families import predict_fitted
-    from windpipe.training.metrics import regression_metrics
+    from windpipe.training.families import clipped_fitted, predict_fitted
+    from windpipe.training.inputs import with_repeated_times
+    from windpipe.training.metrics import clipped_metrics, regression_metrics
+    from windpipe.training.physics import check_curves, curves_at
     from windpipe.training.split import SplitSpec, split, time_window
 
     defaults = step_defaults(family)
@@ -58,17 +63,49 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
         started = time.perf_counter()
         model = fit(train)
         seconds = time.perf_counter() - started
-        out[name] = {**regression_metrics(test[TARGETS], predict_fitted(model, test)), "fit_seconds": seconds}
+        out[name] = {**regression_metrics(test[TARGETS], predict_fitted(model, test)), "fit_seconds": seconds,
+                     **clipped_metrics(clipped_fitted(model, test))}
+        if name == "Q4":
+            settings = get_settings()
+            check = check_curves(curves_at(sweep(with_repeated_times(model)), test), settings.physics_drop_gw,
+                                 settings.physics_ignore_gw)
+            out[name]["physics"] = float(check.passed)
+            print(f"  {check.reason()}")
         print(f"  {family} {'trend' if trend else 'weather'} {name}: r2 {out[name]['r2']:.3f}, wind error "
               f"{out[name]['bias_wind_GW']:+.2f} GW ({seconds:.1f} s)", flush=True)
+
+    def sweep(model: object):
+        def predict(rows: pd.DataFrame, times: list) -> pd.DataFrame:
+            natural = rows.assign(**{TIMESTAMP: pd.DatetimeIndex(times)})[[TIMESTAMP, *FEATURES]]
+            return pd.DataFrame(np.asarray(model.predict(natural), dtype="float64"), columns=TARGETS)
+        return predict
 
     score("random", *split(df, test_size=0.2, seed=42, split_by="random"), "random")
     score("2016", *time_window(df, pd.Timestamp("2016-01-01", tz="UTC")), "time")
     for k, (start, end) in enumerate(zip(QUARTERS[:-1], QUARTERS[1:], strict=True), 1):
         score(f"Q{k}", *time_window(df, pd.Timestamp(start, tz="UTC"), end and pd.Timestamp(end, tz="UTC")), "time")
     out["2016 Q4"] = out["Q4"]
-    out["backtest"] = {m: float(np.mean([out[f"Q{k}"][m] for k in range(1, 5)])) for m in out["Q4"]}
+    out["backtest"] = {m: float(np.mean([out[f"Q{k}"][m] for k in range(1, 5)])) for m in out["Q1"]}
     return out
+
+
+def climatology_q4(df) -> dict[str, float]:
+    """GEFCom's climatology benchmark on 2016 Q4 (the training data's hour-of-year quantiles, trained to 2016-09):
+    the pinball loss a probabilistic forecast must beat by 40 % (issue 23), its coverage and width."""
+    import pandas as pd
+
+    from windpipe.names import TARGETS, TIMESTAMP
+    from windpipe.training.metrics import quantile_metrics
+    from windpipe.training.split import time_window
+    from windpipe.training.uncertainty import climatology
+
+    train, test = time_window(df, pd.Timestamp(QUARTERS[3], tz="UTC"))
+    quantiles = climatology(train[TIMESTAMP], train[TARGETS].to_numpy(), test[TIMESTAMP])
+    m = quantile_metrics(test[TARGETS], quantiles)
+    print(f"climatology, 2016 Q4: pinball {m['pinball']:.3f} GW (solar {m['pinball_solar_GW']:.3f}, wind "
+          f"{m['pinball_wind_GW']:.3f}); 80 % interval coverage {m['coverage80']:.3f}, width {m['width80']:.2f} GW; "
+          f"a forecast's target: pinball <= {0.6 * m['pinball']:.3f} GW\n", flush=True)
+    return m
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     from windpipe.training import families
 
+    climatology_q4(df)
     results = {}
     for family in [f for f in args.families.split(",") if f] or families.names():
         for variant in args.variants.split(","):
@@ -102,16 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         q4 = res["2016 Q4"]
         issue.append([name, round(res["random"]["r2"], 3), round(res["2016"]["r2"], 3),
                       f"{res['2016']['bias_wind_GW']:+.2f}", round(q4["r2"], 3), round(q4["r2_wind_GW"], 3),
-                      f"{q4['bias_wind_GW']:+.2f}", round(res["backtest"]["r2"], 3), "yes" if met(q4) else "no"])
+                      f"{q4['bias_wind_GW']:+.2f}", round(res["backtest"]["r2"], 3),
+                      f"{q4['clipped_share']:.1%}", "passes" if q4["physics"] else "FAILS",
+                      "yes" if met(q4) else "no"])
     print("\n## Per holdout (r2 average and per target; mean error = predicted - recorded, GW)\n")
     print(table(["model", "holdout", "r2", "r2 solar", "r2 wind", "error solar", "error wind", "fit s"], rows))
     print(f"\n## Side by side (target: 2016 Q4 r2 >= {R2_TARGET} and |wind error| <= {WIND_ERROR_TARGET} GW)\n")
     print(table(["model", "random r2", "2016 r2", "2016 wind error", "2016 Q4 r2", "Q4 r2 wind", "Q4 wind error",
-                 "backtest r2", "target met"], issue))
+                 "backtest r2", "Q4 clipped", "Q4 physics", "target met"], issue))
     best_key = min(results, key=lambda k: results[k]["2016 Q4"]["rmse"])  # what compare would promote
     best = results[best_key]["2016 Q4"]
     print(f"\nbest production model (lowest 2016 Q4 rmse, as compare ranks): {best_key[0]} ({best_key[1]}): "
-          f"r2 {best['r2']:.3f}, wind error {best['bias_wind_GW']:+.2f} GW: target "
+          f"r2 {best['r2']:.3f}, wind error {best['bias_wind_GW']:+.2f} GW, physics "
+          f"{'passes' if best['physics'] else 'FAILS'}: target "
           f"{'met' if met(best) else 'not met'}")
     return 0
 

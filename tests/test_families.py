@@ -52,23 +52,53 @@ def test_every_project_that_trains_is_a_registered_family():
         register(Family(name="onnx_test", summary="", parse=dict, fit=lambda rows, p: None, flavor="onnx"))
 
 
-def test_gbm_is_monotone_in_wind_speed_and_radiation():
-    """Planted dips (less power at middling wind speed and radiation than below them) cannot bend the model."""
+@pytest.mark.parametrize("family", ["gbm", "lr", "rf"])
+def test_power_rises_with_what_drives_it_and_ignores_the_rest(family):
+    """Planted dips (less power at middling wind speed and radiation than below them) cannot bend the model, and
+    wind ignores the radiation, solar the wind speed (the promotion gate's rules, built into the families)."""
     from windpipe.training.inputs import with_repeated_times
 
     df = tiny_processed(24 * 60)
     for feature, target in (("windspeed", "wind_GW"), ("rad_horizontal", "solar_GW")):
         middle = df[feature].between(df[feature].quantile(0.5), df[feature].quantile(0.8))
         df.loc[middle, target] = 0.0
-    model = fit("gbm", df)
+    model = fit(family, df)
     stamp = df[TIMESTAMP].iloc[-1]
     grid = pd.DataFrame({f: np.full(41, float(df[f].median())) for f in FEATURES})
     for feature, target in (("windspeed", 1), ("rad_horizontal", 0), ("rad_diffuse", 0)):
         sweep = grid.assign(**{feature: np.linspace(0, df[feature].max() * 1.2, 41)})
         pred = with_repeated_times(model).predict(sweep.assign(**{TIMESTAMP: stamp}))
-        assert (np.diff(pred[:, target]) >= -1e-12).all(), feature
+        assert (np.diff(pred[:, target]) >= -1e-9).all(), feature
+        assert np.ptp(pred[:, 1 - target]) < 1e-9, feature  # the other target ignores it
     with pytest.raises(Exception, match="repeats an earlier row's time"):  # the model itself refuses repeats
         model.predict(grid.assign(**{TIMESTAMP: stamp}))
+
+
+def test_power_is_clipped_inside_the_model_to_zero_and_the_capacity_it_knows():
+    """A core that predicts -5 GW and 10^6 GW gives 0 and the ceiling; lr's negative nights are clipped and
+    counted (clipped_share), and what the model returns never leaves [0, capacity]."""
+    from sklearn.dummy import DummyRegressor
+
+    from windpipe.training.families import clipped_fitted, forecaster_of, predict_fitted
+    from windpipe.training.inputs import Head
+    from windpipe.training.metrics import clipped_metrics
+    from windpipe.training.split import xy
+
+    df = tiny_processed(24 * 40)
+    rows = TrainingRows(df, time_features=True)
+    X, y = xy(df, time_features=True)
+    core = DummyRegressor(strategy="constant", constant=[-5.0, 1e6]).fit(X, y)
+    wild = families.natural(core, time_features=True, head=rows.head())
+    ceiling = Head(forecaster_of(wild).head).ceiling(X)
+    assert (ceiling > 0).all() and (ceiling < 1e3).all()
+    np.testing.assert_array_equal(predict_fitted(wild, df), np.column_stack([np.zeros(len(df)), ceiling[:, 1]]))
+    assert clipped_metrics(clipped_fitted(wild, df))["clipped_share"] == 1.0
+
+    lr = fit("lr", df)
+    pred, clipped = predict_fitted(lr, df), clipped_fitted(lr, df)
+    assert (pred >= 0).all() and (pred <= ceiling + 1e-9).all()
+    share = clipped_metrics(clipped)
+    assert 0 < share["clipped_share_solar_GW"] < 1 and share["clipped_share"] == pytest.approx(clipped.mean())
 
 
 def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():

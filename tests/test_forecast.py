@@ -170,6 +170,45 @@ def test_bias_is_the_mean_error_and_ranks_by_distance_from_zero():
     assert rank_runs(runs, "bias_wind_GW")["run_id"].tolist() == ["b", "c", "a"]
 
 
+def test_pinball_coverage_and_width_on_a_known_distribution():
+    """Exact normal quantiles: 80 % coverage, width 2 z_0.9, and the pinball loss E[rho_q(Y - z_q)] = phi(z_q)
+    averaged over P10/P50/P90; quantiles shifted by one sigma cover less and lose more."""
+    from scipy.stats import norm
+
+    from windpipe.training.metrics import quantile_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(200_000, 2))
+    exact = np.broadcast_to(norm.ppf(names.QUANTILES), (len(y), 2, 3))
+    m = quantile_metrics(y, exact)
+    assert m["coverage80"] == pytest.approx(0.8, abs=0.005) and m["coverage80_wind_GW"] == pytest.approx(0.8, abs=0.005)
+    assert m["width80"] == pytest.approx(2 * norm.ppf(0.9))
+    assert m["pinball"] == pytest.approx(norm.pdf(norm.ppf(names.QUANTILES)).mean(), rel=0.01)
+    shifted = quantile_metrics(y, exact + 1.0)
+    assert shifted["coverage80"] < 0.62 and shifted["pinball"] > m["pinball"] * 1.4
+    assert names.better(0.79, 0.9, "holdout_coverage80") and names.better(0.82, 0.75, "coverage80_wind_GW")
+    assert names.nominal("coverage80") == 0.8 and not names.higher_is_better("pinball")
+
+
+def test_climatology_is_the_training_data_quantiles_at_the_same_hour_and_season():
+    """GEFCom's benchmark: each hour gets the quantiles of the training values at its hour of day within +-15 days
+    of its day of the year, every training year (here: values that are the hour of day plus uniform noise)."""
+    from windpipe.training.uncertainty import climatology
+
+    times = pd.date_range("2013-01-01", "2015-12-31 23:00", freq="h", tz="UTC")
+    noise = np.random.default_rng(1).uniform(size=len(times))
+    values = np.column_stack([times.hour + noise, 100 + noise])
+    when = pd.DatetimeIndex(["2016-03-01 12:00", "2016-12-31 03:00"], tz="UTC")
+    got = climatology(times, values, when)
+    assert got.shape == (2, 2, 3)
+    np.testing.assert_allclose(got[:, 0, :], [[12.1, 12.5, 12.9], [3.1, 3.5, 3.9]], atol=0.15)
+    np.testing.assert_allclose(got[:, 1, :], [[100.1, 100.5, 100.9]] * 2, atol=0.15)
+    near = (times.hour == 12) & (abs(times.dayofyear - 61) <= 15)  # (1 March 2016 is day 61)
+    np.testing.assert_allclose(got[0, 0], np.quantile(values[near, 0], names.QUANTILES))
+    wrapped = (times.hour == 3) & ((times.dayofyear >= 365 - 15) | (times.dayofyear <= 15))  # 31 Dec takes January
+    np.testing.assert_allclose(got[1, 0], np.quantile(values[wrapped, 0], names.QUANTILES))
+
+
 # ------------------------------------------------------------------------------------------- models
 
 def test_capacity_lines_find_the_generators_growth():

@@ -6,6 +6,7 @@ Each test works in its own experiment and registered model on the shared platfor
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,35 @@ def _tags(scope, version: int) -> dict:
     from mlflow import MlflowClient
 
     return MlflowClient(scope.platform.tracking_uri).get_model_version(scope.model_name, str(version)).tags
+
+
+@pytest.mark.slow
+def test_a_model_that_breaks_physics_is_refused_with_its_reason_and_curves_logged(scope):
+    """A planted model whose power falls as wind speed and radiation rise is not promoted, not even as the first
+    version; its run keeps the check and the curves. A physical model is promoted, its check logged too."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from windpipe.models.promotion import PHYSICS_CHECK_PATH, PHYSICS_FIGURE_PATH, promote
+
+    def check_of(run_id: str) -> dict:
+        artifacts = {a.path for a in MlflowClient(scope.platform.tracking_uri).list_artifacts(run_id, "physics")}
+        assert artifacts == {PHYSICS_CHECK_PATH, PHYSICS_FIGURE_PATH}
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{PHYSICS_CHECK_PATH}"))
+
+    falling = log_candidate(scope, scale=-0.5)
+    res = promote(scope.settings, run_id=falling)
+    assert (res.promoted, res.production) == (False, None)
+    assert re.search(r"wind_GW falls by [\d.]+ GW as windspeed rises from 3 to 12", res.reason)
+    assert "solar_GW falls" in res.reason and _tags(scope, res.version)["windpipe.gate"] == res.reason
+    check = check_of(falling)
+    assert not check["passed"] and check["reason"] == res.reason
+    assert {b["target"] for b in check["breaches"]} == {"wind_GW", "solar_GW"}
+
+    physical = log_candidate(scope, scale=1.0)
+    res = promote(scope.settings, run_id=physical)
+    assert (res.promoted, res.production) == (True, res.version)
+    assert check_of(physical)["passed"]
 
 
 @pytest.mark.slow

@@ -172,10 +172,11 @@ def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone():
                                                                    (6, None)]
     for p, model, seconds in got:
         alone = RF.train_rf(X, y, p)
-        assert seconds >= 0 and [len(f.estimators_) for f in model.estimators_] == [p.n_estimators] * 2
+        # (each target's member: its inputs, then its forest)
+        assert seconds >= 0 and [len(f[-1].estimators_) for f in model.estimators_] == [p.n_estimators] * 2
         assert repr(model.get_params()) == repr(alone.get_params())
         assert np.allclose(model.predict(xy(test)[0]), alone.predict(xy(test)[0]), rtol=1e-12)
-    assert len(got[0][1].estimators_[0].estimators_) == 2  # growing a copy left the smaller model as it was
+    assert len(got[0][1].estimators_[0][-1].estimators_) == 2  # growing a copy left the smaller model as it was
 
 
 def test_training_rejects_empty_or_incomplete_data():
@@ -199,11 +200,20 @@ def test_keras_bin_encoding_runs_from_0_to_1_over_each_features_training_range()
     keras = pytest.importorskip("keras")
     X, y = xy(frame(200))
     model = K.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=4))
-    encoding = keras.Model(model.inputs, model.get_layer("bins_clipped").output)
-    low, high = encoding.predict(np.asarray([X.min(), X.max()], dtype="float32"), verbose=0)
-    assert low.shape == (4 * len(FEATURES),) and np.allclose(low, 0, atol=1e-6) and np.allclose(high, 1)
+    from windpipe.training.physics import IGNORES
+
+    for t, target in enumerate(TARGETS):  # each target's tower encodes the inputs it may read; the others stay put
+        encoding = keras.Model(model.inputs, model.get_layer(f"t{t}_bins_clipped").output)
+        low, high = encoding.predict(np.asarray([X.min(), X.max()], dtype="float32"), verbose=0)
+        assert low.shape == (4 * len(FEATURES),)
+        for i, feature in enumerate(FEATURES):
+            lo, hi = low[4 * i: 4 * i + 4], high[4 * i: 4 * i + 4]
+            if feature in IGNORES[target]:
+                assert np.allclose(lo, hi), (target, feature)
+            else:
+                assert np.allclose(lo, 0, atol=1e-6) and np.allclose(hi, 1), (target, feature)
     plain = K.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
-    assert "bins" not in [layer.name for layer in plain.layers]
+    assert not [layer.name for layer in plain.layers if "bins" in layer.name]
 
 
 def test_figure_has_one_panel_per_target():

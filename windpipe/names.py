@@ -17,6 +17,20 @@ TARGETS = ["solar_GW", "wind_GW"]
 PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
 # derived from utc_timestamp by windpipe.training.features for models that follow the trend
 TIME_FEATURES = ["hour_sin", "hour_cos", "doy_sin", "doy_cos", "trend"]
+# every model gives these quantiles per target (P10, P50, P90): the 80 % interval is P10..P90
+QUANTILES = (0.1, 0.5, 0.9)
+INTERVAL = (0.1, 0.9)  # the quantiles that bound the interval whose coverage and width are measured
+
+
+def quantile_column(target: str, q: float) -> str:
+    """The column of quantile `q` of `target`: solar_GW_p10, wind_GW_p90, ..."""
+    return f"{target}_p{round(q * 100):02d}"
+
+
+QUANTILE_COLUMNS = [quantile_column(t, q) for t in TARGETS for q in QUANTILES]  # solar_GW_p10, ..., wind_GW_p90
+# what a model logged since the quantiles returns (pyfunc, `mlflow models serve`, `windpipe serve`): the two point
+# forecasts as before, then the quantiles; the batch output and the marts carry the quantiles under the same names
+FORECAST_COLUMNS = [*TARGETS, *QUANTILE_COLUMNS]
 
 # ---------------------------------------------------------------------------------- run tags
 
@@ -161,6 +175,13 @@ def instance_name_for(model_name: str, version: int | str, data_date: str | None
 HIGHER_IS_BETTER = ("r2", "explained_variance", "accuracy", "f1", "precision", "recall", "auc")
 #: signed errors (mean(predicted - recorded)): the one closest to zero is best
 ZERO_IS_BEST = ("bias",)
+#: metrics with a nominal value, the one closest to it is best: the share of recorded values inside the
+#: P10..P90 interval (80 % for an honest interval)
+NOMINAL = {"coverage80": 0.8}
+#: the quantile metrics (windpipe.training.metrics.quantile_metrics): pinball loss averaged over QUANTILES (GW),
+#: the interval's coverage (nominal 0.8) and mean width (GW); and the share of raw point predictions the model
+#: clipped to [0, capacity] (lower is better, as for every metric not named above)
+PINBALL, COVERAGE, WIDTH, CLIPPED = "pinball", "coverage80", "width80", "clipped_share"
 #: prefixes that say where a metric was measured, not which way it ranks
 METRIC_PREFIXES = (HOLDOUT_PREFIX, "val_", "eval_", "best_", "backtest_")
 
@@ -194,8 +215,18 @@ def zero_is_best(metric: str) -> bool:
     return _is(_base(metric), ZERO_IS_BEST)
 
 
+def nominal(metric: str) -> float | None:
+    """The value that is best for `metric` when it is neither higher nor lower (0 for a bias, 0.8 for the 80 %
+    interval's coverage `coverage80_wind_GW`); None when bigger or smaller is simply better."""
+    base = _base(metric)
+    if _is(base, ZERO_IS_BEST):
+        return 0.0
+    return next((v for m, v in NOMINAL.items() if _is(base, (m,))), None)
+
+
 def better(a: float, b: float, metric: str) -> bool:
     """True when `a` is strictly better than `b` for `metric`."""
-    if zero_is_best(metric):
-        return abs(a) < abs(b)
+    aim = nominal(metric)
+    if aim is not None:
+        return abs(a - aim) < abs(b - aim)
     return a > b if higher_is_better(metric) else a < b

@@ -249,6 +249,10 @@ class Settings(BaseSettings):
     # `windpipe monitor`: a batch is degraded when its rmse on recorded power passes this many times the
     # model's holdout rmse at promotion (the dashboard draws the same limit)
     degraded_ratio: float = Field(default=1.5, gt=0)
+    # the promotion gate's physics check (windpipe.training.physics): how far (GW) a response curve that must rise
+    # may fall, and how far a curve may move over an input its target must ignore (wind: radiation, solar: wind)
+    physics_drop_gw: float = Field(default=0.1, ge=0)
+    physics_ignore_gw: float = Field(default=0.1, ge=0)
     dashboard_port: int = Field(default=8050, ge=1, le=65535)
     serve_port: int = Field(default=8003, ge=1, le=65535)
     # batches the dashboard may have waiting for the marts; more are dropped (and counted), never waited for

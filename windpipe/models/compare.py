@@ -17,7 +17,7 @@ import pandas as pd
 
 from windpipe import names
 from windpipe.errors import WindpipeError, first_line
-from windpipe.names import higher_is_better, zero_is_best
+from windpipe.names import higher_is_better, nominal
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
 
@@ -99,8 +99,10 @@ def rank_runs(df: pd.DataFrame, metric: str = "rmse", top: int | None = None,
     out = df[df[metric].notna()]
     if require_model:
         out = out[out["model_uri"].astype(str) != ""]
-    key = out[metric].abs() if zero_is_best(metric) else out[metric]
-    out = (out.assign(_key=key).sort_values(["_key", "start_time"], ascending=[not higher_is_better(metric), False],
+    aim = nominal(metric)
+    key = (out[metric] - aim).abs() if aim is not None else out[metric]
+    out = (out.assign(_key=key).sort_values(["_key", "start_time"],
+                                            ascending=[aim is not None or not higher_is_better(metric), False],
                                             kind="stable").drop(columns="_key"))
     # a grid parent and its best child may name the same logged model: keep it once
     out = out[~(out["model_uri"].astype(str).ne("") & out["model_uri"].duplicated())]
@@ -166,8 +168,9 @@ def format_runs(df: pd.DataFrame, metric: str = "rmse", fmt: str = "table") -> s
 
 def direction(metric: str) -> str:
     """How `metric` ranks, in words."""
-    if zero_is_best(metric):
-        return "closest to zero is best"
+    aim = nominal(metric)
+    if aim is not None:
+        return "closest to zero is best" if aim == 0 else f"closest to {aim:g} is best"
     return f"{'higher' if higher_is_better(metric) else 'lower'} is better"
 
 

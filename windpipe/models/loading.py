@@ -19,6 +19,7 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -315,6 +316,17 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
                             f"({len(features)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
                             "use a model trained on the processed entity's two targets")
     return pred
+
+
+def predictor(model: PyFuncModel) -> Callable[[pd.DataFrame, Any], pd.DataFrame]:
+    """`predict` for rows that may share a time (a what-if sweep of one hour), as a frame with the targets: the
+    callable windpipe.training.physics.response_curves sweeps (the what-if page and the promotion gate)."""
+    import pandas as pd
+
+    def run(rows: pd.DataFrame, timestamps: Any) -> pd.DataFrame:
+        return pd.DataFrame(predict(model, rows, timestamps, repeated_times=True), columns=TARGETS)
+
+    return run
 
 
 def _raw_model(model: Any, natural: bool) -> Any:

@@ -10,6 +10,12 @@ newest `holdout_weeks` of it, rows neither model's run trained on when productio
 `production` only when the challenger is better by the margin, when forced, or when there is
 no production yet.
 
+Before any comparison the challenger must respect physics (windpipe.training.physics): its response
+curves, swept at conditions taken from the holdout, rise with what drives each target and ignore what
+does not, within the settings' physics_drop_gw and physics_ignore_gw. A candidate that breaks them is
+not promoted (unless forced); the check (physics/check.json, with the reason) and its curves
+(physics/curves.html) are logged as artifacts of its run either way.
+
 The gate (documented in docs/registry.md): the margin is RELATIVE. With production score P and
 challenger score C on the same holdout, the improvement is (P - C) / |P| for lower-is-better
 metrics (rmse, mae) and (C - P) / |P| for higher-is-better ones (r2), the direction coming from
@@ -46,6 +52,7 @@ from windpipe.models.registry import (
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP, higher_is_better
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
+from windpipe.training.physics import PhysicsCheck, check_curves, curves_at
 from windpipe.training.split import SplitSpec
 
 HOLDOUT_METRICS = ("rmse", "mae", "r2", *(f"{m}_{t}" for m in ("rmse", "mae", "r2") for t in TARGETS))
@@ -126,6 +133,27 @@ def _scored(model_uri: str, holdout: pd.DataFrame, settings: Settings) -> dict[s
                             exc.fix) from None
 
 
+PHYSICS_CHECK_PATH, PHYSICS_FIGURE_PATH = "physics/check.json", "physics/curves.html"
+
+
+def physics_check(model: Any, holdout: pd.DataFrame, settings: Settings) -> tuple[PhysicsCheck, list]:
+    """The challenger's response curves at conditions of the holdout (the what-if page's sweep), and what they
+    break of physics (windpipe.training.physics.check_curves, the settings' tolerances)."""
+    curves = curves_at(loading.predictor(model), holdout)
+    return check_curves(curves, settings.physics_drop_gw, settings.physics_ignore_gw), curves
+
+
+def log_physics(client: Any, run_id: str, check: PhysicsCheck, curves: list) -> None:
+    """The check (its reason and every worst case) and the curves' figure, as artifacts of the candidate's run."""
+    import json
+
+    from windpipe.training.figures import physics_figure
+
+    client.log_text(run_id, json.dumps(check.as_json(), indent=1), PHYSICS_CHECK_PATH)
+    verdict = "holds" if check.passed else "BROKEN"
+    client.log_figure(run_id, physics_figure(curves, title=f"promotion gate: physics {verdict}"), PHYSICS_FIGURE_PATH)
+
+
 def improvement(challenger: float, production: float, metric: str) -> float:
     """Relative improvement of the challenger over production (> 0: better), direction-aware."""
     gain = challenger - production if higher_is_better(metric) else production - challenger
@@ -204,6 +232,10 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
     holdout = load_holdout(run)
     challenger_metrics = _scored(run.data.tags[names.MODEL_URI_TAG], holdout.df, settings)
     say(f"holdout: {holdout.describe()}")
+    physics, curves = physics_check(loading.load_uri(run.data.tags[names.MODEL_URI_TAG], settings)[0], holdout.df,
+                                    settings)
+    log_physics(client, run_id, physics, curves)
+    say(physics.reason())
 
     with registry_lock(settings, say=say) as lock:
         current = loading.version_by_alias(client, name)  # re-read under the lock
@@ -211,7 +243,9 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
         fault_point("promote:locked")
         existing = existing_version(client, name, run, previous)
         production_metrics, promoted, reason = None, None, ""
-        if current is None:
+        if not physics.passed:
+            promoted, reason = force, f"forced: {physics.reason()}" if force else physics.reason()
+        elif current is None:
             promoted, reason = True, "no production version yet"
         elif existing is not None and int(existing.version) == previous:
             promoted, reason = False, (f"v{previous} (this run) is already production" if existing.run_id == asked

@@ -36,7 +36,15 @@ from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.steps.cli import flag
 from windpipe.tracking.runs import child_run, input_uri, log_batch, step_run
 from windpipe.training import families
-from windpipe.training.families import Family, TrainingRows, core_columns, natural, natural_columns, predict_fitted
+from windpipe.training.families import (
+    Family,
+    TrainingRows,
+    clipped_fitted,
+    core_columns,
+    natural,
+    natural_columns,
+    predict_fitted,
+)
 from windpipe.training.families.rf import RFParams, rf_grid
 from windpipe.training.params import as_depth_list, as_float, as_int, as_int_list
 from windpipe.training.split import SplitSpec, backtest_windows, check_split, xy
@@ -154,6 +162,7 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
 
             return Model.log(artifact_path=None, flavor=_NaturalKerasFlavor(), model=model, **kwargs)
         trusted = check_trusted(family, model, [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}",
+                                                f"{inputs.MODULE}.{inputs.Forecast.__name__}",
                                                 *family.skops_trusted])
         return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted, **kwargs)
 
@@ -204,11 +213,12 @@ def log_training(family: Family, model: Any, params: dict[str, object], data: Da
     import mlflow
 
     from windpipe.training.figures import predicted_vs_recorded
-    from windpipe.training.metrics import regression_metrics
+    from windpipe.training.metrics import clipped_metrics, regression_metrics
 
     y_test = data.test[TARGETS]
     pred = predict_fitted(model, data.test)
-    metrics = regression_metrics(y_test, pred)
+    # the share the head clipped to [0, capacity]: how far the core alone strays from physics
+    metrics = {**regression_metrics(y_test, pred), **clipped_metrics(clipped_fitted(model, data.test))}
     data.log_input("training")
     tags = {names.FAMILY_TAG: family.name, names.DATA_DATE_TAG: data_date(data.train),
             names.TRAINING_DATA_TAG: data.uri}
@@ -333,9 +343,10 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
         if folds:
             backtest_windows(d.df, folds, spec.holdout_weeks)
         X, y = xy(d.train, trend)
+        head = TrainingRows(d.train, trend).head()
         best: tuple[float, str, object, RFParams, float] | None = None
         for i, (p, core, fit_s) in enumerate(rf_grid(X, y, combos), 1):  # forests grow tree by tree count
-            model = natural(core, trend)
+            model = natural(core, trend, head=head)
             with child_run(f"rf_n{p.n_estimators}_d{p.max_depth}",
                            {names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
                 fault_point("rf:grid_child")

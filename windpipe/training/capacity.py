@@ -16,7 +16,7 @@ two years of data cannot tell growth from the season: the capacity is then const
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,12 +73,42 @@ def capacity(lines: np.ndarray, trend: np.ndarray) -> np.ndarray:
     return lines[:, 0][None, :] + lines[:, 1][None, :] * t
 
 
+def head_spec(X: pd.DataFrame, y: pd.DataFrame | np.ndarray, targets: Sequence[str] = TARGETS) -> dict:
+    """The head a model fitted on the core input `X` and targets `y` carries (windpipe.training.inputs.Head):
+    its output names, and per target the capacity line of these rows (`capacity_lines`; constant
+    without a trend column) and the largest capacity factor they recorded, so that the ceiling is the most the
+    fleet has given, grown as the fleet grows."""
+    target = np.asarray(y, dtype="float64").reshape(len(X), -1)
+    trend = "trend" in X.columns
+    lines = (capacity_lines(X["trend"], X["windspeed"], target) if trend
+             else np.tile([1.0, 0.0], (target.shape[1], 1)))
+    cap = capacity(lines, X["trend"] if trend else np.zeros(len(X)))
+    ratio = np.divide(target, cap, out=np.zeros_like(target), where=cap > 0)
+    factor = ratio.max(axis=0) if len(X) else np.ones(target.shape[1])
+    return {"targets": list(targets), "trend": "trend" if trend else None, "lines": lines.tolist(),
+            "factor": [float(max(f, 0.0)) for f in factor]}
+
+
+def own_inputs(target: str, estimator: object, columns: list[str]) -> object:
+    """`estimator` fed only the `columns` a model of `target` may read (windpipe.training.physics.inputs_for: wind
+    never sees the radiation, solar never the wind speed): a Pipeline of a column selection and the estimator."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    from windpipe.training.physics import inputs_for
+
+    keep = ColumnTransformer([("inputs", "passthrough", inputs_for(target, columns))], remainder="drop",
+                             verbose_feature_names_out=False)
+    return Pipeline([("inputs", keep), ("model", estimator)])
+
+
 def capacity_model(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str], object]) -> Pipeline:
     """cap_k(t) x estimator_k(weather, calendar) per target, as one scikit-learn Pipeline on MODEL_COLUMNS.
 
     A tree model cannot extrapolate a trend (it repeats the last level it saw), so each target's
-    estimator (`estimator(target)`: a fresh, unfitted one) learns the capacity factor y_k / cap_k(t)
-    (`capacity_lines`, from these rows only) and the model multiplies back:
+    estimator (`estimator(target)`: a fresh, unfitted one, fed only the inputs the target may read:
+    `own_inputs`) learns the capacity factor y_k / cap_k(t) (`capacity_lines`, from these rows only)
+    and the model multiplies back:
 
         [est_solar, est_wind](weather, calendar), trend            (a VotingRegressor's transform)
         -> products [cf_s, cf_w, t, cf_s cf_w, cf_s t, cf_w t]        (PolynomialFeatures)
@@ -103,10 +133,10 @@ def capacity_model(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str], 
     factor = target / capacity(lines, X["trend"])
     inputs = X[WEATHER_AND_CALENDAR]
     fitted = []
-    for i, name in enumerate(TARGETS):
-        one = estimator(name).fit(inputs, factor[:, i])
-        if hasattr(one, "n_jobs"):
-            one.n_jobs = 1
+    for k, name in enumerate(TARGETS):
+        one = own_inputs(name, estimator(name), WEATHER_AND_CALENDAR).fit(inputs, factor[:, k])
+        if hasattr(one[-1], "n_jobs"):
+            one[-1].n_jobs = 1
         fitted.append((name, FrozenEstimator(one)))
     # (fitted on any 1-d target: its members are frozen, fitting only records them)
     capacity_factors = VotingRegressor(fitted).fit(inputs.iloc[:2], factor[:2, 0])

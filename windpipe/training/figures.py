@@ -75,3 +75,28 @@ def backtest_figure(folds: pd.DataFrame, targets: list[str] = TARGETS, title: st
     fig.update_layout(title=title or None, barmode="group", width=900, height=380,
                       margin={"l": 50, "r": 20, "t": 60, "b": 40}, legend={"orientation": "h", "y": -0.15})
     return fig
+
+
+def physics_figure(curves: list[tuple[str, dict[str, pd.DataFrame]]], title: str = "",
+                   targets: list[str] = TARGETS) -> go.Figure:
+    """The promotion gate's response curves (windpipe.training.physics.curves_at): power against each swept
+    input, one faint line per holdout condition and target, so a dip or a response to an ignored input shows."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    colours = {"solar_GW": "#f0a202", "wind_GW": "#1f77b4"}
+    features = list(curves[0][1]) if curves else []
+    fig = make_subplots(rows=1, cols=max(len(features), 1),
+                        subplot_titles=[f"power against {f}, one line per holdout condition" for f in features])
+    for i, (label, per_feature) in enumerate(curves):
+        for col, feature in enumerate(features, start=1):
+            curve = per_feature[feature]
+            for t in targets:
+                fig.add_trace(go.Scatter(x=curve[feature], y=curve[t], mode="lines", name=t, legendgroup=t,
+                                         showlegend=i == 0 and col == 1, hovertext=label, opacity=0.6,
+                                         line={"color": colours.get(t), "width": 1.5}), row=1, col=col)
+            fig.update_xaxes(title_text=feature, row=1, col=col)
+    fig.update_yaxes(title_text="GW", row=1, col=1)
+    fig.update_layout(title=title or None, width=900, height=400, margin={"l": 50, "r": 20, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.2})
+    return fig

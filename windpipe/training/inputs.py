@@ -12,8 +12,16 @@ it in front of a fitted model:
     trend    = (ts - 2013-01-01T00:00Z) in years of 365.25 days
 
 - `NaturalInputs`: a scikit-learn transformer, the first step of every scikit-learn family's Pipeline;
-- `KerasForecaster`: the same inputs in front of a Keras model, the `python_function` flavor of a Keras
+- `Forecast`: the last step of that Pipeline: the fitted core's forecast clipped to [0, the installed
+  capacity the model knows] (`Head`);
+- `KerasForecaster`: the same inputs and head around a Keras model, the `python_function` flavor of a Keras
   family's logged model (`_load_pyfunc`; its `keras` flavor still loads the bare network).
+
+The head (`Head.finish`) is physics every consumer gets:
+
+    ceiling_k(t) = factor_k x (a_k + b_k trend)         the capacity line of the training rows, times the
+                                                       largest capacity factor they recorded
+    point_k      = clip(core_k, 0, ceiling_k)
 
 It imports numpy and pandas (scikit-learn when `NaturalInputs` is first used: its base classes take
 seconds to import, and reading timestamps needs none of it; Keras when a network is loaded) and
@@ -45,6 +53,7 @@ YEAR_SECONDS = 365.25 * 86400.0
 ROWS_SHOWN = 10
 KERAS_FILE = "model.keras"  # in the model's data folder, beside INPUTS_FILE
 INPUTS_FILE = "inputs.json"
+HEAD_KEY = "head"  # in INPUTS_FILE: a Keras model's head (Head's spec)
 
 
 # ---------------------------------------------------------------------------------------------- the time
@@ -132,12 +141,48 @@ def input_error(problem: str, fix: str) -> Exception:
     return MlflowException.invalid_parameter_value(message)
 
 
+# ---------------------------------------------------------------------------------------------- the head
+
+class Head:
+    """Physical bounds on a core's raw output (the formula in the module docstring). `spec` is plain JSON:
+
+        targets          the output columns, in order
+        trend            the core input column holding the trend, or null (a model without the time)
+        lines, factor    per target (a, b) of the capacity line, and the largest capacity factor recorded
+    """
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.targets = list(spec["targets"])
+
+    def ceiling(self, X: pd.DataFrame) -> np.ndarray:
+        """The installed capacity per row and target, float64 (rows, targets)."""
+        lines = np.asarray(self.spec["lines"], dtype="float64")
+        factor = np.asarray(self.spec["factor"], dtype="float64")
+        trend = self.spec.get("trend")
+        t = np.asarray(X[trend], dtype="float64") if trend else np.zeros(len(X))
+        return np.maximum(factor[None, :] * (lines[:, 0][None, :] + lines[:, 1][None, :] * t[:, None]), 0.0)
+
+    def finish(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
+        """The core's output `raw` for the core input `X`, clipped to [0, ceiling]: float64 (rows, targets)."""
+        raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
+        return np.clip(raw, 0.0, self.ceiling(X))
+
+    def clipped(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
+        """Which raw predictions `finish` changes (below 0 or above the ceiling): bool (rows, targets)."""
+        raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
+        return (raw < 0.0) | (raw > self.ceiling(X))
+
+
 # ---------------------------------------------------------------------------------------------- the wrappers
 
 def __getattr__(name: str) -> Any:
-    """`NaturalInputs` is made on first use (PEP 562): scikit-learn's base classes take seconds to import."""
-    if name == "NaturalInputs":
-        globals()[name] = cls = _natural_inputs_class()
+    """`NaturalInputs`, `Forecast` and `MonotoneDesign` are made on first use (PEP 562): scikit-learn's base classes
+    take seconds to import."""
+    makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class,
+              "MonotoneDesign": _monotone_design_class}
+    if name in makers:
+        globals()[name] = cls = makers[name]()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -210,8 +255,95 @@ def _natural_inputs_class() -> type:
     return NaturalInputs
 
 
+def _forecast_class() -> type:
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class Forecast(RegressorMixin, BaseEstimator):
+        """The last step of a scikit-learn family's Pipeline: `model` (the fitted core) behind the `head` (Head's
+        JSON spec): `predict` returns the core's output clipped to [0, capacity], float64 (rows, targets). The
+        core is given fitted, not learned here: `fit` only returns it."""
+
+        def __init__(self, model: Any = None, head: dict | None = None) -> None:
+            self.model = model
+            self.head = head
+
+        def fit(self, X: pd.DataFrame, y: object = None) -> Any:
+            return self
+
+        def __sklearn_is_fitted__(self) -> bool:
+            return True
+
+        def raw(self, X: pd.DataFrame) -> np.ndarray:
+            """The core's own output for the core input `X`, float64."""
+            return np.asarray(self.model.predict(X), dtype="float64")
+
+        def predict(self, X: pd.DataFrame) -> np.ndarray:
+            return Head(self.head).finish(X, self.raw(X))
+
+    Forecast.__module__, Forecast.__qualname__ = MODULE, "Forecast"  # (what skops and pickle record)
+    return Forecast
+
+
+def _monotone_design_class() -> type:
+    from sklearn.base import BaseEstimator, TransformerMixin
+    from sklearn.preprocessing import SplineTransformer
+
+    class MonotoneDesign(TransformerMixin, BaseEstimator):
+        """A linear model's design that is non-decreasing in the `rising` input columns (indices) wherever its
+        coefficients on the rising block are >= 0 (Ridge(positive=True)), and free in the rest:
+
+            M_r    = reversed cumulative sums of r's cubic B-splines, without the constant: each a monotone ramp
+                     from 0 to 1 (a spline with non-decreasing coefficients is non-decreasing)
+            C      = [1, B-splines of the `other` columns, (1 + calendar) / 2]      every column >= 0
+            design = [M_r x C for each r] (rising)  |  [C', C'_i C'_j] and their negatives (free, C' = C without 1)
+
+        so the fitted response to each rising input is a sum of non-negative multiples of monotone ramps."""
+
+        def __init__(self, rising: tuple[int, ...] = (), other: tuple[int, ...] = (),
+                     calendar: tuple[int, ...] = (), n_knots: int = 8) -> None:
+            self.rising = rising
+            self.other = other
+            self.calendar = calendar
+            self.n_knots = n_knots
+
+        def _splines(self) -> Any:
+            return SplineTransformer(n_knots=self.n_knots, degree=3, extrapolation="constant")
+
+        def fit(self, X: Any, y: object = None) -> Any:
+            X = np.asarray(X, dtype="float64")
+            self.rising_splines_ = [self._splines().fit(X[:, [r]]) for r in self.rising]
+            self.other_splines_ = self._splines().fit(X[:, list(self.other)]) if self.other else None
+            return self
+
+        def _context(self, X: np.ndarray) -> np.ndarray:
+            parts = [np.ones((len(X), 1))]
+            if self.other_splines_ is not None:
+                parts.append(self.other_splines_.transform(X[:, list(self.other)]))
+            if self.calendar:
+                parts.append((1.0 + X[:, list(self.calendar)]) / 2.0)
+            return np.hstack(parts)
+
+        def _free(self, context: np.ndarray) -> np.ndarray:
+            c = context[:, 1:]
+            i, j = np.triu_indices(c.shape[1], k=1)
+            return np.hstack([c, c[:, i] * c[:, j]])
+
+        def transform(self, X: Any) -> np.ndarray:
+            X = np.asarray(X, dtype="float64")
+            context = self._context(X)
+            ramps = [np.cumsum(s.transform(X[:, [r]])[:, ::-1], axis=1)[:, ::-1][:, 1:]
+                     for r, s in zip(self.rising, self.rising_splines_, strict=True)]
+            rising = [(m[:, :, None] * context[:, None, :]).reshape(len(X), -1) for m in ramps]
+            free = self._free(context)
+            return np.hstack([*rising, free, -free])
+
+    MonotoneDesign.__module__, MonotoneDesign.__qualname__ = MODULE, "MonotoneDesign"
+    return MonotoneDesign
+
+
 class KerasForecaster:
-    """A Keras model with its natural inputs in front: `predict(frame)` -> float64 (rows, outputs).
+    """A Keras model with its natural inputs in front and the head behind: `predict(frame)` -> float64 (rows,
+    outputs), clipped to [0, capacity] (a model saved before the head: the network's output as it is).
 
     The `python_function` flavor of a Keras family's logged model (`_load_pyfunc` builds it);
     `get_raw_model()` is this object, its `.model` the network.
@@ -219,24 +351,34 @@ class KerasForecaster:
 
     __module__ = MODULE
 
-    def __init__(self, inputs: Any, model: Any) -> None:
+    def __init__(self, inputs: Any, model: Any, head: dict | None = None) -> None:
         self.inputs = inputs
         self.model = model
+        self.head = head
 
-    def predict(self, data: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        X = self.inputs.transform(data)
+    def core_input(self, data: pd.DataFrame) -> pd.DataFrame:
+        return self.inputs.transform(data)
+
+    def raw(self, X: pd.DataFrame) -> np.ndarray:
+        """The network's output for the core input `X`: float64 (rows, targets)."""
         out = self.model.predict(np.asarray(X, dtype="float32"), verbose=0, batch_size=4096)
         return np.asarray(out, dtype="float64").reshape(len(X), -1)
+
+    def predict(self, data: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        X = self.core_input(data)
+        raw = self.raw(X)
+        return raw if self.head is None else Head(self.head).finish(X, raw)
 
     def get_raw_model(self) -> KerasForecaster:
         return self
 
     def save(self, data_dir: str) -> None:
-        """The network (Keras format) and the inputs' parameters (JSON) into `data_dir`."""
+        """The network (Keras format) and the inputs' parameters and the head (JSON) into `data_dir`."""
         os.makedirs(data_dir, exist_ok=True)
         self.model.save(os.path.join(data_dir, KERAS_FILE))
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.inputs.get_params().items()}
         with open(os.path.join(data_dir, INPUTS_FILE), "w", encoding="utf-8") as f:
-            json.dump({k: list(v) if isinstance(v, tuple) else v for k, v in self.inputs.get_params().items()}, f)
+            json.dump({**params, HEAD_KEY: self.head} if self.head is not None else params, f)
 
 
 def _load_pyfunc(path: str) -> KerasForecaster:
@@ -245,8 +387,9 @@ def _load_pyfunc(path: str) -> KerasForecaster:
 
     with open(os.path.join(path, INPUTS_FILE), encoding="utf-8") as f:
         params = json.load(f)
+    head = params.pop(HEAD_KEY, None)  # (models saved before the head have none)
     inputs = __getattr__("NaturalInputs")(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
-    return KerasForecaster(inputs, keras.saving.load_model(os.path.join(path, KERAS_FILE)))
+    return KerasForecaster(inputs, keras.saving.load_model(os.path.join(path, KERAS_FILE)), head)
 
 
 def with_repeated_times(model: Any) -> Any:

@@ -106,40 +106,33 @@ def whatif(model: object, values: dict[str, float | None], when: object = None) 
                                 f"got {value[0]:g}.")
     from windpipe.models.loading import predict
 
-    stamp = None
-    if when is not None and str(when).strip():
-        try:
-            stamp = pd.Timestamp(str(when).strip())
-        except ValueError:
-            raise WindpipeError(f"{when!r} is not a time.", "write it as YYYY-MM-DD HH:MM (UTC)") from None
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    stamp = utc_time(when)
     pred = predict(model, row, None if stamp is None else [stamp])[0]
     return {t: float(v) for t, v in zip(TARGETS, pred, strict=True)}
 
 
-SWEEPS = {"windspeed": (0.0, 25.0), "rad_horizontal": (0.0, 1000.0)}
+def utc_time(when: object) -> pd.Timestamp | None:
+    """The what-if page's time (YYYY-MM-DD HH:MM, UTC when it names no zone); None when blank."""
+    if when is None or not str(when).strip():
+        return None
+    try:
+        stamp = pd.Timestamp(str(when).strip())
+    except ValueError:
+        raise WindpipeError(f"{when!r} is not a time.", "write it as YYYY-MM-DD HH:MM (UTC)") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def response_curves(model: object, values: dict[str, float | None], when: object = None,
                     points: int = 51) -> dict[str, pd.DataFrame]:
     """How the predicted power responds to wind speed and to radiation: for each swept feature, `points` rows
     over its range with the other inputs held at `values` (checked as `whatif` checks them), predicted in one
-    call. Columns: the swept feature, solar_GW, wind_GW."""
-    import numpy as np
+    call. Columns: the swept feature, solar_GW, wind_GW. The sweep is the promotion gate's
+    (windpipe.training.physics.response_curves), over the page's ranges."""
+    from windpipe.models.loading import predictor
+    from windpipe.training.physics import response_curves as sweep
 
     whatif(model, values, when)  # one check of the values and the time, with its messages
-    from windpipe.models.loading import predict
-
-    stamp = None if when is None or not str(when).strip() else pd.Timestamp(str(when).strip())
-    if stamp is not None:
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    out = {}
-    for feature, (low, high) in SWEEPS.items():
-        grid = pd.DataFrame({f: np.full(points, float(values[f])) for f in FEATURES}, dtype="float64")
-        grid[feature] = np.linspace(low, high, points)
-        pred = predict(model, grid, None if stamp is None else [stamp] * points, repeated_times=True)
-        out[feature] = pd.DataFrame({feature: grid[feature], **{t: pred[:, i] for i, t in enumerate(TARGETS)}})
-    return out
+    return sweep(predictor(model), {f: float(values[f]) for f in FEATURES}, utc_time(when), points=points)
 
 
 def backtest_frame(metrics: dict[str, float]) -> pd.DataFrame:

@@ -15,8 +15,11 @@ A family says what windpipe.steps.train needs to train, log and load it, and not
   `requirements`: the packages the logged model needs (pinned to the installed versions when logged),
   `skops_trusted`: the types beyond scikit-learn's own that its saved model holds.
 
-Fields added later (a monotone constraint per target, quantile support) get defaults, so families that
-do not declare them stay as they are. A new family is a module here plus its project folder
+Every model ends in the head (windpipe.training.inputs.Head: clipped to [0, capacity]), whose bounds come
+from the training rows (windpipe.training.capacity.head_spec). The physics a
+family should build in (what each target rises with and ignores) is windpipe.training.physics's; the
+promotion gate checks it whatever the family does. Fields added later get defaults, so families that do
+not declare them stay as they are. A new family is a module here plus its project folder
 (`windpipe new-step --family NAME` writes both); `names()` finds every module of this package's
 `__path__` (a folder added to it, as the tests do, contributes its modules too).
 """
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES, TIME_FEATURES, TIMESTAMP
+from windpipe.names import FEATURES, TARGETS, TIME_FEATURES, TIMESTAMP
 from windpipe.training.features import MODEL_COLUMNS
 from windpipe.training.split import validation_split, xy
 
@@ -55,6 +58,12 @@ class TrainingRows:
     def xy(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The core's input (MODEL_COLUMNS or FEATURES, float64) and the targets."""
         return xy(self.frame, self.time_features)
+
+    def head(self) -> dict:
+        """The head a model of these rows carries (windpipe.training.capacity.head_spec)."""
+        from windpipe.training.capacity import head_spec
+
+        return head_spec(*self.xy())
 
     def validation(self, fraction: float) -> tuple[TrainingRows, tuple[pd.DataFrame, pd.DataFrame]]:
         """(rows to fit, (X, y) for early stopping), both from these rows (split_by=time: the newest validate)."""
@@ -78,8 +87,9 @@ class Family:
     skops_trusted: tuple[str, ...] = ()
 
     def fit_natural(self, rows: TrainingRows, params: Any) -> Any:
-        """Fit on `rows` and return the model as it is logged: it takes the natural inputs."""
-        return natural(self.fit(rows, params), rows.time_features, self.tensor)
+        """Fit on `rows` and return the model as it is logged: it takes the natural inputs and ends in the head
+        (bounds from these rows)."""
+        return natural(self.fit(rows, params), rows.time_features, self.tensor, head=rows.head())
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -109,24 +119,48 @@ def get(name: str) -> Family:
 
 # ---------------------------------------------------------------- what every family shares
 
-def natural(core: Any, time_features: bool, tensor: bool = False) -> Any:
-    """`core` (fitted on MODEL_COLUMNS, or FEATURES without the time) behind windpipe.training.inputs.NaturalInputs:
-    a scikit-learn Pipeline, or for a tensor core a KerasForecaster. Either predicts from utc_timestamp (column
-    or DatetimeIndex) and the weather."""
+def natural(core: Any, time_features: bool, tensor: bool = False, head: dict | None = None) -> Any:
+    """`core` (fitted on MODEL_COLUMNS, or FEATURES without the time) between windpipe.training.inputs.NaturalInputs
+    and the `head` (Head's spec; None: no head, the core's raw output): a scikit-learn Pipeline ending in
+    `Forecast`, or for a tensor core a KerasForecaster. Either predicts from utc_timestamp (column or
+    DatetimeIndex) and the weather."""
     from windpipe.training.inputs import KerasForecaster, NaturalInputs
 
     inputs = NaturalInputs(weather=tuple(FEATURES), time_features=tuple(TIME_FEATURES) if time_features else (),
                            timestamp=TIMESTAMP)
     if tensor:
-        return KerasForecaster(inputs, core)
+        return KerasForecaster(inputs, core, head)
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([("inputs", inputs), ("model", core)])
+    if head is None:
+        return Pipeline([("inputs", inputs), ("model", core)])
+    from windpipe.training.inputs import Forecast
+
+    return Pipeline([("inputs", inputs), ("model", Forecast(core, head))])
 
 
 def inputs_of(model: Any) -> Any:
     """The NaturalInputs of a model `natural` made."""
     return model.inputs if hasattr(model, "inputs") else model.steps[0][1]
+
+
+def forecaster_of(model: Any) -> Any:
+    """What holds the head of a model `natural` made: its KerasForecaster, or the Pipeline's Forecast (None
+    without a head)."""
+    last = model if hasattr(model, "inputs") else model.steps[-1][1]
+    return last if getattr(last, "head", None) is not None else None
+
+
+def clipped_fitted(model: Any, rows: pd.DataFrame) -> np.ndarray:
+    """Which of a natural model's raw predictions for processed-entity rows its head clips to [0, capacity]:
+    bool (rows, targets); all False for a model without a head."""
+    from windpipe.training.inputs import Head
+
+    last = forecaster_of(model)
+    if last is None:
+        return np.zeros((len(rows), len(TARGETS)), dtype=bool)
+    X = (model.core_input if hasattr(model, "inputs") else model[:-1].transform)(_natural_rows(rows))
+    return Head(last.head).clipped(X, last.raw(X))
 
 
 def core_columns(model: Any) -> list[str]:
@@ -140,9 +174,13 @@ def natural_columns(model: Any) -> list[str]:
     return [*([inputs.timestamp] if inputs.time_features else []), *inputs.weather]
 
 
+def _natural_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[[c for c in (TIMESTAMP, *FEATURES) if c in rows.columns]]
+
+
 def predict_fitted(model: Any, rows: pd.DataFrame) -> np.ndarray:
     """Predictions of a natural model for processed-entity rows (utc_timestamp and the weather), float64."""
-    out = model.predict(rows[[c for c in (TIMESTAMP, *FEATURES) if c in rows.columns]])
+    out = model.predict(_natural_rows(rows))
     return np.asarray(out, dtype="float64").reshape(len(rows), -1)
 
 

@@ -4,7 +4,8 @@ the capacity line (weather only: on the four features), monotone where physics s
 Wind power never falls as the wind speed rises (up to cut-out, far above the hourly mean wind over
 Germany), and solar power never falls as the radiation rises: `monotonic_cst` holds each target's
 trees to that, so a model cannot learn a dip from noise (issue 23: the linear model gave less wind
-power at 12 m/s than at 10 m/s).
+power at 12 m/s than at 10 m/s). Each target's trees see only the inputs it may read
+(windpipe.training.physics: wind ignores the radiation, solar the wind speed).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from windpipe.names import FEATURES, TARGETS
 from windpipe.training.families import Family, check_xy, follows_trend, register
 from windpipe.training.features import WEATHER_AND_CALENDAR
 from windpipe.training.params import MAX_TREES, as_float, as_int
-
-# per target, the inputs its power rises with (+1 in HistGradientBoostingRegressor's monotonic_cst)
-RISES_WITH = {"wind_GW": ("windspeed",), "solar_GW": ("rad_horizontal", "rad_diffuse")}
+from windpipe.training.physics import inputs_for, monotone_constraints
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,6 @@ class GBMParams:
                 "max_features": self.max_features, "seed": self.seed}
 
 
-def monotone(target: str, columns: list[str]) -> list[int]:
-    """HistGradientBoostingRegressor's monotonic_cst for `target` over `columns`."""
-    rising = RISES_WITH.get(target, ())
-    return [1 if c in rising else 0 for c in columns]
-
-
 def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
     """With the time columns: the capacity factor per target (windpipe.training.capacity.capacity_model)
     from weather and calendar; without: one model per target on the four weather features. No early stopping:
@@ -61,7 +54,7 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
     from sklearn.multioutput import MultiOutputRegressor
     from threadpoolctl import threadpool_limits
 
-    from windpipe.training.capacity import capacity_model
+    from windpipe.training.capacity import capacity_model, own_inputs
 
     check_xy(X, y)
 
@@ -69,7 +62,8 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
         return HistGradientBoostingRegressor(
             max_iter=p.max_iter, learning_rate=p.learning_rate, max_leaf_nodes=p.max_leaf_nodes,
             min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization, max_features=p.max_features,
-            early_stopping=False, monotonic_cst=monotone(target, columns), random_state=p.seed)
+            early_stopping=False, monotonic_cst=monotone_constraints(target, inputs_for(target, columns)),
+            random_state=p.seed)
 
     # one OpenMP thread: beside other steps on 2 shared cores, two threads spin-waiting on each other took 9x
     # longer (21.7 s against 2.3 s, 20 iterations on 400 days, load average 6)
@@ -78,7 +72,7 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
             return capacity_model(X, y, lambda target: boosted(target, WEATHER_AND_CALENDAR))
         # MultiOutputRegressor's own fit clones one estimator for all targets; the constraints differ per target
         model = MultiOutputRegressor(boosted(TARGETS[0], FEATURES))
-        model.estimators_ = [boosted(t, FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
+        model.estimators_ = [own_inputs(t, boosted(t, FEATURES), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
     model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
     return model
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from windpipe.names import FEATURES
+from windpipe.names import FEATURES, TARGETS
 from windpipe.training.families import (
     KERAS_REQUIREMENTS,
     Family,
@@ -89,15 +89,18 @@ def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParam
         weather = inputs
     norm = keras.layers.Normalization(name="normalize")
     norm.adapt(X.astype("float32"))
-    x = norm(weather)
-    encoded = _bin_encoding(weather, X[:, : len(FEATURES)], params.bins) if params.bins else None
-    if encoded is not None:
-        x = keras.layers.Concatenate(name="encoded")([x, encoded])
+    own = [_own_inputs(weather, TARGETS[t], columns if not trend else WEATHER_AND_CALENDAR)
+           for t in range(y.shape[1])]
+    xs = []
+    for t, seen in enumerate(own):  # each target's tower sees the inputs it may read, the others held at 0
+        x = norm(seen)
+        encoded = _bin_encoding(seen, X[:, : len(FEATURES)], params.bins, f"t{t}_") if params.bins else None
+        xs.append(keras.layers.Concatenate(name=f"t{t}_encoded")([x, encoded]) if encoded is not None else x)
     members = []
     for k in range(params.ensemble):
         towers = []
         for t in range(y.shape[1]):
-            h = x
+            h = xs[t]
             for i, units in enumerate(params.hidden_units):
                 h = keras.layers.Dense(units, activation="relu", name=f"m{k}_t{t}_hidden_{i}")(h)
             towers.append(keras.layers.Dense(1, name=f"m{k}_t{t}_standardised")(h))
@@ -131,7 +134,21 @@ def _select(inputs: keras.KerasTensor, width: int, keep: list[int], name: str) -
     return out
 
 
-def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int) -> keras.KerasTensor | None:
+def _own_inputs(weather: keras.KerasTensor, target: str, columns: list[str]) -> keras.KerasTensor:
+    """`weather` (its `columns`) with the inputs `target` must ignore (windpipe.training.physics) set to 0: a
+    frozen diagonal 0/1 Dense, so the target's tower cannot respond to them."""
+    import keras
+
+    from windpipe.training.physics import inputs_for
+
+    allowed = set(inputs_for(target, columns))
+    mask = keras.layers.Dense(len(columns), use_bias=False, trainable=False, name=f"{target}_inputs")
+    out = mask(weather)
+    mask.set_weights([np.diag([1.0 if c in allowed else 0.0 for c in columns]).astype("float32")])
+    return out
+
+
+def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int, prefix: str = "") -> keras.KerasTensor | None:
     """Piecewise-linear encoding of each weather feature (Gorishniy et al. 2022): for every quantile bin
     [lo, hi] of the training data, clip((x - lo) / (hi - lo), 0, 1). It hands the towers sharp, data-placed
     kinks (power curves, night), which is where the forests beat the plain MLP on wind. A frozen Dense and
@@ -151,10 +168,10 @@ def _bin_encoding(inputs: keras.KerasTensor, X: np.ndarray, bins: int) -> keras.
             bias.append(-lo / (hi - lo))
     if not bias:
         return None
-    dense = keras.layers.Dense(len(bias), trainable=False, name="bins")
+    dense = keras.layers.Dense(len(bias), trainable=False, name=f"{prefix}bins")
     out = dense(inputs)
     dense.set_weights([np.array(kernel, dtype="float32").T, np.array(bias, dtype="float32")])
-    return keras.layers.ReLU(max_value=1.0, name="bins_clipped")(out)
+    return keras.layers.ReLU(max_value=1.0, name=f"{prefix}bins_clipped")(out)
 
 
 def train_keras(X: pd.DataFrame, y: pd.DataFrame, p: KerasParams,

@@ -1,5 +1,7 @@
 """The forest family: per target a RandomForestRegressor on the capacity factor, times the capacity line
-(weather only: the forests on the four features). Its `grid` entry point grows forests tree by tree."""
+(weather only: the forests on the four features). Each target's trees see only the inputs it may read and
+rise with what drives it (`monotonic_cst`; windpipe.training.physics). Its `grid` entry point grows forests
+tree by tree."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES
+from windpipe.names import FEATURES, TARGETS
 from windpipe.training.families import Family, check_xy, follows_trend, register
 from windpipe.training.params import MAX_TREES, as_depth, as_int
+from windpipe.training.physics import inputs_for, monotone_constraints
 
 if TYPE_CHECKING:
     from sklearn.multioutput import MultiOutputRegressor
@@ -52,18 +55,28 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> object:
     With the time columns the forests learn the capacity factor and the model multiplies by the
     capacity line (windpipe.training.capacity.capacity_model); without them they take the four weather features.
     """
-    from sklearn.base import clone
-    from sklearn.ensemble import RandomForestRegressor
     from sklearn.multioutput import MultiOutputRegressor
 
-    from windpipe.training.capacity import capacity_model
+    from windpipe.training.capacity import capacity_model, own_inputs
 
     check_xy(X, y)
-    forest = RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth, max_features=0.5,
-                                   min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs)
     if follows_trend(X):
-        return capacity_model(X, y, lambda _target: clone(forest))
-    return MultiOutputRegressor(forest).fit(X[FEATURES], y)
+        from windpipe.training.features import WEATHER_AND_CALENDAR
+
+        return capacity_model(X, y, lambda target: _forest(target, WEATHER_AND_CALENDAR, p))
+    model = MultiOutputRegressor(_forest(TARGETS[0], FEATURES, p))
+    model.estimators_ = [own_inputs(t, _forest(t, FEATURES, p), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
+    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
+    return model
+
+
+def _forest(target: str, columns: list[str], p: RFParams) -> object:
+    """The forest of `target` on the `columns` it may read, rising with what drives it."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=p.n_estimators, max_depth=p.max_depth, max_features=0.5,
+                                 min_samples_leaf=p.min_samples_leaf, random_state=p.seed, n_jobs=p.n_jobs,
+                                 monotonic_cst=monotone_constraints(target, inputs_for(target, columns)))
 
 
 def rf_grid(X: pd.DataFrame, y: pd.DataFrame, grid: Sequence[RFParams]) -> Iterator[
@@ -92,17 +105,20 @@ def rf_grid(X: pd.DataFrame, y: pd.DataFrame, grid: Sequence[RFParams]) -> Itera
 def _grow(model: MultiOutputRegressor, X: pd.DataFrame, y: pd.DataFrame, n_estimators: int) -> MultiOutputRegressor:
     """A copy of a fitted per-target forest model with more trees (the model passed in is left as it is)."""
     from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
 
-    targets = np.asarray(y, dtype="float64")  # (as MultiOutputRegressor.fit hands each forest its column)
+    targets = np.asarray(y, dtype="float64")  # (as each forest was fitted on its column)
     grown = copy.copy(model)
     grown.estimator = clone(model.estimator).set_params(n_estimators=n_estimators)
     grown.estimators_ = []
-    for i, forest in enumerate(model.estimators_):
+    for i, member in enumerate(model.estimators_):  # (each: its target's inputs, then its forest)
+        forest = member[-1]
         more = copy.copy(forest)
         more.estimators_ = list(forest.estimators_)  # (warm_start extends the list in place)
         more.set_params(n_estimators=n_estimators, warm_start=True)
-        more.fit(X[FEATURES], targets[:, i])
-        grown.estimators_.append(more.set_params(warm_start=False))
+        more.fit(member[:-1].transform(X[FEATURES]), targets[:, i])
+        more.set_params(warm_start=False)
+        grown.estimators_.append(Pipeline([*member.steps[:-1], (member.steps[-1][0], more)]))
     return grown
 
 
