@@ -225,14 +225,14 @@ def test_marts_queue_is_bounded_and_a_repeated_range_is_not_a_new_batch(frame):
     for a, b in ranges + ranges[:2]:  # and two repeats
         _fig, msg, _c, _t = board.predictions(store, a, b)  # returns although the marts are stuck
         assert msg == ""
-    assert board.dropped == 7 and board.repeated == 2
+    assert board.recorder.dropped == 7 and board.recorder.repeated == 2
     gate.set()
     board.flush()
     assert len(logged) == 3 and len(set(logged)) == 3
     board.predictions(store, *ranges[0])  # recorded already
     board.predictions(store, *ranges[5])  # dropped before: recorded now
     board.flush()
-    assert len(logged) == 4 and board.repeated == 3
+    assert len(logged) == 4 and board.recorder.repeated == 3
 
 
 # --- against a real tracking server -----------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_promotion_is_followed_and_each_version_loads_once(use_platform):
     fig2 = board.predictions(store, "2013-01-08", "2013-01-14")[0]
     assert not np.allclose(fig1["data"][1]["y"], fig2["data"][1]["y"])
     assert board.source.loads == 2
-    from windpipe.views.dashboard.app import pipeline_status
+    from windpipe.views.dashboard.fetchers import pipeline_status
 
     steps = pipeline_status(get_settings())
     assert any(s.step == "lr" and s.status == "FINISHED" for s in steps)
@@ -649,8 +649,9 @@ def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
     assert batches["source"].tolist() == ["dashboard"] and batches["row_count"].tolist() == [month_rows(frame)]
     rows = queries.batch_rows(engine, int(batches["id"][0]))
     np.testing.assert_allclose(rows["wind_GW_pred"], rows["windspeed"])  # SumModel: wind = windspeed
-    assert "Latest prediction batches" in str(__import__("windpipe.views.dashboard.app", fromlist=["x"]).pipeline_view(
-        [], queries.latest_batches(engine)))
+    from windpipe.views.dashboard.components import pipeline_view
+
+    assert "Latest prediction batches" in str(pipeline_view([], queries.latest_batches(engine)))
     # switched off by the setting
     off = Settings(home=tmp_path, marts_url=settings.marts_url, log_dashboard_predictions=False)
     assert create_app(off, source=Src(off, loader=lambda _s, v: fake_model(frame, v))).windpipe.logger is None
