@@ -108,7 +108,7 @@ class Dashboard:
             return dash.no_update, str(exc), "warning", dash.no_update
         scored = pm.data.loc[(pm.data.index >= rng.start) & (pm.data.index < rng.end)]
         frame = D.predict_frame(pm.model, scored)
-        self.recorder.record(scored, frame, pm, (pm.version, rng.start, rng.end))
+        self.recorder.record(scored, frame, pm)
         errs = D.errors(frame)
         title = f"{pm.instance_name}: recorded vs predicted, {start} to {end} ({len(frame)} hours)"
         return F.prediction_figure(frame, title), "", "secondary", C.errors_table(errs)
