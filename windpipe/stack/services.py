@@ -10,11 +10,13 @@ tracking server's /health and an artifact listing through its proxy).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 
 from windpipe.errors import WindpipeError
+from windpipe.fileio import low_space, mount_point
 from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import ftp
@@ -115,11 +117,25 @@ def status_ok(settings: Settings, name: str) -> bool:
 
 
 def status(settings: Settings) -> list[ServiceState]:
+    """Every server's state, and the state folder's disk (DOWN below settings.min_free_mb free)."""
     if settings.stack == "team":
         from windpipe.stack import team
 
-        return team.status(settings)
-    return [service_state(settings, FTP), service_state(settings, MLFLOW)]
+        return [*team.status(settings), disk_state(settings)]
+    return [service_state(settings, FTP), service_state(settings, MLFLOW), disk_state(settings)]
+
+
+def disk_state(settings: Settings) -> ServiceState:
+    """The disk of the state folder (the tracking database, the artifacts, the marts live there) as a status line."""
+    mount = mount_point(settings.home)
+    low = low_space(settings.home, settings.min_free_mb, "the state folder")
+    if low is not None:
+        return ServiceState("disk", str(mount), False, None, str(low))
+    try:
+        free = f"{shutil.disk_usage(mount).free / 1e6:.0f} MB free"
+    except OSError as exc:
+        free = f"free space unknown ({exc.strerror or exc})"
+    return ServiceState("disk", str(mount), True, None, f"{free} for {settings.home}")
 
 
 def _server_env(settings: Settings, password: str) -> dict[str, str]:
@@ -176,7 +192,12 @@ def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> N
 
 
 def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
-    """Start whatever is not running, wait until both answer. Running services are left alone."""
+    """Start whatever is not running, wait until both answer. Running services are left alone. A state folder
+    on a disk with less than settings.min_free_mb free is refused: nothing starts (the servers would start,
+    then fail the first write with errors that do not say why)."""
+    low = low_space(settings.home, settings.min_free_mb, "the state folder")
+    if low is not None:
+        raise low
     if settings.stack == "team":
         from windpipe.stack import team
 
@@ -233,8 +254,15 @@ def tidy_up(settings: Settings) -> list[str]:
     from windpipe.stack.objects import local_copy
     from windpipe.tracking.runs import mark_killed_runs
 
-    lines = [f"run {run_id}: marked KILLED (its process is gone)"
-             for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+    try:
+        lines = [f"run {run_id}: marked KILLED (its process is gone)"
+                 for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+    except Exception as exc:  # the tracking store cannot be written (a full disk answers 503): say so, go on
+        from windpipe.errors import first_line
+        from windpipe.tracking.client import diagnose
+
+        down = diagnose(settings)
+        lines = [f"runs: not checked ({down.problem if down is not None else first_line(exc, 300)})"]
     try:
         lines += settle_pending(get_engine(settings=settings), lambda uri: local_copy(uri, settings))
     except WindpipeError as exc:
