@@ -154,6 +154,26 @@ def test_usage_errors_print_usage_and_exit_2(args, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, code, named", [
+    (["data", "synth", "--out", "{tmp}/raw", "--seed", "-1"], 2, "--seed"),
+    (["serve", "--port", "70000"], 2, "--port"),
+    (["serve", "--port", "0"], 2, "--port"),  # (was: served on the default port without a word)
+    (["predict", "--input", "{tmp}/\udcffwind.parquet", "--output", "{tmp}/out.parquet"], 1, "not valid UTF-8"),
+    (["predict", "--input", "{tmp}/in.parquet", "--output", "{tmp}/\udce9t\udce9.parquet"], 1, "not valid UTF-8"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(args, code, named, tmp_path):
+    """A negative seed, a port outside 1-65535 or 0, a file name that is not UTF-8: a message, no traceback,
+    nothing written (nothing runs: no platform is needed to refuse them)."""
+    home = tmp_path / "state"
+    os.rename(predict_input(tmp_path / "in0.parquet"), tmp_path / "\udcffwind.parquet")  # (pyarrow takes no such name)
+    predict_input(tmp_path / "in.parquet")
+    before = sorted(tmp_path.iterdir())
+    proc = windpipe_cli(*[a.format(tmp=tmp_path) for a in args], home=home)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(tmp_path.iterdir()) == before and not home.exists()
+
+
 @pytest.mark.parametrize("var, value, named", [
     ("WINDPIPE_FTP_PORT", "99999", "less than or equal to 65535"),
     ("WINDPIPE_MLFLOW_PORT", "abc", "valid integer"),
