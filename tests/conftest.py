@@ -229,6 +229,14 @@ def mlflow_run(platform: Platform, project: str, *args: str, env_manager: str = 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def trainers(projects: Path | None = None) -> list[str]:
+    """The steps that write a model (the training pipeline runs them side by side), sorted: from the
+    interfaces, so a new family's step counts without editing a test."""
+    from windpipe.pipeline.interfaces import load_interfaces
+
+    return sorted(s.name for s in load_interfaces(projects) if any(p.entity == "model" for p in s.outputs))
+
+
 def latest_run(platform: Platform, step: str, entry_point: str | None = None):
     """The newest run of a step (by the windpipe.step tag)."""
     import mlflow

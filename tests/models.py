@@ -90,3 +90,30 @@ class BrokenOnLoad:
         if alias:
             mlflow.MlflowClient().set_registered_model_alias(version.name, alias, version.version)
         return int(version.version)
+
+
+def log_nine_column_model(platform, df: pd.DataFrame | None = None, tmp_dir: Path | None = None) -> dict:
+    """A model as the steps logged them before the natural inputs: the lr family's spline model, its signature the
+    weather and the five time columns (hour_sin, ..., trend), registered. Returns uri, version, df and
+    `predict(rows)`, its predictions for processed rows with the time columns derived by hand."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from windpipe.training.families.lr import train_lr
+    from windpipe.training.features import MODEL_COLUMNS
+    from windpipe.training.split import xy
+
+    df = tiny_processed() if df is None else df
+    mlflow.set_tracking_uri(platform.tracking_uri)
+    mlflow.set_experiment(platform.settings.experiment)
+    X, y = xy(df, time_features=True)
+    model = train_lr(X, y)
+    with mlflow.start_run(tags={"windpipe.step": "lr", "windpipe.model_family": "lr"}):
+        info = mlflow.sklearn.log_model(model, name="model", input_example=X.head(3),
+                                        signature=infer_signature(X, model.predict(X.head(3))),
+                                        pip_requirements=["scikit-learn", "pandas"],
+                                        metadata={"windpipe.input_columns": MODEL_COLUMNS},
+                                        serialization_format="cloudpickle")
+    version = mlflow.register_model(info.model_uri, "wind_solar_nine_columns")
+    return {"uri": f"models:/{version.name}/{version.version}", "version": int(version.version), "df": df,
+            "predict": lambda rows: model.predict(xy(rows, time_features=True)[0])}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, Platform, point_at, team_env, team_settings
+from .conftest import REPO, Platform, point_at, team_env, team_settings, trainers
 
 AIRFLOW_VENV = Path(os.environ.get("WINDPIPE_AIRFLOW_VENV", REPO / ".venv-airflow"))
 MAIN_BIN = Path(sys.executable).parent
@@ -354,7 +354,7 @@ def test_training_runs_across_both_workers_survives_a_killed_one_and_reuses_ever
     assert state == "success", {k: (v["state"], v["hostname"]) for k, v in tis.items()}
 
     assert tis["keras"]["queue"] == HEAVY and tis["keras"]["hostname"] == a.name
-    for task in ("open", "process", "lr", "rf"):
+    for task in ("open", "process", *(t for t in trainers() if t != "keras")):
         assert tis[task]["queue"] == DEFAULT and tis[task]["hostname"] == b.name, (task, tis[task])
     assert tis["compare"]["try_number"] == 2 and tis["compare"]["hostname"] == a.name  # retried on the other one
     assert tis["promote"]["hostname"] == a.name
@@ -369,8 +369,7 @@ def test_training_runs_across_both_workers_survives_a_killed_one_and_reuses_ever
     assert parent.info.status == "FINISHED"
     steps = {k.removeprefix("windpipe.pipeline."): v.split(" ") for k, v in parent.data.tags.items()
              if k.startswith("windpipe.pipeline.")}
-    assert {k: v[1] for k, v in steps.items()} == {s_: "ran" for s_ in
-                                                   ("process", "keras", "lr", "rf", "compare", "promote")}
+    assert {k: v[1] for k, v in steps.items()} == {s_: "ran" for s_ in ("process", *trainers(), "compare", "promote")}
     # each step ran from its worker's own clone
     for step, (rid, _) in steps.items():
         source = mlflow.get_run(rid).data.tags["mlflow.source.name"]

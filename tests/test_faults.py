@@ -338,7 +338,10 @@ def _features(n: int = 20):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.assign(utc_timestamp=d.utc_timestamp.astype("int64")), "is a number column (int64)"),
     (lambda d: d.assign(utc_timestamp=d.utc_timestamp.where(d.index != 4)), "1 missing timestamp(s) (NaT"),
-    (lambda d: d.assign(utc_timestamp=d.utc_timestamp.where(d.index != 5, d.utc_timestamp[4])), "repeats 1 timestamp"),
+    (lambda d: d.assign(utc_timestamp=d.utc_timestamp.where(d.index != 5, d.utc_timestamp[4])),
+     "repeats an earlier row's time in 1 row(s) (rows, counted from 0: 5;"),
+    (lambda d: d.assign(utc_timestamp=d.utc_timestamp.astype(str).where(d.index != 3, "noon")),
+     "is not a time in 1 row(s) (rows, counted from 0: 3; e.g. 'noon')"),
     (lambda d: d.assign(windspeed=d.windspeed.where(d.index != 6, 1e308)), "outside its declared range [0, 120]"),
     (lambda d: d.assign(rad_horizontal=d.rad_horizontal.where(d.index != 6, -5.0)), "e.g. -5 in row 6"),
 ])
@@ -537,14 +540,15 @@ def test_runs_whose_process_is_gone_are_found(shared_platform):
     ("rf", {"n_estimators": "1e9", "max_depth": "10", "min_samples_leaf": "3"}, "n_estimators must be at most 5000"),
     ("keras", {"epochs": "1e9", "batch_size": "64", "learning_rate": "0.01", "hidden_units": "8", "patience": "3",
                "validation_split": "0.1", "ensemble": "1", "bins": "0"}, "epochs must be at most 10000"),
+    ("gbm", {"max_iter": "1e9", "learning_rate": "0.1", "max_leaf_nodes": "31", "min_samples_leaf": "20",
+             "l2_regularization": "0", "max_features": "0.5"}, "max_iter must be at most 5000"),
 ])
 def test_parameter_bounds_refuse_absurd_sizes(family, params, message):
     from windpipe.errors import WindpipeError
-    from windpipe.training import models as M
+    from windpipe.training import families
 
-    cls = M.RFParams if family == "rf" else M.KerasParams
     with pytest.raises(WindpipeError, match=message) as err:
-        cls.check(seed=1, **params)
+        families.get(family).parse(seed=1, **params)
     assert "-P" in err.value.fix
 
 

@@ -5,8 +5,6 @@ the few that fit models on years of generated data are marked slow)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,12 @@ from windpipe.errors import WindpipeError
 from windpipe.names import FEATURES, TARGETS, TIME_FEATURES, TIMESTAMP
 from windpipe.scoring import drift
 from windpipe.scoring.monitor import batch_errors, read_actuals
-from windpipe.training import models as M
+from windpipe.training import families
 from windpipe.training.backtest import fold_metrics, folds_from_metrics, run_backtest, summary
 from windpipe.training.capacity import capacity, capacity_lines
-from windpipe.training.features import MODEL_COLUMNS, model_input, time_features
+from windpipe.training.families import lr as LR
+from windpipe.training.families import rf as RF
+from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR, model_input, time_features
 from windpipe.training.metrics import regression_metrics
 from windpipe.training.split import SplitSpec, backtest_splits, split, time_window, validation_split, xy
 
@@ -132,9 +132,9 @@ def test_run_backtest_scores_each_fold_with_a_model_of_its_past():
 
     def fit(train: pd.DataFrame) -> object:
         seen.append(train[TIMESTAMP].max())
-        return M.train_lr(*xy(train))
+        return families.natural(LR.train_lr(*xy(train)), time_features=False)
 
-    table = run_backtest(df, fit, folds=3, holdout_weeks=1, time_features=False)
+    table = run_backtest(df, fit, folds=3, holdout_weeks=1)
     assert table["fold"].tolist() == [1, 2, 3] and len(seen) == 3 and seen == sorted(seen)
     assert (table["train_rows"].diff().dropna() == 24 * 7).all()
     means = summary(table)
@@ -188,25 +188,30 @@ def test_capacity_lines_find_the_generators_growth():
                                   [[1, 0], [1, 0]])
 
 
-def test_fitted_models_read_their_own_columns():
+def test_fitted_models_take_their_natural_inputs():
+    """Every family's model takes utc_timestamp (column or DatetimeIndex) and the weather; its core the columns
+    derived from them."""
     df = hourly(24 * 20)
-    weather = M.train_lr(*xy(df))
-    trend = M.train_lr(*xy(df, time_features=True))
-    assert M.fitted_columns(weather) == FEATURES and M.fitted_columns(trend) == MODEL_COLUMNS
-    X = xy(df, time_features=True)[0]
-    assert M.predict_fitted(trend, X).shape == (len(df), 2) and M.predict_fitted(weather, X).shape == (len(df), 2)
+    weather = families.natural(LR.train_lr(*xy(df)), time_features=False)
+    trend = families.natural(LR.train_lr(*xy(df, time_features=True)), time_features=True)
+    assert families.core_columns(weather) == FEATURES and families.core_columns(trend) == MODEL_COLUMNS
+    assert families.natural_columns(trend) == [TIMESTAMP, *FEATURES] and families.natural_columns(weather) == FEATURES
+    expected = trend[-1].predict(xy(df, time_features=True)[0])
+    np.testing.assert_allclose(families.predict_fitted(trend, df), expected)
+    np.testing.assert_allclose(trend.predict(df.set_index(TIMESTAMP)[FEATURES]), expected)  # the DatetimeIndex
+    assert families.predict_fitted(weather, df).shape == (len(df), 2)
     with pytest.raises(WindpipeError, match="only some of the time columns"):
-        M.train_lr(X.drop(columns="trend"), xy(df)[1])
+        LR.train_lr(xy(df, time_features=True)[0].drop(columns="trend"), xy(df)[1])
 
 
 def test_capacity_forests_multiply_the_forests_by_the_capacity_line():
     df = years(3)
     X, y = xy(df, time_features=True)
-    p = M.RFParams.check(n_estimators=4, max_depth=4, min_samples_leaf=3, seed=0, n_jobs=1)
-    model = M.train_rf(X, y, p)
+    p = RF.RFParams.check(n_estimators=4, max_depth=4, min_samples_leaf=3, seed=0, n_jobs=1)
+    model = RF.train_rf(X, y, p)
     lines = capacity_lines(X["trend"], X["windspeed"], y)
-    forests = model.named_steps["capacity_factors"].named_transformers_["forests"]
-    direct = forests.transform(X[M.WEATHER_AND_CALENDAR]) * capacity(lines, X["trend"])
+    forests = model.named_steps["capacity_factors"].named_transformers_["factors"]
+    direct = forests.transform(X[WEATHER_AND_CALENDAR]) * capacity(lines, X["trend"])
     np.testing.assert_allclose(model.predict(X), direct, rtol=1e-9)
     assert lines[1, 1] > 0  # wind capacity grows
 
@@ -228,39 +233,9 @@ def test_synthetic_data_teaches_the_real_lesson():
     assert weather["r2"] < random_r2 - 0.04 and weather["bias_wind_GW"] < -2.0  # the fleet grew
     X, y = xy(tr, time_features=True)
     Xt, yt = xy(te, time_features=True)
-    for model in (M.train_lr(X, y), M.train_rf(X, y, M.RFParams.check(32, 10, 3, 0, 2))):
-        m = regression_metrics(yt, M.predict_fitted(model, Xt))
+    for model in (LR.train_lr(X, y), RF.train_rf(X, y, RF.RFParams.check(32, 10, 3, 0, 2))):
+        m = regression_metrics(yt, model.predict(Xt))
         assert m["r2"] > weather["r2"] + 0.05 and abs(m["bias_wind_GW"]) < 1.0
-
-
-@pytest.mark.slow
-def test_trend_models_load_and_predict_without_windpipe(tmp_path):
-    """Saved as the steps save them (skops, the trusted types listed in the step), the sklearn families load
-    in a process where windpipe cannot be imported and predict the same numbers."""
-    import mlflow.sklearn
-
-    from windpipe.steps.train import SKOPS_TRUSTED
-
-    df = years(3)
-    X, y = xy(df, time_features=True)
-    models = {"lr": M.train_lr(X, y), "rf": M.train_rf(X, y, M.RFParams.check(4, 4, 3, 0, 1))}
-    sample = X.tail(200)
-    for family, model in models.items():
-        mlflow.sklearn.save_model(model, tmp_path / family, serialization_format="skops",
-                                  skops_trusted_types=SKOPS_TRUSTED)
-        np.save(tmp_path / f"{family}.npy", M.predict_fitted(model, sample))
-    sample.to_parquet(tmp_path / "X.parquet")
-    code = ("import sys; sys.modules['windpipe'] = None\n"  # any import of windpipe fails
-            "import numpy as np, pandas as pd, mlflow.pyfunc\n"
-            "X = pd.read_parquet('X.parquet')\n"
-            "for f in ('lr', 'rf'):\n"
-            "    p = np.asarray(mlflow.pyfunc.load_model(f).predict(X), dtype='float64')\n"
-            "    assert np.array_equal(p, np.load(f + '.npy')), f\n"
-            "print('ok')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------- drift

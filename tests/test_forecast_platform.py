@@ -80,26 +80,26 @@ def trend_model(use_platform, tmp_path):
 
 def test_trend_model_scores_from_utc_timestamp_and_refuses_rows_without_it(trend_model, marts, tmp_path):
     from windpipe.scoring.batch import run_batch
-    from windpipe.training.features import time_features
 
     rows = trend_model["df"].tail(48).reset_index(drop=True)
     res = run_batch(write_input(rows[[TIMESTAMP, *FEATURES]], tmp_path / "in.parquet"), tmp_path / "out.parquet",
                     trend_model["uri"], say=lambda _m: None)
     out = pd.read_parquet(res.output)
-    plain = mlflow.pyfunc.load_model(trend_model["model_uri"]).predict(
-        pd.concat([rows[FEATURES], time_features(rows[TIMESTAMP])], axis=1))
+    plain = mlflow.pyfunc.load_model(trend_model["model_uri"]).predict(rows.set_index(TIMESTAMP)[FEATURES])
     np.testing.assert_allclose(out[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), np.asarray(plain))
-    with pytest.raises(WindpipeError, match="has no utc_timestamp column, but the model follows the trend") as err:
+    with pytest.raises(WindpipeError, match=r"has no utc_timestamp column \(and no DatetimeIndex\), but the model "
+                                            "follows the trend") as err:
         run_batch(write_input(rows[FEATURES], tmp_path / "no_time.parquet"), tmp_path / "out2.parquet",
                   trend_model["uri"], say=lambda _m: None)
     assert "add utc_timestamp" in err.value.fix and not (tmp_path / "out2.parquet").exists()
     code, _out, err_text = cli("predict", "--input", str(tmp_path / "no_time.parquet"), "--output",
                                str(tmp_path / "out3.parquet"), "--model-uri", trend_model["uri"])
-    assert code == 1 and "derives from utc_timestamp" in err_text and "Traceback" not in err_text
+    assert code == 1 and "derived from utc_timestamp" in err_text and "Traceback" not in err_text
 
 
-def test_served_trend_model_gets_its_time_columns_in_the_payload(trend_model, use_platform, tmp_path):
-    """Plain `mlflow models serve` runs the bare model: the client derives the time columns (as loading does)."""
+def test_a_nine_column_version_still_serves_with_its_time_columns_in_the_payload(use_platform, tmp_path):
+    """A version logged before the natural inputs, under plain `mlflow models serve`: the client derives its time
+    columns (as loading does), and the curl `windpipe serve` would print for it works."""
     import subprocess
 
     from windpipe.deploy import serving
@@ -108,21 +108,24 @@ def test_served_trend_model_gets_its_time_columns_in_the_payload(trend_model, us
     from windpipe.stack.procs import free_port
     from windpipe.training.features import MODEL_COLUMNS
 
+    from .models import log_nine_column_model
+
+    old = log_nine_column_model(use_platform, tmp_dir=tmp_path)
     settings = get_settings()
-    columns, tensor = serving.input_spec(settings, trend_model["uri"])
+    columns, tensor = serving.input_spec(settings, old["uri"])
     assert columns == MODEL_COLUMNS and not tensor
-    rows = trend_model["df"].tail(24)
-    proc, url = serving.start(settings, free_port(), trend_model["uri"], log=tmp_path / "serve.log")
+    rows = old["df"].tail(24)
+    proc, url = serving.start(settings, free_port(), old["uri"], log=tmp_path / "serve.log")
     try:
         served = serving.request_predictions(url, rows, columns)
-        model, _ = loading.load_uri(trend_model["uri"], settings)
+        model, _ = loading.load_uri(old["uri"], settings)
         np.testing.assert_allclose(served.to_numpy(), loading.predict(model, rows[FEATURES], rows[TIMESTAMP]),
                                    rtol=1e-6)
         with pytest.raises(WindpipeError, match="refused"):  # the four weather columns alone are not enough
             serving.request_predictions(url, rows)
         out = subprocess.run(serving.curl_example(url, columns), shell=True, capture_output=True, text=True,
                              timeout=30)
-        assert '"predictions"' in out.stdout, out.stdout + out.stderr
+        assert '"predictions"' in out.stdout and "hour_sin" in serving.curl_example(url, columns), out.stdout
     finally:
         serving.stop(proc)
 

@@ -32,7 +32,7 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
 from windpipe.pipeline.scaffold import new_step
 
-from .conftest import REPO, Platform, point_at, settings_from, stored_artifacts
+from .conftest import REPO, Platform, point_at, settings_from, stored_artifacts, trainers
 
 if TYPE_CHECKING:
     from windpipe.settings import Settings
@@ -41,7 +41,7 @@ AIRFLOW_VENV = Path(os.environ.get("WINDPIPE_AIRFLOW_VENV", REPO / ".venv-airflo
 AIRFLOW_PY = AIRFLOW_VENV / "bin" / "python"
 DAGS = REPO / "orchestration" / "airflow" / "dags"
 HELPER = Path(__file__).with_name("airflow_env.py")
-TRAINING_STEPS = ["process", "keras", "lr", "rf", "compare", "promote"]
+TRAINING_STEPS = ["process", *trainers(), "compare", "promote"]
 
 
 def upstreams(layout) -> dict[str, list[str]]:
@@ -63,8 +63,8 @@ def test_the_dags_follow_the_step_graph():
     training = {t.task_id: t for t in dag_layout("training")}
     assert list(training) == [OPEN, *TRAINING_STEPS, CLOSE]
     assert upstreams(training.values()) == {
-        OPEN: [], "process": [OPEN], "keras": ["process"], "lr": ["process"], "rf": ["process"],
-        "compare": ["keras", "lr", "rf"], "promote": ["compare"], CLOSE: sorted(TRAINING_STEPS)}
+        OPEN: [], "process": [OPEN], **{n: ["process"] for n in trainers()},
+        "compare": trainers(), "promote": ["compare"], CLOSE: sorted(TRAINING_STEPS)}
     assert training[CLOSE].trigger_rule == "all_done" and not any(t.mapped for t in training.values())
     prediction = {t.task_id: t for t in dag_layout("prediction")}
     assert upstreams(prediction.values()) == {OPEN: [], INBOX: [OPEN], "predict": [INBOX], CLOSE: ["predict"]}

@@ -19,10 +19,11 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import make_plan, parse_overrides
 from windpipe.pipeline.runner import StepResult, input_values, step_key
 
-from .conftest import REPO, latest_run
+from .conftest import REPO, latest_run, trainers
 from .processes import code_snapshot
 
-STEPS = ["process", "lr", "rf", "keras", "compare", "promote"]
+TRAINERS = trainers()  # gbm, keras, lr, rf: every step that writes a model
+STEPS = ["process", *TRAINERS, "compare", "promote"]
 
 
 def test_parse_overrides():
@@ -49,12 +50,13 @@ def test_plan_follows_the_interfaces():
     plan = make_plan(load_interfaces(), "training", "quick", external={"raw": "/data"})
     names = plan.names
     assert names[0] == "process" and names[-2:] == ["compare", "promote"]
-    assert set(names[1:4]) == {"lr", "rf", "keras"}
+    assert names[1:-2] == TRAINERS and {"lr", "rf", "keras", "gbm"} <= set(TRAINERS)
     assert plan.step("rf").entry_point == "grid"
     assert plan.step("rf").params["n_estimators"] == "16,32"  # the quick preset
     assert plan.step("keras").params["epochs"] == "3"
+    assert plan.step("gbm").params["max_iter"] == "20"
     assert plan.step("lr").needs == ("process",)
-    assert plan.step("compare").needs == ("keras", "lr", "rf")  # every model producer, in run order
+    assert plan.step("compare").needs == tuple(TRAINERS)  # every model producer, in run order
     assert plan.step("promote").needs == ("compare",)
     full = make_plan(load_interfaces(), "training", "full", external={"raw": "/data"})
     assert full.step("rf").params["n_estimators"] == "32,64"
@@ -67,11 +69,11 @@ def test_input_values_come_from_the_producers_runs():
     plan = make_plan(load_interfaces(), "training", external={"raw": "/data/raw"})
     results = {name: StepResult(name, f"run-{name}", False, 0.0, {}, {}) for name in plan.names}
     results["process"].tags[PROCESSED_TAG] = "runs:/p/entities/processed.parquet"
-    for name in ("lr", "rf", "keras"):
+    for name in TRAINERS:
         results[name].tags[MODEL_URI_TAG] = f"models:/m-{name}"
     assert input_values(plan, plan.step("process"), results) == {"raw_dir": "/data/raw"}
     assert input_values(plan, plan.step("rf"), results) == {"data": "runs:/p/entities/processed.parquet"}
-    assert input_values(plan, plan.step("compare"), results) == {"models": "models:/m-keras,models:/m-lr,models:/m-rf"}
+    assert input_values(plan, plan.step("compare"), results) == {"models": ",".join(f"models:/m-{n}" for n in TRAINERS)}
     del results["lr"].tags[MODEL_URI_TAG]
     with pytest.raises(WindpipeError, match="lr run run-lr recorded no model"):
         input_values(plan, plan.step("compare"), results)
@@ -243,17 +245,17 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     runs = _children(p, parent)
     assert set(runs) == set(STEPS)
     assert {name: r.info.run_id for name, r in runs.items()} == {name: rid for name, (rid, _) in status.items()}
-    trainers = [runs[n] for n in ("lr", "rf", "keras")]
+    trained = [runs[n] for n in TRAINERS]
     assert _most_at_once(runs.values()) == 2  # side by side, never more than --jobs
-    assert any(_overlap(a, b) for a in trainers for b in trainers if a is not b)
+    assert any(_overlap(a, b) for a in trained for b in trained if a is not b)
     entity = runs["process"].data.tags["windpipe.entity.processed"]
     assert entity.startswith("runs:/") and entity.endswith("processed.parquet")
-    for r in trainers:
+    for r in trained:
         assert r.data.params["data"] == entity and r.info.status == "FINISHED"
         assert runs["process"].info.end_time <= r.info.start_time  # each waits for its producer
     assert runs["compare"].data.params["models"] == ",".join(runs[n].data.tags["windpipe.model_uri"]
-                                                             for n in ("keras", "lr", "rf"))
-    assert runs["compare"].info.start_time >= max(r.info.end_time for r in trainers)
+                                                             for n in TRAINERS)
+    assert runs["compare"].info.start_time >= max(r.info.end_time for r in trained)
     assert runs["promote"].data.params["model_uri"] == runs["compare"].data.tags["windpipe.entity.candidate"]
     assert mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     for name in STEPS:
@@ -280,14 +282,14 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     assert "not run: compare, promote" in proc.stderr
     failed = latest_run(p, "pipeline")
     assert failed.info.status == "FAILED"
-    assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "keras": "reused",
-                                                                   "lr": "reused", "rf": "failed"}
+    assert {k: how for k, (_, how) in _status(failed).items()} == {"process": "reused", "rf": "failed",
+                                                                   **{n: "reused" for n in TRAINERS if n != "rf"}}
 
     # fixed and rerun: it resumes; only rf and what follows it run
     proc = _cli(p, snapshot, *run, "--param", "rf.max_depth=4,6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {k: how for k, (_, how) in _status(latest_run(p, "pipeline")).items()} == {
-        "process": "reused", "lr": "reused", "rf": "ran", "keras": "reused", "compare": "ran", "promote": "ran"}
+        "process": "reused", **{n: "reused" for n in TRAINERS}, "rf": "ran", "compare": "ran", "promote": "ran"}
 
     # --force --jobs 1 reruns everything one after another: the same results as side by side
     versions = {v.version for v in mlflow.MlflowClient().search_model_versions(f"name = '{p.settings.model_name}'")}
@@ -298,7 +300,7 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     again = _children(p, forced)
     assert _most_at_once(again.values()) == 1
     assert again["process"].data.tags["windpipe.cache_key"] == runs["process"].data.tags["windpipe.cache_key"]
-    for name in ("process", "lr", "rf"):  # (the last digit may differ: threads sum the trees in any order)
+    for name in ("process", "lr", "rf", "gbm"):  # (the last digit may differ: threads sum the trees in any order)
         timing = {k for k in runs[name].data.metrics if k.endswith("seconds")}
         assert set(again[name].data.metrics) == set(runs[name].data.metrics), name
         assert {k: v for k, v in again[name].data.metrics.items() if k not in timing} == pytest.approx(

@@ -20,7 +20,7 @@ from windpipe.pipeline.interfaces import (
     step_folders,
 )
 
-from .conftest import REPO
+from .conftest import REPO, trainers
 
 PROJECTS = REPO / "projects"
 
@@ -144,13 +144,13 @@ def test_repository_dag_runs_process_before_training_before_compare_and_predict(
     g = build_graph(load_interfaces(PROJECTS))
     order = g.order
     assert order[0] == "process"
-    for trainer in ("lr", "rf", "keras"):
+    for trainer in trainers(PROJECTS):
         assert order.index("process") < order.index(trainer) < order.index("compare") < order.index("promote")
         assert trainer in g.producers("model")
     assert order.index("promote") < order.index("predict")
     assert "pipeline" in g.drivers and "pipeline" not in order
     assert set(g.external) == {"raw", "processed_file", "features"}
-    assert g.upstream("predict") == ["process", "keras", "lr", "rf", "compare", "promote"]
+    assert g.upstream("predict") == ["process", *trainers(PROJECTS), "compare", "promote"]
     assert g.downstream("rf") == ["compare", "promote", "predict"]
     training = build_graph(load_interfaces(PROJECTS), "training")
     assert "predict" not in training.order and training.order[-1] == "promote"
@@ -412,7 +412,7 @@ def test_graph_cli_without_platform_says_statuses_unavailable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "run statuses unavailable" in proc.stdout
     html = (tmp_path / "g.html").read_text()
-    for name in ("process", "lr", "rf", "keras", "compare", "promote", "predict", "pipeline"):
+    for name in ("process", *trainers(PROJECTS), "compare", "promote", "predict", "pipeline"):
         assert name in html
 
 

@@ -1,4 +1,4 @@
-"""`mlflow run projects/{lr,rf,keras}` as a user types it, against a real platform.
+"""`mlflow run projects/{lr,rf,keras}` as a user types it, against a real platform (gbm runs in the pipeline's tests).
 
 One small processed entity (from tests/models.py) is written once and passed by path; the
 `latest` default is checked once, after a real process run.
@@ -14,8 +14,8 @@ import pytest
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import write_entity
 from windpipe.models import loading
-from windpipe.names import FEATURES
-from windpipe.training.features import MODEL_COLUMNS, time_features
+from windpipe.names import FEATURES, TIMESTAMP
+from windpipe.training.features import MODEL_COLUMNS
 
 from .conftest import latest_run, mlflow_run
 from .models import tiny_processed
@@ -52,22 +52,16 @@ def assert_trained(run, family: str, entity_uri: str) -> str:
     assert "figures/predicted_vs_recorded.html" in [a.path for a in mlflow.MlflowClient().list_artifacts(
         run.info.run_id, "figures")]
     model = mlflow.pyfunc.load_model(tags["windpipe.model_uri"])
-    schema = model.metadata.get_input_schema()
-    # the model reads the weather and the time columns derived from utc_timestamp, and says so in its MLmodel
+    # the model takes its natural inputs, and its MLmodel names the columns its core derives from them
+    assert model.metadata.get_input_schema().input_names() == [TIMESTAMP, *FEATURES]
     assert model.metadata.metadata["windpipe.input_columns"] == MODEL_COLUMNS
-    assert model.metadata.metadata["windpipe.time_features"]["from"] == "utc_timestamp"
-    if family == "keras":  # mlflow.keras wants tensors: (-1, 9) float64, columns in MODEL_COLUMNS order
-        assert schema.is_tensor_spec() and schema.inputs[0].shape == (-1, len(MODEL_COLUMNS))
-    else:
-        assert schema.input_names() == MODEL_COLUMNS
-    # plain pyfunc, as `mlflow models serve` calls it: the caller derives the time columns (docs/predict.md)
-    stamps = pd.Series(pd.to_datetime(["2013-01-20T12:00:00Z"]))
-    row = pd.concat([pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES), time_features(stamps)], axis=1)
-    plain = model.predict(row.to_numpy() if family == "keras" else row)
-    assert pd.DataFrame(plain).shape == (1, 2)
-    # through windpipe's one loader the timestamp is enough, and gives the same numbers
-    ours = loading.predict(model, pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES), stamps)
-    np.testing.assert_allclose(ours, np.asarray(pd.DataFrame(plain), dtype="float64"), rtol=1e-6)
+    # plain pyfunc, as `mlflow models serve` calls it: utc_timestamp (naive UTC) and the weather
+    weather = pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES)
+    plain = model.predict(weather.assign(**{TIMESTAMP: pd.to_datetime(["2013-01-20 12:00"])}))
+    assert np.asarray(plain).shape == (1, 2)
+    # through windpipe's one loader (a tz-aware time) the same numbers
+    ours = loading.predict(model, weather, pd.Series(pd.to_datetime(["2013-01-20T12:00:00Z"])))
+    np.testing.assert_allclose(ours, np.asarray(plain, dtype="float64"), rtol=1e-6)
     return tags["windpipe.model_uri"]
 
 
@@ -148,6 +142,7 @@ def bad_entities(tmp_path_factory) -> dict[str, str]:
     ("lr", {}, "holdout window of 13 weeks is longer than the data"),  # 30 days of data
     ("rf", {"holdout_weeks": "1", "backtest_folds": "5"}, "5 backtest folds of 1 weeks reach back"),
     ("keras", {"split_by": "season"}, "split_by must be one of time, random"),
+    ("gbm", {"learning_rate": "2"}, "learning_rate must be between 0.0 and 1.0"),
 ])
 def test_bad_input_fails_the_run_with_reason_and_no_model(use_platform, entity, bad_entities, project, params,
                                                           message):

@@ -9,9 +9,12 @@ import pytest
 from windpipe.errors import WindpipeError
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.pipeline.interfaces import step_defaults
-from windpipe.training import models as M
+from windpipe.training.families import keras as K
+from windpipe.training.families import lr as LR
+from windpipe.training.families import rf as RF
 from windpipe.training.figures import predicted_vs_recorded
 from windpipe.training.metrics import regression_metrics
+from windpipe.training.params import as_depth_list, as_int_list
 from windpipe.training.split import split, xy
 
 
@@ -96,12 +99,12 @@ KERAS_KEYS = ("epochs", "batch_size", "learning_rate", "hidden_units", "patience
 def rf_params(**kw):
     """RFParams from the rf step's MLproject defaults (the one place they live), with `kw` changed."""
     defaults = step_defaults("rf")
-    return M.RFParams.check(**{**{k: defaults[k] for k in RF_KEYS}, **kw})
+    return RF.RFParams.check(**{**{k: defaults[k] for k in RF_KEYS}, **kw})
 
 
 def keras_params(**kw):
     defaults = step_defaults("keras")
-    return M.KerasParams.check(**{**{k: defaults[k] for k in KERAS_KEYS}, **kw})
+    return K.KerasParams.check(**{**{k: defaults[k] for k in KERAS_KEYS}, **kw})
 
 
 @pytest.mark.parametrize("kwargs", [{"n_estimators": -3}, {"n_estimators": 0}, {"n_estimators": "abc"},
@@ -132,21 +135,21 @@ def test_keras_params_parse_strings():
 
 
 def test_grid_lists():
-    assert M.as_int_list("n_estimators", "8,16") == [8, 16]
-    assert M.as_depth_list("max_depth", "6,none") == [6, None]
+    assert as_int_list("n_estimators", "8,16") == [8, 16]
+    assert as_depth_list("max_depth", "6,none") == [6, None]
     for bad in ("", "8,-3", "a"):
         with pytest.raises(WindpipeError):
-            M.as_int_list("n_estimators", bad)
+            as_int_list("n_estimators", bad)
     with pytest.raises(WindpipeError):
-        M.as_depth_list("max_depth", "")
+        as_depth_list("max_depth", "")
 
 
 # ------------------------------------------------------------ models
 
 def test_lr_learns_the_cubic_wind_curve_from_raw_features():
     train, test = split(frame(400))
-    model = M.train_lr(*xy(train))
-    pred = M.predict_fitted(model, xy(test)[0])
+    model = LR.train_lr(*xy(train))
+    pred = model.predict(xy(test)[0])
     assert pred.shape == (len(test), 2)
     assert regression_metrics(xy(test)[1], pred)["r2"] > 0.95
 
@@ -154,8 +157,8 @@ def test_lr_learns_the_cubic_wind_curve_from_raw_features():
 def test_rf_fits_and_is_reproducible():
     train, test = split(frame(300))
     p = rf_params(n_estimators=5, max_depth=4, n_jobs=1)
-    a = M.predict_fitted(M.train_rf(*xy(train), p), xy(test)[0])
-    b = M.predict_fitted(M.train_rf(*xy(train), p), xy(test)[0])
+    a = RF.train_rf(*xy(train), p).predict(xy(test)[0])
+    b = RF.train_rf(*xy(train), p).predict(xy(test)[0])
     assert a.shape == (len(test), 2) and np.array_equal(a, b)
 
 
@@ -164,42 +167,42 @@ def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone():
     train, test = split(frame(300))
     X, y = xy(train)
     grid = [rf_params(n_estimators=n, max_depth=d, n_jobs=2) for n in (6, 2, 4) for d in (3, None)]
-    got = list(M.rf_grid(X, y, grid))
+    got = list(RF.rf_grid(X, y, grid))
     assert [(p.n_estimators, p.max_depth) for p, _, _ in got] == [(2, 3), (4, 3), (6, 3), (2, None), (4, None),
                                                                    (6, None)]
     for p, model, seconds in got:
-        alone = M.train_rf(X, y, p)
+        alone = RF.train_rf(X, y, p)
         assert seconds >= 0 and [len(f.estimators_) for f in model.estimators_] == [p.n_estimators] * 2
         assert repr(model.get_params()) == repr(alone.get_params())
-        assert np.allclose(M.predict_fitted(model, xy(test)[0]), M.predict_fitted(alone, xy(test)[0]), rtol=1e-12)
+        assert np.allclose(model.predict(xy(test)[0]), alone.predict(xy(test)[0]), rtol=1e-12)
     assert len(got[0][1].estimators_[0].estimators_) == 2  # growing a copy left the smaller model as it was
 
 
 def test_training_rejects_empty_or_incomplete_data():
     X, y = xy(frame(10))
     with pytest.raises(WindpipeError):
-        M.train_lr(X.iloc[:0], y.iloc[:0])
+        LR.train_lr(X.iloc[:0], y.iloc[:0])
     with pytest.raises(WindpipeError):
-        M.train_rf(X.drop(columns="windspeed"), y, rf_params())
+        RF.train_rf(X.drop(columns="windspeed"), y, rf_params())
 
 
 def test_keras_fits_with_early_stopping():
     pytest.importorskip("keras")
     train, test = split(frame(200))
     p = keras_params(epochs=3, batch_size=32, hidden_units="8", patience=1)
-    model, history = M.train_keras(*xy(train), p)
+    model, history = K.train_keras(*xy(train), p)
     assert 1 <= len(history.history["loss"]) <= 3 and "val_loss" in history.history
-    assert M.predict_fitted(model, xy(test)[0]).shape == (len(test), 2)
+    assert model.predict(np.asarray(xy(test)[0], dtype="float32"), verbose=0).shape == (len(test), 2)
 
 
 def test_keras_bin_encoding_runs_from_0_to_1_over_each_features_training_range():
     keras = pytest.importorskip("keras")
     X, y = xy(frame(200))
-    model = M.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=4))
+    model = K.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=4))
     encoding = keras.Model(model.inputs, model.get_layer("bins_clipped").output)
     low, high = encoding.predict(np.asarray([X.min(), X.max()], dtype="float32"), verbose=0)
     assert low.shape == (4 * len(FEATURES),) and np.allclose(low, 0, atol=1e-6) and np.allclose(high, 1)
-    plain = M.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
+    plain = K.build_keras(X, y, keras_params(hidden_units="4", ensemble=1, bins=0))  # bins=0: no encoding
     assert "bins" not in [layer.name for layer in plain.layers]
 
 

@@ -26,7 +26,7 @@ FAILURE_TAG = _P + "failure_reason"  # why a run FAILED (or was KILLED)
 OUTCOME_TAG = _P + "outcome"  # a step's result in words, for the pipeline's summary (promote: "not promoted v1: ...")
 PROCESS_TAG = _P + "process"  # "<host> <pid> <start time>" of the process running the run (finds killed runs)
 MODEL_URI_TAG = _P + "model_uri"  # models:/m-... of the model the run logged
-FAMILY_TAG = _P + "model_family"  # lr, rf, keras
+FAMILY_TAG = _P + "model_family"  # lr, rf, keras, gbm, ... (windpipe.training.families)
 BEST_RUN_TAG = _P + "best_run_id"  # a grid parent or the compare step: the winning run
 BEST_FAMILY_TAG = _P + "best_model_family"
 EVALUATED_MODEL_TAG = _P + "evaluated_model_uri"
@@ -93,8 +93,7 @@ MOVE_PIPELINE_TAG = _P + "move.pipeline_run_id"
 
 # ---------------------------------------------------------------------------------- model metadata (MLmodel)
 
-INPUT_COLUMNS_META = _P + "input_columns"  # the model's input columns in order (Keras signatures have no names)
-TIME_FEATURES_META = _P + "time_features"  # which input columns derive from utc_timestamp, and how
+INPUT_COLUMNS_META = _P + "input_columns"  # the columns the model core reads, in order (older Keras: its input)
 
 # ---------------------------------------------------------------------------------- aliases
 

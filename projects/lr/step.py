@@ -9,12 +9,10 @@ Entry point `backtest` refits on everything before each of the last windows and 
 Options and their defaults: MLproject (`python step.py main --help`).
 """
 
-from functools import partial
 from pathlib import Path
 
 from windpipe.steps.cli import run_entry_points
-from windpipe.steps.train import backtest, evaluate, train
+from windpipe.steps.train import entry_points
 
 if __name__ == "__main__":
-    run_entry_points(Path(__file__).parent, main=partial(train, "lr"), backtest=partial(backtest, "lr"),
-                     evaluate=partial(evaluate, "lr"))
+    run_entry_points(Path(__file__).parent, **entry_points("lr"))

@@ -10,12 +10,10 @@ Entry point `backtest` refits on everything before each of the last windows and 
 Options and their defaults: MLproject (`python step.py grid --help`).
 """
 
-from functools import partial
 from pathlib import Path
 
 from windpipe.steps.cli import run_entry_points
-from windpipe.steps.train import backtest, evaluate, grid, train
+from windpipe.steps.train import entry_points, grid
 
 if __name__ == "__main__":
-    run_entry_points(Path(__file__).parent, main=partial(train, "rf"), grid=grid, backtest=partial(backtest, "rf"),
-                     evaluate=partial(evaluate, "rf"))
+    run_entry_points(Path(__file__).parent, **entry_points("rf"), grid=grid)

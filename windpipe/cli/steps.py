@@ -21,17 +21,32 @@ def new_step(
     description: Annotated[Optional[str], typer.Option(help="One line on what the step does.")] = None,
     pipeline: Annotated[str, typer.Option(
         help="The pipeline (and Airflow DAG) that runs it: training, prediction or none.")] = "training",
+    family: Annotated[bool, typer.Option(
+        "--family", help="A model family: its module in windpipe/training/families/ and its training step.")] = False,
+    family_dir: Annotated[Optional[Path], typer.Option(
+        help="With --family: the folder of family modules (default: windpipe/training/families/).")] = None,
 ) -> None:
     """Create DEST/NAME: MLproject, python_env.yaml, step.py, step.yaml, README.md, test_step.py.
 
     Reads the interfaces of the existing steps (to find the schema of each input) and writes
     nothing unless the new step fits the pipeline. The step runs at once:
-    `mlflow run projects/NAME --env-manager local`.
+    `mlflow run projects/NAME --env-manager local`. With --family: a model family, the module
+    windpipe/training/families/NAME.py (a Ridge regression to start from) and DEST/NAME, a trainer
+    that joins the training pipeline, its Airflow DAG and compare's candidates as it is.
     """
-    from windpipe.pipeline.scaffold import new_step as make
+    from windpipe.errors import UsageError
+    from windpipe.pipeline import scaffold
 
-    folder = make(name, inputs, outputs, dest, description, pipeline)
-    typer.echo(f"created {folder}")
+    if family:
+        if inputs or outputs or pipeline != "training":
+            raise UsageError("--family makes a trainer: it reads processed and writes model in the training "
+                             "pipeline, so --inputs, --outputs and --pipeline do not apply.",
+                             f"run `windpipe new-step {name} --family` alone")
+        folder, module = scaffold.new_family(name, dest, family_dir, description)
+        typer.echo(f"created {module} (the model: fit, Params) and {folder}")
+    else:
+        folder = scaffold.new_step(name, inputs, outputs, dest, description, pipeline)
+        typer.echo(f"created {folder}")
     typer.echo(f"run it:  mlflow run {folder} --env-manager local")
 
 @app.command("export-step")

@@ -27,6 +27,7 @@ from typing import Any
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.models import loading
+from windpipe.names import FEATURES, TIMESTAMP
 from windpipe.settings import Settings
 
 log = logging.getLogger("windpipe.serving")
@@ -94,13 +95,12 @@ class Checked:
 
 def build_slot(ref: loading.ModelRef, settings: Settings) -> Slot:
     """Load `ref` through the one loader, check it predicts, and build MLflow's scoring app for it."""
-    import pandas as pd
     from mlflow.pyfunc import scoring_server
 
     model = loading.load(ref, settings)
-    columns = loading.signature_columns(model)
     # one prediction before it answers anyone: a model that loads but cannot score is not swapped in
-    loading.predict(model, pd.DataFrame({c: [0.0] for c in columns}))
+    example = loading.example_rows()
+    loading.predict(model, example[FEATURES], example[TIMESTAMP])
     return Slot(ref, scoring_server.init(Checked(model)), time.time())
 
 

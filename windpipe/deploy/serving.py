@@ -5,10 +5,12 @@
 `request_predictions(url, df)` posts a `dataframe_split` payload (MLflow 3 refuses `pandas-split`),
 `Load` sends a bounded load of concurrent requests and records every answer.
 
-`mlflow models serve` runs the bare model: a model that follows the trend wants its time columns
-(hour_sin, ..., trend) in the payload. `input_spec` reads them from the model's MLmodel file;
-`request_predictions(url, df, columns)` derives them from df's utc_timestamp (as
-windpipe.models.loading.predict does) and `curl_example` writes them out.
+A model takes its natural inputs: utc_timestamp and the four weather columns (it derives the rest
+itself). `input_spec` reads a model's input columns from its MLmodel file; `request_predictions(url, df,
+columns)` sends them (times as naive UTC ISO strings: MLflow's datetime type takes no time zone), and
+`curl_example` writes them out. A model logged before the natural inputs wants its time columns
+(hour_sin, ..., trend) in the payload: the same two functions derive them (as
+windpipe.models.loading.predict does), so old versions still serve.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pandas as pd
 from windpipe import names
 from windpipe.errors import WindpipeError
 from windpipe.models import loading
-from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings
 from windpipe.stack.procs import log_tail, port_is_free, stop_pid, wait_until
 
@@ -126,10 +128,14 @@ def input_spec(settings: Settings, model_uri: str) -> tuple[list[str], bool]:
 
 
 def payload(df: pd.DataFrame, tensor: bool = False) -> dict:
-    """The scoring payload MLflow 3 accepts: `dataframe_split` (a tensor model: `inputs`, rows of numbers)."""
+    """The scoring payload MLflow 3 accepts: `dataframe_split` (a tensor model: `inputs`, rows of numbers).
+    Times are written as ISO strings without a zone (naive UTC, as MLflow's datetime type wants them)."""
     if tensor:
         return {"inputs": df.to_numpy(dtype="float64").tolist()}
-    split = json.loads(df.to_json(orient="split", index=False, date_format="iso"))
+    times = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
+    if times:
+        df = df.assign(**{c: pd.to_datetime(df[c], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S") for c in times})
+    split = json.loads(df.to_json(orient="split", index=False))
     return {"dataframe_split": {"columns": split["columns"], "data": split["data"]}}
 
 
@@ -137,8 +143,9 @@ def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = 
                         timeout: float = 60.0) -> pd.DataFrame:
     """POST `df` to `<url>/invocations`; return the predictions as a frame (one column per target).
 
-    `columns` are the model's input columns (`input_spec`); time columns among them are derived from
-    df's utc_timestamp. Without them: the FEATURES df has.
+    `columns` are the model's input columns (`input_spec`): utc_timestamp and the weather for a model with
+    natural inputs (df's utc_timestamp column or DatetimeIndex); the time columns of an older model are
+    derived from it. Without them: the FEATURES df has.
     """
     if columns is not None:
         from windpipe.training.features import model_input
@@ -152,9 +159,8 @@ def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = 
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): "
-                            f"{exc.read().decode(errors='replace')[:500]}",
-                            f"send the columns {', '.join(FEATURES)}") from None
+        raise WindpipeError(f"The model server refused the request (HTTP {exc.code}): {refusal(exc.read())}",
+                            f"send the columns {', '.join(columns or FEATURES)}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WindpipeError(f"The model server at {url} does not answer ({exc}).",
                             "start it: `windpipe serve`") from None
@@ -165,15 +171,28 @@ def request_predictions(url: str, df: pd.DataFrame, columns: list[str] | None = 
     return frame
 
 
+def refusal(body: bytes, limit: int = 500) -> str:
+    """The reason in a scoring server's error answer: its `message`, without the echo of the request MLflow puts
+    before the model's own error ("Failed to predict data '...'. Error: ...")."""
+    text = body.decode(errors="replace")
+    try:
+        text = str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        pass
+    if text.startswith("Failed to predict data") and "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1]
+    return text.strip()[:limit]
+
+
 def curl_example(url: str, columns: list[str] | None = None, tensor: bool = False) -> str:
-    """A curl command that works against the server: two rows of the model's input columns (`input_spec`;
-    time columns derived for 2016-12-01 13:00 and 23:00 UTC), rounded to 6 digits."""
+    """A curl command that works against the server: two rows of the model's input columns (`input_spec`:
+    utc_timestamp 2016-12-01 13:00 and 23:00 UTC and the weather; an older model's time columns derived),
+    rounded to 6 digits."""
     from windpipe.training.features import model_input
 
-    example = pd.DataFrame({TIMESTAMP: pd.to_datetime(["2016-12-01T13:00:00Z", "2016-12-01T23:00:00Z"]),
-                            "windspeed": [5.2, 8.9], "temperature": [12.0, 4.5], "rad_horizontal": [310.0, 0.0],
-                            "rad_diffuse": [120.0, 0.0]})
-    rows = model_input(example, columns or FEATURES).round(6)
+    rows = model_input(loading.example_rows(), columns or FEATURES)
+    numbers = rows.select_dtypes("number").columns
+    rows[numbers] = rows[numbers].round(6)
     body = json.dumps(payload(rows, tensor))
     return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"
 

@@ -272,15 +272,18 @@ def _schema_columns(schema: Any, metadata: dict | None) -> dict[str, str]:
     return {c: "double" for c in (recorded or FEATURES)}
 
 
-def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None) -> np.ndarray:
+def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
+            repeated_times: bool = False) -> np.ndarray:
     """Predictions (rows, 2) in TARGETS order, float64, from a pyfunc model (or anything with `predict`).
 
-    `features` holds the signature's columns as float64 (scoring.validate makes it so). A model that
-    follows the trend also reads hour/day-of-year cycles and the trend: they are derived here, with
-    windpipe.training.features, from `timestamps` (or a utc_timestamp column of `features`), so every
-    caller feeds such a model the same way. For scikit-learn models the estimator's own predict is
-    called: the input was checked against the signature already, and MLflow's second schema
-    enforcement costs more than the linear model itself.
+    `features` holds the weather columns as float64 (scoring.validate makes it so); `timestamps` (or a
+    utc_timestamp column, or the DatetimeIndex of `features`) the UTC time of each row. A model logged since
+    the natural inputs takes them as they are (windpipe.training.inputs derives the rest inside it); a model
+    logged before that follows the trend gets its hour/day-of-year cycles and trend derived here with the same
+    formula, so old versions keep scoring. For natural and scikit-learn models the model's own predict is
+    called: the input was checked against the signature already, and MLflow's second schema enforcement costs
+    more than the linear model itself. `repeated_times`: the rows may share a time (a what-if sweep of one
+    hour); a natural model refuses repeats otherwise.
     """
     from windpipe.training.features import model_input
 
@@ -288,12 +291,11 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None) 
     columns = list(signature_columns(model)) if metadata is not None else [c for c in features.columns
                                                                           if c != names.TIMESTAMP]
     X = model_input(features, columns, timestamps)
-    raw = None
-    if "sklearn" in (getattr(metadata, "flavors", None) or {}):
-        try:
-            raw = model.get_raw_model()
-        except Exception:
-            raw = None
+    raw = _raw_model(model, natural=names.TIMESTAMP in columns)
+    if raw is not None and repeated_times and names.TIMESTAMP in columns:
+        from windpipe.training.inputs import with_repeated_times
+
+        raw = with_repeated_times(raw)
     tensor = metadata is not None and (schema := metadata.get_input_schema()) is not None and schema.is_tensor_spec()
     try:
         if raw is not None and hasattr(raw, "predict"):
@@ -312,6 +314,28 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None) 
                             f"({len(features)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
                             "use a model trained on the processed entity's two targets")
     return pred
+
+
+def _raw_model(model: Any, natural: bool) -> Any:
+    """The model's own object when windpipe may call it directly: a scikit-learn model, or (natural inputs)
+    the KerasForecaster of a Keras family's python_function flavor; None otherwise."""
+    flavors = getattr(getattr(model, "metadata", None), "flavors", None) or {}
+    if "sklearn" not in flavors and not natural:
+        return None
+    try:
+        return model.get_raw_model()
+    except Exception:
+        return None
+
+
+def example_rows() -> pd.DataFrame:
+    """Two hours of natural inputs (2016-12-01 13:00 and 23:00 UTC): a model's first check (`windpipe serve`) and
+    the curl example it prints."""
+    import pandas as pd
+
+    return pd.DataFrame({names.TIMESTAMP: pd.to_datetime(["2016-12-01T13:00:00Z", "2016-12-01T23:00:00Z"]),
+                         "windspeed": [5.2, 8.9], "temperature": [12.0, 4.5], "rad_horizontal": [310.0, 0.0],
+                         "rad_diffuse": [120.0, 0.0]})
 
 
 def training_entity(ref: ModelRef, settings: Settings | None = None) -> pd.DataFrame:

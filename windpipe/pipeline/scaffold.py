@@ -1,4 +1,7 @@
-"""`windpipe new-step`: a new step folder from the jinja2 templates in windpipe/templates/step/.
+"""`windpipe new-step`: a new step folder from the jinja2 templates in windpipe/templates/step/;
+`windpipe new-step --family`: a new model family (windpipe/templates/family/): its module in
+windpipe/training/families/ and its project folder, a trainer that joins the training pipeline, its
+Airflow DAG and compare's candidates without another edit.
 
 The folder is rendered into a temporary folder beside the target, checked (its interface
 parses, agrees with its MLproject, and fits the pipeline DAG without a cycle or an unproduced
@@ -11,6 +14,7 @@ import json
 import keyword
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 from windpipe import names
 from windpipe.entities.schema import ENTITIES
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.fileio import atomic_folder
+from windpipe.fileio import atomic_folder, atomic_write_text
 from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.interfaces import PIPELINES, SPEC_FILE, StepInterface, load_interface, load_interfaces
 from windpipe.settings import package_dir, projects_dir
@@ -26,6 +30,9 @@ from windpipe.settings import package_dir, projects_dir
 TEMPLATE_DIR = package_dir() / "templates" / "step"
 TEMPLATES = {"MLproject.jinja": "MLproject", "python_env.yaml.jinja": "python_env.yaml", "step.py.jinja": "step.py",
              "step.yaml.jinja": SPEC_FILE, "README.md.jinja": "README.md", "test_step.py.jinja": "test_step.py"}
+FAMILY_TEMPLATE_DIR = package_dir() / "templates" / "family"
+FAMILY_TEMPLATES = {"MLproject.jinja": "MLproject", "step.py.jinja": "step.py", "step.yaml.jinja": SPEC_FILE,
+                    "README.md.jinja": "README.md", "step/python_env.yaml.jinja": "python_env.yaml"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
 RESERVED = frozenset({"windpipe", "mlflow", "step", "steps", "test", "tests", "templates", "projects", "graph",
                       "new_step", "export_step", "all", "none", "latest", "main", "data", "entities"})
@@ -112,23 +119,37 @@ def _output_port(entity: str, source_columns: dict[str, str], specs: list[StepIn
 def render_step(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], target: Path,
                 description: str, env: dict[str, Any], pipeline: str = "training") -> None:
     """Render every template into the (existing, empty) folder `target`."""
-    import jinja2
+    ctx = {"inputs": inputs, "outputs": outputs, "description": description, "env": env, "pipeline": pipeline}
+    _render(TEMPLATE_DIR, TEMPLATES, name, target, ctx)
 
+
+def _render(folder: Path, templates: dict[str, str], name: str, target: Path, ctx: dict[str, Any]) -> None:
+    """Render `templates` (template -> file name) of `folder` into `target`, with `ctx`, the name, the windpipe
+    version and the folder's path as a user would type it (`dest_hint`)."""
     from windpipe import __version__
 
-    jenv = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True,
+    jenv = _jinja(folder)
+    for template, filename in templates.items():
+        text = jenv.get_template(template).render(name=name, windpipe_version=__version__,
+                                                  dest_hint=_dest_hint(target.parent, name), **ctx)
+        (target / filename).write_text(text, encoding="utf-8")
+
+
+def _jinja(folder: Path) -> Any:
+    import jinja2
+
+    jenv = jinja2.Environment(loader=jinja2.FileSystemLoader([str(folder), str(folder.parent)]), trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     jenv.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)  # valid YAML and Python literals
+    return jenv
+
+
+def _dest_hint(parent: Path, name: str) -> str:
     try:
-        dest_hint = os.path.relpath(target.parent, Path.cwd()) + f"/{name}"
+        hint = os.path.relpath(parent, Path.cwd()) + f"/{name}"
     except ValueError:
-        dest_hint = str(target.parent / name)
-    if dest_hint.startswith("../.."):
-        dest_hint = str(target.parent / name)
-    ctx = {"name": name, "inputs": inputs, "outputs": outputs, "description": description, "env": env,
-           "windpipe_version": __version__, "dest_hint": dest_hint, "pipeline": pipeline}
-    for template, filename in TEMPLATES.items():
-        (target / filename).write_text(jenv.get_template(template).render(**ctx), encoding="utf-8")
+        hint = str(parent / name)
+    return str(parent / name) if hint.startswith("../..") else hint
 
 
 def new_step(name: str, inputs: Sequence[str] | str | None = None, outputs: Sequence[str] | str | None = None,
@@ -171,3 +192,46 @@ def new_step(name: str, inputs: Sequence[str] | str | None = None, outputs: Sequ
         if target.exists() or target.is_symlink():
             raise UsageError(f"{target} exists already.", "pick another step name (or delete that folder)")
     return target
+
+
+def new_family(name: str, dest: Path | str | None = None, family_dir: Path | str | None = None,
+               description: str | None = None) -> tuple[Path, Path]:
+    """Create a model family: `<family_dir>/<name>.py` (family_dir: windpipe/training/families) registering it, and
+    `<dest>/<name>` (dest: projects/), its training step (main, backtest, evaluate; reads `processed`, writes
+    `model`). Returns (step folder, module). Raises WindpipeError, writing nothing, on a bad or taken name or an
+    interface that does not fit the pipeline.
+    """
+    from windpipe import __version__
+    from windpipe.training import families
+
+    name = check_name(name, "family")
+    dest = Path(dest) if dest else projects_dir()
+    family_dir = Path(family_dir) if family_dir else package_dir() / "training" / "families"
+    target, module = dest / name, family_dir / f"{name}.py"
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{target} exists already.", "pick another family name (or delete that folder)")
+    if module.exists() or name in families.names():
+        raise UsageError(f"A model family named {name!r} exists already ({module}).", "pick another family name")
+    specs = load_interfaces(dest) if dest.is_dir() else []
+    if any(s.name == name for s in specs):
+        raise UsageError(f"A step named {name!r} exists already in {dest}.", "pick another family name")
+    if not family_dir.is_dir():
+        raise UsageError(f"{family_dir} is not a folder.", "pass --family-dir <an existing folder>")
+    description = description or "Ridge regression on the weather and the time columns (a start: edit fit)"
+    shown = _dest_hint(family_dir, f"{name}.py")
+    code = _jinja(FAMILY_TEMPLATE_DIR).get_template("family.py.jinja").render(
+        name=name, description=description, windpipe_version=__version__)
+    compile(code, str(module), "exec")
+    with atomic_folder(target) as tmp:
+        _render(FAMILY_TEMPLATE_DIR, FAMILY_TEMPLATES, name, tmp, {"description": description, "module": shown,
+                                                                   "env": reference_env(dest)})
+        os.symlink(os.path.relpath(package_dir(), dest.resolve() / name), tmp / "windpipe")
+        spec = load_interface(tmp)
+        build_graph([*specs, spec])  # fits the pipeline: no cycle, every input produced
+        build_graph([*specs, spec], "training")
+    try:
+        atomic_write_text(module, code)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # the family is both or nothing
+        raise
+    return target, module

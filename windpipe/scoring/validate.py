@@ -11,6 +11,7 @@ import pandas as pd
 from windpipe.entities.schema import FEATURES_ENTITY
 from windpipe.errors import WindpipeError, first_line
 from windpipe.names import FEATURES, TIMESTAMP
+from windpipe.training.inputs import Times, row_list
 
 _NUMERIC = {"double", "float", "long", "integer"}
 
@@ -44,39 +45,39 @@ def read_input(path: Path | str) -> pd.DataFrame:
                             "pass a parquet file (pandas: df.to_parquet(path))") from None
 
 
-def row_list(rows: np.ndarray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:limit])
-    return shown + (", ..." if len(rows) > limit else "")
-
-
 def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop_invalid: bool = False,
                    where: str = "the input") -> ValidInput:
     """Check `df` against the signature `columns` (name -> MLflow type); return what the model scores.
 
     Refuses: no rows, missing columns, non-numeric columns, rows with NaN/inf or values outside the features'
-    declared ranges (unless `drop_invalid`: then they are skipped), and timestamps that are numbers, missing
-    (NaT) or repeated. A model that follows the trend reads columns derived from utc_timestamp
-    (windpipe.training.features): for it utc_timestamp is required instead of those columns, and a
-    row without a time counts as invalid. Row numbers count from 0 in the input's order.
+    declared ranges (unless `drop_invalid`: then they are skipped), and timestamps that are numbers, not times
+    (the rows named), missing (NaT) or repeated. utc_timestamp may be a column or the DatetimeIndex. A model
+    that follows the trend reads its time (natural inputs), or columns windpipe derives from it (models logged
+    before, windpipe.training.features): for it utc_timestamp is required, and a row without a time counts as
+    invalid. Row numbers count from 0 in the input's order.
     """
-    from windpipe.training.features import needs_time
+    from windpipe.training.features import needs_time, reads_time
 
     columns = columns or {f: "double" for f in FEATURES}
     derived = needs_time(columns)
-    given = {c: t for c, t in columns.items() if c not in derived}
+    timed = reads_time(columns)
+    given = {c: t for c, t in columns.items() if c not in derived and c != TIMESTAMP}
     if df.empty:
         raise WindpipeError(f"{where} has no rows.", "pass a file with at least one row of features")
+    if TIMESTAMP not in df.columns and (df.index.name == TIMESTAMP or isinstance(df.index, pd.DatetimeIndex)):
+        df = df.rename_axis(TIMESTAMP).reset_index()  # the usual shape of a time series: the time is the index
     missing = [c for c in given if c not in df.columns]
     if missing:
         raise WindpipeError(
             f"{where} lacks column(s) {', '.join(missing)} that the model's signature requires; "
             f"it has {', '.join(map(str, df.columns))}.",
             "add the column(s); the model reads " + ", ".join(f"{c} ({t})" for c, t in given.items()))
-    if derived and TIMESTAMP not in df.columns:
+    if timed and TIMESTAMP not in df.columns:
+        reads = ", ".join(derived) if derived else "hour and day-of-year cycles and the trend"
         raise WindpipeError(
-            f"{where} has no {TIMESTAMP} column, but the model follows the trend: it reads {', '.join(derived)}, "
-            f"which windpipe derives from {TIMESTAMP}.",
-            f"add {TIMESTAMP} (the UTC hour each row is for, e.g. 2016-12-01T13:00:00Z)")
+            f"{where} has no {TIMESTAMP} column (and no DatetimeIndex), but the model follows the trend: it reads "
+            f"{reads}, derived from {TIMESTAMP}.",
+            f"add {TIMESTAMP} (the UTC hour each row is for, e.g. 2016-12-01T13:00:00Z), as a column or the index")
     for col, kind in given.items():
         s = df[col]
         if kind in _NUMERIC and (not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
@@ -86,16 +87,16 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
                                 "numbers.", f"convert {col} to numbers (pandas: pd.to_numeric(df[{col!r}]))")
     extra = [str(c) for c in df.columns if c not in given and c != TIMESTAMP]
     feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in given})
-    ts = _timestamps(df[TIMESTAMP], where).reset_index(drop=True) if TIMESTAMP in df.columns else None
+    ts = _timestamps(df[TIMESTAMP], where) if TIMESTAMP in df.columns else None
     nonfinite = ~np.isfinite(feats.to_numpy()).all(axis=1)
-    if derived:
+    if timed:
         nonfinite |= ts.isna().to_numpy()
     # a finite number no weather has (1e308, a sentinel, a unit mix-up): the features' declared ranges
     impossible = {c: FEATURES_ENTITY.out_of_range(c, feats[c].to_numpy()) for c in given}
     outside = np.logical_or.reduce(list(impossible.values())) if impossible else np.zeros(len(df), dtype=bool)
     bad_rows = np.flatnonzero(nonfinite | outside)
     row_numbers = np.arange(len(df))
-    what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if derived else ''}"
+    what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if timed else ''}"
     if len(bad_rows) and not drop_invalid:
         raise _bad_values(feats, nonfinite, impossible, where, what, ", or pass --drop-invalid to skip them")
     if len(bad_rows):
@@ -109,6 +110,7 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
     timestamps = None
     if ts is not None:
         timestamps = ts.iloc[row_numbers].reset_index(drop=True)
+        _check_repeats(timestamps, row_numbers, where)
         FEATURES_ENTITY.check_index(timestamps, f" of {where}")
     return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [], derived)
 
@@ -145,16 +147,26 @@ def check_values(df: pd.DataFrame, where: str = "the request") -> None:
 
 
 def _timestamps(ts: pd.Series, where: str) -> pd.Series:
-    """utc_timestamp as UTC datetimes: datetimes or ISO strings; numbers are refused (nanoseconds since 1970?)."""
-    if isinstance(ts.dtype, pd.DatetimeTZDtype):
-        return ts.dt.tz_convert("UTC")
-    if pd.api.types.is_numeric_dtype(ts) or pd.api.types.is_bool_dtype(ts):
+    """utc_timestamp as UTC datetimes (NaT where missing): datetimes or ISO strings; numbers and values that are not
+    times are refused, naming the rows."""
+    times = Times(ts)
+    if times.numbers:
         raise WindpipeError(f"Column {TIMESTAMP} of {where} is a number column ({ts.dtype}), not timestamps: pandas "
                             "would read the numbers as nanoseconds since 1970.",
                             f"write {TIMESTAMP} as UTC datetimes (pandas: pd.to_datetime(df[{TIMESTAMP!r}], "
                             "unit='s', utc=True)), or leave it out")
-    try:
-        return pd.to_datetime(ts, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a timestamp ({exc}).",
-                            f"write {TIMESTAMP} as UTC datetimes, or leave it out") from None
+    if len(times.unparseable):
+        raise WindpipeError(f"Column {TIMESTAMP} of {where} is not a time in {len(times.unparseable)} row(s) (rows, "
+                            f"counted from 0: {row_list(times.unparseable)}; e.g. "
+                            f"{ts.iloc[times.unparseable[0]]!r}).",
+                            f"write {TIMESTAMP} as UTC datetimes (e.g. 2016-12-01T13:00:00Z), or leave it out")
+    return pd.Series(times.utc)
+
+
+def _check_repeats(timestamps: pd.Series, row_numbers: np.ndarray, where: str) -> None:
+    repeated = np.flatnonzero(timestamps.duplicated().to_numpy())
+    if len(repeated):
+        raise WindpipeError(f"Column {TIMESTAMP} of {where} repeats an earlier row's time in {len(repeated)} row(s) "
+                            f"(rows, counted from 0: {row_list(row_numbers[repeated])}; e.g. "
+                            f"{timestamps.iloc[repeated[0]]}).",
+                            "keep one row per hour (pandas: df.drop_duplicates(subset=['utc_timestamp']))")

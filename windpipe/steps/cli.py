@@ -1,7 +1,7 @@
 """The command line of every step script, built from the step's MLproject.
 
     # projects/rf/step.py
-    run_entry_points(Path(__file__).parent, main=partial(train, "rf"), grid=grid, evaluate=partial(evaluate, "rf"))
+    run_entry_points(Path(__file__).parent, **entry_points("rf"), grid=grid)
 
 `python step.py ENTRY_POINT --name value ...` takes exactly the MLproject's parameters for that
 entry point, with the MLproject's defaults and help texts (`help:` beside `type:` and `default:`),

@@ -1,23 +1,28 @@
-"""The training steps (lr, rf, keras): the processed entity -> a logged model with holdout metrics.
+"""The training steps (lr, rf, keras, gbm, ...): the processed entity -> a logged model with holdout metrics.
 
 Reads:  the `processed` entity (a path, any URI MLflow can fetch, or by default the entity of the
         latest successful `process` run in the experiment).
-Writes: the model (`models:/m-...`, with signature, input example and explicit pip requirements),
-        holdout metrics, a predicted-vs-recorded figure, the entity as an MLflow dataset input, tags.
+Writes: the model (`models:/m-...`: it takes utc_timestamp and the four weather columns; signature,
+        input example, the code it carries, explicit pip requirements), holdout metrics, a
+        predicted-vs-recorded figure, the entity as an MLflow dataset input, tags.
 
-One shared function logs everything (`log_training`); the families differ only in how they fit
-(`FITTERS`) and in the MLflow flavor that logs the model (`log_model`).
+One shared function logs everything (`log_training`); the families (windpipe.training.families, one
+module each) differ only in how they check their parameters and fit, and in the flavor that logs the
+model (`log_model`: `sklearn` or `keras`).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -30,12 +35,13 @@ from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.settings import fault_point
 from windpipe.steps.cli import flag
 from windpipe.tracking.runs import child_run, latest_entity_uri, log_batch, step_run
-from windpipe.training import models as M
-from windpipe.training.features import TIME_FEATURES_FORMULA, needs_time
-from windpipe.training.split import SplitSpec, backtest_windows, check_split, validation_split, xy
+from windpipe.training import families
+from windpipe.training.families import Family, TrainingRows, core_columns, natural, natural_columns, predict_fitted
+from windpipe.training.families.rf import RFParams, rf_grid
+from windpipe.training.params import as_depth_list, as_float, as_int, as_int_list
+from windpipe.training.split import SplitSpec, backtest_windows, check_split, xy
 
 if TYPE_CHECKING:
-    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.models.model import ModelInfo
 
@@ -43,16 +49,6 @@ FIGURE_PATH = "figures/predicted_vs_recorded.html"
 BACKTEST_FIGURE_PATH = "figures/backtest.html"
 BACKTEST_TABLE_PATH = "backtest/folds.json"
 LATEST = ("", "latest")
-# what a logged model needs to load and predict (pinned to the versions that trained it)
-REQUIREMENTS = {
-    "lr": ["scikit-learn", "scipy", "numpy", "pandas", "skops"],
-    "rf": ["scikit-learn", "scipy", "numpy", "pandas", "skops"],
-    "keras": ["tensorflow", "keras", "numpy", "pandas"],
-}
-# the types skops must be told to trust when loading (none is windpipe's: the models load without it):
-# forests' trees and the Bunch a VotingRegressor keeps; the spline model's B-splines
-SKOPS_TRUSTED = ["sklearn.tree._tree.Tree", "sklearn.utils._bunch.Bunch", "scipy.interpolate._bsplines.BSpline",
-                 "scipy._lib.array_api_compat.numpy._aliases.asarray"]
 
 
 # ---------------------------------------------------------------- data
@@ -87,8 +83,8 @@ class Data:
 
 def split_spec(seed: object, test_size: object, split_by: str, holdout_weeks: object) -> SplitSpec:
     """The split parameters of a step, checked (before any data is read)."""
-    spec = SplitSpec(split_by=str(split_by).strip(), holdout_weeks=M.as_float("holdout_weeks", holdout_weeks, 0.0),
-                     test_size=M.as_float("test_size", test_size, 0.0, 1.0), seed=M.as_int("seed", seed, 0))
+    spec = SplitSpec(split_by=str(split_by).strip(), holdout_weeks=as_float("holdout_weeks", holdout_weeks, 0.0),
+                     test_size=as_float("test_size", test_size, 0.0, 1.0), seed=as_int("seed", seed, 0))
     check_split(spec.test_size, spec.split_by, spec.holdout_weeks)
     return spec
 
@@ -106,10 +102,10 @@ def load_data(data: str, spec: SplitSpec, tmp_dir: Path | None = None, cut: bool
 
 # ---------------------------------------------------------------- logging shared by every family
 
-def pip_requirements(family: str) -> list[str]:
+def pip_requirements(family: Family) -> list[str]:
     """Explicit, pinned requirements (never let MLflow infer them: ~7 s per model)."""
     out = []
-    for name in REQUIREMENTS[family]:
+    for name in family.requirements:
         try:
             out.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -117,62 +113,92 @@ def pip_requirements(family: str) -> list[str]:
     return out
 
 
-def signature(family: str, X: pd.DataFrame, pred: np.ndarray, columns: list[str]) -> ModelSignature:
-    """Columns `columns` -> TARGETS (float64); Keras models need tensors: (-1, len(columns)) -> (-1, 2), same order."""
-    import numpy as np
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import Schema, TensorSpec
+def signature(columns: list[str]) -> ModelSignature:
+    """The natural inputs -> TARGETS (double). utc_timestamp is a datetime the model may also find as the
+    DataFrame's index, so MLflow's schema check lets it be absent (the model then says what is missing)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
 
-    if family == "keras":
-        return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1, len(columns)))]),
-                              outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(TARGETS)))]))
-    return infer_signature(X[columns].astype("float64"), pd.DataFrame(pred, columns=TARGETS))
+    return ModelSignature(
+        inputs=Schema([ColSpec("datetime", c, required=False) if c == TIMESTAMP else ColSpec("double", c)
+                       for c in columns]),
+        outputs=Schema([ColSpec("double", t) for t in TARGETS]))
 
 
-def model_metadata(columns: list[str]) -> dict[str, object]:
-    """What the MLmodel file says about the input: its columns in order (Keras signatures carry no names)
-    and, for models that follow the trend, how to derive the time columns (`mlflow models serve` users)."""
-    out: dict[str, object] = {names.INPUT_COLUMNS_META: list(columns)}
-    derived = needs_time(columns)
-    if derived:
-        out[names.TIME_FEATURES_META] = {
-            "columns": derived, "from": TIMESTAMP, "formula": TIME_FEATURES_FORMULA}
+def model_metadata(model: Any) -> dict[str, object]:
+    """What the MLmodel file says about the input: the columns the model's core reads, in order (the time
+    columns among them it derives from utc_timestamp itself)."""
+    return {names.INPUT_COLUMNS_META: core_columns(model)}
+
+
+def input_example(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Five rows of the natural inputs; times as naive UTC (MLflow's datetime type takes no time zone)."""
+    out = rows.head(5)[[c for c in columns if c != TIMESTAMP]].astype("float64").reset_index(drop=True)
+    if TIMESTAMP in columns:
+        out.insert(0, TIMESTAMP, pd.to_datetime(rows[TIMESTAMP].head(5), utc=True).dt.tz_localize(None).to_numpy())
     return out
 
 
-def log_model(family: str, model: object, X: pd.DataFrame, pred: np.ndarray) -> ModelInfo:
-    """Log `model` as `model` with signature, input example, its input columns and explicit requirements."""
+def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
+    """Log the natural model `model` as `model`: signature, input example, metadata, explicit requirements, and
+    windpipe.training.inputs as the module `windpipe_inputs` (code_paths: the model loads without windpipe)."""
     import mlflow
 
-    columns = M.fitted_columns(model)
-    example = X[columns].head(5).astype("float64")
-    kwargs = {"name": "model", "signature": signature(family, X, pred, columns),
-              "pip_requirements": pip_requirements(family), "metadata": model_metadata(columns)}
-    if family == "keras":
-        from mlflow.models import Model
+    from windpipe.training import inputs
 
-        return Model.log(artifact_path=None, flavor=_KerasFlavor(), model=model, input_example=example.to_numpy(),
-                         **kwargs)
-    return mlflow.sklearn.log_model(model, input_example=example, serialization_format="skops",
-                                    skops_trusted_types=SKOPS_TRUSTED, **kwargs)
+    columns = natural_columns(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / f"{inputs.MODULE}.py"
+        shutil.copyfile(inputs.__file__, code)
+        kwargs = {"name": "model", "signature": signature(columns), "input_example": input_example(rows, columns),
+                  "pip_requirements": pip_requirements(family), "metadata": model_metadata(model),
+                  "code_paths": [str(code)]}
+        if family.flavor == "keras":
+            from mlflow.models import Model
+
+            return Model.log(artifact_path=None, flavor=_NaturalKerasFlavor(), model=model, **kwargs)
+        trusted = check_trusted(family, model, [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}",
+                                                *family.skops_trusted])
+        return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted, **kwargs)
 
 
-class _KerasFlavor:
-    """mlflow.keras, except that the model folder exists before the input example is written
-    (mlflow 3.17's keras `save_model` writes the example first and fails with FileNotFoundError)."""
+def check_trusted(family: Family, model: Any, trusted: list[str]) -> list[str]:
+    """`trusted`, after checking that skops needs no other type to load `model`: a type the family forgot would
+    log a model nobody can load (MLflow only warns when its check of the input example fails)."""
+    import skops.io
+
+    missing = sorted(set(skops.io.get_untrusted_types(data=skops.io.dumps(model))) - set(trusted))
+    if missing:
+        raise WindpipeError(f"The {family.name} model holds types that skops does not trust by default and the family "
+                            f"does not list: {', '.join(missing)}.",
+                            f"add them to skops_trusted in the {family.name} family's module "
+                            "(windpipe/training/families/), if they are safe to load")
+    return trusted
+
+
+class _NaturalKerasFlavor:
+    """A Keras family's model: the network under MLflow's `keras` flavor (mlflow.keras.load_model gives it,
+    reading the core columns), and a `python_function` flavor that takes the natural inputs
+    (loader_module windpipe_inputs, KerasForecaster). mlflow.keras.save_model takes tensor signatures only."""
 
     __name__ = "mlflow.keras"
 
-    def save_model(self, path: str, **kwargs: object) -> None:
-        import os
+    def save_model(self, path: str, model: Any, mlflow_model: Any, **kwargs: Any) -> None:
+        import keras
+        import mlflow.pyfunc
 
-        import mlflow.keras
+        from windpipe.training import inputs
 
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "keras"  # pyfunc.save_model copies it to data/keras: both flavors read it there
+            model.save(str(data))
+            mlflow_model.add_flavor("keras", data="data/keras", keras_version=keras.__version__,
+                                    keras_backend=keras.backend.backend(), save_exported_model=False)
+            mlflow.pyfunc.save_model(path=path, loader_module=inputs.MODULE, data_path=str(data),
+                                     mlflow_model=mlflow_model, **kwargs)
 
 
-def log_training(family: str, model: object, params: dict[str, object], data: Data, fit_seconds: float,
+def log_training(family: Family, model: Any, params: dict[str, object], data: Data, fit_seconds: float,
                  time_features: bool, log_model_too: bool = True, new_run: bool = False) -> dict[str, object]:
     """Log params, holdout metrics, the figure, the dataset input, the model and the tags of one run.
 
@@ -184,17 +210,17 @@ def log_training(family: str, model: object, params: dict[str, object], data: Da
     from windpipe.training.figures import predicted_vs_recorded
     from windpipe.training.metrics import regression_metrics
 
-    X_test, y_test = xy(data.test, time_features)
-    pred = M.predict_fitted(model, X_test)
+    y_test = data.test[TARGETS]
+    pred = predict_fitted(model, data.test)
     metrics = regression_metrics(y_test, pred)
     data.log_input("training")
-    tags = {names.FAMILY_TAG: family, names.DATA_DATE_TAG: data_date(data.train), names.PROCESSED_TAG: data.uri}
+    tags = {names.FAMILY_TAG: family.name, names.DATA_DATE_TAG: data_date(data.train), names.PROCESSED_TAG: data.uri}
     model_uri = None
     if log_model_too:
-        fig = predicted_vs_recorded(y_test, pred, title=f"{family}: holdout, {data.spec.describe()} "
+        fig = predicted_vs_recorded(y_test, pred, title=f"{family.name}: holdout, {data.spec.describe()} "
                                                        f"({len(y_test)} rows)")
         mlflow.log_figure(fig, FIGURE_PATH)
-        info = log_model(family, model, X_test, pred)
+        info = log_model(family, model, data.test)
         model_uri = tags[names.MODEL_URI_TAG] = info.model_uri
     log_batch({**params, **data.split_params(), "time_features": time_features},
               {**metrics, "fit_seconds": fit_seconds}, tags, skip_logged=not new_run)
@@ -218,8 +244,7 @@ def log_backtest(fit: Callable[[pd.DataFrame], object], data: Data, folds: int, 
         return fit(train)
 
     started = time.perf_counter()
-    table = run_backtest(data.df, fold_fit, folds, data.spec.holdout_weeks or 13.0, time_features,
-                         say=lambda m: print(m, flush=True))
+    table = run_backtest(data.df, fold_fit, folds, data.spec.holdout_weeks or 13.0, say=lambda m: print(m, flush=True))
     out = {**summary(table), **fold_metrics(table), "backtest_seconds": time.perf_counter() - started}
     log_batch({"backtest_folds": folds, "backtest_weeks": data.spec.holdout_weeks}, out)
     mlflow.log_figure(backtest_figure(table, title=f"{label}: rolling-origin backtest, {folds} folds of "
@@ -240,38 +265,53 @@ def fit_timed(fit: Callable[[], object]) -> tuple[object, float]:
 
 def train(family: str, data: str, seed: str, test_size: str, split_by: str, holdout_weeks: str, time_features: str,
           backtest_folds: str, step_dir: Path | None = None, **family_params: str) -> dict[str, object]:
-    """Fit one model of `family` on the processed entity and log it (the `main` entry point of lr, rf, keras).
+    """Fit one model of `family` on the processed entity and log it (the `main` entry point of every family).
 
     Checks the parameters, then reads and splits (by default the newest holdout_weeks are the holdout),
     fits on the rows before the holdout and logs; with backtest_folds > 0 also refits on everything
     before each of the last folds windows and logs the backtest. Returns the holdout metrics and model_uri.
     """
-    import mlflow
-
     with step_run(family, "main", step_dir=step_dir), tempfile.TemporaryDirectory() as tmp:
         spec = split_spec(seed, test_size, split_by, holdout_weeks)      # 1. parameters (before any work)
-        trend, folds = flag(time_features), M.as_int("backtest_folds", backtest_folds, 0)
-        params, fit = family_fitter(family, family_params, spec, trend)
+        trend, folds = flag(time_features), as_int("backtest_folds", backtest_folds, 0)
+        fam, params, fit = family_fitter(family, family_params, spec, trend)
         d = load_data(data, spec, Path(tmp))                               # 2. the entity (before any training)
         if folds:
             backtest_windows(d.df, folds, spec.holdout_weeks)              # 3. the folds fit the data
         log_batch({**params, **d.split_params()})                          # ours first (autolog logs fit args)
-        if family == "keras":
-            mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
-        try:
+        with keras_autolog(fam):
             model, fit_s = fit_timed(lambda: fit(d.train))
-        finally:
-            if family == "keras":
-                mlflow.keras.autolog(disable=True)
-        if family == "keras":
-            mlflow.log_metric("epochs_run", len(model.history.history.get("loss", [])))
-        out = log_training(family, model, params, d, fit_s, trend)
+        log_epochs(fam, model)
+        out = log_training(fam, model, params, d, fit_s, trend)
         print(f"{family}: r2 {out['r2']:.4f} rmse {out['rmse']:.3f} wind bias {out['bias_wind_GW']:+.2f} GW "
               f"on {d.spec.describe()} (fit {fit_s:.1f} s) -> {out['model_uri']}")
         if folds:
             out.update(log_backtest(fit, d, folds, trend, final=model if spec.split_by == "time" else None,
                                     label=family))
         return out
+
+
+@contextmanager
+def keras_autolog(family: Family) -> Iterator[None]:
+    """Keras families: mlflow.keras.autolog around the fit (per-epoch metrics), then the metric `epochs_run`
+    (read from the network's History by `log_epochs`)."""
+    if family.flavor != "keras":
+        yield
+        return
+    import mlflow
+
+    mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
+    try:
+        yield
+    finally:
+        mlflow.keras.autolog(disable=True)
+
+
+def log_epochs(family: Family, model: Any) -> None:
+    if family.flavor == "keras":
+        import mlflow
+
+        mlflow.log_metric("epochs_run", len(model.model.history.history.get("loss", [])))
 
 
 def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, seed: str, test_size: str,
@@ -287,35 +327,37 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
 
     with step_run("rf", "grid", step_dir=step_dir), tempfile.TemporaryDirectory() as tmp:
         spec = split_spec(seed, test_size, split_by, holdout_weeks)
-        trend, folds = flag(time_features), M.as_int("backtest_folds", backtest_folds, 0)
-        combos = [M.RFParams.check(n, dpt, min_samples_leaf, seed, n_jobs)
-                  for n in M.as_int_list("n_estimators", n_estimators)
-                  for dpt in M.as_depth_list("max_depth", max_depth)]
+        trend, folds = flag(time_features), as_int("backtest_folds", backtest_folds, 0)
+        combos = [RFParams.check(n, dpt, min_samples_leaf, seed, n_jobs)
+                  for n in as_int_list("n_estimators", n_estimators)
+                  for dpt in as_depth_list("max_depth", max_depth)]
+        rf = families.get("rf")
         d = load_data(data, spec, Path(tmp))
         if folds:
             backtest_windows(d.df, folds, spec.holdout_weeks)
         X, y = xy(d.train, trend)
-        best: tuple[float, str, object, M.RFParams, float] | None = None
-        for i, (p, model, fit_s) in enumerate(M.rf_grid(X, y, combos), 1):  # forests grow tree by tree count
+        best: tuple[float, str, object, RFParams, float] | None = None
+        for i, (p, core, fit_s) in enumerate(rf_grid(X, y, combos), 1):  # forests grow tree by tree count
+            model = natural(core, trend)
             with child_run(f"rf_n{p.n_estimators}_d{p.max_depth}",
                            {names.STEP_TAG: "rf", names.ENTRY_TAG: "grid_child"}) as child:
                 fault_point("rf:grid_child")
-                out = log_training("rf", model, _rf_params(p), d, fit_s, trend, log_model_too=False, new_run=True)
+                out = log_training(rf, model, p.logged(), d, fit_s, trend, log_model_too=False, new_run=True)
             print(f"[{i}/{len(combos)}] n_estimators={p.n_estimators} max_depth={p.max_depth}: "
                   f"r2 {out['r2']:.4f} ({fit_s:.1f} s)", flush=True)
             if best is None or names.better(out["r2"], best[0], "r2"):
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
         r2, best_id, model, p, fit_s = best
-        out = log_training("rf", model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
-                                         "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
-                                         "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
-                                         "grid_max_depth": str(max_depth)},
+        out = log_training(rf, model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
+                                       "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
+                                       "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
+                                       "grid_max_depth": str(max_depth)},
                            d, fit_s, trend)
         mlflow.set_tag(names.BEST_RUN_TAG, best_id)
         print(f"best: n_estimators={p.n_estimators} max_depth={p.max_depth} r2 {r2:.4f} (run {best_id})"
               f" -> {out['model_uri']}")
         if folds:
-            out.update(log_backtest(lambda train: M.train_rf(*xy(train, trend), p), d, folds, trend,
+            out.update(log_backtest(lambda train: rf.fit_natural(TrainingRows(train, trend), p), d, folds, trend,
                                     final=model if spec.split_by == "time" else None, label="rf grid best"))
         return {**out, "best_run_id": best_id}
 
@@ -326,8 +368,8 @@ def backtest(family: str, data: str, seed: str, holdout_weeks: str, time_feature
     windows of holdout_weeks and score the window; log per-fold and mean metrics and a figure, no model."""
     with step_run(family, "backtest", step_dir=step_dir), tempfile.TemporaryDirectory() as tmp:
         spec = split_spec(seed, 0.2, "time", holdout_weeks)
-        trend, folds = flag(time_features), M.as_int("backtest_folds", backtest_folds, 1)
-        params, fit = family_fitter(family, family_params, spec, trend)
+        trend, folds = flag(time_features), as_int("backtest_folds", backtest_folds, 1)
+        _fam, params, fit = family_fitter(family, family_params, spec, trend)
         d = load_data(data, spec, Path(tmp))
         backtest_windows(d.df, folds, spec.holdout_weeks)
         d.log_input("backtest")
@@ -367,35 +409,20 @@ def evaluate(family: str, model_uri: str, data: str, scope: str, seed: str, test
 
 # ---------------------------------------------------------------- family specifics
 
-def _rf_params(p: M.RFParams) -> dict[str, object]:
-    return {"n_estimators": p.n_estimators, "max_depth": p.max_depth, "min_samples_leaf": p.min_samples_leaf,
-            "seed": p.seed}
+def entry_points(family: str) -> dict[str, Callable[..., object]]:
+    """A family's project entry points (`main`, `backtest`, `evaluate`) for its step.py."""
+    return {"main": partial(train, family), "backtest": partial(backtest, family),
+            "evaluate": partial(evaluate, family)}
 
 
 def family_fitter(family: str, kw: dict[str, object], spec: SplitSpec,
-                  trend: bool) -> tuple[dict[str, object], Callable[[pd.DataFrame], object]]:
-    """(params to log, fit(training rows) -> model) of a family, after checking its parameters.
+                  trend: bool) -> tuple[Family, dict[str, object], Callable[[pd.DataFrame], object]]:
+    """(the family, params to log, fit(training rows) -> natural model), after checking its parameters.
 
     `kw` holds the family's own parameters (rf: n_estimators, ...; keras: epochs, ...), `trend` says
-    whether the model reads the time columns; Keras validates early stopping on rows of the training
-    window (`spec.split_by=time`: the newest of them)."""
-    if family == "lr":
-        design = ("cubic splines of the weather x hour/day-of-year cycles x trend, Ridge" if trend
-                  else "windspeed^1..3 + degree-2 radiation/temperature")
-        return {"features": design}, lambda train: M.train_lr(*xy(train, trend))
-    if family == "rf":
-        p = M.RFParams.check(seed=spec.seed, **kw)
-        return _rf_params(p), lambda train: M.train_rf(*xy(train, trend), p)
-    if family == "keras":
-        p = M.KerasParams.check(seed=spec.seed, **kw)
-        params = {"epochs": p.epochs, "batch_size": p.batch_size, "learning_rate": p.learning_rate,
-                  "hidden_units": ",".join(map(str, p.hidden_units)), "patience": p.patience, "seed": p.seed,
-                  "validation_split": p.validation_split, "ensemble": p.ensemble, "bins": p.bins}
-
-        def fit(train: pd.DataFrame) -> object:
-            # early stopping looks at rows of the training window (the newest ones for a time split)
-            fit_rows, val_rows = validation_split(train, p.validation_split, spec.split_by, spec.seed)
-            return M.train_keras(*xy(fit_rows, trend), p, validation=xy(val_rows, trend))[0]
-
-        return params, fit
-    raise WindpipeError(f"Unknown model family {family!r}.", f"use one of {', '.join(M.FAMILIES)}")
+    whether the model reads the time columns; a family that holds out rows for early stopping takes them
+    from the training window (`spec.split_by=time`: the newest of them)."""
+    fam = families.get(family)
+    p = fam.parse(seed=spec.seed, **kw)
+    return fam, fam.log_params(p, trend), lambda train: fam.fit_natural(
+        TrainingRows(train, trend, spec.split_by, spec.seed), p)

@@ -1,1 +1,1 @@
-"""Training library: split, features, models, metrics and figures (pure functions, no MLflow)."""
+"""Training library: split, features, the model families, metrics and figures (pure functions, no MLflow)."""

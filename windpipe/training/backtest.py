@@ -4,7 +4,8 @@
     summary(folds)                                              # backtest_r2, backtest_bias_wind_GW, ...
 
 `fit(train_frame) -> model` is the family's fit (windpipe.steps.train builds it from the run's
-parameters), so a fold trains exactly the model the run logs, only on less data.
+parameters), so a fold trains exactly the model the run logs, only on less data; the model predicts
+from the fold's natural inputs (utc_timestamp and the weather), as the logged one does.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from windpipe.names import TIMESTAMP
+from windpipe.names import TARGETS, TIMESTAMP
+from windpipe.training.families import predict_fitted
 from windpipe.training.metrics import regression_metrics
-from windpipe.training.models import predict_fitted
-from windpipe.training.split import backtest_splits, xy
+from windpipe.training.split import backtest_splits
 
 PREFIX = "backtest_"
 FOLD_METRICS = ("r2", "rmse", "r2_solar_GW", "r2_wind_GW", "bias_solar_GW", "bias_wind_GW")
@@ -25,15 +26,14 @@ WINDOW_COLUMNS = ["fold", "start", "end", "train_rows", "test_rows", "fit_second
 
 
 def run_backtest(df: pd.DataFrame, fit: Callable[[pd.DataFrame], object], folds: int, holdout_weeks: float,
-                 time_features: bool, say: Callable[[str], None] | None = None) -> pd.DataFrame:
+                 say: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per fold: fold (1 = oldest), window start/end, row counts, fit seconds and every holdout metric."""
     rows = []
     for k, (start, end, train, test) in enumerate(backtest_splits(df, folds, holdout_weeks), 1):
         started = time.perf_counter()
         model = fit(train)
         seconds = time.perf_counter() - started
-        X, y = xy(test, time_features)
-        metrics = regression_metrics(y, predict_fitted(model, X))
+        metrics = regression_metrics(test[TARGETS], predict_fitted(model, test))
         rows.append({"fold": k, "start": start, "end": min(end, test[TIMESTAMP].max()), "train_rows": len(train),
                      "test_rows": len(test), "fit_seconds": seconds, **metrics})
         if say:

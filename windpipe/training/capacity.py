@@ -11,14 +11,21 @@ multiply by cap(t) = a + b * trend; this module estimates a and b per target:
 each regressed on [1, t, sin 2 pi t, cos 2 pi t] (t in years; the season terms absorb the yearly
 cycle and are dropped), then scaled so that cap(t) averages 1 over the training rows. Less than
 two years of data cannot tell growth from the season: the capacity is then constant (a=1, b=0).
+`capacity_model` puts a capacity-factor model per target in front of the line (the rf and gbm families).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from windpipe.names import TARGETS
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 MIN_YEARS = 2.0  # shorter windows: growth and season cannot be told apart
 MONTH = 1.0 / 12.0  # a month as a fraction of the trend's year
@@ -64,3 +71,54 @@ def capacity(lines: np.ndarray, trend: np.ndarray) -> np.ndarray:
     """cap(t) per row and target, shape (rows, targets)."""
     t = np.asarray(trend, dtype="float64")[:, None]
     return lines[:, 0][None, :] + lines[:, 1][None, :] * t
+
+
+def capacity_model(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str], object]) -> Pipeline:
+    """cap_k(t) x estimator_k(weather, calendar) per target, as one scikit-learn Pipeline on MODEL_COLUMNS.
+
+    A tree model cannot extrapolate a trend (it repeats the last level it saw), so each target's
+    estimator (`estimator(target)`: a fresh, unfitted one) learns the capacity factor y_k / cap_k(t)
+    (`capacity_lines`, from these rows only) and the model multiplies back:
+
+        [est_solar, est_wind](weather, calendar), trend            (a VotingRegressor's transform)
+        -> products [cf_s, cf_w, t, cf_s cf_w, cf_s t, cf_w t]        (PolynomialFeatures)
+        -> cf_k (a_k + b_k t)                                          (LinearRegression, exact)
+
+    The estimators and the last map are fitted here and frozen (sklearn.frozen.FrozenEstimator), so the
+    Pipeline's own fit only records column names; every piece is a scikit-learn class. Fitted estimators
+    with `n_jobs` predict single-threaded: summing trees in thread order changes the last bits between
+    processes.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import VotingRegressor
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import PolynomialFeatures
+
+    from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR
+
+    target = np.asarray(y, dtype="float64")
+    lines = capacity_lines(X["trend"], X["windspeed"], target)
+    factor = target / capacity(lines, X["trend"])
+    inputs = X[WEATHER_AND_CALENDAR]
+    fitted = []
+    for i, name in enumerate(TARGETS):
+        one = estimator(name).fit(inputs, factor[:, i])
+        if hasattr(one, "n_jobs"):
+            one.n_jobs = 1
+        fitted.append((name, FrozenEstimator(one)))
+    # (fitted on any 1-d target: its members are frozen, fitting only records them)
+    capacity_factors = VotingRegressor(fitted).fit(inputs.iloc[:2], factor[:2, 0])
+    # the exact map [cf_s, cf_w, t] -> cf_k (a_k + b_k t), fitted where it is exact: a 3 x 3 x 3 grid
+    grid = np.array([[a, b, c] for a in (0.0, 1.0, 2.0) for b in (0.0, 1.0, 2.0) for c in (0.0, 1.0, 2.0)])
+    products = PolynomialFeatures(degree=2, interaction_only=True, include_bias=False)
+    head = LinearRegression(fit_intercept=False).fit(products.fit_transform(grid),
+                                                      grid[:, :2] * capacity(lines, grid[:, 2]))
+    model = Pipeline([
+        ("capacity_factors", ColumnTransformer([("factors", FrozenEstimator(capacity_factors), WEATHER_AND_CALENDAR),
+                                                ("trend", "passthrough", ["trend"])])),
+        ("products", products),
+        ("capacity", FrozenEstimator(head))])
+    # every learned part is frozen: fitting the Pipeline only records its input columns
+    return model.fit(X[MODEL_COLUMNS].iloc[:2], target[:2])

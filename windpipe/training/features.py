@@ -1,17 +1,11 @@
-"""Time features derived from `utc_timestamp` (pure): the one place they are computed.
+"""The time columns a model reads beside the weather, by name (pure).
 
 Models that follow the trend read, beside the weather, five columns known in advance for any hour:
-
-    hour     = ts.hour + ts.minute / 60                 (UTC)
-    doy      = (ts.day_of_year - 1) + hour / 24
-    hour_sin = sin(2 pi hour / 24)        hour_cos = cos(2 pi hour / 24)
-    doy_sin  = sin(2 pi doy / 365.25)     doy_cos  = cos(2 pi doy / 365.25)
-    trend    = (ts - 2013-01-01T00:00Z) in years of 365.25 days
-
-Training, `windpipe.models.loading.predict` (every prediction: batches, the dashboard, the gate,
-`evaluate`) and anyone calling `mlflow models serve` derive them with this formula, so a model sees
-the same numbers wherever it runs. The formula is short on purpose: docs/predict.md repeats it for
-callers without windpipe.
+hour_sin, hour_cos, doy_sin, doy_cos and trend, derived from `utc_timestamp` by the formula in
+windpipe.training.inputs (`time_columns`, the one place it lives). Models logged since the natural
+inputs derive them themselves (their first step is windpipe.training.inputs.NaturalInputs); models
+logged before wanted them in their input, and `windpipe.models.loading.predict` still derives them
+for those with `model_input`, so old versions keep scoring and serving.
 """
 
 from __future__ import annotations
@@ -27,15 +21,11 @@ from windpipe.names import FEATURES, TIME_FEATURES, TIMESTAMP
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-TREND_EPOCH = pd.Timestamp("2013-01-01T00:00:00Z")
-YEAR_SECONDS = 365.25 * 86400.0
+    from windpipe.training.inputs import Times
+
 CALENDAR = [c for c in TIME_FEATURES if c != "trend"]  # hour and day-of-year cycles
 WEATHER_AND_CALENDAR = [*FEATURES, *CALENDAR]
 MODEL_COLUMNS = [*FEATURES, *TIME_FEATURES]  # the input of every model that follows the trend
-# the derivation in one line, stored in each such model's MLmodel metadata for callers without windpipe
-TIME_FEATURES_FORMULA = ("hour = utc hour + minute/60; doy = day_of_year - 1 + hour/24; "
-                         "hour_sin, hour_cos = sin, cos(2 pi hour/24); doy_sin, doy_cos = sin, cos(2 pi doy/365.25); "
-                         "trend = (utc_timestamp - 2013-01-01T00:00Z) in days / 365.25")
 
 
 def as_utc(timestamps: Iterable | pd.Series | pd.Index) -> pd.Series:
@@ -50,50 +40,77 @@ def as_utc(timestamps: Iterable | pd.Series | pd.Index) -> pd.Series:
                             f"write {TIMESTAMP} as UTC times, e.g. 2016-12-01T13:00:00Z") from None
 
 
+def checked_times(timestamps: Iterable | pd.Series | pd.Index) -> Times:
+    """The timestamps read as UTC (windpipe.training.inputs.Times); WindpipeError naming the rows that have no time
+    or one that does not parse (repeats are the model's to refuse, or not)."""
+    from windpipe.training.inputs import Times
+
+    times = Times(timestamps)
+    problem = times.problem(TIMESTAMP, unique=False)
+    if problem:
+        raise WindpipeError(*problem)
+    return times
+
+
 def time_features(timestamps: Iterable | pd.Series | pd.Index) -> pd.DataFrame:
-    """The TIME_FEATURES columns (float64) for each timestamp, index 0..n-1."""
-    ts = as_utc(timestamps).reset_index(drop=True)
-    if ts.isna().any():
-        rows = np.flatnonzero(ts.isna().to_numpy())[:5].tolist()
-        raise WindpipeError(f"{TIMESTAMP} is missing in {int(ts.isna().sum())} row(s) (rows, counted from 0: {rows}).",
-                            f"give every row its UTC time in {TIMESTAMP}")
-    hour = ts.dt.hour.to_numpy() + ts.dt.minute.to_numpy() / 60.0
-    doy = (ts.dt.dayofyear.to_numpy() - 1) + hour / 24.0
-    trend = (ts - TREND_EPOCH).dt.total_seconds().to_numpy() / YEAR_SECONDS
-    out = pd.DataFrame({
-        "hour_sin": np.sin(2 * np.pi * hour / 24.0), "hour_cos": np.cos(2 * np.pi * hour / 24.0),
-        "doy_sin": np.sin(2 * np.pi * doy / 365.25), "doy_cos": np.cos(2 * np.pi * doy / 365.25),
-        "trend": trend,
-    })
-    return out[TIME_FEATURES].astype("float64")
+    """The TIME_FEATURES columns (float64) for each timestamp, index 0..n-1 (windpipe.training.inputs' formula)."""
+    from windpipe.training.inputs import time_columns
+
+    return pd.DataFrame(time_columns(checked_times(timestamps).utc), columns=TIME_FEATURES)
 
 
 def needs_time(columns: Iterable[str]) -> list[str]:
-    """The derived time columns among a model's input `columns` (empty: the model reads the weather only)."""
+    """The derived time columns among a model's input `columns` (models logged before the natural inputs)."""
     return [c for c in columns if c in TIME_FEATURES]
+
+
+def reads_time(columns: Iterable[str]) -> bool:
+    """True when a model with these input columns needs utc_timestamp: it takes it (natural inputs) or, for a
+    model logged before, windpipe derives its time columns from it."""
+    columns = list(columns)
+    return TIMESTAMP in columns or bool(needs_time(columns))
 
 
 def model_input(features: pd.DataFrame, columns: list[str],
                 timestamps: Iterable | pd.Series | pd.Index | None = None) -> pd.DataFrame:
-    """`features` as the model reads it: `columns` in order, float64, time columns derived when missing.
+    """`features` as the model reads it: `columns` in order, float64; utc_timestamp as naive UTC times (MLflow's
+    datetime type takes no time zone); the time columns of a model logged before the natural inputs derived.
 
-    The timestamps come from `timestamps`, else from a `utc_timestamp` column of `features`.
+    The timestamps come from `timestamps`, else from a `utc_timestamp` column of `features`, else from its
+    DatetimeIndex.
     """
     derived = [c for c in needs_time(columns) if c not in features.columns]
-    if not derived and list(features.columns) == list(columns) and (features.dtypes == "float64").all():
+    natural = TIMESTAMP in columns
+    if (not derived and not natural and list(features.columns) == list(columns)
+            and (features.dtypes == "float64").all()):
         return features  # already the model's input (scoring.validate makes it so): no copy of a big batch
-    out = pd.DataFrame({c: features[c].to_numpy(dtype="float64") for c in columns if c not in derived})
-    if derived:
-        if timestamps is None:
-            if TIMESTAMP not in features.columns:
-                raise WindpipeError(
-                    f"The model reads {', '.join(derived)}, which are derived from {TIMESTAMP}, but the rows have "
-                    f"no {TIMESTAMP}.",
-                    f"add a {TIMESTAMP} column (the UTC hour each row is for)")
-            timestamps = features[TIMESTAMP]
-        if len(timestamps) != len(features):
-            raise WindpipeError(f"{len(timestamps)} timestamps for {len(features)} rows.", "pass one time per row")
-        tf = time_features(timestamps)
-        for c in derived:
-            out[c] = tf[c].to_numpy()
+    out = pd.DataFrame({c: features[c].to_numpy(dtype="float64") for c in columns
+                        if c not in derived and c != TIMESTAMP})
+    if derived or natural:
+        from windpipe.training.inputs import time_columns
+
+        times = checked_times(_timestamps(features, timestamps, derived or [TIMESTAMP]))
+        if derived:
+            tf = pd.DataFrame(time_columns(times.utc), columns=TIME_FEATURES)
+            for c in derived:
+                out[c] = tf[c].to_numpy()
+        if natural:
+            out[TIMESTAMP] = times.utc.tz_localize(None).as_unit("ns")
     return out[columns]
+
+
+def _timestamps(features: pd.DataFrame, timestamps: object, wanted: list[str]) -> object:
+    if timestamps is None:
+        if TIMESTAMP in features.columns:
+            timestamps = features[TIMESTAMP]
+        elif isinstance(features.index, pd.DatetimeIndex) or features.index.name == TIMESTAMP:
+            timestamps = features.index
+        else:
+            raise WindpipeError(
+                f"The model reads {', '.join(wanted)}, which {'are' if len(wanted) > 1 else 'is'} derived from "
+                f"{TIMESTAMP}, but the rows have no {TIMESTAMP}." if wanted != [TIMESTAMP] else
+                f"The model takes {TIMESTAMP}, but the rows have none (no such column, no DatetimeIndex).",
+                f"add a {TIMESTAMP} column (the UTC hour each row is for)")
+    if len(timestamps) != len(features):
+        raise WindpipeError(f"{len(timestamps)} timestamps for {len(features)} rows.", "pass one time per row")
+    return timestamps

@@ -137,7 +137,7 @@ def response_curves(model: object, values: dict[str, float | None], when: object
     for feature, (low, high) in SWEEPS.items():
         grid = pd.DataFrame({f: np.full(points, float(values[f])) for f in FEATURES}, dtype="float64")
         grid[feature] = np.linspace(low, high, points)
-        pred = predict(model, grid, None if stamp is None else [stamp] * points)
+        pred = predict(model, grid, None if stamp is None else [stamp] * points, repeated_times=True)
         out[feature] = pd.DataFrame({feature: grid[feature], **{t: pred[:, i] for i, t in enumerate(TARGETS)}})
     return out
 

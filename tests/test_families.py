@@ -1,0 +1,282 @@
+"""Model families and their natural inputs: the registry, a family made by `new-step --family`, and every
+family's logged model answering `mlflow models serve`, pyfunc and `windpipe predict` from utc_timestamp and
+the four weather columns (older nine-column models still score)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from windpipe.errors import UsageError, WindpipeError
+from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.pipeline.interfaces import load_interfaces
+from windpipe.training import families
+from windpipe.training.families import Family, TrainingRows, register
+
+from .conftest import REPO
+from .models import tiny_processed
+
+NATURAL = [TIMESTAMP, *FEATURES]
+# tiny settings per family (a second or two each); the defaults live in the projects' MLprojects
+TINY = {"lr": {}, "rf": {"n_estimators": 4, "max_depth": 4, "min_samples_leaf": 3},
+        "gbm": {"max_iter": 10, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 20,
+                "l2_regularization": 0, "max_features": 1.0},
+        "keras": {"epochs": 1, "batch_size": 256, "learning_rate": 0.01, "hidden_units": "8", "patience": 1,
+                  "validation_split": 0.1, "ensemble": 1, "bins": 4}}
+
+
+def fit(family: str, df: pd.DataFrame, time_features: bool = True) -> object:
+    fam = families.get(family)
+    return fam.fit_natural(TrainingRows(df, time_features), fam.parse(seed=0, **TINY[family]))
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+def test_every_project_that_trains_is_a_registered_family():
+    trainers = {s.name for s in load_interfaces(REPO / "projects") if "model" in [p.entity for p in s.outputs]}
+    assert trainers == set(families.names()) == {"lr", "rf", "keras", "gbm"}
+    assert families.get("keras").flavor == "keras" and families.get("keras").tensor
+    with pytest.raises(WindpipeError, match="Unknown model family 'xgb'") as err:
+        families.get("xgb")
+    assert "gbm, keras, lr, rf" in err.value.fix
+    with pytest.raises(WindpipeError, match="flavor 'onnx'"):
+        register(Family(name="onnx_test", summary="", parse=dict, fit=lambda rows, p: None, flavor="onnx"))
+
+
+def test_gbm_is_monotone_in_wind_speed_and_radiation():
+    """Planted dips (less power at middling wind speed and radiation than below them) cannot bend the model."""
+    from windpipe.training.inputs import with_repeated_times
+
+    df = tiny_processed(24 * 60)
+    for feature, target in (("windspeed", "wind_GW"), ("rad_horizontal", "solar_GW")):
+        middle = df[feature].between(df[feature].quantile(0.5), df[feature].quantile(0.8))
+        df.loc[middle, target] = 0.0
+    model = fit("gbm", df)
+    stamp = df[TIMESTAMP].iloc[-1]
+    grid = pd.DataFrame({f: np.full(41, float(df[f].median())) for f in FEATURES})
+    for feature, target in (("windspeed", 1), ("rad_horizontal", 0), ("rad_diffuse", 0)):
+        sweep = grid.assign(**{feature: np.linspace(0, df[feature].max() * 1.2, 41)})
+        pred = with_repeated_times(model).predict(sweep.assign(**{TIMESTAMP: stamp}))
+        assert (np.diff(pred[:, target]) >= -1e-12).all(), feature
+    with pytest.raises(Exception, match="repeats an earlier row's time"):  # the model itself refuses repeats
+        model.predict(grid.assign(**{TIMESTAMP: stamp}))
+
+
+def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():
+    from windpipe.steps.train import check_trusted
+
+    model = fit("rf", tiny_processed(24 * 20))
+    with pytest.raises(WindpipeError, match="sklearn.tree._tree.Tree") as err:
+        check_trusted(families.get("rf"), model, ["windpipe_inputs.NaturalInputs"])
+    assert "skops_trusted" in err.value.fix
+
+
+# ---------------------------------------------------------------------------------------------- new-step --family
+
+@pytest.fixture
+def projects(tmp_path):
+    """A copy of the repository's step folders (their interfaces and MLprojects) in a temporary folder."""
+    dest = tmp_path / "projects"
+    for folder in (REPO / "projects").iterdir():
+        if (folder / "step.yaml").exists():
+            shutil.copytree(folder, dest / folder.name, ignore=shutil.ignore_patterns("windpipe", "__pycache__"))
+    return dest
+
+
+@pytest.mark.slow
+def test_a_family_made_by_new_step_joins_training_the_pipeline_and_the_dag(projects, tmp_path, monkeypatch,
+                                                                         use_platform):
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import write_entity
+    from windpipe.pipeline.dags import dag_layout
+    from windpipe.pipeline.plan import make_plan
+    from windpipe.pipeline.scaffold import new_family
+    from windpipe.steps.train import train
+
+    family_dir = tmp_path / "families"
+    family_dir.mkdir()
+    folder, module = new_family("ridge_demo", dest=projects, family_dir=family_dir)
+    assert module == family_dir / "ridge_demo.py" and (folder / "MLproject").exists()
+    monkeypatch.setattr(families, "__path__", [*families.__path__, str(family_dir)])
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))  # (the test family leaves with the test)
+    # training: the step's entry point finds the family by name and logs a model that takes the natural inputs
+    data = tmp_path / "processed.parquet"
+    write_entity(PROCESSED, tiny_processed(24 * 30), data)
+    out = train("ridge_demo", data=str(data), seed="42", test_size="0.2", split_by="time", holdout_weeks="1",
+                time_features="true", backtest_folds="0", step_dir=folder, alpha="0.5")
+    model = mlflow.pyfunc.load_model(out["model_uri"])
+    assert model.metadata.get_input_schema().input_names() == NATURAL
+    run = mlflow.get_run(model.metadata.run_id)
+    assert run.data.params["alpha"] == "0.5" and run.data.tags["windpipe.model_family"] == "ridge_demo"
+    # the pipeline and the Airflow DAG: a trainer beside the others, upstream of compare
+    specs = load_interfaces(projects)
+    plan = make_plan(specs, "training", external={"raw": "/raw"})
+    assert "ridge_demo" in plan.step("compare").needs and plan.step("ridge_demo").needs == ("process",)
+    assert plan.step("ridge_demo").params["backtest_folds"] == "4"  # its MLproject's defaults
+    tasks = {t.task_id: t for t in dag_layout("training", projects)}
+    assert "ridge_demo" in tasks["compare"].upstream and tasks["ridge_demo"].upstream == ("process",)
+    # a second one of the same name, or a family name taken by a module: refused, nothing written
+    with pytest.raises(UsageError, match="exists already"):
+        new_family("ridge_demo", dest=projects, family_dir=family_dir)
+    with pytest.raises(UsageError, match="exists already"):
+        new_family("gbm", dest=tmp_path / "elsewhere", family_dir=family_dir)
+    assert not (tmp_path / "elsewhere" / "gbm").exists()
+
+
+# ---------------------------------------------------------------------------------------------- natural inputs
+
+@pytest.fixture(scope="module")
+def logged(shared_platform, tmp_path_factory):
+    """One tiny model of every family, fitted on 40 days and logged as the steps log them (models:/m-...)."""
+    from windpipe.steps.train import log_model
+
+    mlflow.set_tracking_uri(shared_platform.tracking_uri)
+    mlflow.set_experiment(shared_platform.settings.experiment)
+    df = tiny_processed(24 * 40)
+    out = {}
+    for family in TINY:
+        model = fit(family, df.iloc[:-48])
+        with mlflow.start_run(tags={"windpipe.step": family}):
+            out[family] = (log_model(families.get(family), model, df.iloc[-48:]).model_uri, model)
+    return {"models": out, "rows": df.tail(24).reset_index(drop=True)}
+
+
+def natural_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[NATURAL].assign(**{TIMESTAMP: rows[TIMESTAMP].dt.tz_localize(None)})  # (MLflow: naive datetimes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["lr", "rf", "gbm", "keras"])
+def test_mlflow_models_serve_answers_curl_with_the_natural_columns(family, logged, use_platform, tmp_path):
+    from windpipe.deploy import serving
+    from windpipe.settings import get_settings
+    from windpipe.stack.procs import free_port
+
+    uri, model = logged["models"][family]
+    rows = logged["rows"]
+    expected = families.predict_fitted(model, rows)
+    proc, url = serving.start(get_settings(), free_port(), uri, log=tmp_path / "serve.log")
+    try:
+        body = json.dumps(serving.payload(natural_rows(rows)))
+        assert '"2013-02-' in body and "Z" not in body  # ISO times, naive UTC
+        curl = subprocess.run(["curl", "-s", f"{url}/invocations", "-H", "Content-Type: application/json",
+                               "-d", body], capture_output=True, text=True, timeout=60)
+        served = np.asarray(json.loads(curl.stdout)["predictions"], dtype="float64")
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+        # a repeated hour is the model's own clear error (HTTP 400), naming the rows
+        repeated = natural_rows(rows).assign(**{TIMESTAMP: rows[TIMESTAMP].dt.tz_localize(None).iloc[0]})
+        with pytest.raises(WindpipeError, match=r"HTTP 400.*repeats an earlier row's time in 23 row\(s\)"):
+            serving.request_predictions(url, repeated, NATURAL)
+        # MLflow 3.17's datetime type takes no zone: a time ending in Z is refused before the model (docs say so)
+        zoned = re.sub(r'(T\d\d:\d\d:\d\d)"', r'\1Z"', body)
+        refused = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/invocations", "-H",
+                                  "Content-Type: application/json", "-d", zoned], capture_output=True, text=True,
+                                 timeout=60)
+        assert '00Z"' in zoned and refused.stdout == "400"
+    finally:
+        serving.stop(proc)
+
+
+@pytest.mark.slow
+def test_every_family_loads_without_windpipe_and_takes_the_datetimeindex(logged, tmp_path):
+    """pyfunc in a process where windpipe cannot be imported: the model carries windpipe_inputs."""
+    rows = logged["rows"]
+    rows.set_index(TIMESTAMP)[FEATURES].to_parquet(tmp_path / "rows.parquet")  # the usual shape: tz-aware index
+    for family, (_uri, model) in logged["models"].items():
+        np.save(tmp_path / f"{family}.npy", families.predict_fitted(model, rows))
+    uris = {f: u for f, (u, _m) in logged["models"].items()}
+    code = ("import sys, json; sys.modules['windpipe'] = None\n"  # any import of windpipe fails
+            "import numpy as np, pandas as pd, mlflow.pyfunc\n"
+            "rows = pd.read_parquet('rows.parquet')\n"
+            "for family, uri in json.loads(sys.argv[1]).items():\n"
+            "    m = mlflow.pyfunc.load_model(uri)\n"
+            "    assert sys.modules['windpipe_inputs'].__file__.endswith('/code/windpipe_inputs.py'), family\n"
+            "    np.testing.assert_allclose(np.asarray(m.predict(rows), dtype='float64'), np.load(family + '.npy'),\n"
+            "                               rtol=1e-6, err_msg=family)\n"
+            "    try:\n"
+            "        m.predict(rows.reset_index(drop=True))\n"
+            "    except Exception as exc:\n"
+            "        assert 'no utc_timestamp column and no DatetimeIndex' in str(exc), exc\n"
+            "    else:\n"
+            "        raise AssertionError(family + ': no time, no error')\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    proc = subprocess.run([sys.executable, "-I", "-c", code, json.dumps(uris)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------- windpipe predict
+
+@pytest.fixture
+def registered(logged, use_platform):
+    """The gbm model of `logged`, registered (pinned by version)."""
+    version = mlflow.register_model(logged["models"]["gbm"][0], "wind_solar_natural")
+    return f"models:/wind_solar_natural/{version.version}"
+
+
+@pytest.mark.slow
+def test_windpipe_predict_takes_a_datetimeindex_file_and_names_bad_times(registered, logged, tmp_path,
+                                                                        monkeypatch):
+    from windpipe.settings import clear_settings_cache
+
+    from .test_predict import cli
+
+    monkeypatch.setenv("WINDPIPE_MARTS_URL", f"sqlite:///{tmp_path / 'marts.db'}")
+    clear_settings_cache()
+    rows = logged["rows"]
+    indexed = tmp_path / "indexed.parquet"
+    rows.set_index(TIMESTAMP)[FEATURES].to_parquet(indexed)
+    code, _out, err = cli("predict", "--input", str(indexed), "--output", str(tmp_path / "out.parquet"),
+                          "--model-uri", registered)
+    assert code == 0, err
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    np.testing.assert_allclose(out[[f"{t}_pred" for t in TARGETS]].to_numpy(),
+                               families.predict_fitted(logged["models"]["gbm"][1], rows))
+    assert (out[TIMESTAMP] == rows[TIMESTAMP]).all()
+    # a time that is not one, and a repeated hour: refused, the rows named, nothing written
+    for bad, message in ((rows.assign(**{TIMESTAMP: rows[TIMESTAMP].astype(str).where(rows.index != 3, "soon")}),
+                          r"is not a time in 1 row\(s\) \(rows, counted from 0: 3; e.g. 'soon'\)"),
+                         (rows.assign(**{TIMESTAMP: rows[TIMESTAMP].where(~rows.index.isin([5, 9]),
+                                                                          rows[TIMESTAMP].iloc[0])}),
+                          r"repeats an earlier row's time in 2 row\(s\) \(rows, counted from 0: 5, 9")):
+        bad.to_parquet(tmp_path / "bad.parquet")
+        code, _out, err = cli("predict", "--input", str(tmp_path / "bad.parquet"), "--output",
+                              str(tmp_path / "bad_out.parquet"), "--model-uri", registered)
+        assert code == 1 and "Traceback" not in err and not (tmp_path / "bad_out.parquet").exists()
+        assert re.search(message, err), err
+
+
+@pytest.mark.slow
+def test_a_nine_column_model_logged_before_still_scores_and_serves(use_platform, tmp_path, monkeypatch):
+    """A version logged before the natural inputs (its signature: the weather and the five time columns) still
+    scores in `windpipe predict` and passes `windpipe serve`'s check: windpipe derives its time columns."""
+    from windpipe.deploy.follow import build_slot
+    from windpipe.models import loading
+    from windpipe.settings import clear_settings_cache, get_settings
+
+    from .models import log_nine_column_model
+    from .test_predict import cli
+
+    monkeypatch.setenv("WINDPIPE_MARTS_URL", f"sqlite:///{tmp_path / 'marts.db'}")
+    clear_settings_cache()
+    old = log_nine_column_model(use_platform, tmp_dir=tmp_path)
+    rows = old["df"].tail(24).reset_index(drop=True)
+    rows[NATURAL].to_parquet(tmp_path / "in.parquet")
+    code, _out, err = cli("predict", "--input", str(tmp_path / "in.parquet"), "--output",
+                          str(tmp_path / "out.parquet"), "--model-uri", old["uri"])
+    assert code == 0, err
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    np.testing.assert_allclose(out[[f"{t}_pred" for t in TARGETS]].to_numpy(), old["predict"](rows))
+    slot = build_slot(loading.resolve(old["uri"], get_settings()), get_settings())
+    assert slot.version == str(old["version"])

@@ -1,0 +1,171 @@
+"""The model families: one module of this package each, registering itself (pure, no MLflow).
+
+A family says what windpipe.steps.train needs to train, log and load it, and nothing else varies:
+
+    register(Family(name="gbm", summary=..., parse=GBMParams.check, fit=fit, log_params=...,
+                    skops_trusted=(...)))
+
+- `parse(seed=..., **parameters)`: the step's own parameters (strings from its MLproject) checked,
+  before any data is read (WindpipeError naming the bad value);
+- `fit(rows, params)`: the fitted core on `rows.xy()` (weather, plus the time columns when the run
+  follows the trend); `natural` puts windpipe.training.inputs in front of it, so every logged model
+  takes utc_timestamp and the four weather columns;
+- `flavor`: how the step logs it (`sklearn`: a Pipeline saved with skops; `keras`: the Keras flavor plus
+  a `python_function` flavor that takes the natural inputs), `tensor`: its core reads a float32 array,
+  `requirements`: the packages the logged model needs (pinned to the installed versions when logged),
+  `skops_trusted`: the types beyond scikit-learn's own that its saved model holds.
+
+Fields added later (a monotone constraint per target, quantile support) get defaults, so families that
+do not declare them stay as they are. A new family is a module here plus its project folder
+(`windpipe new-step --family NAME` writes both); `names()` finds every module of this package's
+`__path__` (a folder added to it, as the tests do, contributes its modules too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from windpipe.errors import WindpipeError
+from windpipe.names import FEATURES, TIME_FEATURES, TIMESTAMP
+from windpipe.training.features import MODEL_COLUMNS
+from windpipe.training.split import validation_split, xy
+
+SKLEARN_REQUIREMENTS = ("scikit-learn", "scipy", "numpy", "pandas", "skops")
+KERAS_REQUIREMENTS = ("tensorflow", "keras", "scikit-learn", "numpy", "pandas")
+FLAVORS = ("sklearn", "keras")
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The rows a family fits on, and how: with the time columns (`time_features`) or the weather only;
+    `split_by` and `seed` say how a family that holds out rows for early stopping picks them."""
+
+    frame: pd.DataFrame
+    time_features: bool = True
+    split_by: str = "time"
+    seed: int = 42
+
+    def xy(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The core's input (MODEL_COLUMNS or FEATURES, float64) and the targets."""
+        return xy(self.frame, self.time_features)
+
+    def validation(self, fraction: float) -> tuple[TrainingRows, tuple[pd.DataFrame, pd.DataFrame]]:
+        """(rows to fit, (X, y) for early stopping), both from these rows (split_by=time: the newest validate)."""
+        fit_rows, val_rows = validation_split(self.frame, fraction, self.split_by, self.seed)
+        return (TrainingRows(fit_rows, self.time_features, self.split_by, self.seed),
+                xy(val_rows, self.time_features))
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one model family is checked, fitted and logged (the module docstring has the fields)."""
+
+    name: str
+    summary: str
+    parse: Callable[..., Any]
+    fit: Callable[[TrainingRows, Any], Any]
+    log_params: Callable[[Any, bool], dict[str, object]] = lambda params, time_features: {}
+    flavor: str = "sklearn"
+    tensor: bool = False
+    requirements: tuple[str, ...] = SKLEARN_REQUIREMENTS
+    skops_trusted: tuple[str, ...] = ()
+
+    def fit_natural(self, rows: TrainingRows, params: Any) -> Any:
+        """Fit on `rows` and return the model as it is logged: it takes the natural inputs."""
+        return natural(self.fit(rows, params), rows.time_features, self.tensor)
+
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add `family` (a family module calls this at import); the flavor must be one the step can log."""
+    if family.flavor not in FLAVORS:
+        raise WindpipeError(f"Family {family.name!r} has the flavor {family.flavor!r}, which windpipe cannot log.",
+                            f"use one of {', '.join(FLAVORS)}")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def names() -> list[str]:
+    """Every registered family (each module of this package is imported once, on first use)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Family:
+    if name not in _REGISTRY and name not in names():
+        raise WindpipeError(f"Unknown model family {name!r}.", f"use one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+# ---------------------------------------------------------------- what every family shares
+
+def natural(core: Any, time_features: bool, tensor: bool = False) -> Any:
+    """`core` (fitted on MODEL_COLUMNS, or FEATURES without the time) behind windpipe.training.inputs.NaturalInputs:
+    a scikit-learn Pipeline, or for a tensor core a KerasForecaster. Either predicts from utc_timestamp (column
+    or DatetimeIndex) and the weather."""
+    from windpipe.training.inputs import KerasForecaster, NaturalInputs
+
+    inputs = NaturalInputs(weather=tuple(FEATURES), time_features=tuple(TIME_FEATURES) if time_features else (),
+                           timestamp=TIMESTAMP)
+    if tensor:
+        return KerasForecaster(inputs, core)
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("inputs", inputs), ("model", core)])
+
+
+def inputs_of(model: Any) -> Any:
+    """The NaturalInputs of a model `natural` made."""
+    return model.inputs if hasattr(model, "inputs") else model.steps[0][1]
+
+
+def core_columns(model: Any) -> list[str]:
+    """The columns the core of a natural model reads, in order (what the MLmodel metadata records)."""
+    return list(inputs_of(model).get_feature_names_out())
+
+
+def natural_columns(model: Any) -> list[str]:
+    """What a natural model takes: utc_timestamp when it derives time columns, then the weather."""
+    inputs = inputs_of(model)
+    return [*([inputs.timestamp] if inputs.time_features else []), *inputs.weather]
+
+
+def predict_fitted(model: Any, rows: pd.DataFrame) -> np.ndarray:
+    """Predictions of a natural model for processed-entity rows (utc_timestamp and the weather), float64."""
+    out = model.predict(rows[[c for c in (TIMESTAMP, *FEATURES) if c in rows.columns]])
+    return np.asarray(out, dtype="float64").reshape(len(rows), -1)
+
+
+def follows_trend(X: pd.DataFrame) -> bool:
+    """True when `X` holds the time columns (a core fitted on them follows the trend)."""
+    present = [c for c in TIME_FEATURES if c in X.columns]
+    if present and len(present) != len(TIME_FEATURES):
+        raise WindpipeError(f"Training data has only some of the time columns ({', '.join(present)}).",
+                            "derive them all with windpipe.training.split.xy(df, time_features=True)")
+    return bool(present)
+
+
+def model_columns(X: pd.DataFrame) -> list[str]:
+    """The columns a core fits on: MODEL_COLUMNS when `X` follows the trend, else FEATURES."""
+    return MODEL_COLUMNS if follows_trend(X) else list(FEATURES)
+
+
+def check_xy(X: pd.DataFrame, y: pd.DataFrame) -> None:
+    if len(X) == 0:
+        raise WindpipeError("No training rows.", "train on a non-empty processed entity")
+    missing = [c for c in FEATURES if c not in X.columns]
+    if missing:
+        raise WindpipeError(f"Training data lacks feature column(s) {', '.join(missing)}.",
+                            f"pass a frame with {', '.join(FEATURES)}")
+    if len(X) != len(y):
+        raise WindpipeError(f"{len(X)} feature rows but {len(y)} target rows.", "pass aligned frames")
