@@ -211,6 +211,6 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         say(f"dropped {len(valid.dropped_rows)} row(s) with missing or impossible values "
             f"(rows, counted from 0: {row_list(np.asarray(valid.dropped_rows))})")
     if drift_rows is None:
-        say(f"drift: unchecked (the model's run has no {names.PROCESSED_TAG} tag)")
+        say(f"drift: unchecked (the model's run has no {names.TRAINING_DATA_TAG} tag)")
     t["total"] = time.perf_counter() - t0
     return result
