@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from windpipe.errors import WindpipeError
+from windpipe.tracking.client import mlflow_client
 from windpipe.tracking.runs import StepStatus, latest_step_runs
 
 if TYPE_CHECKING:
@@ -80,7 +81,5 @@ def pipeline_figure(settings: Settings) -> Any:
 
 def pipeline_status(settings: Settings) -> list[StepStatus]:
     """The latest run of each step, newest first."""
-    from mlflow import MlflowClient
-
-    found = latest_step_runs(MlflowClient(tracking_uri=settings.effective_tracking_uri), settings.experiment)
+    found = latest_step_runs(mlflow_client(settings), settings.experiment)
     return sorted(found.values(), key=lambda s: s.start_ms or 0, reverse=True)
