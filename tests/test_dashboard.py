@@ -202,8 +202,8 @@ def test_callbacks_as_functions_with_a_fake_source(frame):
 
 
 def test_marts_queue_is_bounded_and_a_repeated_range_is_not_a_new_batch(frame):
-    """A burst of whole-range requests never waits and never queues more than settings.dashboard_queue
-    batches for the marts: the rest are dropped and counted. A range already recorded is not recorded again."""
+    """A burst of requests never waits and never queues more than settings.dashboard_queue batches for the
+    marts: the rest are dropped and counted. Hours already recorded (or queued) are not queued again."""
     from windpipe.views.dashboard.app import create_app
 
     class Src(S.ModelSource):
@@ -225,14 +225,14 @@ def test_marts_queue_is_bounded_and_a_repeated_range_is_not_a_new_batch(frame):
     for a, b in ranges + ranges[:2]:  # and two repeats
         _fig, msg, _c, _t = board.predictions(store, a, b)  # returns although the marts are stuck
         assert msg == ""
-    assert board.dropped == 7 and board.repeated == 2
+    assert board.recorder.dropped == 7 and board.recorder.repeated == 2
     gate.set()
     board.flush()
     assert len(logged) == 3 and len(set(logged)) == 3
     board.predictions(store, *ranges[0])  # recorded already
     board.predictions(store, *ranges[5])  # dropped before: recorded now
     board.flush()
-    assert len(logged) == 4 and board.repeated == 3
+    assert len(logged) == 4 and board.recorder.repeated == 3
 
 
 # --- against a real tracking server -----------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_promotion_is_followed_and_each_version_loads_once(use_platform):
     fig2 = board.predictions(store, "2013-01-08", "2013-01-14")[0]
     assert not np.allclose(fig1["data"][1]["y"], fig2["data"][1]["y"])
     assert board.source.loads == 2
-    from windpipe.views.dashboard.app import pipeline_status
+    from windpipe.views.dashboard.fetchers import pipeline_status
 
     steps = pipeline_status(get_settings())
     assert any(s.step == "lr" and s.status == "FINISHED" for s in steps)
@@ -385,35 +385,42 @@ def _tree_rss(pid: int) -> int:
 
 @pytest.mark.slow
 def test_a_burst_against_the_running_server_is_answered_bounded_and_recorded_once(use_platform, tmp_path):
-    """150 whole-range predictions over HTTP while the marts are locked: every one answers, the marts get at
-    most the queue's bound of them, a repeated range is not a new batch, the server's memory stays put; and
-    what-if with inf, nan or 1e200 gets a message, not an error."""
+    """300 predictions of distinct ranges over HTTP, half of them while the marts are locked: every one answers,
+    the locked half queues at most the queue's bound of batches, the marts hold each hour of the version once
+    (never more rows than hours of data), the server's memory stays put; and what-if with inf, nan or 1e200 gets
+    a message, not an error."""
     import os
+    import random
     import signal
     import sqlite3
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
+    from sqlalchemy import select
+
     from windpipe.marts import queries, tables
     from windpipe.stack.procs import free_port, wait_until
     from windpipe.views.dashboard.serve import check_ready
 
     bound, requests_n = 4, 150
-    info = log_registered_model(use_platform, df=tiny_processed(n=24 * 365))  # a year: 8760 rows a request
+    info = log_registered_model(use_platform, df=tiny_processed(n=24 * 365))  # a year: 8760 rows
     data = D.index_frame(info["df"])
+    version = str(info["version"])
     days = pd.date_range(data.index.min().normalize(), data.index.max().normalize(), freq="D").strftime("%Y-%m-%d")
 
-    def rows(a: str, b: str) -> int:
-        rng = D.parse_range(a, b, data)
-        return int(((data.index >= rng.start) & (data.index < rng.end)).sum())
-
-    ranges = [(days[0], days[-1 - k]) for k in range(30)]  # the whole range and 29 nearly whole ones
     settings = use_platform.settings
     engine = tables.get_engine(settings=settings)
 
     def dashboard_batches() -> pd.DataFrame:
-        return queries.latest_batches(engine, limit=100_000, source="dashboard")
+        found = queries.latest_batches(engine, limit=100_000, source="dashboard")
+        return found[found["model_version"] == version]
+
+    def recorded_hours() -> pd.Series:
+        with engine.connect() as conn:
+            return pd.Series(list(conn.execute(select(tables.input_mart.c.utc_timestamp).join(
+                tables.batches, tables.batches.c.id == tables.input_mart.c.batch_id).where(
+                (tables.batches.c.source == "dashboard") & (tables.batches.c.model_version == version))).scalars()))
 
     port = free_port()
     env = {**use_platform.env, "WINDPIPE_DASHBOARD_QUEUE": str(bound), "WINDPIPE_MARTS_LOCK_TIMEOUT": "900"}
@@ -436,55 +443,52 @@ def test_a_burst_against_the_running_server_is_answered_bounded_and_recorded_onc
             return resp.status_code, message
 
         def recorded_after(rng: tuple[str, str], before: int) -> pd.DataFrame:
-            """Ask for `rng` until its batch is in the marts (the queue may be full); FIFO: earlier ones are too."""
+            """Ask for `rng` (hours nobody asked for yet) until its batch is in the marts (the queue may be full);
+            FIFO: what was queued before it is written too."""
+            span = D.parse_range(*rng, data)
+            wanted = set(data.index[(data.index >= span.start) & (data.index < span.end)].tz_localize(None))
+
             def check() -> pd.DataFrame:
                 assert predict(rng) == (200, "")
-                now = dashboard_batches()
-                new = now.head(len(now) - before)
-                if rows(*rng) not in set(new["row_count"]):
+                if not wanted <= set(pd.DatetimeIndex(recorded_hours())):
                     raise WindpipeError(f"{rng} not recorded yet")
-                return new
+                now = dashboard_batches()
+                return now.head(len(now) - before)
             return wait_until(check, 180, "The marts", interval=2)
 
-        new_range, newer_range = (days[40], days[49]), (days[40], days[59])  # short: not among `ranges`
         warm = recorded_after((days[0], days[30]), len(dashboard_batches()))  # the model loaded, the marts made
         assert len(warm) == 1
         start = len(dashboard_batches())
         rss_before = _tree_rss(server.pid)
 
-        # the marts writer is stuck behind another writer's lock for the whole burst
+        # the marts writer is stuck behind another writer's lock for the first half of the burst
         lock = sqlite3.connect(settings.effective_marts_url.removeprefix("sqlite:///"), timeout=60)
         lock.execute("BEGIN EXCLUSIVE")
-        burst = [ranges[i % len(ranges)] for i in range(requests_n)]
+        ranges = [(days[0], days[300 - k]) for k in range(30)]  # nested: after the first, each adds no hour
         with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = list(pool.map(predict, burst))
-        rss_burst = _tree_rss(server.pid)
+            answers = list(pool.map(predict, [ranges[i % len(ranges)] for i in range(requests_n)]))
         assert answers == [(200, "")] * requests_n  # every request answered at once, none waited for the marts
         lock.rollback()
         lock.close()
         lock = None
+        got = recorded_after((days[320], days[325]), start)  # hours nobody asked for, queued after the burst's
+        assert 1 <= len(got) - 1 <= bound, got  # the rest were dropped (and counted), not queued
 
-        got = recorded_after(new_range, start)  # a new range, queued after what the burst queued
-        burst_batches = got[got["row_count"] != rows(*new_range)]
-        assert 1 <= len(burst_batches) <= bound, burst_batches  # the rest were dropped (and counted), not queued
-        assert set(burst_batches["row_count"]) <= {rows(*r) for r in ranges}
-        assert burst_batches["row_count"].is_unique  # five requests of a range: one batch at most
-
-        # ranges already recorded again and again: no new batch (a last new range shows the writer got that far)
-        again = [r for r in ranges if rows(*r) in set(burst_batches["row_count"])] * 3
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            assert set(pool.map(predict, again)) == {(200, "")}
-        settled = len(dashboard_batches())
-        last = recorded_after(newer_range, settled)
-        assert last["row_count"].tolist() == [rows(*newer_range)]
+        # the other half with the writer free: distinct random ranges, each wave recorded while the next comes
+        rng_ = random.Random(5)
+        free = sorted({tuple(days[d] for d in sorted(rng_.sample(range(340), 2))) for _ in range(requests_n)})
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert set(pool.map(predict, free)) == {(200, "")}
+        recorded_after((days[350], days[355]), len(dashboard_batches()))
         rss_after = _tree_rss(server.pid)
-        sizes = [rows(*r) for r in ranges]
-        print(f"\ndashboard burst: {requests_n} whole-range requests ({min(sizes)}-{max(sizes)} rows each, "
-              f"{len(ranges)} distinct ranges) against pid {server.pid}, marts locked: all answered 200; marts gained "
-              f"{len(burst_batches)} batches (queue bound {bound}); RSS before {rss_before / 1e6:.0f} MB, "
-              f"after the burst {rss_burst / 1e6:.0f} MB, after the repeats {rss_after / 1e6:.0f} MB "
-              f"(+{(max(rss_burst, rss_after) - rss_before) / 1e6:.0f} MB)")
-        assert max(rss_burst, rss_after) - rss_before < 150e6
+        hours = recorded_hours()
+        print(f"\ndashboard burst: {requests_n} requests of {len(ranges)} nested ranges (marts locked) and "
+              f"{len(free)} of distinct ranges (marts free) against pid {server.pid}: all answered 200; the marts "
+              f"hold {len(hours)} rows of version {version} in {len(dashboard_batches())} batches for "
+              f"{len(data)} hours of data; RSS before {rss_before / 1e6:.0f} MB, after {rss_after / 1e6:.0f} MB "
+              f"(+{(rss_after - rss_before) / 1e6:.0f} MB)")
+        assert hours.is_unique and len(hours) <= len(data)  # one row per hour of data per version
+        assert rss_after - rss_before < 150e6
 
         # what-if with values no weather has, as a hostile client sends them: a message, never an HTTP 500
         whatif_out = dash_.output_of("whatif-result.children")
@@ -653,11 +657,88 @@ def test_dashboard_predictions_go_to_the_data_marts(frame, tmp_path):
     assert batches["source"].tolist() == ["dashboard"] and batches["row_count"].tolist() == [month_rows(frame)]
     rows = queries.batch_rows(engine, int(batches["id"][0]))
     np.testing.assert_allclose(rows["wind_GW_pred"], rows["windspeed"])  # SumModel: wind = windspeed
-    assert "Latest prediction batches" in str(__import__("windpipe.views.dashboard.app", fromlist=["x"]).pipeline_view(
-        [], queries.latest_batches(engine)))
+    from windpipe.views.dashboard.components import pipeline_view
+
+    assert "Latest prediction batches" in str(pipeline_view([], queries.latest_batches(engine)))
     # switched off by the setting
     off = Settings(home=tmp_path, marts_url=settings.marts_url, log_dashboard_predictions=False)
     assert create_app(off, source=Src(off, loader=lambda _s, v: fake_model(frame, v))).windpipe.logger is None
+    tables.dispose_engines()
+
+
+def test_the_marts_hold_each_hour_of_a_version_once_however_many_views(frame, tmp_path):
+    """Views of overlapping ranges, one after another, all at once, and from a second dashboard on the same
+    marts: one recorded prediction per hour of data per version, and a new version gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func, select
+
+    from windpipe.marts import queries, tables
+    from windpipe.views.dashboard.app import create_app
+
+    version = {"now": 1}
+
+    class Src(S.ModelSource):
+        def status(self) -> S.SourceStatus:
+            return S.SourceStatus("ok", version["now"])
+
+    settings = Settings(home=tmp_path, marts_url=f"sqlite:///{tmp_path / 'marts.db'}", dashboard_queue=100)
+
+    def board():
+        return create_app(settings, source=Src(settings, loader=lambda _s, v: fake_model(frame, v))).windpipe
+
+    first, second = board(), board()  # two dashboards (or two workers) on one marts
+    store, *_ = first.refresh(None, None, None)
+    days = pd.date_range(frame.index.min().normalize(), frame.index.max().normalize(), freq="D").strftime("%Y-%m-%d")
+    windows = [(days[i], days[i + 9]) for i in range(0, 40, 2)]  # 20 overlapping ten-day views
+    for a, b in windows:
+        first.predictions(store, a, b)
+        first.flush()
+    with ThreadPoolExecutor(max_workers=4) as pool:  # the same views at once, on both dashboards
+        list(pool.map(lambda ab: (first if ab[0] < days[20] else second).predictions(store, *ab), windows * 2))
+    first.flush()
+    second.flush()
+    second.predictions(store, days[0], days[49])  # a wider view: only its hours not shown before are new
+    second.flush()
+    engine = tables.get_engine(settings=settings)
+
+    def hours(v: int) -> pd.Series:
+        with engine.connect() as conn:
+            rows = conn.execute(select(tables.input_mart.c.utc_timestamp).join(
+                tables.batches, tables.batches.c.id == tables.input_mart.c.batch_id).where(
+                (tables.batches.c.source == "dashboard") & (tables.batches.c.model_version == str(v)))).scalars()
+            return pd.Series(list(rows))
+
+    shown = frame.loc[(frame.index >= days[0]) & (frame.index < pd.Timestamp(days[49], tz="UTC") + pd.Timedelta("1D"))]
+    got = hours(1)
+    assert got.is_unique and len(got) == len(shown), (len(got), len(shown))
+    assert pd.DatetimeIndex(got).tz_localize("UTC").sort_values().equals(shown.index)
+    assert first.recorder.repeated + second.recorder.repeated >= len(windows)  # no new batch, no queue, no query
+    # the rows are the predictions that were shown
+    batches = queries.latest_batches(engine, limit=1000, source="dashboard")
+    rows = pd.concat([queries.batch_rows(engine, int(i)) for i in batches["id"]])
+    np.testing.assert_allclose(rows["wind_GW_pred"], rows["windspeed"])  # SumModel: wind = windspeed
+    # a restarted dashboard knows nothing in memory; the marts' key keeps the hours single
+    restarted = board()
+    restarted.predictions(store, days[0], days[49])
+    restarted.flush()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.dashboard_hours)).scalar() == len(shown)
+    assert hours(1).is_unique
+    # a promotion: the new version records its own hours
+    version["now"] = 2
+    store2, *_ = first.refresh(store, None, None)
+    first.predictions(store2, days[0], days[9])
+    first.flush()
+    assert len(hours(2)) == len(frame.loc[days[0]:days[9]]) and len(hours(1)) == len(shown)
+    # an hour twice in the data (the real OPSD series has four): recorded once
+    from windpipe.marts.writers import record_dashboard
+
+    twice = frame.head(3).iloc[[0, 1, 1, 2]]
+    kw = {"model_name": "wind_solar", "model_version": 3, "model_uri": None, "settings": settings}
+    assert record_dashboard(engine, twice[FEATURES], np.zeros((4, 2)), pd.Series(twice.index), **kw) is not None
+    assert record_dashboard(engine, twice[FEATURES], np.zeros((4, 2)), pd.Series(twice.index), **kw) is None
+    assert len(hours(3)) == 3
     tables.dispose_engines()
 
 

@@ -156,6 +156,26 @@ def test_usage_errors_print_usage_and_exit_2(args, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, code, named", [
+    (["data", "synth", "--out", "{tmp}/raw", "--seed", "-1"], 2, "--seed"),
+    (["serve", "--port", "70000"], 2, "--port"),
+    (["serve", "--port", "0"], 2, "--port"),  # (was: served on the default port without a word)
+    (["predict", "--input", "{tmp}/\udcffwind.parquet", "--output", "{tmp}/out.parquet"], 1, "not valid UTF-8"),
+    (["predict", "--input", "{tmp}/in.parquet", "--output", "{tmp}/\udce9t\udce9.parquet"], 1, "not valid UTF-8"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(args, code, named, tmp_path):
+    """A negative seed, a port outside 1-65535 or 0, a file name that is not UTF-8: a message, no traceback,
+    nothing written (nothing runs: no platform is needed to refuse them)."""
+    home = tmp_path / "state"
+    os.rename(predict_input(tmp_path / "in0.parquet"), tmp_path / "\udcffwind.parquet")  # (pyarrow takes no such name)
+    predict_input(tmp_path / "in.parquet")
+    before = sorted(tmp_path.iterdir())
+    proc = windpipe_cli(*[a.format(tmp=tmp_path) for a in args], home=home)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(tmp_path.iterdir()) == before and not home.exists()
+
+
 @pytest.mark.parametrize("var, value, named", [
     ("WINDPIPE_FTP_PORT", "99999", "less than or equal to 65535"),
     ("WINDPIPE_MLFLOW_PORT", "abc", "valid integer"),
@@ -620,6 +640,39 @@ def test_up_on_a_full_state_folder_starts_nothing(make_platform, tmp_path):
         from windpipe.stack.procs import port_is_free
 
         assert port_is_free("127.0.0.1", p.settings.ftp_port) and port_is_free("127.0.0.1", p.settings.mlflow_port)
+
+
+@pytest.mark.slow
+def test_a_nearly_full_state_folder_is_named_by_up_status_and_a_failed_write(make_platform, tmp_path):
+    """The state folder's disk: `up` refuses to start on one nearly full (nothing written); once it fills under
+    running servers, `status` says DOWN for the disk (no crash in its tidying up) and a command whose write the
+    tracking server answers with 503 names the disk, not MLflow's retries."""
+    p = make_platform(start=False)
+    inp = predict_input(tmp_path / "in.parquet", n=60)
+    with small_disk(tmp_path, 300 * 1024) as disk:
+        if disk.file_limit is not None:
+            pytest.skip("no tmpfs here: a disk cannot be filled")
+        home = disk.path / "state"
+        env = {"WINDPIPE_HOME": str(home)}
+        proc = run(p, "up", extra_env={**env, "WINDPIPE_MIN_FREE_MB": "1000"}, timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"the filesystem mounted at {disk.path}" in proc.stderr and "MB free" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not home.exists()
+        try:
+            proc = run(p, "up", extra_env=env, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            disk.fill()
+            proc = run(p, "status", extra_env=env, timeout=120)
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+            line = next(ln for ln in proc.stdout.splitlines() if " disk " in ln)
+            assert line.startswith("DOWN") and f"mounted at {disk.path}" in line, proc.stdout
+            proc = run(p, "predict", "--input", str(inp), "--output", str(tmp_path / "out.parquet"), extra_env=env,
+                       timeout=300)
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+            assert "cannot write" in proc.stderr and f"mounted at {disk.path}" in proc.stderr, proc.stderr
+            assert not (tmp_path / "out.parquet").exists()
+        finally:
+            run(p, "down", extra_env=env, timeout=120)
 
 
 def test_a_server_whose_pid_file_cannot_be_written_is_stopped_again(tmp_path):

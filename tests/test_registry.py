@@ -602,3 +602,48 @@ def test_registry_lock_is_exclusive(tmp_path):
     assert errors == []
     with registry_lock(settings, timeout=5):  # free again
         pass
+
+
+@pytest.mark.slow
+def test_the_pipeline_summary_says_what_the_promote_step_did(scope):
+    """A promote step that did not promote: its run has no promoted_version, and the pipeline's summary says
+    `not promoted v2` (it said promoted_version=2)."""
+    import io
+    from dataclasses import dataclass, field
+
+    import mlflow
+    from rich.console import Console
+
+    from windpipe.pipeline.interfaces import load_interfaces
+    from windpipe.pipeline.progress import Progress
+    from windpipe.steps.promote import main
+
+    @dataclass
+    class Finished:  # what the launcher reports of a step's run (windpipe.pipeline.progress.Outcome)
+        run_id: str
+        tags: dict
+        metrics: dict
+        key_metric: str | None
+        reused: bool = False
+        seconds: float = 1.0
+        extra: dict = field(default_factory=dict)
+
+        @property
+        def metric_value(self) -> float | None:
+            return self.metrics.get(self.key_metric) if self.key_metric else None
+
+    key = next(s for s in load_interfaces() if s.name == "promote").key_metric
+    shown = {}
+    for name, scale in (("better", 1.0), ("worse", 1.6)):  # the first is promoted, the second is not
+        run_id = log_candidate(scope, scale=scale)
+        main(f"runs:/{run_id}/model", "rmse", "0")
+        run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name(scope.experiment).experiment_id],
+                                                "tags.`windpipe.step` = 'promote'", order_by=["start_time DESC"])[0]
+        out = io.StringIO()
+        progress = Progress({"promote": "promote:main"}, Console(file=out, width=200), live=False)
+        progress.finished("promote", Finished(run.info.run_id, run.data.tags, run.data.metrics, key))
+        Console(file=out, width=200).print(progress.summary("pipeline run"))
+        shown[name] = (out.getvalue(), run.data.metrics)
+    assert "promoted v1" in shown["better"][0] and shown["better"][1]["promoted_version"] == 1
+    assert "not promoted v2" in shown["worse"][0] and "promoted_version" not in shown["worse"][0]
+    assert "promoted_version" not in shown["worse"][1]

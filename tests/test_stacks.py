@@ -153,6 +153,7 @@ def test_a_failed_batch_leaves_no_file_and_no_rows(client, raw_dir, tmp_path):
 @pytest.mark.slow
 def test_dashboard_data_reads_and_writes_the_stacks_marts(client, raw_dir, tmp_path):
     from windpipe.views.dashboard import app as board_app
+    from windpipe.views.dashboard import fetchers
 
     p = client
     settings = get_settings()
@@ -160,9 +161,9 @@ def test_dashboard_data_reads_and_writes_the_stacks_marts(client, raw_dir, tmp_p
     store, _banner, start, end = board.refresh(None, None, None)
     board.predictions(store, start, end)
     board.flush()  # the dashboard's predictions: a batch in the marts
-    batches = board_app.recent_batches(settings)
+    batches = fetchers.recent_batches(settings)
     assert batches is not None and batches.source.iloc[0] == "dashboard" and (batches.source == "cli").sum() == 2
-    drift = board_app.recent_drift(settings)
+    drift = fetchers.recent_drift(settings)
     assert drift is not None and set(drift.feature) == set(FEATURES)
     assert set(drift.batch) >= set(batches[batches.source == "cli"].id)
 
@@ -171,7 +172,7 @@ def test_dashboard_data_reads_and_writes_the_stacks_marts(client, raw_dir, tmp_p
     _batch(raw_dir).to_csv(actuals, index=False)
     proc = p.windpipe("monitor", "--actuals", str(actuals))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    perf = board_app.performance_history(settings, settings.model_name)
+    perf = fetchers.performance_history(settings, settings.model_name)
     cli_ids = set(batches[batches.source == "cli"].id)
     assert perf is not None and set(perf.batch_id) >= cli_ids
     mine = perf[perf.batch_id.isin(cli_ids)]

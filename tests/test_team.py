@@ -293,6 +293,38 @@ def test_postgres_killed_during_the_marts_write(as_client, tmp_path):
 
 
 
+@pytest.mark.slow
+def test_postgres_killed_while_predict_fetches_the_drift_reference(as_client, tmp_path):
+    """kill -9 of PostgreSQL while `windpipe predict` fetches the model's training entity (its first batch: not
+    cached yet) through the tracking server: the message names the tracking store's PostgreSQL server, not the
+    entity's URI, and nothing is written."""
+    import time
+
+    from tests.models import log_registered_model
+    from windpipe.names import FEATURES, TIMESTAMP
+
+    p = as_client
+    info = log_registered_model(p, alias=None, tmp_dir=tmp_path)
+    inp, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    info["df"].tail(300)[[TIMESTAMP, *FEATURES]].to_parquet(inp, index=False)
+    paused = Paused(tmp_path, "predict:scored")
+    proc = popen(p, "predict", "--input", str(inp), "--output", str(out), "--model-uri", info["model_uri"],
+                 extra_env=paused.env)
+    paused.wait(proc)
+    kill9(postgres.running_pid(p.settings))
+    started = time.monotonic()
+    paused.go()
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        up = p.windpipe("up")
+    print(f"\npredict ended {time.monotonic() - started:.1f} s after PostgreSQL was killed:\n{stderr}")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert proc.returncode == 1, stdout + stderr
+    assert "PostgreSQL server of the tracking store" in stderr and "check the URI" not in stderr, stderr
+    assert "Traceback" not in stderr and not out.exists() and not list(tmp_path.glob("*out*"))
+
+
 def _everything_recorded(p: Platform, kept_run: str) -> dict:
     """Every run (id -> status), model version (-> its run) and alias (-> version), and the artifacts of
     `kept_run` (path -> bytes, read back through the tracking server's proxy from S3)."""

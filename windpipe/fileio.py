@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file (or folder) or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file (or folder) or the new one, never half of one; and the free
+space of the disk a path is on (`low_space`)."""
 
 from __future__ import annotations
 
@@ -157,3 +158,39 @@ def kept_secret(path: Path | str) -> str:
     secret = secrets.token_urlsafe(24)
     atomic_write_text(path, secret, mode=0o600)  # no newline: Jupyter reads its token file as it is
     return secret
+
+
+def mount_point(path: Path | str) -> Path:
+    """The mount point of the filesystem `path` (or its nearest existing parent) is on."""
+    here = Path(path).resolve()
+    while not here.exists():
+        here = here.parent
+    while not os.path.ismount(here):
+        here = here.parent
+    return here
+
+
+def low_space(path: Path | str, need_mb: float, what: str) -> WindpipeError | None:
+    """A WindpipeError naming the disk when the filesystem `path` is on has less than `need_mb` MB free
+    (None when it has enough, or cannot be asked). `what` names the folder in the message ("the state folder")."""
+    try:
+        mount = mount_point(path)
+        free = shutil.disk_usage(mount).free / 1e6
+    except OSError:
+        return None
+    if free >= need_mb:
+        return None
+    return WindpipeError(f"The disk of {what} {path} (the filesystem mounted at {mount}{_device(mount)}) has "
+                         f"{free:.0f} MB free; windpipe wants at least {need_mb:g} MB there.",
+                         "free space on that disk, or point WINDPIPE_HOME at a disk with room "
+                         "(WINDPIPE_MIN_FREE_MB sets the limit)")
+
+
+def _device(mount: Path) -> str:
+    """", device /dev/..." for a mount point in /proc/mounts ("" elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 1 and parts[1] == str(mount):
+                return f", device {parts[0]}"
+    return ""

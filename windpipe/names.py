@@ -40,6 +40,7 @@ ENTRY_TAG = _P + "entry_point"  # main, grid, evaluate, grid_child, ...
 CODE_VERSION_TAG = _P + "code_version"  # git commit + hash of the library and the step folder
 DATA_DATE_TAG = _P + "data_date"  # last timestamp of the training data, YYYYMMDD
 FAILURE_TAG = _P + "failure_reason"  # why a run FAILED (or was KILLED)
+OUTCOME_TAG = _P + "outcome"  # a step's result in words, for the pipeline's summary (promote: "not promoted v1: ...")
 PROCESS_TAG = _P + "process"  # "<host> <pid> <start time>" of the process running the run (finds killed runs)
 MODEL_URI_TAG = _P + "model_uri"  # models:/m-... of the model the run logged
 FAMILY_TAG = _P + "model_family"  # lr, rf, keras, gbm, ... (windpipe.training.families)

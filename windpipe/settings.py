@@ -257,6 +257,8 @@ class Settings(BaseSettings):
     serve_port: int = Field(default=8003, ge=1, le=65535)
     # batches the dashboard may have waiting for the marts; more are dropped (and counted), never waited for
     dashboard_queue: int = Field(default=8, ge=1)
+    # `up` refuses, `status` reports DOWN, a failed step names the disk, below this many MB free for the state folder
+    min_free_mb: float = Field(default=100.0, ge=0)
     # `windpipe serve` resolves its alias this often and swaps in a newly promoted version
     serve_poll_seconds: float = Field(default=3.0, gt=0)
     lab_port: int = Field(default=8888, ge=1, le=65535)

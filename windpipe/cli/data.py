@@ -14,7 +14,7 @@ GROUP = {"name": "data"}
 @app.command("synth")
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the raw OPSD-shaped CSV files into.")],
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (0 or more); the same seed gives the same files.")] = 42,
     start: Annotated[int, typer.Option(help="First year.")] = 2013,
     years: Annotated[int, typer.Option(help="Number of years (hourly rows).")] = 4,
 ) -> None:

@@ -13,7 +13,8 @@ app = typer.Typer()
 
 @app.command()
 def serve(
-    port: Annotated[Optional[int], typer.Option(help="Port on 127.0.0.1 (default: WINDPIPE_SERVE_PORT).")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="Port on 127.0.0.1, 1-65535 (default: WINDPIPE_SERVE_PORT).")] = None,
     model_uri: Annotated[Optional[str], typer.Option(
         help=f"Model to serve (default {alias_uri('<model>')}); an alias is followed, a version is pinned.")] = None,
     poll: Annotated[Optional[float], typer.Option(

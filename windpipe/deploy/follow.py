@@ -6,7 +6,9 @@ builds (the same `/invocations` payloads: `dataframe_split`, `dataframe_records`
 `/version`), and a small ASGI router in front passes each request to the app of the current version and adds
 the header `X-Model-Version`. A watcher thread resolves the alias every few seconds; a new version is loaded
 beside the old one (through `windpipe.models.loading`, files cached per version), checked with one
-prediction, then swapped in: requests in flight finish on the old app, new ones go to the new app. A version
+prediction, and swapped in only if the alias still names it then (a rollback during the load wins): requests
+in flight finish on the old app, new ones go to the new app. So the server never swaps in a version that is
+no longer production. A version
 that fails to load or to predict is not swapped in; the old one keeps answering, the failure is logged and
 shown at `/health`.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -29,6 +32,7 @@ from windpipe.settings import Settings
 
 log = logging.getLogger("windpipe.serving")
 VERSION_HEADER = "X-Model-Version"
+CHASES = 3  # versions loaded in one poll while the alias keeps moving during the loads
 Say = Callable[[str], None]
 
 
@@ -55,6 +59,40 @@ class Health:
     failed: dict[str, float] = field(default_factory=dict)  # version -> when it failed (retried after a while)
 
 
+class Checked:
+    """A loaded model as MLflow's scoring app calls it: a request's weather values are checked as `windpipe predict`
+    checks them (windpipe.scoring.validate.check_values: a 400 names the rows and the range, where the bare model
+    answered 1e308 m/s with 59 GW), and Keras draws no progress bar in the request's thread (its switch is
+    per thread)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._columns = list(loading.signature_columns(model))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        import numpy as np
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from windpipe.scoring.validate import check_values
+        from windpipe.tracking.output import quiet_keras
+
+        frame = data
+        if isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == len(self._columns):
+            frame = pd.DataFrame(data, columns=self._columns)  # a tensor payload: the signature's column order
+        if isinstance(frame, pd.DataFrame):
+            try:
+                check_values(frame)
+            except WindpipeError as exc:
+                raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        quiet_keras()
+        return self._model.predict(data, params=params)
+
+
 def build_slot(ref: loading.ModelRef, settings: Settings) -> Slot:
     """Load `ref` through the one loader, check it predicts, and build MLflow's scoring app for it."""
     from mlflow.pyfunc import scoring_server
@@ -63,7 +101,7 @@ def build_slot(ref: loading.ModelRef, settings: Settings) -> Slot:
     # one prediction before it answers anyone: a model that loads but cannot score is not swapped in
     example = loading.example_rows()
     loading.predict(model, example[FEATURES], example[TIMESTAMP])
-    return Slot(ref, scoring_server.init(model), time.time())
+    return Slot(ref, scoring_server.init(Checked(model)), time.time())
 
 
 class FollowingServer:
@@ -90,44 +128,59 @@ class FollowingServer:
         self.health.last_check = time.time()
         return self.current
 
-    def check_once(self) -> bool:
-        """Resolve the alias; load and swap in a new version. True when a swap happened."""
+    def _resolve(self) -> loading.ModelRef | None:
+        """The version the alias names now; None (logged) when the tracking server cannot say."""
         try:
-            ref = loading.resolve(self.model_uri, self.settings)
+            return loading.resolve(self.model_uri, self.settings)
         except WindpipeError as exc:  # the tracking server is away or the alias was removed: keep serving
             log.warning("cannot resolve %s (%s); still serving version %s", self.model_uri, exc.problem,
                         self.current.version if self.current else "-")
-            return False
+            return None
         finally:
             self.health.last_check = time.time()
-        old = self.current
-        if old is not None and ref.load_uri == old.ref.load_uri:
-            return False
-        version = ref.version or ref.load_uri
-        failed_at = self.health.failed.get(version)
-        if failed_at is not None and time.time() - failed_at < self.retry_failed_seconds:
-            return False
-        started = time.perf_counter()
-        try:
-            slot = build_slot(ref, self.settings)
-        except Exception as exc:  # a broken version: the old one keeps answering
-            loading.unload(ref)
-            reason = exc.problem if isinstance(exc, WindpipeError) else first_line(exc, 500)
-            self.health.failed[version] = time.time()
-            self.health.last_error = {"version": version, "error": reason, "at": _iso(time.time())}
-            log.error("version %s of %s was not swapped in: %s; version %s keeps answering", version,
-                      self.model_uri, reason, old.version if old else "-")
-            return False
-        self.current = slot  # one assignment: requests in flight keep the old app, new ones get this one
-        self.health.swaps += 1
-        self.health.failed.pop(version, None)
-        if self.health.last_error and self.health.last_error.get("version") == version:
-            self.health.last_error = None
-        self.say(f"serving version {slot.version} ({slot.ref.label}) instead of "
-                 f"{old.version if old else '-'}: loaded and checked in {time.perf_counter() - started:.1f} s")
-        if old is not None:
-            loading.unload(old.ref)
-        return True
+
+    def check_once(self) -> bool:
+        """Resolve the alias; load a new version, and swap it in only if the alias still names it once it is
+        loaded (a rollback that came during the load wins: the loaded version is dropped and the one the alias
+        names now is served, or loaded in turn). True when a swap happened."""
+        ref = self._resolve()
+        for _ in range(CHASES):
+            old = self.current
+            if ref is None or (old is not None and ref.load_uri == old.ref.load_uri):
+                return False
+            version = ref.version or ref.load_uri
+            failed_at = self.health.failed.get(version)
+            if failed_at is not None and time.time() - failed_at < self.retry_failed_seconds:
+                return False
+            started = time.perf_counter()
+            try:
+                slot = build_slot(ref, self.settings)
+            except Exception as exc:  # a broken version: the old one keeps answering
+                loading.unload(ref)
+                reason = exc.problem if isinstance(exc, WindpipeError) else first_line(exc, 500)
+                self.health.failed[version] = time.time()
+                self.health.last_error = {"version": version, "error": reason, "at": _iso(time.time())}
+                log.error("version %s of %s was not swapped in: %s; version %s keeps answering", version,
+                          self.model_uri, reason, old.version if old else "-")
+                return False
+            now = self._resolve()  # the alias again: is the loaded version still the one it names?
+            if now is None or now.load_uri != ref.load_uri:
+                loading.unload(ref)
+                log.warning("version %s of %s was loaded but is no longer what the alias names (%s); not swapped in",
+                            version, self.model_uri, "unknown" if now is None else now.version or now.load_uri)
+                ref = now
+                continue
+            self.current = slot  # one assignment: requests in flight keep the old app, new ones get this one
+            self.health.swaps += 1
+            self.health.failed.pop(version, None)
+            if self.health.last_error and self.health.last_error.get("version") == version:
+                self.health.last_error = None
+            self.say(f"serving version {slot.version} ({slot.ref.label}) instead of "
+                     f"{old.version if old else '-'}: loaded and checked in {time.perf_counter() - started:.1f} s")
+            if old is not None:
+                loading.unload(old.ref)
+            return True
+        return False  # the alias kept moving while versions loaded: the next poll looks again
 
     # ------------------------------------------------------------------ the watcher
 
@@ -175,6 +228,17 @@ class FollowingServer:
         if slot is None:
             await _json(send, 503, {"error": "no model loaded yet"}, None)
             return
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") == "/invocations":
+            body = await _body(receive)
+            if body is None:  # the client went away
+                return
+            if json_depth(body) > MAX_JSON_DEPTH:  # (MLflow's parser would raise RecursionError: a 500)
+                await _json(send, 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": (
+                    f"The request's JSON is nested deeper than {MAX_JSON_DEPTH} levels; a scoring payload needs 4."
+                    " Send dataframe_split, dataframe_records or inputs (see the curl example `windpipe serve` "
+                    "prints).")}, slot)
+                return
+            receive = _replay(body, receive)
         header = (VERSION_HEADER.lower().encode(), slot.version.encode())
 
         async def send_with_version(message: dict) -> None:
@@ -194,6 +258,48 @@ class FollowingServer:
                 self.stop_watching()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count; any text
+    gives a number, valid JSON or not). Vectorised: the body may be megabytes."""
+    import numpy as np
+
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:  # the usual small request
+        return body.count(b"[") + body.count(b"{")
+    chars = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    steps = np.isin(chars, (ord("["), ord("{"))).astype(np.int32) - np.isin(chars, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+async def _body(receive: Callable) -> bytes | None:
+    """The whole request body (None when the client disconnected first)."""
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """A receive callable that hands `body` over once, then waits on the client as `receive` does."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _json(send: Callable, status: int, body: dict, slot: Slot | None) -> None:
@@ -234,6 +340,9 @@ def serve(settings: Settings, model_uri: str, host: str, port: int, poll_seconds
     """
     import uvicorn
 
+    from windpipe.tracking.output import quiet_keras
+
+    quiet_keras()  # (before a model imports Keras: its predict draws a progress bar per request on a terminal)
     sock = listen(host, port)
     try:
         server = FollowingServer(settings, model_uri, poll_seconds, say=say)

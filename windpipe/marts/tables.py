@@ -13,6 +13,9 @@ Tables
                with actuals, replaced when more actuals arrive
   inbox_claims (inbox, sha256) -> who scores that content of the prediction inbox, and how it ended
                (windpipe.marts.claims; the protocol: windpipe.pipeline.inbox)
+  dashboard_hours (model_name, model_version, utc_timestamp) -> the batch that holds the dashboard's
+               prediction for that hour: the key makes the dashboard record each hour of each version once,
+               however many pages show it (windpipe.marts.writers.record_dashboard)
 """
 
 from __future__ import annotations
@@ -144,6 +147,16 @@ inbox_claims = Table(
     Column("reason", Text),  # failed: why
     Column("settled_at", DateTime),
     Column("filed_as", String(2000)),  # where the object went (done/ or failed/), once it is there
+)
+
+# one row per (model version, hour) the dashboard recorded; the primary key keeps two dashboards (or two
+# workers) from recording the same hour twice
+dashboard_hours = Table(
+    "dashboard_hours", metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("model_version", String(50), primary_key=True),
+    Column(TIMESTAMP, DateTime, primary_key=True),  # UTC, naive
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
 )
 
 _engines: dict[str, Engine] = {}

@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from windpipe import identity
+from windpipe.marts import dialects
 from windpipe.marts.helper import ProcessBatch
 from windpipe.marts.local import LocalBatch
-from windpipe.marts.tables import COMPLETE, PENDING, SOURCES, batches, database_error, drift, get_engine, performance
+from windpipe.marts.tables import (
+    COMPLETE,
+    PENDING,
+    SOURCES,
+    batches,
+    dashboard_hours,
+    database_error,
+    drift,
+    get_engine,
+    performance,
+)
 from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer process starts without it)
@@ -51,7 +62,7 @@ def remove_batch(engine: Engine, batch_id: int) -> None:
     from windpipe.marts.tables import input_mart, output_mart
 
     with _database_errors(engine), engine.begin() as conn:
-        for table in (drift, output_mart, input_mart):
+        for table in (drift, dashboard_hours, output_mart, input_mart):
             conn.execute(delete(table).where(table.c.batch_id == batch_id))
         conn.execute(delete(batches).where(batches.c.id == batch_id))
 
@@ -200,6 +211,11 @@ class BatchWriter:
                                     **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
 
     @property
+    def connection(self) -> Connection | None:
+        """The connection the batch is written on, in its open transaction (None: a helper process writes it)."""
+        return self._batch.connection if isinstance(self._batch, LocalBatch) else None
+
+    @property
     def helper_process(self) -> subprocess.Popen | None:
         """The helper process writing this batch, or None when it is written in this process."""
         return self._batch.process if isinstance(self._batch, ProcessBatch) else None
@@ -286,6 +302,60 @@ def record_batch(
                     source=source, timestamps=timestamps, row_numbers=row_numbers, run_id=run_id,
                     input_path=input_path, rows_dropped=rows_dropped)
         batch.add_predictions(predictions, drift_rows, drift_status)
+        return batch.commit()
+
+
+
+def record_dashboard(engine: Engine | None, features: pd.DataFrame, predictions: np.ndarray | pd.DataFrame,
+                     timestamps: pd.Series, *, model_name: str, model_version: str | int, model_uri: str | None,
+                     settings: Settings | None = None, tries: int = 3) -> int | None:
+    """Record the dashboard's predictions of the hours this version has none of yet, as one batch; return its
+    id, or None when every hour was recorded already (nothing is written).
+
+    The hours go into `dashboard_hours` in the batch's transaction: its key (model, version, hour) makes a
+    second writer that recorded some of the same hours meanwhile (another dashboard worker) fail at commit,
+    and the next try leaves those hours out. However many pages show a version, the marts hold one row per
+    hour of it. Arguments as record_batch; `timestamps` is required (the hours are the key).
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    engine = engine or get_engine(settings=settings)
+    with _database_errors(engine):
+        for attempt in range(tries):
+            try:
+                return _record_new_hours(engine, features, np.asarray(predictions, dtype="float64"), timestamps,
+                                         model_name, str(model_version), model_uri, settings)
+            except IntegrityError:  # another writer recorded some of these hours since we looked
+                if attempt == tries - 1:
+                    raise
+    return None
+
+
+def _record_new_hours(engine: Engine, features: pd.DataFrame, predictions: np.ndarray, timestamps: pd.Series,
+                      model_name: str, model_version: str, model_uri: str | None, settings: Settings | None
+                      ) -> int | None:
+    import pandas as pd
+    from sqlalchemy import select
+
+    hours = _ts_ns(timestamps)
+    key = dashboard_hours.c
+    with BatchWriter(engine, rows=0, settings=settings) as batch:  # (rows=0: on this connection)
+        conn = batch.connection
+        assert conn is not None
+        known = conn.execute(select(key[TIMESTAMP]).where(
+            (key.model_name == model_name) & (key.model_version == model_version)
+            & (key[TIMESTAMP] >= hours.min().item()) & (key[TIMESTAMP] <= hours.max().item()))).scalars().all()
+        # (an hour twice in the data, as the real OPSD series has a few: its first row)
+        new = ~np.isin(hours, np.array(known, dtype="datetime64[us]")) & ~pd.Series(hours).duplicated().to_numpy()
+        if not new.any():
+            return None
+        batch.start(features[new].reset_index(drop=True), model_name=model_name, model_version=model_version,
+                    model_uri=model_uri, source="dashboard", timestamps=timestamps[new].reset_index(drop=True))
+        batch.add_predictions(predictions[new])
+        dialects.writer(conn).insert_columns(dashboard_hours, {
+            "model_name": np.full(int(new.sum()), model_name, dtype=object),
+            "model_version": np.full(int(new.sum()), model_version, dtype=object),
+            TIMESTAMP: hours[new], "batch_id": batch.batch_id})
         return batch.commit()
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from windpipe.names import OUTCOME_TAG
+
 WAITING, STARTED, RUNNING, RAN, REUSED, FAILED, SKIPPED = (
     "waiting", "checking cache", "running", "ran", "reused", "failed", "skipped")
 STYLES = {WAITING: "dim", STARTED: "cyan", RUNNING: "bold cyan", RAN: "bold green", REUSED: "green",
@@ -32,6 +34,7 @@ class Outcome(Protocol):
     reused: bool
     seconds: float
     key_metric: str | None
+    tags: Mapping[str, str]  # the run's: windpipe.outcome, when set, is what the summary shows
 
     @property
     def metric_value(self) -> float | None: ...
@@ -127,6 +130,7 @@ class Progress:
     def finished(self, name: str, result: Outcome) -> None:
         value = result.metric_value
         metric = f"{result.key_metric}={value:.4g}" if value is not None else ""
+        metric = result.tags.get(OUTCOME_TAG) or metric  # a step that says what it did in words
         state = REUSED if result.reused else RAN
         row = self._set(name, state, run_id=result.run_id, seconds=result.seconds, metric=metric)
         self._say(row, f"reused run {result.run_id} ({result.seconds:.1f} s)" if result.reused

@@ -180,6 +180,7 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         lap("load_model")
         pred = loading.predict(model, valid.features, valid.timestamps)
         lap("score")
+        fault_point("predict:scored")  # (the drift reference, the model's training entity, is fetched next)
         drift_rows = batch_drift(valid, ref, settings)
         lap("drift")
         fault_point("predict:marts_open")  # (the input rows are in, the transaction is open)

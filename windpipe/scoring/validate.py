@@ -98,17 +98,7 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
     row_numbers = np.arange(len(df))
     what = f"missing (NaN) or infinite values in the model's columns{' or no ' + TIMESTAMP if timed else ''}"
     if len(bad_rows) and not drop_invalid:
-        if nonfinite.any():
-            rows = np.flatnonzero(nonfinite)
-            raise WindpipeError(
-                f"{where} has {len(rows)} row(s) with {what} (rows, counted from 0: {row_list(rows)}).",
-                "fill or remove those rows, or pass --drop-invalid to skip them")
-        col = next(c for c, mask in impossible.items() if mask.any())
-        first = int(np.flatnonzero(impossible[col])[0])
-        raise WindpipeError(
-            f"{where} has {int(outside.sum())} row(s) with values no weather has; column {col!r} is outside its "
-            f"declared range {FEATURES_ENTITY.range_text(col)} (e.g. {feats[col].iloc[first]:g} in row {first}).",
-            "check the units and the source of those values, or pass --drop-invalid to skip those rows")
+        raise _bad_values(feats, nonfinite, impossible, where, what, ", or pass --drop-invalid to skip them")
     if len(bad_rows):
         keep = np.ones(len(df), dtype=bool)
         keep[bad_rows] = False
@@ -123,6 +113,37 @@ def validate_input(df: pd.DataFrame, columns: dict[str, str] | None = None, drop
         _check_repeats(timestamps, row_numbers, where)
         FEATURES_ENTITY.check_index(timestamps, f" of {where}")
     return ValidInput(feats, timestamps, row_numbers, extra, bad_rows.tolist() if drop_invalid else [], derived)
+
+
+def _bad_values(feats: pd.DataFrame, nonfinite: np.ndarray, impossible: dict[str, np.ndarray], where: str,
+                what: str, skip: str = "") -> WindpipeError:
+    """The error for rows with missing or infinite values (first), or values outside the declared ranges."""
+    if nonfinite.any():
+        rows = np.flatnonzero(nonfinite)
+        return WindpipeError(f"{where} has {len(rows)} row(s) with {what} (rows, counted from 0: {row_list(rows)}).",
+                             f"fill or remove those rows{skip}")
+    outside = np.logical_or.reduce(list(impossible.values()))
+    col = next(c for c, mask in impossible.items() if mask.any())
+    first = int(np.flatnonzero(impossible[col])[0])
+    return WindpipeError(
+        f"{where} has {int(outside.sum())} row(s) with values no weather has; column {col!r} is outside its "
+        f"declared range {FEATURES_ENTITY.range_text(col)} (e.g. {feats[col].iloc[first]:g} in row {first}).",
+        f"check the units and the source of those values{skip.replace(' them', ' those rows')}")
+
+
+def check_values(df: pd.DataFrame, where: str = "the request") -> None:
+    """Refuse `df` when a weather column (those of FEATURES it has, as numbers) is missing, infinite or outside its
+    declared range in any row: the checks of validate_input, for the model server's requests (which carry the
+    model's own columns, so the columns themselves are MLflow's signature check)."""
+    cols = [c for c in FEATURES if c in df.columns and pd.api.types.is_numeric_dtype(df[c])
+            and not pd.api.types.is_bool_dtype(df[c])]
+    if not cols or df.empty:
+        return
+    feats = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in cols})
+    nonfinite = ~np.isfinite(feats.to_numpy()).all(axis=1)
+    impossible = {c: FEATURES_ENTITY.out_of_range(c, feats[c].to_numpy()) for c in cols}
+    if nonfinite.any() or any(mask.any() for mask in impossible.values()):
+        raise _bad_values(feats, nonfinite, impossible, where, "missing (NaN) or infinite weather values")
 
 
 def _timestamps(ts: pd.Series, where: str) -> pd.Series:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,18 @@ def join(base: str, *parts: str) -> str:
 
 def name_of(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] if is_s3(uri) else Path(uri).name
+
+
+def check_name(uri: str, what: str) -> None:
+    """Refuse a path whose name is not valid UTF-8 (the bytes of a file name from another system arrive as
+    surrogate escapes): no run, record or message downstream could carry it."""
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(uri).decode("utf-8", "backslashreplace")  # (the bytes that are not UTF-8 shown as escapes)
+        raise WindpipeError(f"The {what} {shown} has a name that is not valid UTF-8; nothing was read or written.",
+                            "rename the file to a UTF-8 name (e.g. `convmv -f latin1 -t utf8 --notest FILE`), "
+                            "then pass that name") from None
 
 
 def absolute(uri: str) -> str:

@@ -10,9 +10,11 @@ the tracking server's /health and an artifact listing through its proxy).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from windpipe.errors import WindpipeError
+from windpipe.fileio import low_space, mount_point
 from windpipe.settings import Settings
 from windpipe.stack import ftp
 from windpipe.stack.procs import Say, Service, ServiceState, bring_down, bring_up
@@ -101,8 +103,22 @@ def ensure_state_folder(settings: Settings) -> None:
 
 
 def status(settings: Settings) -> list[ServiceState]:
-    """Each server of the stack checked for real."""
-    return [svc.state() for svc in stack(settings)]
+    """Each server of the stack checked for real, and the state folder's disk (DOWN below
+    settings.min_free_mb free)."""
+    return [*(svc.state() for svc in stack(settings)), disk_state(settings)]
+
+
+def disk_state(settings: Settings) -> ServiceState:
+    """The disk of the state folder (the tracking database, the artifacts, the marts live there) as a status line."""
+    mount = mount_point(settings.home)
+    low = low_space(settings.home, settings.min_free_mb, "the state folder")
+    if low is not None:
+        return ServiceState("disk", str(mount), False, None, str(low))
+    try:
+        free = f"{shutil.disk_usage(mount).free / 1e6:.0f} MB free"
+    except OSError as exc:
+        free = f"free space unknown ({exc.strerror or exc})"
+    return ServiceState("disk", str(mount), True, None, f"{free} for {settings.home}")
 
 
 def _server_env(settings: Settings) -> dict[str, str]:
@@ -138,7 +154,12 @@ def _mlflow_command(settings: Settings) -> list[str]:
 
 def up(settings: Settings, say: Say = print) -> list[ServiceState]:
     """Start whatever is not running, wait until every server answers. Running servers are left alone; on a
-    failure what this call started is stopped again."""
+    failure what this call started is stopped again. A state folder on a disk with less than
+    settings.min_free_mb free is refused: nothing starts (the servers would start, then fail the first write
+    with errors that do not say why)."""
+    low = low_space(settings.home, settings.min_free_mb, "the state folder")
+    if low is not None:
+        raise low
     if settings.stack == "team":
         from windpipe.stack import team
 
@@ -161,8 +182,15 @@ def tidy_up(settings: Settings) -> list[str]:
     from windpipe.stack.objects import local_copy
     from windpipe.tracking.runs import mark_killed_runs
 
-    lines = [f"run {run_id}: marked KILLED (its process is gone)"
-             for run_id in mark_killed_runs(mlflow_client(settings))]
+    try:
+        lines = [f"run {run_id}: marked KILLED (its process is gone)"
+                 for run_id in mark_killed_runs(mlflow_client(settings))]
+    except Exception as exc:  # the tracking store cannot be written (a full disk answers 503): say so, go on
+        from windpipe.errors import first_line
+        from windpipe.tracking.client import diagnose
+
+        down = diagnose(settings)
+        lines = [f"runs: not checked ({down.problem if down is not None else first_line(exc, 300)})"]
     try:
         lines += settle_pending(get_engine(settings=settings), lambda uri: local_copy(uri, settings))
     except WindpipeError as exc:

@@ -31,6 +31,8 @@ def main(input: str, output: str, model_uri: str | None = None, overwrite: bool 
     """
     import mlflow
 
+    objects.check_name(input, "input file")  # before the run: nothing is written for a name nothing can carry
+    objects.check_name(output, "output file")
     with step_run("predict", step_dir=step_dir) as run:
         down = diagnose(get_settings())  # the artifact store, before scoring and committing anything
         if down is not None:

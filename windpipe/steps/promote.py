@@ -3,7 +3,9 @@
 Reads:  MODEL_URI (the compare step's candidate) and the holdout of the run that logged it.
 Writes: a version of the registered model (none when one already holds the model), alias challenger,
         and production when it wins; on its run the promotion's fields (windpipe.promote.*), metric
-        promoted_version, and tag windpipe.entity.production (the production version after the gate).
+        promoted_version (only when it promoted), tag windpipe.outcome ("promoted v2: ..." or "not promoted
+        v2: ...": the pipeline's summary shows it), and tag windpipe.entity.production (the production version
+        after the gate).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def main(model_uri: str, metric: str, margin: str, step_dir: Path | None = None)
                 if not isinstance(v, dict | list) and v is not None}
         if result.production is not None:
             tags[names.entity_tag(names.PRODUCTION)] = names.version_uri(settings.model_name, result.production)
+        outcome = f"{'promoted' if result.promoted else 'not promoted'} v{result.version}: {result.reason}"
+        tags[names.OUTCOME_TAG] = outcome[:500]  # what the pipeline's summary shows
         mlflow.set_tags(tags)
-        mlflow.log_metric("promoted_version", result.version)
+        if result.promoted:  # (a version that was not promoted is no promoted_version)
+            mlflow.log_metric("promoted_version", result.version)
         if result.note:
             print(f"promote: {result.note}")
-        print(f"promote: {'promoted' if result.promoted else 'not promoted'} v{result.version}: {result.reason}")
+        print(f"promote: {outcome}")
         return result

@@ -14,6 +14,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from windpipe.errors import WindpipeError
+from windpipe.fileio import low_space
 from windpipe.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -129,13 +130,25 @@ def tracking_store_name(settings: Settings) -> str | None:
     return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.team.pg_port}"
 
 
+def probe_disk(settings: Settings) -> None:
+    """Raise ServerDown when the tracking server is the one `windpipe up` runs and the disk of its state folder
+    (its database, its artifacts) is nearly full: its writes then fail, answered with HTTP 503."""
+    if not _own_server(settings):
+        return
+    low = low_space(settings.home, settings.min_free_mb, "its state folder")
+    if low is not None:
+        raise ServerDown(f"The MLflow tracking server at {settings.effective_tracking_uri} cannot write: "
+                         f"{low.problem[0].lower()}{low.problem[1:]}", low.fix)
+
+
 def diagnose(settings: Settings | None = None) -> ServerDown | None:
-    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, the
-    database behind it, or its artifact store. None when all answer."""
+    """Which server is down, found within seconds (no MLflow retry loop): the tracking server, the disk of
+    its state folder, the database behind it, or its artifact store. None when all answer."""
     settings = settings or get_settings()
     uri = settings.effective_tracking_uri
     try:
         probe_health(uri, timeout=3.0)
+        probe_disk(settings)
         probe_tracking_store(uri, timeout=5.0, store=tracking_store_name(settings))
         probe_artifacts(uri, timeout=5.0, store=artifact_store_name(settings))
     except ServerDown as exc:

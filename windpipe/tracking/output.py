@@ -123,7 +123,7 @@ def configure_logging(show: bool | None = None) -> None:
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     if not show and not sys.stdout.isatty():
-        _quiet_keras()
+        quiet_keras()
 
 
 class _QuietKeras(importlib.abc.MetaPathFinder):
@@ -153,7 +153,9 @@ class _QuietKeras(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _quiet_keras() -> None:
+def quiet_keras() -> None:
+    """No Keras progress bars in this process (on a terminal too): a server predicts per request, and a bar per
+    request is noise on its console."""
     if "keras" in sys.modules:
         sys.modules["keras"].config.disable_interactive_logging()
     elif not any(isinstance(f, _QuietKeras) for f in sys.meta_path):

@@ -144,9 +144,7 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
                 fault_point(f"step:{step}")
                 yield run
         except WindpipeError as exc:
-            down = None if isinstance(exc, ServerDown) else diagnose(settings)
-            if down is not None:  # the error may only be what a server that died looks like from here
-                exc = ServerDown(f"{exc.problem.rstrip('.')}: {down.problem}", down.fix)
+            exc = _diagnosed(exc, settings)
             _end_quietly(run.info.run_id, str(exc))
             raise exc from None
         except KeyboardInterrupt as exc:
@@ -157,6 +155,7 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
         except Exception as exc:
             inner = _step_error(exc)
             if inner is not None:  # ending the run failed after the step's own error (one PostgreSQL behind both)
+                inner = _diagnosed(inner, settings)
                 _end_quietly(run.info.run_id, str(inner))
                 raise inner from None
             down = diagnose(settings)
@@ -166,6 +165,13 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
                                  f"{down.fix}; then run it again" if down.fix else None)
             _end_quietly(run.info.run_id, str(problem))
             raise problem from None
+
+
+def _diagnosed(exc: WindpipeError, settings: Any) -> WindpipeError:
+    """The step's error, with the server that is down named when one is (the error may only be what a server
+    that died looks like from here: an entity that cannot be fetched while the tracking store's database is gone)."""
+    down = None if isinstance(exc, ServerDown) else diagnose(settings)
+    return exc if down is None else ServerDown(f"{exc.problem.rstrip('.')}: {down.problem}", down.fix)
 
 
 def _step_error(exc: BaseException) -> WindpipeError | None:
