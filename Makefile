@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 DEMO_RAW := data/raw
+# the suite runs in two processes (whole test files each: a module's servers are started once);
+# most of its time is spent waiting on servers, so two overlap well on two cores
+TEST_WORKERS ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install airflow demo test test-fast lint bench up down status freeze clean
@@ -39,7 +42,7 @@ demo-team: install
 	WINDPIPE_STACK=team $(BIN)/windpipe demo --raw $(DEMO_RAW)
 
 test: install airflow
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
