@@ -163,6 +163,23 @@ def test_a_time_repeated_across_parts_in_any_order_is_found():
     assert seen.repeats(again).tolist() == [True, False, True, False]
 
 
+def test_the_times_of_a_file_in_time_order_take_flat_memory():
+    """10M times a minute apart, with a gap (as a long file streams): a few progressions, not 80 MB of times; a
+    repeat of any earlier part, or of a progression's last point, is still found, a time in the gap is not."""
+    from windpipe.scoring.validate import _SeenTimes
+
+    minute = 60 * 10**9
+    times = np.delete(np.arange(10_000_000, dtype="int64"), np.s_[4_000_000:4_000_010]) * minute
+    seen = _SeenTimes()
+    for part in np.array_split(times, 100):
+        assert not seen.repeats(part).any()
+        seen.add(part)
+    assert seen._runs == [] and len(seen._starts) <= 101  # one progression per part (and one for the gap)
+    probe = np.array([0, 4_000_005, 3_999_999, 4_000_010, 9_999_999, 10_000_000, 7], dtype="int64") * minute
+    assert seen.repeats(probe).tolist() == [True, False, True, True, True, False, True]
+    assert seen.repeats(np.array([minute // 2], dtype="int64")).tolist() == [False]  # between two minutes
+
+
 def _spliced(path):
     """`path` (two row groups, windspeed int64) with its second row group's windspeed declared DOUBLE in the footer:
     a file whose schema changes between row groups (as a spliced or damaged file has)."""
