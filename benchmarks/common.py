@@ -52,20 +52,15 @@ def running_platform() -> Iterator[tuple[object, dict[str, str]]]:
 
     from tests.conftest import settings_from
     from windpipe.stack import services as platform
+    from windpipe.stack.procs import environment
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its platform
     with tempfile.TemporaryDirectory(prefix="windpipe-bench-") as tmp:
         env = platform_env(Path(tmp))
         settings = settings_from(env)
         platform.up(settings, say=lambda _m: None)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         try:
-            yield settings, env
+            with environment(env):
+                yield settings, env
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             platform.down(settings, say=lambda _m: None)

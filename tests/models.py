@@ -56,7 +56,7 @@ def log_registered_model(platform, df: pd.DataFrame | None = None, alias: str | 
                                         signature=infer_signature(df[FEATURES], pred),
                                         pip_requirements=["scikit-learn", "pandas"],
                                         serialization_format="cloudpickle")
-        mlflow.set_tags({"windpipe.model_uri": info.model_uri, "windpipe.entity.processed": entity_uri})
+        mlflow.set_tags({"windpipe.model_uri": info.model_uri, "windpipe.input.processed": entity_uri})
     version = mlflow.register_model(info.model_uri, platform.settings.model_name)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(version.name, version.version, "windpipe.data_date", data_date(df))

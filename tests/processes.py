@@ -90,3 +90,15 @@ def wait_for(check, what: str, timeout: float = 60.0, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def processes_of(run_id: str) -> list[int]:
+    """Pids whose environment names `run_id` as their MLflow run (a step's process and its children)."""
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"MLFLOW_RUN_ID={run_id}".encode() in env.read_bytes():
+                out.append(int(env.parent.name))
+        except OSError:
+            pass
+    return out

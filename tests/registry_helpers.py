@@ -105,7 +105,7 @@ def log_candidate(scope: Scope, scale: float = 1.0, family: str = "lr", df: pd.D
             path = write_entity(PROCESSED, df, Path(tmp) / PROCESSED.filename)
             entity_uri = log_entity(PROCESSED, df, path, context="training")
         mlflow.log_metrics(regression_metrics(test[TARGETS], model.predict(test[FEATURES])))
-        mlflow.set_tag("windpipe.entity.processed", entity_uri)
+        mlflow.set_tag("windpipe.input.processed", entity_uri)  # the data it trained on
         if with_model:
             info = mlflow.sklearn.log_model(model, name="model", input_example=train[FEATURES].head(3),
                                             signature=infer_signature(train[FEATURES], model.predict(train[FEATURES])),

@@ -380,9 +380,9 @@ def test_a_good_processed_file_becomes_the_processed_entity(tmp_path):
 
 
 def test_processed_file_wires_into_the_process_step_through_the_plan(tmp_path):
+    from windpipe.pipeline.cache import input_values
     from windpipe.pipeline.interfaces import load_interfaces
     from windpipe.pipeline.plan import make_plan
-    from windpipe.pipeline.runner import input_values
 
     path = tmp_path / "p.parquet"
     plan = make_plan(load_interfaces(), "training", external={"processed_file": str(path)})

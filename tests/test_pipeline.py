@@ -14,13 +14,12 @@ import pytest
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.names import CACHE_KEY_TAG, MODEL_URI_TAG, PROCESSED_TAG
-from windpipe.pipeline.cache import cache_key, content_hash
+from windpipe.pipeline.cache import StepResult, cache_key, content_hash, input_values, step_key
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import make_plan, parse_overrides
-from windpipe.pipeline.runner import StepResult, input_values, step_key
 
 from .conftest import REPO, latest_run, trainers
-from .processes import code_snapshot
+from .processes import code_snapshot, processes_of
 
 TRAINERS = trainers()  # gbm, keras, lr, rf: every step that writes a model
 STEPS = ["process", *TRAINERS, "compare", "promote"]
@@ -339,19 +338,7 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     assert killed  # (a step may have ended just before the signal)
     for r in killed:
         assert "stopped with the pipeline" in r.data.tags["windpipe.failure_reason"]
-        assert not _processes_of(r.info.run_id), "a step process outlived the pipeline"
-
-
-def _processes_of(run_id: str) -> list[int]:
-    """Pids whose environment names `run_id` as their MLflow run (a step's process and its children)."""
-    out = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if f"MLFLOW_RUN_ID={run_id}".encode() in env.read_bytes():
-                out.append(int(env.parent.name))
-        except OSError:
-            pass
-    return out
+        assert not processes_of(r.info.run_id), "a step process outlived the pipeline"
 
 
 @pytest.mark.slow

@@ -137,6 +137,51 @@ def test_missing_interface_or_mlproject_names_the_file(tmp_path):
         load_interfaces(folder.parent)  # a step folder without an MLproject stops every listing
 
 
+# ---------------------------------------------------------------------------------------------- inputs: latest
+
+
+@pytest.fixture
+def newest_written(tmp_path, monkeypatch) -> str:
+    """A processed entity on disk that `latest` resolves to (as if the newest process run had written it)."""
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import write_entity
+    from windpipe.tracking import runs
+
+    from .models import tiny_processed
+
+    path = str(write_entity(PROCESSED, tiny_processed(48), tmp_path / "newest.parquet"))
+    monkeypatch.setattr(runs, "latest_entity_uri", lambda entity: path if entity == "processed" else None)
+    return path
+
+
+@pytest.mark.parametrize("value", ["", "latest", "  latest ", None])
+def test_trainers_and_generic_steps_resolve_latest_alike(newest_written, tmp_path, value):
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.steps.generic import read_input_entity
+    from windpipe.steps.train import load_data, split_spec
+
+    data = load_data(value, split_spec(42, 0.2, "random", 1), tmp_path)
+    df, uri = read_input_entity(PROCESSED, value, tmp_path)
+    assert data.uri == uri == newest_written and len(data.df) == len(df) == 48
+
+
+def test_an_input_given_is_kept_and_a_local_path_made_absolute(tmp_path, monkeypatch):
+    from windpipe.tracking.runs import input_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert input_uri("processed", " runs:/0a1b/entities/processed.parquet ") == "runs:/0a1b/entities/processed.parquet"
+    assert input_uri("processed", "s3://bucket/p.parquet") == "s3://bucket/p.parquet"
+    assert input_uri("processed", "data/p.parquet") == str(tmp_path / "data" / "p.parquet")
+
+
+def test_what_a_run_read_is_its_input_tag_or_for_older_runs_its_entity_tag():
+    from windpipe.names import read_uri
+
+    assert read_uri({"windpipe.input.processed": "runs:/a/x", "windpipe.entity.processed": "runs:/b/x"}) == "runs:/a/x"
+    assert read_uri({"windpipe.entity.processed": "runs:/b/x"}) == "runs:/b/x"  # logged before the input tag
+    assert read_uri({"windpipe.model_uri": "models:/m-1"}) is None
+
+
 # ---------------------------------------------------------------------------------------------- the DAG
 
 

@@ -44,7 +44,7 @@ def assert_trained(run, family: str, entity_uri: str) -> str:
     assert METRICS <= set(run.data.metrics)
     tags = run.data.tags
     assert tags["windpipe.model_family"] == family
-    assert tags["windpipe.entity.processed"] == entity_uri
+    assert tags["windpipe.input.processed"] == entity_uri and "windpipe.entity.processed" not in tags
     assert tags["windpipe.data_date"].isdigit() and tags["windpipe.model_uri"].startswith("models:/m-")
     assert {"split_seed", "test_size", "split_by", "holdout_weeks", "holdout_start"} <= set(run.data.params)
     assert run.data.params["split_by"] == "time" and run.data.params["time_features"] == "true"
@@ -114,11 +114,14 @@ def test_keras_main_logs_epochs_and_model(use_platform, entity):
     assert run.data.params["learning_rate"] == "0.01"
 
 
-def test_latest_default_uses_the_newest_process_run(use_platform, raw_dir):
+def test_latest_reads_what_the_newest_process_run_wrote(use_platform, raw_dir, entity):
+    """`data=latest` is the newest process output, even after a training run read a file of its own."""
     ok(mlflow_run(use_platform, "process", "-P", f"raw_dir={raw_dir}"))
-    entity_uri = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
+    written = latest_run(use_platform, "process").data.tags["windpipe.entity.processed"]
+    ok(use_platform.windpipe("run", "lr", "-P", f"data={entity}", *WEEK))  # newer than the process run
     ok(mlflow_run(use_platform, "lr", *WEEK))
-    assert latest_run(use_platform, "lr", "main").data.tags["windpipe.entity.processed"] == entity_uri
+    run = latest_run(use_platform, "lr", "main")
+    assert run.data.params["data_uri"] == written
 
 
 @pytest.fixture(scope="module")
@@ -188,15 +191,25 @@ def test_windpipe_run_makes_the_run_mlflow_run_makes_in_one_process(use_platform
     ours = latest_run(use_platform, "rf", "grid")
     assert ours.info.run_id != by_mlflow.info.run_id and ours.info.run_id in proc.stdout
     assert_trained(ours, "rf", entity)
-    assert ours.data.params == by_mlflow.data.params  # MLflow Projects logged the same parameters
-    for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.project.entryPoint", "windpipe.code_version"):
-        assert ours.data.tags[tag] == by_mlflow.data.tags[tag], tag
+    assert ours.data.params == by_mlflow.data.params  # the parameters MLflow Projects logs
+    for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.project.entryPoint", "mlflow.user",
+                "mlflow.source.git.commit", "mlflow.source.git.repoURL", "mlflow.project.backend",
+                "windpipe.code_version"):
+        assert ours.data.tags.get(tag) == by_mlflow.data.tags.get(tag), tag
+    assert ours.data.tags["mlflow.source.name"].startswith("file://")  # (this checkout is a git repository)
     assert ours.data.metrics["r2"] == pytest.approx(by_mlflow.data.metrics["r2"])
 
     proc = use_platform.windpipe("run", "lr", "-P", f"data={bad_entities['missing_column']}")
     assert proc.returncode == 1 and "lacks column(s) windspeed" in proc.stderr
     assert latest_run(use_platform, "lr", "main").info.status == "FAILED"
-    before = latest_run(use_platform, "lr", "main").info.run_id
+    before = _run_ids(use_platform)
     proc = use_platform.windpipe("run", "lr", "-P", "dat=x")  # a name the MLproject does not have: no run
     assert proc.returncode == 2 and "takes data, seed, split_by, holdout_weeks" in proc.stderr, proc.stderr
-    assert latest_run(use_platform, "lr", "main").info.run_id == before
+    proc = use_platform.windpipe("run", "lr", "-e", "evaluate")  # model_uri has no default: no run either
+    assert proc.returncode == 2 and "needs model_uri" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert _run_ids(use_platform) == before
+
+
+def _run_ids(platform) -> set[str]:
+    return {r.info.run_id for r in mlflow.search_runs(experiment_names=[platform.settings.experiment],
+                                                       output_format="list", max_results=10000)}

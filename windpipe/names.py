@@ -1,10 +1,13 @@
 """Every name the parts of windpipe share: columns, run and version tags, aliases, metric direction.
 
 This module owns those contracts: no other module writes a tag string, an alias name or a
-metric's direction. It imports nothing, so the lightest process (the marts writer) can use it.
+metric's direction. It imports nothing but `collections.abc`, so the lightest process (the marts writer)
+can use it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 # ---------------------------------------------------------------------------------- columns
 
@@ -29,9 +32,10 @@ FAMILY_TAG = _P + "model_family"  # lr, rf, keras, gbm, ... (windpipe.training.f
 BEST_RUN_TAG = _P + "best_run_id"  # a grid parent or the compare step: the winning run
 BEST_FAMILY_TAG = _P + "best_model_family"
 EVALUATED_MODEL_TAG = _P + "evaluated_model_uri"
-ENTITY_TAG_PREFIX = _P + "entity."  # + entity name: the URI of the entity a run read or wrote
-PROCESSED_TAG = ENTITY_TAG_PREFIX + "processed"  # the processed entity a training run read
-INPUT_TAG_PREFIX = _P + "input."  # + entity name: the URI an interface step resolved `latest` to
+ENTITY_TAG_PREFIX = _P + "entity."  # + entity name: the URI of the entity a run wrote (`latest` finds it)
+PROCESSED_TAG = ENTITY_TAG_PREFIX + "processed"  # the processed entity the process step wrote
+INPUT_TAG_PREFIX = _P + "input."  # + entity name: the URI of the entity a run read (`latest` resolved)
+TRAINING_DATA_TAG = INPUT_TAG_PREFIX + "processed"  # the processed entity a training (or evaluate) run read
 # the pipeline driver and its cache
 CACHE_KEY_TAG = _P + "cache_key"  # also on a model version: the work (step, code, params, inputs) that made it
 UPSTREAM_TAG = _P + "upstream"
@@ -63,6 +67,10 @@ MLFLOW_PROJECT_ENV_TAG = "mlflow.project.env"
 MLFLOW_PROJECT_ENTRY_TAG = "mlflow.project.entryPoint"
 MLFLOW_PROJECT_BACKEND_TAG = "mlflow.project.backend"
 MLFLOW_RUN_NAME_TAG = "mlflow.runName"
+MLFLOW_USER_TAG = "mlflow.user"
+MLFLOW_SOURCE_NAME_TAG = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE_TAG = "mlflow.source.type"
+MLFLOW_GIT_REPO_URL_TAG = "mlflow.source.git.repoURL"
 
 # ---------------------------------------------------------------------------------- version tags
 
@@ -110,7 +118,22 @@ def entity_tag(entity: str) -> str:
 
 
 def input_tag(entity: str) -> str:
+    """The run tag holding the URI of `entity` that a run read: windpipe.input.<name>."""
     return INPUT_TAG_PREFIX + entity
+
+
+def read_uri(tags: Mapping[str, str], entity: str = "processed") -> str | None:
+    """The URI of `entity` that the run with `tags` read (a training run's data). Runs logged before the
+    input tags existed recorded it under the entity tag, which now means what a run wrote."""
+    return tags.get(input_tag(entity)) or tags.get(entity_tag(entity)) or None
+
+
+LATEST = "latest"  # a step's input parameter: the entity the newest finished run wrote
+
+
+def is_path(uri: str) -> bool:
+    """True when `uri` names a local file rather than something MLflow downloads (runs:/, models:/, s3://...)."""
+    return "://" not in uri and not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
 
 
 def pipeline_step_tag(step: str) -> str:

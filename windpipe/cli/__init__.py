@@ -101,7 +101,7 @@ def run() -> None:
     from windpipe.stack.procs import skip_final_gc
 
     # MLflow's telemetry asks the internet for its config and waits at exit; its thread also edits
-    # os.environ while the pipeline's threads read it (DESIGN.md fact 11)
+    # os.environ while the pipeline's threads read it (docs/reliability.md)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         main()

@@ -30,8 +30,7 @@ def run_training(raw: Path | None, quick: bool = False, force: bool = False, env
     from windpipe.data.process import check_processed, read_processed
     from windpipe.errors import UsageError
     from windpipe.pipeline.cache import content_hash
-    from windpipe.pipeline.plan import PipelineConfig, parse_overrides
-    from windpipe.pipeline.runner import plan_for
+    from windpipe.pipeline.plan import PipelineConfig, parse_overrides, plan_for
     from windpipe.settings import get_settings, projects_dir
     from windpipe.steps.driver import driver
     from windpipe.tracking.client import connect

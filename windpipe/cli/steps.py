@@ -135,11 +135,11 @@ def run(
     Parameters are checked against the step's MLproject before the run exists; exit 1 when the step fails.
     """
     from windpipe.errors import UsageError
-    from windpipe.pipeline.interfaces import mlproject_entry_points
+    from windpipe.pipeline.interfaces import read_mlproject
     from windpipe.settings import get_settings, projects_dir
 
-    folder = (projects or projects_dir()) / step
-    entry_points = mlproject_entry_points(folder)
+    project = read_mlproject((projects or projects_dir()) / step)
+    entry_points = project.entry_points
     if entry_point not in entry_points:
         raise UsageError(f"The step {step!r} has no entry point {entry_point!r}.",
                          f"use one of {', '.join(entry_points)}")
@@ -153,12 +153,12 @@ def run(
         params[name] = value
     import mlflow
 
-    from windpipe.pipeline.runner import run_here
+    from windpipe.pipeline.project_run import run_here
     from windpipe.tracking.client import connect
 
     settings = get_settings()
     connect(settings)
-    run = run_here(folder, entry_point, params, mlflow.get_experiment_by_name(settings.experiment).experiment_id)
+    run = run_here(project, entry_point, params, mlflow.get_experiment_by_name(settings.experiment).experiment_id)
     typer.echo(f"{step} {entry_point}: run {run.info.run_id} {run.info.status}")
     if run.info.status != "FINISHED":
         raise typer.Exit(1)

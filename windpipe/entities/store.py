@@ -12,6 +12,7 @@ import pandas as pd
 from windpipe.entities.schema import Entity
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_path
+from windpipe.names import is_path
 
 if TYPE_CHECKING:
     from mlflow.data.dataset_source import DatasetSource
@@ -48,7 +49,7 @@ def read_entity(entity: Entity, path: Path | str) -> pd.DataFrame:
 
 def resolve_uri(uri: str, dst: Path | None = None) -> Path:
     """A local path for `uri`: a path as is, or any URI MLflow can download (runs:/, mlflow-artifacts:/ ...)."""
-    if "://" not in uri and not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+    if is_path(uri):
         return Path(uri)
     if uri.startswith("file://"):
         return Path(uri[len("file://"):])

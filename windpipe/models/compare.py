@@ -77,7 +77,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
             "start_time": pd.Timestamp(r.info.start_time, unit="ms", tz="UTC"),
             "data_date": tags.get(names.DATA_DATE_TAG, ""),
             "model_uri": tags.get(names.MODEL_URI_TAG, ""),
-            "entity_uri": tags.get(names.PROCESSED_TAG, ""),
+            "entity_uri": names.read_uri(tags) or "",  # the data the run trained on
             "parent_run_id": tags.get(names.MLFLOW_PARENT_RUN_TAG, ""),
         }
         row.update({k: float(v) for k, v in r.data.metrics.items()})

@@ -136,7 +136,7 @@ def resolve(model_uri: str | None = None, settings: Settings | None = None, clie
         elif uri.startswith("runs:/"):
             ref.run_id = uri[len("runs:/"):].split("/")[0]
         if ref.run_id:
-            ref.training_entity_uri = client.get_run(ref.run_id).data.tags.get(names.PROCESSED_TAG)
+            ref.training_entity_uri = names.read_uri(client.get_run(ref.run_id).data.tags)
     except WindpipeError:
         raise
     except MlflowException as exc:
@@ -354,7 +354,7 @@ def training_entity(ref: ModelRef, settings: Settings | None = None) -> pd.DataF
 
     if not ref.training_entity_uri:
         raise WindpipeError(f"The model {ref.label} has no training data on record: its run lacks the "
-                            f"{names.entity_tag('processed')} tag.",
+                            f"{names.TRAINING_DATA_TAG} tag.",
                             "use a model trained by the windpipe steps (they record the entity they read)")
     settings = settings or get_settings()
     target = settings.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)

@@ -92,9 +92,9 @@ def holdout_split(df: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 def load_holdout(run: Any, dst: Path | None = None) -> Holdout:
     """The challenger run's processed entity, split with the run's split params: by default the newest
     `holdout_weeks` of it, the window the challenger never saw (runs with `split_by=random`: its seeded split)."""
-    uri = run.data.tags.get(names.PROCESSED_TAG)
+    uri = names.read_uri(run.data.tags)
     if not uri:
-        raise WindpipeError(f"Run {run.info.run_id} has no {names.PROCESSED_TAG} tag, so there is no holdout to "
+        raise WindpipeError(f"Run {run.info.run_id} has no {names.TRAINING_DATA_TAG} tag, so there is no holdout to "
                             "score on.",
                             "promote a run of the lr, rf or keras steps (they tag the entity they trained on)")
     try:
@@ -154,8 +154,8 @@ def candidate_run(client: Any, settings: Settings, metric: str = "rmse", run_id:
         if not run.data.tags.get(names.MODEL_URI_TAG):
             raise WindpipeError(f"Run {run_id} has no model (no {names.MODEL_URI_TAG} tag).",
                                 "pick a run of the lr, rf or keras steps from `windpipe compare`")
-        if not run.data.tags.get(names.PROCESSED_TAG):
-            raise WindpipeError(f"Run {run_id} has no {names.PROCESSED_TAG} tag, so there is no holdout to score "
+        if not names.read_uri(run.data.tags):
+            raise WindpipeError(f"Run {run_id} has no {names.TRAINING_DATA_TAG} tag, so there is no holdout to score "
                                 "it on.",
                                 "pick a run of the lr, rf or keras steps from `windpipe compare`")
         return run

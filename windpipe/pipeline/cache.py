@@ -7,17 +7,47 @@ from (the entity URIs wired from them, which hold their run ids, are left out), 
 hash of any external input (the same folder can hold new raw files). The key thus names the work,
 not the runs that did it: rerunning the same work (`--force`) gives every step the key it had,
 and the promotion uses that to know a model it already registered (windpipe.models.registry).
+
+`step_key` makes the key of a planned step once its producers have results (`StepResult`: a run that
+ran or was reused); `find_cached` looks it up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from windpipe import names
 from windpipe.errors import WindpipeError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from windpipe.pipeline.plan import Plan, PlannedStep
+
+
+@dataclass
+class StepResult:
+    """One step of one pipeline run."""
+
+    name: str
+    run_id: str
+    reused: bool
+    seconds: float
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    key_metric: str | None = None
+
+    @property
+    def metric_value(self) -> float | None:
+        return self.metrics.get(self.key_metric) if self.key_metric else None
+
+    @classmethod
+    def of_run(cls, name: str, run: Run, reused: bool, seconds: float, key_metric: str | None) -> StepResult:
+        return cls(name, run.info.run_id, reused, seconds, dict(run.data.tags), dict(run.data.metrics), key_metric)
 
 
 def content_hash(path: Path | str) -> str:
@@ -65,3 +95,52 @@ def find_cached(client: Any, experiment_id: str, key: str) -> Any:
         filter_string=f"tags.`{names.CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def input_values(plan: Plan, step: PlannedStep, results: dict[str, StepResult]) -> dict[str, str]:
+    """The wired input parameters of `step`: each producer's recorded URI (comma-joined for `all: true`)."""
+    out: dict[str, str] = {}
+    for port in step.spec.inputs:
+        if not port.parameter:
+            continue
+        if port.entity in plan.external:
+            out[port.parameter] = plan.external[port.entity]
+            continue
+        if port.entity in plan.graph.external:  # external, not provided: the parameter's default
+            continue
+        values = []
+        for producer in plan.graph.producers(port.entity):
+            value = results[producer].tags.get(port.tag)
+            if not value:
+                raise WindpipeError(f"The {producer} run {results[producer].run_id} recorded no {port.entity} "
+                                    f"(tag {port.tag}), which step {step.name!r} reads.",
+                                    "rerun the pipeline with --force (or fix the step so that it sets the tag)")
+            values.append(value)
+        out[port.parameter] = ",".join(values)
+    return out
+
+
+def step_key(plan: Plan, step: PlannedStep, results: dict[str, StepResult], code: str,
+             extra: dict[str, str]) -> tuple[dict[str, str], dict[str, str], str]:
+    """(parameters, upstream run ids, cache key) of `step` with code version `code`, its producers' `results`
+    and the content hashes `extra` of the external inputs.
+
+    The key names the work, not the runs that did it: a producer counts by its own key, and the URIs wired
+    from it (which hold its run id) not at all. So rerunning the same work (`--force`) keys every step alike,
+    and the promotion knows the model it already holds (windpipe.models.registry.existing_version).
+    """
+    wired = input_values(plan, step, results)
+    params = {**step.params, **wired}
+    upstream = {u: results[u].run_id for u in step.needs}
+    produced = {port.parameter for port in step.spec.inputs
+                if port.parameter in wired and port.entity not in plan.external}
+    keyed = {k: v for k, v in params.items() if k not in produced}
+    producers = {u: results[u].tags.get(names.CACHE_KEY_TAG) or results[u].run_id for u in step.needs}
+    own_extra = {e: h for e, h in extra.items() if step.spec.input(e) is not None}
+    return params, upstream, cache_key(step.spec.folder.name, step.entry_point, keyed, code, producers, own_extra)
+
+
+def external_hashes(plan: Plan) -> dict[str, str]:
+    """Content hashes of the external inputs this run provides as files or folders (a model URI is its own key)."""
+    kinds = {p.entity: p.kind for s in plan.graph.specs.values() for p in s.inputs}
+    return {entity: content_hash(value) for entity, value in plan.external.items() if kinds.get(entity) != "model"}

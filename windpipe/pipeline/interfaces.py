@@ -195,8 +195,22 @@ def _parameter(path: Path, name: str, raw: Any) -> Parameter:
     return Parameter(name=str(name), type=ptype, default=raw.get("default"), help=str(raw.get("help", "")))
 
 
+@dataclass(frozen=True)
+class MLProject:
+    """A step folder's MLproject as windpipe reads it: each entry point's parameters and command template."""
+
+    folder: Path
+    entry_points: dict[str, dict[str, Parameter]]
+    commands: dict[str, str]
+
+
 def mlproject_entry_points(folder: Path | str) -> dict[str, dict[str, Parameter]]:
     """The entry points of `<folder>/MLproject` and their parameters (with defaults and help)."""
+    return read_mlproject(folder).entry_points
+
+
+def read_mlproject(folder: Path | str) -> MLProject:
+    """`<folder>/MLproject`: its entry points, their parameters (with defaults and help) and commands."""
     path = Path(folder) / MLPROJECT_FILE
     if not path.is_file():
         raise WindpipeError(f"The step folder {Path(folder)} has no {MLPROJECT_FILE}.",
@@ -206,12 +220,16 @@ def mlproject_entry_points(folder: Path | str) -> dict[str, dict[str, Parameter]
     if not isinstance(eps, Mapping) or not eps:
         raise _bad(path, "has no `entry_points:` mapping.", "see https://mlflow.org/docs/latest/projects.html")
     out: dict[str, dict[str, Parameter]] = {}
+    commands: dict[str, str] = {}
     for ep_name, ep in eps.items():
         raw = (ep or {}).get("parameters") if isinstance(ep, Mapping) else None
         if raw is not None and not isinstance(raw, Mapping):
             raise _bad(path, f"entry point {ep_name!r}: `parameters` must be a mapping of name -> {{type, default}}.")
         out[str(ep_name)] = {str(k): _parameter(path, str(k), v) for k, v in (raw or {}).items()}
-    return out
+        command = ep.get("command") if isinstance(ep, Mapping) else None
+        if isinstance(command, str):
+            commands[str(ep_name)] = command
+    return MLProject(Path(folder), out, commands)
 
 
 def step_defaults(step: str, entry_point: str = "main", root: Path | str | None = None) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
-from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface
+from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface, load_interfaces
 from windpipe.settings import default_raw_dir, get_settings
 
 PRESETS = ("full", "quick")
@@ -238,3 +238,11 @@ def make_plan(specs: Iterable[StepInterface], pipeline: str = TRAINING, preset: 
                              f"pass -P {name}.{missing[0]}=<value>, or give it a default in its MLproject")
         steps.append(PlannedStep(name, spec, params, tuple(dict.fromkeys(graph.needs(name)))))
     return Plan(graph, steps, external, outputs)
+
+
+def plan_for(config: PipelineConfig) -> Plan:
+    """The plan of this config from the interfaces below `config.projects`, checked before anything runs."""
+    check_env_manager(config.env_manager, "--env-manager" if config.source == "-P" else config.source)
+    external = {k: str(Path(v).resolve()) if ":/" not in str(v) else str(v) for k, v in config.external.items()}
+    return make_plan(load_interfaces(config.projects), config.pipeline, config.preset, config.overrides, external,
+                     config.source, config.outputs)

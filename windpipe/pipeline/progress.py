@@ -26,7 +26,7 @@ STYLES = {WAITING: "dim", STARTED: "cyan", RUNNING: "bold cyan", RAN: "bold gree
 
 
 class Outcome(Protocol):
-    """What a finished step reports (windpipe.pipeline.runner.StepResult)."""
+    """What a finished step reports (windpipe.pipeline.cache.StepResult)."""
 
     run_id: str
     reused: bool

@@ -283,6 +283,6 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
         say(f"dropped {check.dropped} row(s) with missing or impossible values "
             f"(rows, counted from 0: {row_list(np.asarray(check.dropped_head))})")
     if drift_rows is None:
-        say(f"drift: unchecked (the model's run has no {names.PROCESSED_TAG} tag)")
+        say(f"drift: unchecked (the model's run has no {names.TRAINING_DATA_TAG} tag)")
     result.seconds = clock.total()
     return result

@@ -34,12 +34,12 @@ def main() -> None:
         with open(key_file, encoding="utf-8") as fh:
             os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = fh.read().strip()
     import uvicorn
-    from mlflow.server import handlers
     from mlflow.server.fastapi_app import app
 
+    from windpipe.tracking.internals import initialize_stores
+
     # create or migrate the tables (SQLite or PostgreSQL) before accepting requests, as `mlflow server` does
-    handlers._get_tracking_store()
-    handlers._get_model_registry_store()
+    initialize_stores(backend, os.environ[constants.ARTIFACT_ROOT_ENV_VAR])
     if basic_auth:
         # MLflow's basic-auth app (what `mlflow server --app-name basic-auth` serves); it reads
         # MLFLOW_AUTH_CONFIG_PATH, makes its tables and the admin user, and wraps the same app

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -271,3 +272,22 @@ def skip_final_gc() -> None:
     import gc
 
     gc.freeze()
+
+
+@contextlib.contextmanager
+def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """This process's environment (what the processes it starts inherit) with `changes` (None: unset), those
+    variables restored on exit. Only they are touched: other threads may read the environment meanwhile."""
+    def apply(values: Mapping[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        apply(changes)
+        yield
+    finally:
+        apply(saved)

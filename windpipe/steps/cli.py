@@ -93,7 +93,7 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     setup_process()  # before anything imports MLflow or TensorFlow: quiet console, diagnostics to the run's log
     step_dir = Path(step_dir).resolve()
     redirect_output(step_dir)
-    # MLflow's telemetry asks the internet for its config and waits at exit (DESIGN.md fact 11): not in a step
+    # MLflow's telemetry asks the internet for its config and waits at exit (docs/reliability.md): not in a step
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     code = 0
     try:

@@ -21,9 +21,11 @@ from typing import Any
 
 from windpipe import names
 from windpipe.errors import UsageError, WindpipeError
+from windpipe.pipeline.cache import StepResult
 from windpipe.pipeline.inbox import Inbox
-from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan
-from windpipe.pipeline.runner import Launcher, StepResult, plan_for, run_pipeline
+from windpipe.pipeline.launcher import Launcher, step_environment
+from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan, plan_for
+from windpipe.pipeline.runner import run_pipeline
 from windpipe.settings import get_settings, projects_dir
 from windpipe.stack import objects
 from windpipe.steps.cli import flag
@@ -211,7 +213,8 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
                                     plan.step(n).spec.key_metric) for n in planned.needs}
     end_earlier_attempts(client, parent, tag or step)
     _plain_shell_for_steps()
-    return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
+    with step_environment():
+        return Launcher(config, plan, parent.info.run_id).run(planned, results, tag_as=tag)
 
 
 def end_earlier_attempts(client: Any, parent: Any, task: str) -> list[str]:
@@ -241,11 +244,11 @@ def end_earlier_attempts(client: Any, parent: Any, task: str) -> list[str]:
 def _plain_shell_for_steps() -> None:
     """The step's `mlflow run` starts `bash -c "python step.py"`. Under an orchestrator the task's stdin may be a
     socket (Airflow 3's supervisor), and bash then reads ~/.bashrc, whose PATH (pyenv's shims, say) can pick
-    another python: the steps get stdin from /dev/null and this environment's bin/ first on PATH."""
+    another python: the steps get stdin from /dev/null (and `step_environment` puts this environment's bin/
+    first on PATH)."""
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[str] = (),

@@ -3,8 +3,9 @@
 Steps made by `windpipe new-step` run `interface_step(transform)` as their entry point, which calls
 `run_interface_step(step_dir, transform, params)` with the MLproject's parameters:
 
-- an input URI is a path, any URI MLflow can download (`runs:/...`), or `latest`: the entity
-  the newest finished run in the experiment tagged `windpipe.entity.<name>` wrote;
+- an input URI is a path, any URI MLflow can download (`runs:/...`), or `latest` (or empty): the entity
+  the newest finished run in the experiment tagged `windpipe.entity.<name>` wrote
+  (`windpipe.tracking.runs.input_uri`); the run records what it read as `windpipe.input.<name>`;
 - each output is validated against its schema, written as parquet, logged under `entities/`
   and as an MLflow dataset, and its URI set as the `windpipe.entity.<name>` tag.
 """
@@ -22,9 +23,8 @@ from windpipe.entities.schema import Entity, data_date
 from windpipe.entities.store import log_entity, log_entity_input, read_entity, resolve_uri
 from windpipe.errors import WindpipeError
 from windpipe.names import TIMESTAMP
-from windpipe.tracking.runs import latest_entity_uri, step_run
+from windpipe.tracking.runs import input_uri, step_run
 
-LATEST = "latest"
 Transform = Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]
 
 
@@ -52,8 +52,7 @@ def pass_through(source: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFra
 
 def read_input_entity(entity: Entity, uri: str, tmp: Path) -> tuple[pd.DataFrame, str]:
     """Read and validate a table entity from `uri` (`latest` allowed); return the frame and the resolved URI."""
-    if not uri or uri == LATEST:
-        uri = latest_entity_uri(entity.name)
+    uri = input_uri(entity.name, uri)
     df = read_entity(entity, resolve_uri(uri, dst=tmp))
     return df, uri
 
@@ -75,8 +74,8 @@ def run_interface_step(step_dir: Path | str, transform: Transform, params: Mappi
         tmp = Path(tmp_name)
         frames: dict[str, pd.DataFrame] = {}
         for port in spec.inputs:
-            uri = params.get(port.parameter or "", LATEST) or LATEST
-            df, uri = read_input_entity(port.as_entity(), uri, tmp / "in" / port.entity)
+            value = params.get(port.parameter or "", "")
+            df, uri = read_input_entity(port.as_entity(), value, tmp / "in" / port.entity)
             log_entity_input(port.as_entity(), df, uri, context="input")
             mlflow.set_tag(names.input_tag(port.entity), uri)  # the parameter may say `latest`
             frames[port.entity] = df

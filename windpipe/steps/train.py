@@ -1,7 +1,7 @@
 """The training steps (lr, rf, keras, gbm, ...): the processed entity -> a logged model with holdout metrics.
 
-Reads:  the `processed` entity (a path, any URI MLflow can fetch, or by default the entity of the
-        latest successful `process` run in the experiment).
+Reads:  the `processed` entity (a path, any URI MLflow can fetch, or by default `latest`: the entity the
+        newest finished run in the experiment wrote), recorded as the run's `windpipe.input.processed` tag.
 Writes: the model (`models:/m-...`: it takes utc_timestamp and the four weather columns; signature,
         input example, the code it carries, explicit pip requirements), holdout metrics, a
         predicted-vs-recorded figure, the entity as an MLflow dataset input, tags.
@@ -34,7 +34,7 @@ from windpipe.models import loading
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.settings import fault_point
 from windpipe.steps.cli import flag
-from windpipe.tracking.runs import child_run, latest_entity_uri, log_batch, step_run
+from windpipe.tracking.runs import child_run, input_uri, log_batch, step_run
 from windpipe.training import families
 from windpipe.training.families import Family, TrainingRows, core_columns, natural, natural_columns, predict_fitted
 from windpipe.training.families.rf import RFParams, rf_grid
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 FIGURE_PATH = "figures/predicted_vs_recorded.html"
 BACKTEST_FIGURE_PATH = "figures/backtest.html"
 BACKTEST_TABLE_PATH = "backtest/folds.json"
-LATEST = ("", "latest")
 
 
 # ---------------------------------------------------------------- data
@@ -91,11 +90,8 @@ def split_spec(seed: object, test_size: object, split_by: str, holdout_weeks: ob
 
 def load_data(data: str, spec: SplitSpec, tmp_dir: Path | None = None, cut: bool = True) -> Data:
     """Fetch and validate the entity, split it as `spec` says (`cut=False`: every row is a test row)."""
-    uri = latest_entity_uri(PROCESSED.name) if str(data).strip() in LATEST else str(data).strip()
-    path = resolve_uri(uri, tmp_dir)
-    df = read_entity(PROCESSED, path)
-    if "://" not in uri and not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        uri = str(Path(uri).resolve())
+    uri = input_uri(PROCESSED.name, data)
+    df = read_entity(PROCESSED, resolve_uri(uri, tmp_dir))
     train, test = spec.cut(df) if cut else (df.iloc[:0], df)
     return Data(df, uri, train, test, spec)
 
@@ -214,7 +210,8 @@ def log_training(family: Family, model: Any, params: dict[str, object], data: Da
     pred = predict_fitted(model, data.test)
     metrics = regression_metrics(y_test, pred)
     data.log_input("training")
-    tags = {names.FAMILY_TAG: family.name, names.DATA_DATE_TAG: data_date(data.train), names.PROCESSED_TAG: data.uri}
+    tags = {names.FAMILY_TAG: family.name, names.DATA_DATE_TAG: data_date(data.train),
+            names.TRAINING_DATA_TAG: data.uri}
     model_uri = None
     if log_model_too:
         fig = predicted_vs_recorded(y_test, pred, title=f"{family.name}: holdout, {data.spec.describe()} "
@@ -374,7 +371,7 @@ def backtest(family: str, data: str, seed: str, holdout_weeks: str, time_feature
         backtest_windows(d.df, folds, spec.holdout_weeks)
         d.log_input("backtest")
         log_batch({**params, "data_uri": d.uri, "time_features": trend},
-                  tags={names.FAMILY_TAG: family, names.PROCESSED_TAG: d.uri, names.DATA_DATE_TAG: data_date(d.df)})
+                  tags={names.FAMILY_TAG: family, names.TRAINING_DATA_TAG: d.uri, names.DATA_DATE_TAG: data_date(d.df)})
         return log_backtest(fit, d, folds, trend, label=family)
 
 
@@ -401,7 +398,7 @@ def evaluate(family: str, model_uri: str, data: str, scope: str, seed: str, test
         d.log_input("evaluation")
         where = d.split_params() if scope == "holdout" else {"data_uri": d.uri}
         log_batch({"model_uri": model_uri, "scope": scope, "eval_rows": len(rows), **where}, metrics,
-                  {names.EVALUATED_MODEL_TAG: model_uri, names.PROCESSED_TAG: d.uri, names.FAMILY_TAG: family,
+                  {names.EVALUATED_MODEL_TAG: model_uri, names.TRAINING_DATA_TAG: d.uri, names.FAMILY_TAG: family,
                    names.DATA_DATE_TAG: data_date(rows)})
         print(f"evaluate {model_uri} on {scope} ({len(rows)} rows): r2 {metrics['eval_r2']:.4f}")
         return metrics

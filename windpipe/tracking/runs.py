@@ -289,8 +289,18 @@ def latest_runs(filter_string: str, experiment_ids: Iterable[str] | None = None,
                               output_format="list", **kwargs)
 
 
+def input_uri(entity: str, value: object) -> str:
+    """What a step reads for `entity` when its parameter says `value`: empty or `latest` -> the URI the newest
+    finished run wrote (`latest_entity_uri`); a local path -> made absolute; any other URI as given.
+    The one resolver of `latest` for every step (record the result under `names.input_tag(entity)`)."""
+    text = str(value or "").strip()
+    if text in ("", names.LATEST):
+        return latest_entity_uri(entity)
+    return str(Path(text).resolve()) if names.is_path(text) else text
+
+
 def latest_entity_uri(entity: str, experiment_ids: Iterable[str] | None = None) -> str:
-    """The URI of `entity` in the newest finished run that recorded it (tag windpipe.entity.<name>)."""
+    """The URI of `entity` in the newest finished run that wrote it (tag windpipe.entity.<name>)."""
     tag = names.entity_tag(entity)
     runs = latest_runs(f"tags.`{tag}` LIKE '%'", experiment_ids)
     if not runs:

@@ -87,7 +87,7 @@ def split(df: pd.DataFrame, test_size: float = 0.2, seed: int = 42, split_by: st
     `time` with `holdout_weeks`: the rows of the newest `holdout_weeks` are the test set, every earlier
     row is training data. `time` without it (runs logged before the window existed): the last
     `test_size` fraction by timestamp. `random`: sklearn `train_test_split(df, test_size,
-    random_state=seed)` (DESIGN.md's 80/20 seed 42).
+    random_state=seed)` (the 80/20, seed 42 baseline of docs/training.md).
     """
     check_split(test_size, split_by, holdout_weeks)
     if len(df) < 2:

@@ -1,0 +1,93 @@
+"""What windpipe uses of MLflow beyond its documented API (windpipe/tracking/internals.py), checked against the
+installed MLflow: an upgrade that changes one of them fails here first."""
+
+from __future__ import annotations
+
+import threading
+import time
+from unittest import mock
+
+import pytest
+
+from windpipe.tracking.internals import initialize_stores, run_project_in
+
+from .processes import processes_of
+
+
+def test_the_server_initialises_its_stores_as_mlflow_server_does(monkeypatch):
+    from mlflow.server import handlers
+
+    # a stand-in with the real function's signature: a call that no longer fits it raises TypeError
+    stand_in = mock.create_autospec(handlers.initialize_backend_stores)
+    monkeypatch.setattr(handlers, "initialize_backend_stores", stand_in)
+    initialize_stores("sqlite:///x.db", "mlflow-artifacts:/")
+    stand_in.assert_called_once_with("sqlite:///x.db", "sqlite:///x.db", "mlflow-artifacts:/")
+
+
+def test_a_project_runs_in_the_run_the_launcher_made(monkeypatch):
+    import mlflow.projects
+
+    stand_in = mock.create_autospec(mlflow.projects.run)
+    monkeypatch.setattr(mlflow.projects, "run", stand_in)
+    run_project_in("0" * 32, "/steps/lr", "main", {"seed": "1"}, "7", "local")
+    stand_in.assert_called_once_with("/steps/lr", "main", parameters={"seed": "1"}, experiment_id="7",
+                                     env_manager="local", synchronous=True, run_id="0" * 32)
+
+
+@pytest.mark.slow
+def test_a_step_runs_in_the_launchers_run_and_its_process_tree_can_be_stopped(use_platform, tmp_path):
+    """MLflow Projects runs the command in the run windpipe made (no second run), as a child of this process
+    carrying the run id, so the launcher finds and stops it, and whatever it started
+    (windpipe.pipeline.launcher.Launcher.stop)."""
+    import mlflow
+    import psutil
+
+    from windpipe.pipeline.launcher import _kill, step_environment, step_processes
+    from windpipe.pipeline.project_run import create_project_run
+
+    (tmp_path / "MLproject").write_text(
+        "name: sleeper\nentry_points:\n  main:\n    parameters: {seconds: {type: float, default: 120}}\n"
+        "    command: python sleep.py {seconds}\n")
+    # the step starts a child of its own, as joblib workers or the marts helper do, after joining its run
+    # (windpipe's step_run unsets MLFLOW_RUN_ID then): only its parent names the run
+    (tmp_path / "sleep.py").write_text(
+        "import os, subprocess, sys, time\n"
+        "env = {k: v for k, v in os.environ.items() if k != 'MLFLOW_RUN_ID'}\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], env=env)\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "time.sleep(float(sys.argv[1]))\n")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(f"internals-{time.time_ns()}")
+    run_id = create_project_run(client, experiment, {"windpipe.cache_key": "k"}, {"seconds": "120"})
+    outcome: list[BaseException | None] = []
+
+    def launch() -> None:
+        try:
+            with step_environment():
+                run_project_in(run_id, tmp_path, "main", {"seconds": "120"}, experiment, "local")
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # (the pid is written)
+        child = psutil.Process(int((tmp_path / "child.pid").read_text()))
+        found = step_processes(run_id)  # the step (bash execs it) and its child
+        assert {p.pid for p in found} >= {*processes_of(run_id), child.pid}
+        assert [r.info.run_id for r in client.search_runs([experiment])] == [run_id]  # no run of MLflow's own
+        assert client.get_run(run_id).data.params == {"seconds": "120"}
+        _kill(found)
+        thread.join(timeout=60)
+        assert not thread.is_alive() and isinstance(outcome[0], mlflow.exceptions.ExecutionException)
+        assert client.get_run(run_id).info.status == "FAILED"  # MLflow Projects ends a run its command did not
+        assert processes_of(run_id) == [] and not (child.is_running() and child.status() != psutil.STATUS_ZOMBIE)
+    finally:  # (whatever failed above: nothing of the test left running)
+        pid_file = tmp_path / "child.pid"
+        strays = [psutil.Process(int(pid_file.read_text()))] if pid_file.exists() else []
+        _kill(step_processes(run_id) + [p for p in strays if p.is_running()])
+        thread.join(timeout=60)

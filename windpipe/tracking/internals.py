@@ -1,0 +1,36 @@
+"""Every use of MLflow beyond its documented API, in one place; tests/test_mlflow_internals.py checks each one
+against the installed MLflow, so an upgrade that changes them fails there, not on a user's machine.
+
+- `run_project_in(run_id, ...)`: `mlflow.projects.run(..., run_id=...)` runs a project in a run the caller
+  made (MLflow documents `run_id` as meant for its own use: `mlflow run --run-id`). The launcher makes each
+  step's run itself, tagged for the cache and as a child of the pipeline run before the step starts, and
+  runs it synchronously on a worker thread: MLflow Projects then starts the entry point's command directly.
+  (`synchronous=False` starts an `mlflow run` process in between: 4-5 s more per step, docs/DEVELOPING.md.)
+- `initialize_stores(backend_uri, artifact_root)`: create or migrate the tracking and registry tables before
+  the server accepts requests, as `mlflow server` does (`mlflow.server.handlers.initialize_backend_stores`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def run_project_in(run_id: str, folder: Path | str, entry_point: str, parameters: Mapping[str, str],
+                   experiment_id: str, env_manager: str) -> None:
+    """Run the MLflow project in `folder` in the existing run `run_id` and wait for it; MLflow Projects sets
+    the environment tag, starts the command with `MLFLOW_RUN_ID`, and ends the run if the command did not.
+    Raises mlflow's ExecutionException when the command fails (the run is then ended) or cannot start (a bad
+    parameter or project: the run is left RUNNING)."""
+    import mlflow.projects
+
+    mlflow.projects.run(str(folder), entry_point, parameters=dict(parameters), experiment_id=experiment_id,
+                        env_manager=env_manager, synchronous=True, run_id=run_id)
+
+
+def initialize_stores(backend_uri: str, artifact_root: str) -> None:
+    """Create or migrate the tracking and model registry tables of `backend_uri` (SQLite or PostgreSQL), with
+    `artifact_root` for the Default experiment, in this process: the server's handlers then use these stores."""
+    from mlflow.server.handlers import initialize_backend_stores
+
+    initialize_backend_stores(backend_uri, backend_uri, artifact_root)
