@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import signal
 
-    from tests.conftest import Platform, team_env, team_settings
+    from tests.conftest import Platform, settings_from, team_env
     from tests.models import log_registered_model, tiny_processed
     from windpipe.names import FEATURES, TIMESTAMP
-    from windpipe.stack import team
+    from windpipe.stack import services, team
     from windpipe.stack.airflow_server import worker_secret_file
     from windpipe.stack.procs import free_port
 
@@ -104,14 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     root.chmod(0o755)
     env = team_env(root / "central")
     env.update({"WINDPIPE_AIRFLOW_PORT": str(free_port()), "WINDPIPE_AIRFLOW_VENV": str(AIRFLOW_VENV)})
-    settings = team_settings(env).model_copy(update={"airflow_port": int(env["WINDPIPE_AIRFLOW_PORT"]),
-                                                     "airflow_venv": AIRFLOW_VENV})
+    settings = settings_from(env)
     box = root / "inbox"
     box.mkdir()
     workers: list[dict[str, str]] = []
     started_airflow = False
     try:
-        team.up(settings, say=lambda _m: None)
+        services.up(settings, say=lambda _m: None)
         user, password = team.admin_credentials(settings)
         env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
         os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if started_airflow:
             subprocess.run([sys.executable, "-m", "windpipe", "airflow", "down"], env=env, capture_output=True,
                            timeout=300, cwd=REPO)
-        team.down(settings, say=lambda _m: None)
+        services.down(settings, say=lambda _m: None)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

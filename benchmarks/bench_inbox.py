@@ -66,10 +66,10 @@ def rows(where: str, times: dict[str, list[float]], files: int) -> list[list[obj
 
 
 def main(files: int = 50, repeat: int = 5) -> None:
-    from tests.conftest import team_env, team_settings
+    from tests.conftest import settings_from, team_env
     from windpipe.pipeline.inbox import Inbox
     from windpipe.settings import Settings
-    from windpipe.stack import objects, s3, team
+    from windpipe.stack import objects, s3, services
 
     result = []
     with tempfile.TemporaryDirectory(prefix="windpipe-bench-inbox-") as tmp:
@@ -84,11 +84,11 @@ def main(files: int = 50, repeat: int = 5) -> None:
         result += rows("folder, claims in SQLite", times, files)
 
     home = Path(tempfile.mkdtemp(prefix="windpipe-bench-inbox-team-"))  # under /tmp: PostgreSQL's user passes
-    settings = team_settings({**team_env(home), "WINDPIPE_AUTH": "none"})
+    settings = settings_from({**team_env(home), "WINDPIPE_AUTH": "none"})
     try:
-        team.up(settings, say=lambda _m: None)
+        services.up(settings, say=lambda _m: None)
         client = s3.client(settings)
-        prefix = f"s3://{settings.s3_bucket}/bench-{uuid.uuid4().hex[:8]}-"
+        prefix = f"s3://{settings.team.s3_bucket}/bench-{uuid.uuid4().hex[:8]}-"
 
         def put_object(uri: str, data: bytes) -> None:
             bucket, key = objects.split(uri)
@@ -98,7 +98,7 @@ def main(files: int = 50, repeat: int = 5) -> None:
                        files, repeat)
         result += rows("S3 (rclone), claims in PostgreSQL", times, files)
     finally:
-        team.down(settings, say=lambda _m: None)
+        services.down(settings, say=lambda _m: None)
         shutil.rmtree(home, ignore_errors=True)
     print(f"{files} files of 48 rows, median of {repeat} rounds\n")
     print(table(["inbox", "step", "seconds", "ms per file", "vs list only"], result))

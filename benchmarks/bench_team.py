@@ -96,8 +96,8 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
         subprocess.run([sys.executable, "-m", "windpipe", "up"], env=env, check=True, capture_output=True, cwd=REPO)
         from windpipe.settings import Settings
 
-        settings = Settings(home=home, stack="team", pg_port=int(env["WINDPIPE_PG_PORT"]),
-                            mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), s3_port=int(env["WINDPIPE_S3_PORT"]))
+        settings = Settings(home=home, stack="team", mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]),
+                            team={"pg_port": int(env["WINDPIPE_PG_PORT"]), "s3_port": int(env["WINDPIPE_S3_PORT"])})
 
         class P:  # what log_registered_model needs of a platform
             tracking_uri = settings.local_tracking_uri

@@ -11,14 +11,17 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from windpipe.settings import Settings, clear_settings_cache
+from windpipe.settings import TELEMETRY_OFF, Settings, clear_settings_cache
 from windpipe.stack import services as platform
 from windpipe.stack.procs import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parent.parent
+# telemetry off as in every windpipe process: this one drives pipelines in threads too (windpipe.settings)
+os.environ.update(TELEMETRY_OFF)
 PLATFORM_VARS = ("WINDPIPE_HOME", "WINDPIPE_FTP_PORT", "WINDPIPE_MLFLOW_PORT", "WINDPIPE_FTP_PASSIVE_PORTS",
                  "WINDPIPE_FTP_PASSWORD", "MLFLOW_TRACKING_URI", "WINDPIPE_ENV_FILE",
                  # MLflow 3's set_experiment() exports MLFLOW_EXPERIMENT_ID into os.environ; an earlier
@@ -80,10 +83,9 @@ def platform_env(home: Path) -> dict[str, str]:
 
 
 def settings_from(env: dict[str, str]) -> Settings:
-    return Settings(home=Path(env["WINDPIPE_HOME"]), ftp_port=int(env["WINDPIPE_FTP_PORT"]),
-                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]),
-                    ftp_passive_ports=env["WINDPIPE_FTP_PASSIVE_PORTS"],
-                    ftp_password=env.get("WINDPIPE_FTP_PASSWORD"), tracking_uri=env["MLFLOW_TRACKING_URI"])
+    """The settings a windpipe process started with `env` reads (nothing of this test process's own environment)."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings(_env_file=None)
 
 
 @pytest.fixture
@@ -137,15 +139,6 @@ def team_env(home: Path) -> dict[str, str]:
     return env
 
 
-def team_settings(env: dict[str, str]) -> Settings:
-    return Settings(home=Path(env["WINDPIPE_HOME"]), stack="team", auth=env["WINDPIPE_AUTH"],
-                    mlflow_port=int(env["WINDPIPE_MLFLOW_PORT"]), pg_port=int(env["WINDPIPE_PG_PORT"]),
-                    s3_port=int(env["WINDPIPE_S3_PORT"]), startup_timeout=180,
-                    # explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, so the process's environment
-                    # may name another test's (stopped) server
-                    tracking_uri=env["MLFLOW_TRACKING_URI"])
-
-
 @pytest.fixture(scope="session")
 def team_platform() -> Iterator[Platform]:
     """One team platform (PostgreSQL, rclone S3, MLflow with basic auth) for the session, removed at the end.
@@ -157,15 +150,15 @@ def team_platform() -> Iterator[Platform]:
 
     home = Path(tempfile.mkdtemp(prefix="windpipe-team-"))
     env = team_env(home)
-    p = Platform(team_settings(env), env)
+    p = Platform(settings_from(env), env)
     try:
-        team.up(p.settings, say=lambda _m: None)
+        platform.up(p.settings, say=lambda _m: None)
         user, password = team.admin_credentials(p.settings)
         # what a user's shell gets from `eval "$(windpipe env)"`
         p.env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
         yield p
     finally:
-        team.down(p.settings, say=lambda _m: None)
+        platform.down(p.settings, say=lambda _m: None)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -203,9 +196,9 @@ def stored_artifacts(p: Platform, prefix: str) -> set[str]:
         from windpipe.stack import s3
 
         pages = s3.client(p.settings).get_paginator("list_objects_v2").paginate(
-            Bucket=p.settings.s3_bucket, Prefix=f"artifacts/{prefix}/")
+            Bucket=p.settings.team.s3_bucket, Prefix=f"artifacts/{prefix}/")
         return {o["Key"].removeprefix(f"artifacts/{prefix}/") for page in pages for o in page.get("Contents", [])}
-    root = p.settings.ftp_root / "artifacts" / prefix
+    root = p.settings.paths.ftp_root / "artifacts" / prefix
     return {f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()}
 
 

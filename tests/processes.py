@@ -1,6 +1,6 @@
 """Commands run against a test platform in the background, paused at a fault point, and servers killed hard.
 
-A command started with `Paused(tmp_path, point).env` waits at `windpipe.settings.fault_point(point)`
+A command started with `Paused(tmp_path, point).env` waits at `windpipe.faults.fault_point(point)`
 until the test has done its damage (killed a server, filled a disk) and calls `go()`.
 """
 

@@ -333,6 +333,10 @@ def test_cli_detach_and_stop(use_platform):
             assert b"prediction-graph" in resp.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/assets/bootstrap.min.css", timeout=10) as resp:
             assert b"Bootstrap" in resp.read(400)
+        # `windpipe status` lists the detached dashboard (at the port it was started on) while it runs
+        status = use_platform.windpipe("status").stdout
+        assert any(line.startswith("up   dashboard") and f"http://127.0.0.1:{port}/" in line and "layout ok" in line
+                   for line in status.splitlines()), status
     finally:
         stopped = use_platform.windpipe("dashboard", "--stop", check=True)
     assert "stopped" in stopped.stdout

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, Platform, point_at, team_env, team_settings, trainers
+from .conftest import REPO, Platform, point_at, settings_from, team_env, trainers
 
 AIRFLOW_VENV = Path(os.environ.get("WINDPIPE_AIRFLOW_VENV", REPO / ".venv-airflow"))
 MAIN_BIN = Path(sys.executable).parent
@@ -227,7 +227,7 @@ def _clone(dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(raw_dir: Path) -> Iterator[Cluster]:
-    from windpipe.stack import postgres, s3, team
+    from windpipe.stack import postgres, s3, services, team
     from windpipe.stack.airflow_server import worker_secret_file
     from windpipe.stack.procs import free_port
 
@@ -241,14 +241,13 @@ def cluster(raw_dir: Path) -> Iterator[Cluster]:
     mlflow_port, airflow_port = env["WINDPIPE_MLFLOW_PORT"], str(free_port())
     env.update({"WINDPIPE_HOST": host, "MLFLOW_TRACKING_URI": f"http://{host}:{mlflow_port}",
                 "WINDPIPE_AIRFLOW_PORT": airflow_port, "WINDPIPE_AIRFLOW_VENV": str(AIRFLOW_VENV)})
-    settings = team_settings(env).model_copy(update={"host": host, "airflow_port": int(airflow_port),
-                                                     "airflow_venv": AIRFLOW_VENV})
+    settings = settings_from(env)
     central = Platform(settings, env)
     raw = root / "raw"  # an empty mount point: each worker binds its own copy of the data here
     raw.mkdir()
     workers: list[Worker] = []
     try:
-        team.up(settings, say=lambda _m: None)
+        services.up(settings, say=lambda _m: None)
         user, password = team.admin_credentials(settings)
         env.update({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
         up = central.windpipe("airflow", "up", "--executor", "edge", timeout=900)
@@ -277,7 +276,7 @@ def cluster(raw_dir: Path) -> Iterator[Cluster]:
                 "WINDPIPE_S3_ENDPOINT_URL": f"http://{host}:{env['WINDPIPE_S3_PORT']}",
                 "WINDPIPE_S3_ACCESS_KEY_ID": key_id, "WINDPIPE_S3_SECRET_ACCESS_KEY": key,
                 "WINDPIPE_MARTS_URL": f"postgresql+psycopg://marts@{host}:{env['WINDPIPE_PG_PORT']}/marts",
-                "PGPASSWORD": settings.secret_file(postgres.MARTS_PASSWORD).read_text().strip(),
+                "PGPASSWORD": settings.paths.secret_file(postgres.MARTS_PASSWORD).read_text().strip(),
             }
             workers.append(Worker(f"edge-{letter}", name, folder, wenv, network.spaces[i] if network else None, raw))
         yield Cluster(central, workers, network, raw)
@@ -286,7 +285,7 @@ def cluster(raw_dir: Path) -> Iterator[Cluster]:
             w.run("airflow", "down", timeout=120)
             w.kill_machine()
         central.windpipe("airflow", "down", timeout=300)
-        team.down(settings, say=lambda _m: None)
+        services.down(settings, say=lambda _m: None)
         if network:
             network.remove()
         shutil.rmtree(root, ignore_errors=True)
@@ -433,12 +432,12 @@ def test_the_prediction_dag_scores_an_s3_inbox_across_both_workers_into_postgres
         mlflow.MlflowClient().get_model_version_by_alias(p.settings.model_name, "production")
     except Exception:  # (this test alone: the training test made none)
         log_registered_model(p, tmp_dir=cluster.raw.parent)
-    prefix = f"s3://{p.settings.s3_bucket}/inbox-edge/"
+    prefix = f"s3://{p.settings.team.s3_bucket}/inbox-edge/"
     client = s3.client(p.settings)
     data = tiny_processed(96)[[TIMESTAMP, *FEATURES]]
     names = [f"part{i}.parquet" for i in range(4)]
     for i, name in enumerate(names):
-        client.put_object(Bucket=p.settings.s3_bucket, Key=objects.split(prefix + name)[1],
+        client.put_object(Bucket=p.settings.team.s3_bucket, Key=objects.split(prefix + name)[1],
                           Body=data.iloc[i * 24:(i + 1) * 24].to_parquet(index=False))
     engine = tables.get_engine(p.settings.effective_marts_url)
     before = set(queries.latest_batches(engine, limit=1000).id)

@@ -1,7 +1,7 @@
 """Fault injection: killed servers and commands, full and read-only disks, hostile input, load (issue 16).
 
 Tests that kill a server start their own platform (`make_platform`); the others share one. Points
-inside a command are reached with the fault point of `windpipe.settings.fault_point`: the command
+inside a command are reached with the fault point of `windpipe.faults.fault_point`: the command
 waits at the named point until the test has done its damage (see `Paused`).
 """
 

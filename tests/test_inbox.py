@@ -292,7 +292,7 @@ def s3_box(team_platform, monkeypatch):
     from tests.conftest import point_at
 
     p = point_at(team_platform, monkeypatch)
-    return p, f"s3://{p.settings.s3_bucket}/inbox-{uuid.uuid4().hex[:8]}/"
+    return p, f"s3://{p.settings.team.s3_bucket}/inbox-{uuid.uuid4().hex[:8]}/"
 
 
 def put(p, uri: str, df: pd.DataFrame | bytes) -> None:
@@ -316,7 +316,7 @@ def test_the_s3_inbox_claims_each_object_once_and_survives_the_store_going_away(
     claimers at once take each object once; an object replaced while it is scored is settled as scored and the new
     one waits; the store stopped while the inbox is listed, and while a file is moved, is a clear message, and
     after `windpipe up` the next run moves it, nothing scored twice or lost."""
-    from windpipe.stack import objects, s3, team
+    from windpipe.stack import objects, s3, services
     from windpipe.stack.procs import stop_pid
 
     p, prefix = s3_box
@@ -361,7 +361,7 @@ def test_the_s3_inbox_claims_each_object_once_and_survives_the_store_going_away(
         assert f"The S3 store at {p.settings.s3_endpoint} does not answer" in proc.stderr, proc.stderr
         assert "run `windpipe up`" in proc.stderr
     finally:
-        team.up(p.settings, say=lambda _m: None)
+        services.up(p.settings, say=lambda _m: None)
     (claimed,) = box.claim("run4")  # after `windpipe up`: the new x, once
 
     # ... and while the scored file is moved: its outcome is recorded, the next run moves it (and scores nothing)
@@ -370,7 +370,7 @@ def test_the_s3_inbox_claims_each_object_once_and_survives_the_store_going_away(
         with pytest.raises(WindpipeError, match="does not answer"):
             box.settle(claimed, "run4", None)
     finally:
-        team.up(p.settings, say=lambda _m: None)
+        services.up(p.settings, say=lambda _m: None)
     assert box.claim_of(claimed).state == "done" and box.claim("run5") == []
     left = keys(p, prefix)
     assert len([k for k in left if k.startswith("done/x.")]) == 2 and not [k for k in left if "done/" not in k], left

@@ -229,3 +229,20 @@ def test_ranking_and_the_gate_follow_the_metric_direction():
     assert improvement(1.0, 2.0, "rmse") > 0 > improvement(2.0, 1.0, "rmse")
     assert gate(0.9, 0.8, "r2", 0.0)[0] and not gate(0.8, 0.9, "r2", 0.0)[0]
     assert names.better(0.9, 0.8, "r2") and names.better(1.0, 2.0, "rmse")
+
+
+def test_pure_modules_take_their_settings_from_the_caller():
+    """The pure modules (pyproject.toml's second contract) call neither get_settings() nor a helper that does
+    (projects_dir()): the edges pass the values in."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    pure = next(c for c in contracts if c["name"].startswith("pure modules"))["source_modules"]
+    files = []
+    for module in pure:
+        path = REPO / Path(*module.split("."))
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+    calls = [f"{f.relative_to(REPO)}:{node.lineno} {node.func.id}()" for f in files
+             for node in ast.walk(ast.parse(f.read_text())) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id in ("get_settings", "projects_dir")]
+    assert len(files) > 10 and calls == [], calls

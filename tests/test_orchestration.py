@@ -403,11 +403,11 @@ def test_prediction_dag_on_the_team_stack(team_corner, migrated, tmp_path):
     p = team_corner
     password = p.env["MLFLOW_TRACKING_PASSWORD"]
     model = log_registered_model(p, tmp_dir=tmp_path)
-    prefix = f"s3://{p.settings.s3_bucket}/inbox-{uuid.uuid4().hex[:8]}/"
+    prefix = f"s3://{p.settings.team.s3_bucket}/inbox-{uuid.uuid4().hex[:8]}/"
     client = s3.client(p.settings)
 
     def put(name: str, df: pd.DataFrame) -> None:
-        client.put_object(Bucket=p.settings.s3_bucket, Key=objects.split(prefix + name)[1],
+        client.put_object(Bucket=p.settings.team.s3_bucket, Key=objects.split(prefix + name)[1],
                           Body=df.to_parquet(index=False))
 
     data = tiny_processed(600)[[TIMESTAMP, *FEATURES]]
@@ -601,9 +601,9 @@ def test_airflow_down_and_up_stop_what_a_killed_scheduler_left_behind(tmp_path):
     code = ("import os, subprocess, sys, time\n"
             "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setpgrp(); time.sleep(300)'])\n"
             "print(p.pid, flush=True)\ntime.sleep(300)\n")
-    log = settings.log_file("airflow-scheduler")
+    log = settings.paths.log_file("airflow-scheduler")
     leader = start_detached([sys.executable, "-c", code], dict(os.environ), log,
-                            settings.pid_file("airflow-scheduler"), settings.home)
+                            settings.paths.pid_file("airflow-scheduler"), settings.home)
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # not Airflow's: left alone
     try:
         deadline = time.monotonic() + 30

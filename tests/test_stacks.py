@@ -100,8 +100,8 @@ def _assert_in_postgres(p: Platform, batch_id: int) -> None:
     """The rows are in PostgreSQL's `marts` schema, read with the marts' own login; no marts.db anywhere."""
     import psycopg
 
-    with psycopg.connect(host=p.settings.host, port=p.settings.pg_port, user="marts", dbname="marts",
-                         passfile=str(p.settings.marts_passfile)) as conn:
+    with psycopg.connect(host=p.settings.host, port=p.settings.team.pg_port, user="marts", dbname="marts",
+                         passfile=str(p.settings.paths.marts_passfile)) as conn:
         counts = [conn.execute(f"SELECT count(*) FROM marts.{t} WHERE batch_id = %s", (batch_id,)).fetchone()[0]
                   for t in ("input_mart", "output_mart")]
         assert counts == [200, 200]
@@ -114,10 +114,10 @@ def _assert_artifacts_in_s3(p: Platform) -> None:
 
     predict = latest_run(p, "predict")
     exp = predict.info.experiment_id
-    bucket = p.settings.s3_root / p.settings.s3_bucket / "artifacts" / exp
+    bucket = p.settings.paths.s3_root / p.settings.team.s3_bucket / "artifacts" / exp
     assert (bucket / predict.info.run_id / "artifacts").is_dir()
     assert list((bucket / "models").glob("m-*/artifacts/MLmodel"))
-    keys = s3.client(p.settings).list_objects_v2(Bucket=p.settings.s3_bucket, Prefix=f"artifacts/{exp}/")
+    keys = s3.client(p.settings).list_objects_v2(Bucket=p.settings.team.s3_bucket, Prefix=f"artifacts/{exp}/")
     assert keys["KeyCount"] > 0
     # nothing in the tracking store points at S3 or holds a key
     with postgres._connect(p.settings, postgres.APP_ROLE, "mlflow") as conn:
@@ -257,11 +257,12 @@ def test_settings_pick_the_marts_of_the_stack(tmp_path):
     """Fast: the marts URL each stack gets, and that no URL carries a password."""
     local = Settings(home=tmp_path)
     assert local.effective_marts_url == f"sqlite:///{tmp_path / 'marts.db'}"
-    team = Settings(home=tmp_path, stack="team", pg_port=5999)
+    team = Settings(home=tmp_path, stack="team", team={"pg_port": 5999})
     assert team.effective_marts_url == (f"postgresql+psycopg://marts@127.0.0.1:5999/marts"
                                         f"?passfile={tmp_path / 'marts_pgpass'}")
     assert tables.display_url(team.effective_marts_url) == "postgresql+psycopg://marts@127.0.0.1:5999/marts"
-    external = Settings(home=tmp_path, stack="team", pg_url="postgresql+psycopg://u:secret@db.example.org/mlflow")
+    external = Settings(home=tmp_path, stack="team",
+                        team={"pg_url": "postgresql+psycopg://u:secret@db.example.org/mlflow"})
     assert external.effective_marts_url.endswith("@db.example.org/mlflow")
     assert "secret" not in tables.display_url(external.effective_marts_url)
     chosen = Settings(home=tmp_path, stack="team", marts_url="sqlite:////srv/m.db")
@@ -292,3 +293,38 @@ def test_a_login_kept_in_the_env_file_reaches_mlflows_client(tmp_path, monkeypat
     apply_process_environment()
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-shell"
     clear_settings_cache()
+
+
+def test_the_team_settings_keep_their_variable_names(tmp_path, monkeypatch):
+    """Fast: the team stack's settings are one nested model (settings.team), read from the variables they always
+    had (WINDPIPE_PG_PORT, WINDPIPE_S3_BUCKET, ...), from the environment or the .env file (the environment
+    wins); a bad value names its variable; the state folder's paths are one object (settings.paths)."""
+    team_vars = {"WINDPIPE_PG_PORT": "6543", "WINDPIPE_S3_BUCKET": "from-the-shell", "WINDPIPE_AUTH": "basic",
+                 "WINDPIPE_PG_URL": "postgresql+psycopg://u:secret@db.example.org/mlflow",
+                 "WINDPIPE_REGISTRY_LEASE": "42"}
+    for name in [*team_vars, "WINDPIPE_S3_PORT", "WINDPIPE_S3_REGION", "WINDPIPE_STACK"]:
+        monkeypatch.setenv(name, "")  # (recorded, so that the teardown restores the test's environment)
+        monkeypatch.delenv(name)
+    for name, value in team_vars.items():
+        monkeypatch.setenv(name, value)
+    env_file = tmp_path / ".env"
+    env_file.write_text("WINDPIPE_S3_BUCKET=from-the-file\nWINDPIPE_S3_REGION=eu-central-1\nWINDPIPE_STACK=team\n")
+    monkeypatch.setenv("WINDPIPE_ENV_FILE", str(env_file))
+    monkeypatch.setenv("WINDPIPE_HOME", str(tmp_path / "home"))
+    clear_settings_cache()
+    try:
+        settings = get_settings()
+        assert settings.stack == "team"
+        team = settings.team
+        assert (team.pg_port, team.s3_bucket, team.s3_region, team.auth, team.s3_port) == (
+            6543, "from-the-shell", "eu-central-1", "basic", 9000)
+        assert team.pg_url is not None and team.pg_url.get_secret_value().endswith("@db.example.org/mlflow")
+        assert team.registry_lease == 42.0 and settings.effective_lock_url == team.pg_url.get_secret_value()
+        assert settings.paths.pid_file("mlflow") == tmp_path / "home" / "run" / "mlflow.pid"
+        assert settings.paths.marts_passfile == tmp_path / "home" / "marts_pgpass"
+        monkeypatch.setenv("WINDPIPE_S3_PORT", "99999")
+        clear_settings_cache()
+        with pytest.raises(WindpipeError, match=r"WINDPIPE_S3_PORT='99999': Input should be less than or equal"):
+            get_settings()
+    finally:
+        clear_settings_cache()

@@ -43,7 +43,7 @@ def _secrets(p: Platform) -> dict[str, str]:
     values = {}
     for name in (postgres.SUPERUSER_PASSWORD, postgres.APP_PASSWORD, postgres.MARTS_PASSWORD,
                  postgres.LOCKS_PASSWORD, s3.KEY_ID, s3.SECRET_KEY, team.ADMIN_PASSWORD, team.FLASK_KEY):
-        values[name] = p.settings.secret_file(name).read_text().strip()
+        values[name] = p.settings.paths.secret_file(name).read_text().strip()
     assert all(len(v) >= 16 for v in values.values()), values.keys()
     return values
 
@@ -69,16 +69,16 @@ def test_team_up_status_secrets_and_loopback(team_platform):
         assert f"up   {name}" in proc.stdout, proc.stdout
     assert "query ok" in proc.stdout and "bucket mlflow listed" in proc.stdout and "artifact proxy ok" in proc.stdout
     # the marts: their own login and schema on the same PostgreSQL, the URL shown without its password file
-    assert f"marts@127.0.0.1:{p.settings.pg_port}/marts " in proc.stdout and "passfile" not in proc.stdout
+    assert f"marts@127.0.0.1:{p.settings.team.pg_port}/marts " in proc.stdout and "passfile" not in proc.stdout
     # ... and that login reaches the marts' database only, not the tracking store; the registry lock's login
     # (windpipe.stack.locks) its own database only
     import psycopg
 
     for role, secret in (("marts", postgres.MARTS_PASSWORD), ("locks", postgres.LOCKS_PASSWORD)):
-        password = p.settings.secret_file(secret).read_text().strip()
+        password = p.settings.paths.secret_file(secret).read_text().strip()
         for db in ("marts", "locks", "mlflow", "mlflow_auth"):
             try:
-                psycopg.connect(host=p.settings.host, port=p.settings.pg_port, user=role, dbname=db,
+                psycopg.connect(host=p.settings.host, port=p.settings.team.pg_port, user=role, dbname=db,
                                 password=password).close()
                 reached = True
             except psycopg.OperationalError as exc:
@@ -93,7 +93,7 @@ def test_team_up_status_secrets_and_loopback(team_platform):
 
     # generated secrets: mode 0600, in no process's command line, no log, no status output
     for name in SECRETS:
-        assert stat.S_IMODE(p.settings.secret_file(name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(p.settings.paths.secret_file(name).stat().st_mode) == 0o600, name
     secrets = _secrets(p)
     servers = [postgres.running_pid(p.settings), s3.running_pid(p.settings), team.mlflow_pid(p.settings)]
     assert None not in servers
@@ -108,8 +108,8 @@ def test_team_up_status_secrets_and_loopback(team_platform):
 
     rows = []
     for user, db, pw_file in (("mlflow", "mlflow", postgres.passfile(p.settings)),
-                              ("marts", "marts", p.settings.marts_passfile)):
-        with psycopg.connect(host=p.settings.host, port=p.settings.pg_port, user=user, dbname=db,
+                              ("marts", "marts", p.settings.paths.marts_passfile)):
+        with psycopg.connect(host=p.settings.host, port=p.settings.team.pg_port, user=user, dbname=db,
                              passfile=str(pw_file)) as conn:
             tables = [r[0] for r in conn.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
                                                  "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")]
@@ -128,7 +128,7 @@ def test_team_up_status_secrets_and_loopback(team_platform):
     for pid in servers:
         for each in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
             listening |= {(c.laddr.ip, c.laddr.port) for c in each.net_connections("tcp") if c.status == "LISTEN"}
-    assert {port for _, port in listening} >= {p.settings.pg_port, p.settings.s3_port, p.settings.mlflow_port}
+    assert {port for _, port in listening} >= {p.settings.team.pg_port, p.settings.team.s3_port, p.settings.mlflow_port}
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
     # the state folder: only the server's group may pass, nobody else may even do that
@@ -169,10 +169,10 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
 
     p = team_platform
     key_id, secret = s3.keys(p.settings)
-    app_password = p.settings.secret_file(postgres.APP_PASSWORD).read_text().strip()
+    app_password = p.settings.paths.secret_file(postgres.APP_PASSWORD).read_text().strip()
     home = tmp_path / "client-home"
     env = {**team_env(home), "WINDPIPE_AUTH": "none",
-           "WINDPIPE_PG_URL": f"postgresql+psycopg://mlflow:{quote(app_password)}@127.0.0.1:{p.settings.pg_port}/mlflow",
+           "WINDPIPE_PG_URL": f"postgresql+psycopg://mlflow:{quote(app_password)}@127.0.0.1:{p.settings.team.pg_port}/mlflow",
            "WINDPIPE_S3_ENDPOINT_URL": p.settings.s3_endpoint, "WINDPIPE_S3_ACCESS_KEY_ID": key_id,
            "WINDPIPE_S3_SECRET_ACCESS_KEY": "wrong"}
     own = [postgres.running_pid(p.settings), s3.running_pid(p.settings)]
@@ -180,7 +180,7 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
     # bad settings: a clear message naming the setting to change; nothing started, no secret shown
     from windpipe.stack.procs import free_port
 
-    wrong_password = f"postgresql+psycopg://mlflow:not-{quote(app_password)}@127.0.0.1:{p.settings.pg_port}/mlflow"
+    wrong_password = f"postgresql+psycopg://mlflow:not-{quote(app_password)}@127.0.0.1:{p.settings.team.pg_port}/mlflow"
     cases = [
         ({}, "refused the keys", "WINDPIPE_S3_SECRET_ACCESS_KEY"),  # (the secret key above is wrong)
         ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_PG_URL": wrong_password},
@@ -189,8 +189,8 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
          "has no bucket 'no-such-bucket'", "WINDPIPE_S3_BUCKET"),
         ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"},
          "does not answer", "check WINDPIPE_S3_ENDPOINT_URL"),
-        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_MLFLOW_PORT": str(p.settings.pg_port)},
-         f"Port {p.settings.pg_port} on 127.0.0.1 is taken", "WINDPIPE_MLFLOW_PORT=<port>"),
+        ({"WINDPIPE_S3_SECRET_ACCESS_KEY": secret, "WINDPIPE_MLFLOW_PORT": str(p.settings.team.pg_port)},
+         f"Port {p.settings.team.pg_port} on 127.0.0.1 is taken", "WINDPIPE_MLFLOW_PORT=<port>"),
     ]
     for change, problem, fix in cases:
         proc = _windpipe({**env, **change}, "up")
@@ -209,7 +209,7 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
     proc = _windpipe(env, "status")
     assert proc.returncode == 0 and proc.stdout.count("up   ") == 4, proc.stdout
     # the marts in a schema of their own in WINDPIPE_PG_URL's database, shown without the password
-    assert f"up   marts   postgresql+psycopg://mlflow:***@127.0.0.1:{p.settings.pg_port}/mlflow" in proc.stdout
+    assert f"up   marts   postgresql+psycopg://mlflow:***@127.0.0.1:{p.settings.team.pg_port}/mlflow" in proc.stdout
     assert app_password not in proc.stdout + proc.stderr
 
     proc = _windpipe(env, "down")
@@ -338,7 +338,7 @@ def test_postgres_and_s3_killed_during_pipeline_steps_then_the_pipeline_resumes(
     # PostgreSQL dies as lr starts: the message names it (the tracking server itself still answers /health)
     code, out, err = pipeline(postgres.running_pid(p.settings))
     assert code == 1, out[-3000:] + err[-3000:]
-    assert f"The PostgreSQL server of the tracking store at 127.0.0.1:{p.settings.pg_port} does not answer" in err
+    assert f"The PostgreSQL server of the tracking store at 127.0.0.1:{p.settings.team.pg_port} does not answer" in err
     assert "windpipe up" in err and "Traceback" not in err, err[-3000:]
     up = p.windpipe("up")
     assert up.returncode == 0 and "postgres: started" in up.stdout, up.stdout + up.stderr
@@ -391,7 +391,7 @@ def test_status_names_the_stopped_part_and_up_restarts_only_it(team_platform):
     os.kill(postgres.running_pid(p.settings), signal.SIGKILL)
     proc = p.windpipe("status")
     assert proc.returncode == 1 and "DOWN postgres" in proc.stdout and "DOWN s3" in proc.stdout, proc.stdout
-    marts = f"postgresql+psycopg://marts@127.0.0.1:{p.settings.pg_port}/marts"
+    marts = f"postgresql+psycopg://marts@127.0.0.1:{p.settings.team.pg_port}/marts"
     assert f"DOWN marts   {marts}" in proc.stdout, proc.stdout
     assert f"The PostgreSQL server of the data marts ({marts}) does not answer (" in proc.stdout, proc.stdout
     assert "fix: check that it runs (`windpipe status`; `windpipe up` starts the team stack's)" in proc.stdout

@@ -1,19 +1,25 @@
 """The one settings object, read from the environment and `.env`, and every path convention.
 
 Nothing here touches the disk at import time; `get_settings()` builds the object on demand.
-Where a file lives (pid files, logs, caches, generated secrets, databases) is decided here
-and nowhere else.
+Where a file of the state folder lives (pid files, logs, caches, generated secrets, databases) is
+decided by `StatePaths` (`settings.paths`) and nowhere else; the team stack's settings are one
+nested model (`settings.team`) whose variables keep their flat names (WINDPIPE_PG_PORT, ...).
+What every windpipe process sets in its environment before MLflow is imported is decided here too
+(`enter_process`), and true/false strings are read by `parse_bool` only.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from windpipe.errors import WindpipeError
 
@@ -31,9 +37,15 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
+def default_projects_dir() -> Path:
+    """`projects/` of this checkout: the step folders a pure module reads unless its caller names others."""
+    return repo_root() / "projects"
+
+
 def projects_dir() -> Path:
-    """The folder of step folders (one MLflow project each): WINDPIPE_PROJECTS, else `projects/` of this checkout."""
-    return get_settings().projects or repo_root() / "projects"
+    """The folder of step folders (one MLflow project each): WINDPIPE_PROJECTS, else `projects/` of this checkout.
+    For the edges (commands, the driver); pure modules take the folder as an argument."""
+    return get_settings().projects_dir
 
 
 def default_report_path() -> Path:
@@ -59,6 +71,152 @@ PG_DRIVER = "postgresql+psycopg"
 MARTS_ROLE = "marts"
 # ... and of the registry lock every machine sees (windpipe.stack.locks)
 LOCKS_ROLE = "locks"
+# MLflow's telemetry thread edits os.environ while other threads read it (a rare KeyError under load) and asks
+# the internet for its config at exit: off for every windpipe process and all it starts
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+@lru_cache(maxsize=1)
+def _bool_adapter() -> TypeAdapter:
+    return TypeAdapter(bool)
+
+
+def parse_bool(value: object, default: bool = False) -> bool:
+    """A true/false value as every windpipe setting reads it (pydantic's rules, any case): true, 1, yes, on,
+    t, y / false, 0, no, off, f, n; empty or None: `default`. Anything else is a ValueError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        return _bool_adapter().validate_python(value.strip() if isinstance(value, str) else value)
+    except ValidationError:
+        raise ValueError(f"not true or false: {value!r}") from None
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Every file and folder of the state folder (WINDPIPE_HOME, default `.windpipe/` of the checkout)."""
+
+    home: Path
+
+    def pid_file(self, service: str) -> Path:
+        """Where a detached service (ftp, mlflow, dashboard, ...) records its pid."""
+        return self.home / "run" / f"{service}.pid"
+
+    def log_file(self, service: str) -> Path:
+        return self.home / "logs" / f"{service}.log"
+
+    def run_file(self, name: str) -> Path:
+        """Small runtime facts beside the pid files (e.g. the dashboard's URL)."""
+        return self.home / "run" / name
+
+    def secret_file(self, name: str) -> Path:
+        """A generated secret (mode 0600), e.g. the FTP password."""
+        return self.home / name
+
+    def cache_dir(self, *parts: str) -> Path:
+        """Downloads kept between commands (model versions, training entities): <home>/cache/..."""
+        return self.home.joinpath("cache", *parts)
+
+    def output_dir(self, *parts: str) -> Path:
+        """What commands write for the user inside the state folder (docker contexts, the demo batch)."""
+        return self.home.joinpath(*parts)
+
+    def pipeline_log_dir(self, pipeline_run_id: str) -> Path:
+        """The output of each step of one local pipeline run: <home>/logs/pipeline/<run id>/<step>.log."""
+        return self.home / "logs" / "pipeline" / pipeline_run_id
+
+    @property
+    def inbox(self) -> Path:
+        """The prediction DAG's inbox unless WINDPIPE_INBOX names another (`Settings.inbox_uri`)."""
+        return self.home / "inbox"
+
+    @property
+    def airflow_home(self) -> Path:
+        """AIRFLOW_HOME: airflow.cfg, its SQLite database, task logs."""
+        return self.home / "airflow"
+
+    @property
+    def ftp_root(self) -> Path:
+        return self.home / "ftp"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """The local stack's tracking store (SQLite)."""
+        return self.home / "mlflow.db"
+
+    @property
+    def marts_db(self) -> Path:
+        """The local stack's data marts (SQLite) unless WINDPIPE_MARTS_URL names others."""
+        return self.home / "marts.db"
+
+    @property
+    def registry_lock_file(self) -> Path:
+        return self.home / "registry.lock"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The team stack's PostgreSQL: data/ (PGDATA), run/ (its socket), postgres.log; owned by the server's user."""
+        return self.home / "postgres"
+
+    @property
+    def s3_root(self) -> Path:
+        """The folder `rclone serve s3` serves: one subfolder per bucket."""
+        return self.home / "s3"
+
+    @property
+    def marts_passfile(self) -> Path:
+        """The team stack's libpq password file for the marts role (its line only; mode 0600)."""
+        return self.secret_file("marts_pgpass")
+
+    @property
+    def locks_passfile(self) -> Path:
+        """The team stack's libpq password file for the locks role (its line only; mode 0600)."""
+        return self.secret_file("locks_pgpass")
+
+
+class TeamStack(BaseModel):
+    """The team stack's settings (WINDPIPE_STACK=team, docs/team.md). Each is read from `WINDPIPE_<NAME>`, as
+    before they were nested here (WINDPIPE_PG_PORT, WINDPIPE_S3_BUCKET, ...)."""
+
+    pg_port: int = Field(default=5433, ge=1, le=65535)
+    # an existing PostgreSQL database for MLflow (then `up` starts none), e.g.
+    # postgresql+psycopg://mlflow@db.example.org/mlflow (password in the URL or in ~/.pgpass)
+    pg_url: SecretStr | None = None
+    # the PostgreSQL server binaries (initdb, pg_ctl); default: the Debian package's /usr/lib/postgresql/<n>/bin
+    pg_bin: Path | None = None
+    # PostgreSQL refuses to run as root: when windpipe runs as root the server runs as this user
+    pg_os_user: str = "postgres"
+    s3_port: int = Field(default=9000, ge=1, le=65535)
+    # an existing S3 service (then `up` starts no rclone), e.g. https://s3.eu-central-1.amazonaws.com
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "mlflow"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    # the registry lock on the team stack (windpipe.stack.locks): a PostgreSQL database every machine that promotes
+    # reaches; default: the team stack's own (database and role `locks`, its password in a 0600 file)
+    lock_url: SecretStr | None = None
+    # how long a promotion may hold the team's registry lock: a holder past it is ended by the next promotion
+    registry_lease: float = Field(default=300.0, gt=0)
+    # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
+    auth: Literal["none", "basic"] = "none"
+
+
+class _FlatTeamSource(PydanticBaseSettingsSource):
+    """The team stack's fields from their flat variables (WINDPIPE_PG_PORT, not WINDPIPE_TEAM__PG_PORT), read from
+    the variables `source` (the environment, or the .env file) has loaded."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # (unused: __call__ reads the variables itself)
+
+    def __call__(self) -> dict[str, Any]:
+        found: Mapping[str, str | None] = getattr(self.source, "env_vars", {})
+        team = {name: found[key] for name in TeamStack.model_fields
+                if (key := f"windpipe_{name}") in found and found[key] is not None}
+        return {"team": team} if team else {}
 
 
 class Settings(BaseSettings):
@@ -133,6 +291,16 @@ class Settings(BaseSettings):
     mlflow_http_timeout: float = Field(default=30.0, gt=0, validation_alias=AliasChoices(
         "WINDPIPE_MLFLOW_HTTP_TIMEOUT", "MLFLOW_HTTP_REQUEST_TIMEOUT"))
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment wins over .env; the nested team fields merge with the same precedence
+        return (init_settings, _FlatTeamSource(env_settings), env_settings, _FlatTeamSource(dotenv_settings),
+                dotenv_settings, file_secret_settings)
+
     @field_validator("ftp_passive_ports")
     @classmethod
     def _passive_range_is_a_range(cls, value: str) -> str:
@@ -148,28 +316,7 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ the team stack (docs/team.md)
     # "local": MLflow on SQLite, artifacts on FTP; "team": MLflow on PostgreSQL, artifacts on S3
     stack: Literal["local", "team"] = "local"
-    pg_port: int = 5433
-    # an existing PostgreSQL database for MLflow (then `up` starts none), e.g.
-    # postgresql+psycopg://mlflow@db.example.org/mlflow (password in the URL or in ~/.pgpass)
-    pg_url: SecretStr | None = None
-    # the PostgreSQL server binaries (initdb, pg_ctl); default: the Debian package's /usr/lib/postgresql/<n>/bin
-    pg_bin: Path | None = None
-    # PostgreSQL refuses to run as root: when windpipe runs as root the server runs as this user
-    pg_os_user: str = "postgres"
-    s3_port: int = 9000
-    # an existing S3 service (then `up` starts no rclone), e.g. https://s3.eu-central-1.amazonaws.com
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = "mlflow"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
-    s3_region: str = "us-east-1"
-    # the registry lock on the team stack (windpipe.stack.locks): a PostgreSQL database every machine that promotes
-    # reaches; default: the team stack's own (database and role `locks`, its password in a 0600 file)
-    lock_url: SecretStr | None = None
-    # how long a promotion may hold the team's registry lock: a holder past it is ended by the next promotion
-    registry_lease: float = Field(default=300.0, gt=0)
-    # "basic": the team tracking server runs MLflow's basic-auth app (a generated admin password)
-    auth: Literal["none", "basic"] = "none"
+    team: TeamStack = Field(default_factory=TeamStack)
     # what windpipe's own requests to a basic-auth tracking server send (MLflow's client reads the same variables)
     tracking_username: str | None = Field(default=None, validation_alias=AliasChoices(
         "MLFLOW_TRACKING_USERNAME", "WINDPIPE_TRACKING_USERNAME"))
@@ -200,68 +347,52 @@ class Settings(BaseSettings):
         folder."""
         if self.marts_url:
             return self.marts_url
-        if self.stack == "team" and self.pg_url is not None:
-            return self.pg_url.get_secret_value()
+        if self.stack == "team" and self.team.pg_url is not None:
+            return self.team.pg_url.get_secret_value()
         if self.stack == "team":
             from urllib.parse import quote
 
-            return (f"{PG_DRIVER}://{MARTS_ROLE}@{self.host}:{self.pg_port}/{MARTS_ROLE}"
-                    f"?passfile={quote(str(self.marts_passfile), safe='/')}")
-        return f"sqlite:///{self.home / 'marts.db'}"
+            return (f"{PG_DRIVER}://{MARTS_ROLE}@{self.host}:{self.team.pg_port}/{MARTS_ROLE}"
+                    f"?passfile={quote(str(self.paths.marts_passfile), safe='/')}")
+        return f"sqlite:///{self.paths.marts_db}"
 
     @property
     def effective_lock_url(self) -> str | None:
         """Where the registry lock lives (None: the file lock in the state folder, for one machine):
         `WINDPIPE_LOCK_URL`; else on the team stack WINDPIPE_PG_URL's database and login, or the `locks`
         database of the server `up` starts, as the role `locks` (its password in a 0600 file the URL names)."""
-        if self.lock_url is not None:
-            return self.lock_url.get_secret_value()
+        if self.team.lock_url is not None:
+            return self.team.lock_url.get_secret_value()
         if self.stack != "team":
             return None
-        if self.pg_url is not None:
-            return self.pg_url.get_secret_value()
+        if self.team.pg_url is not None:
+            return self.team.pg_url.get_secret_value()
         from urllib.parse import quote
 
-        return (f"{PG_DRIVER}://{LOCKS_ROLE}@{self.host}:{self.pg_port}/{LOCKS_ROLE}"
-                f"?passfile={quote(str(self.locks_passfile), safe='/')}")
-
-    @property
-    def locks_passfile(self) -> Path:
-        """The team stack's libpq password file for the locks role (its line only; mode 0600)."""
-        return self.secret_file("locks_pgpass")
-
-    @property
-    def marts_passfile(self) -> Path:
-        """The team stack's libpq password file for the marts role (its line only; mode 0600)."""
-        return self.secret_file("marts_pgpass")
+        return (f"{PG_DRIVER}://{LOCKS_ROLE}@{self.host}:{self.team.pg_port}/{LOCKS_ROLE}"
+                f"?passfile={quote(str(self.paths.locks_passfile), safe='/')}")
 
     def process_environment(self) -> dict[str, str]:
         """What every windpipe process and the step runs it starts carry in their environment: MLflow's
-        bounded HTTP retries, and MLflow telemetry off (its thread edits os.environ while other threads
-        read it: a rare KeyError under load)."""
+        bounded HTTP retries, and MLflow telemetry off."""
         return {
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_http_max_retries),
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": f"{self.mlflow_http_backoff_factor:g}",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": f"{self.mlflow_http_timeout:g}",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **TELEMETRY_OFF,
         }
 
-    # ------------------------------------------------------------------ the state folder
+    # ------------------------------------------------------------------ places
 
-    def pid_file(self, service: str) -> Path:
-        """Where a detached service (ftp, mlflow, dashboard, ...) records its pid."""
-        return self.home / "run" / f"{service}.pid"
+    @property
+    def paths(self) -> StatePaths:
+        """Every file and folder of the state folder."""
+        return StatePaths(self.home)
 
-    def log_file(self, service: str) -> Path:
-        return self.home / "logs" / f"{service}.log"
-
-    def run_file(self, name: str) -> Path:
-        """Small runtime facts beside the pid files (e.g. the dashboard's URL)."""
-        return self.home / "run" / name
-
-    def secret_file(self, name: str) -> Path:
-        """A generated secret (mode 0600), e.g. the FTP password."""
-        return self.home / name
+    @property
+    def projects_dir(self) -> Path:
+        """The folder of step folders: WINDPIPE_PROJECTS, else `projects/` of this checkout."""
+        return self.projects or default_projects_dir()
 
     @property
     def windpipe_bin(self) -> Path:
@@ -272,16 +403,7 @@ class Settings(BaseSettings):
     def inbox_uri(self) -> str:
         """Where new feature files land (a folder, or an S3 prefix s3://<bucket>/<prefix>/); scored ones move to
         done/, refused ones to failed/ (windpipe.pipeline.inbox)."""
-        return self.inbox or str(self.home / "inbox")
-
-    def pipeline_log_dir(self, pipeline_run_id: str) -> Path:
-        """The output of each step of one local pipeline run: <home>/logs/pipeline/<run id>/<step>.log."""
-        return self.home / "logs" / "pipeline" / pipeline_run_id
-
-    @property
-    def airflow_home(self) -> Path:
-        """AIRFLOW_HOME: airflow.cfg, its SQLite database, task logs."""
-        return self.home / "airflow"
+        return self.inbox or str(self.paths.inbox)
 
     @property
     def airflow_url(self) -> str:
@@ -292,38 +414,12 @@ class Settings(BaseSettings):
         return repo_root() / "orchestration" / "airflow" / "dags"
 
     @property
-    def ftp_root(self) -> Path:
-        return self.home / "ftp"
-
-    @property
     def backend_store_uri(self) -> str:
-        return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
-
-    @property
-    def registry_lock_file(self) -> Path:
-        return self.home / "registry.lock"
-
-    @property
-    def postgres_dir(self) -> Path:
-        """The team stack's PostgreSQL: data/ (PGDATA), run/ (its socket), postgres.log; owned by the server's user."""
-        return self.home / "postgres"
-
-    @property
-    def s3_root(self) -> Path:
-        """The folder `rclone serve s3` serves: one subfolder per bucket."""
-        return self.home / "s3"
+        return f"sqlite:///{self.paths.mlflow_db.resolve()}"
 
     @property
     def s3_endpoint(self) -> str:
-        return self.s3_endpoint_url or f"http://{self.host}:{self.s3_port}"
-
-    def cache_dir(self, *parts: str) -> Path:
-        """Downloads kept between commands (model versions, training entities): <home>/cache/..."""
-        return self.home.joinpath("cache", *parts)
-
-    def output_dir(self, *parts: str) -> Path:
-        """What commands write for the user inside the state folder (docker contexts, the demo batch)."""
-        return self.home.joinpath(*parts)
+        return self.team.s3_endpoint_url or f"http://{self.host}:{self.team.s3_port}"
 
 
 def get_settings(**overrides: object) -> Settings:
@@ -348,7 +444,8 @@ def settings_error(exc: ValidationError, env_file: Path | None = None) -> Windpi
     """A WindpipeError naming each setting whose value is refused (the environment variable and the value)."""
     problems = []
     for err in exc.errors():
-        var = _variable(str(err["loc"][0]) if err["loc"] else "?")
+        loc = [str(part) for part in err["loc"]]
+        var = _variable(loc[1] if loc[:1] == ["team"] and len(loc) > 1 else loc[0] if loc else "?")
         message = str(err["msg"]).removeprefix("Value error, ")
         problems.append(f"{var}={err.get('input')!r}: {message}")
     where = f" (environment or {env_file})" if env_file is not None else ""
@@ -381,21 +478,21 @@ def apply_process_environment(settings: Settings | None = None) -> Settings:
     return settings
 
 
-def fault_point(name: str) -> None:
-    """Fault-injection tests only: stop here while WINDPIPE_TEST_PAUSE_AT is `<name>@<release file>`.
+def enter_process() -> Settings | None:
+    """What a windpipe process does first (the `windpipe` command, a step script, the dashboard's server), before
+    MLflow is imported: telemetry off, `apply_process_environment`, and a tracking URI in the environment.
 
-    Touches `<release file>.paused` and waits (at most 2 minutes) until the test creates the release
-    file, so a test can kill a server or this process at exactly this point. Does nothing otherwise.
+    Without a tracking URI MLflow 3 writes to ./mlflow.db in the working directory: a client made without one
+    (or a library call that uses the default) must reach the configured server instead. Returns the settings,
+    or None when a setting is invalid (the command that reads it says so; `--help` still works).
     """
-    import time
-
-    point, _, release = os.environ.get("WINDPIPE_TEST_PAUSE_AT", "").partition("@")
-    if point != name or not release:
-        return
-    Path(release + ".paused").touch()
-    deadline = time.monotonic() + 120
-    while not Path(release).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    os.environ.update(TELEMETRY_OFF)
+    try:
+        settings = apply_process_environment()
+    except WindpipeError:
+        return None
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.effective_tracking_uri)
+    return settings
 
 
 def clear_settings_cache() -> None:

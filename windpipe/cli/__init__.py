@@ -19,7 +19,7 @@ import typer
 
 from windpipe.cli import dashboard, data, models, orchestration, pipeline, platform, predict, serving, steps, workbench
 from windpipe.errors import UsageError, WindpipeError, first_line
-from windpipe.settings import apply_process_environment
+from windpipe.settings import enter_process, parse_bool
 
 app = typer.Typer(help="windpipe: a tracked, reproducible MLflow pipeline on your laptop.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -28,7 +28,10 @@ for _module in (platform, data, pipeline, models, predict, serving, dashboard, w
 
 
 def _debug(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("WINDPIPE_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        return "--debug" in argv or parse_bool(os.environ.get("WINDPIPE_DEBUG"))
+    except ValueError:
+        return False
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -45,8 +48,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = [a for a in args if a not in ("--debug", "--verbose")]
     try:
         setup_process()  # quiet output
-        # bounded MLflow retries and no telemetry, for this process and the step runs it starts
-        apply_process_environment()
     except WindpipeError:
         pass  # a bad setting: the command that reads it says so (`--help` still works)
     try:
@@ -100,9 +101,8 @@ def run() -> None:
     """The `windpipe` console script (and `python -m windpipe`): main(), then a quick exit."""
     from windpipe.stack.procs import skip_final_gc
 
-    # MLflow's telemetry asks the internet for its config and waits at exit; its thread also edits
-    # os.environ while the pipeline's threads read it (docs/reliability.md)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # telemetry off, bounded MLflow retries, a tracking URI: for this process and the step runs it starts
+    enter_process()
     try:
         main()
     finally:

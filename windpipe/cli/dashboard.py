@@ -30,15 +30,14 @@ def dashboard(
 
     settings = get_settings()
     if stop:
-        pid = serve.stop(settings)
-        typer.echo(f"dashboard: stopped (pid {pid})" if pid else "dashboard: not running")
+        serve.stop(settings, say=typer.echo)  # dashboard: stopped (pid ...) | not running
         return
     host = host or settings.host
     port = port or settings.dashboard_port
     if detach:
         pid, url = serve.start(settings, host, port)
         typer.echo(f"dashboard: running (pid {pid}) at {url}")
-        typer.echo(f"  log: {settings.log_file(serve.SERVICE)}   stop: windpipe dashboard --stop")
+        typer.echo(f"  log: {settings.paths.log_file(serve.SERVICE)}   stop: windpipe dashboard --stop")
         return
     serve.serve(settings, host, port, server)
 

@@ -64,7 +64,9 @@ def worker(
         raise UsageError("--queues names no queue.", "pass e.g. --queues default,heavy (or leave it out: every queue)")
     from windpipe.pipeline.dags import worker_queues
 
-    airflow_server.worker(get_settings(), wanted or worker_queues(), api_url, concurrency, name, say=typer.echo)
+    settings = get_settings()
+    airflow_server.worker(settings, wanted or worker_queues(settings.projects_dir), api_url, concurrency, name,
+                          say=typer.echo)
 
 
 @app.command()

@@ -45,7 +45,7 @@ def run_training(raw: Path | None, quick: bool = False, force: bool = False, env
     config = PipelineConfig(external=external, preset="quick" if quick else "full", force=force,
                             env_manager=env_manager, overrides=overrides, git_uri=from_git,
                             git_version=git_version, jobs=jobs)
-    plan_for(config)  # a bad -P, a broken interface: said before any run is created
+    plan_for(config, projects_dir())  # a bad -P, a broken interface: said before any run is created
     if processed is not None:  # a bad file: said before any run is created (the process step checks it again)
         check_processed(read_processed(processed), f"The processed file {processed}",
                         overrides.get("process", {}).get("duplicates", "error"))
@@ -93,6 +93,7 @@ PipelineOption = Annotated[str, typer.Option(help="training or prediction.")]
 def _config(pipeline: str, conf: str) -> PipelineConfig:
     from windpipe.errors import UsageError
     from windpipe.pipeline.plan import config_from_conf
+    from windpipe.settings import get_settings
 
     try:
         data = json.loads(conf or "{}")
@@ -100,7 +101,7 @@ def _config(pipeline: str, conf: str) -> PipelineConfig:
         raise UsageError(f"The conf is not JSON ({exc.msg}): {conf[:200]!r}.", 'pass e.g. {"quick": true}') from None
     if not isinstance(data, dict):
         raise UsageError(f"The conf must be a JSON object, got {conf[:200]!r}.", 'pass e.g. {"quick": true}')
-    return config_from_conf(pipeline, data)
+    return config_from_conf(pipeline, data, get_settings().inbox_uri)  # (this machine's, unless the conf names one)
 
 
 def _json(text: str, what: str) -> Any:
@@ -231,7 +232,7 @@ def _demo_batch_and_report(raw: Path, settings: Settings) -> None:
 
     df = process(*read_raw(raw))
     batch = df[df[TIMESTAMP] > df[TIMESTAMP].max() - pd.Timedelta(days=28)][[TIMESTAMP, *FEATURES]]
-    features = settings.output_dir("demo", "last_4_weeks_features.parquet")
+    features = settings.paths.output_dir("demo", "last_4_weeks_features.parquet")
     with atomic_path(features) as tmp:
         batch.to_parquet(tmp, index=False)
     predict_main(str(features), str(features.with_name("last_4_weeks_predictions.parquet")), None, True, False,

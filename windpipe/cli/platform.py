@@ -38,11 +38,13 @@ def status() -> None:
     """
     from windpipe.settings import get_settings
     from windpipe.stack import services
+    from windpipe.views.dashboard import serve
     from windpipe.workbench import lab
 
     settings = get_settings()
     states = services.status(settings)
-    states += [st for st in [lab.state(settings)] if st is not None]  # listed while it runs
+    # the servers started on their own (`windpipe lab`, `windpipe dashboard --detach`): listed while they run
+    states += [svc.state() for svc in (lab.service(settings), serve.service(settings)) if svc.pid() is not None]
     for st in states:
         mark = "up  " if st.healthy else "DOWN"
         pid = f"pid {st.pid}" if st.pid else "no pid"
@@ -72,9 +74,9 @@ def env() -> None:
     typer.echo(f"export MLFLOW_EXPERIMENT_NAME={settings.experiment}")
     for key, value in settings.process_environment().items():
         typer.echo(f"export {key}={value}")
-    if settings.stack == "team" and settings.auth == "basic":
+    if settings.stack == "team" and settings.team.auth == "basic":
         from windpipe.stack import team
 
         # the password stays in its 0600 file: the export reads it when the shell runs it
         typer.echo(f"export MLFLOW_TRACKING_USERNAME={team.ADMIN}")
-        typer.echo(f'export MLFLOW_TRACKING_PASSWORD="$(cat {settings.secret_file(team.ADMIN_PASSWORD)})"')
+        typer.echo(f'export MLFLOW_TRACKING_PASSWORD="$(cat {settings.paths.secret_file(team.ADMIN_PASSWORD)})"')

@@ -30,12 +30,12 @@ def serve(
     from windpipe.deploy import follow, serving
     from windpipe.errors import UsageError
     from windpipe.settings import get_settings
-    from windpipe.tracking.client import connect
+    from windpipe.tracking.client import probe_health
 
     settings = get_settings()
     if poll is not None and poll <= 0:
         raise UsageError(f"--poll must be a positive number of seconds, got {poll}.", "pass e.g. --poll 3")
-    connect(settings, experiment=False)
+    probe_health(settings.effective_tracking_uri)  # (a server: each client gets the URI, no global one is set)
     uri = model_uri or serving.default_model_uri(settings)
     port = port or settings.serve_port
     url = f"http://{settings.host}:{port}"

@@ -80,7 +80,9 @@ def graph(
     from windpipe.pipeline.figure import pipeline_figure, statuses_or_note, write_pipeline_html
     from windpipe.pipeline.graph import build_graph
     from windpipe.pipeline.interfaces import load_interfaces, missing_interfaces
+    from windpipe.settings import projects_dir
 
+    projects = projects or projects_dir()
     g = build_graph(load_interfaces(projects))
     found, note = statuses_or_note([*g.order, *g.drivers]) if statuses else (None, "run statuses not fetched")
     path = write_pipeline_html(pipeline_figure(g, found, note=note), out)
@@ -96,7 +98,9 @@ def steps(
     """List the steps of each pipeline in run order with the entities they read and write; check every interface."""
     from windpipe.pipeline.graph import build_graph
     from windpipe.pipeline.interfaces import PIPELINES, load_interfaces, missing_interfaces
+    from windpipe.settings import projects_dir
 
+    projects = projects or projects_dir()
     specs = load_interfaces(projects)
     build_graph(specs)  # the whole graph: a cycle or an unproduced input is an error here
     for pipeline in PIPELINES:

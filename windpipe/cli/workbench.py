@@ -28,8 +28,7 @@ def lab(
 
     settings = get_settings()
     if stop:
-        pid = workbench_lab.stop(settings)
-        typer.echo(f"lab: stopped (pid {pid})" if pid else "lab: not running")
+        workbench_lab.stop(settings, say=typer.echo)  # lab: stopped (pid ...) | not running
         return
     pid, url = workbench_lab.start(settings, port)
     typer.echo(describe(settings, pid, url))
@@ -40,8 +39,8 @@ def describe(settings: Settings, pid: int, url: str) -> str:
     from windpipe.workbench import lab as workbench_lab
 
     page = workbench_lab.login_page(settings, pid)
-    token_file = settings.secret_file(workbench_lab.TOKEN_FILE)
+    token_file = settings.paths.secret_file(workbench_lab.TOKEN_FILE)
     login = f"open file://{page} (logs you in)" if page else "paste the token"
     return (f"lab: running (pid {pid}) at {url}\n"
             f"  log in: {login}, or use the token in {token_file}\n"
-            f"  log: {settings.log_file(workbench_lab.SERVICE)}   stop: windpipe lab --stop")
+            f"  log: {settings.paths.log_file(workbench_lab.SERVICE)}   stop: windpipe lab --stop")

@@ -102,7 +102,7 @@ def package(registry: str, env: str, zone: str, out: Path | str | None = None,
     image = image_name(registry, env, zone, step, mv.run_id)
     inst = instance_name(mv)
     model_uri = names.version_uri(name, mv.version)
-    target = Path(out) if out else settings.output_dir("docker", inst)
+    target = Path(out) if out else settings.paths.output_dir("docker", inst)
     with atomic_folder(target, replace=True) as tmp:
         try:
             generate_dockerfile(model_uri, tmp)

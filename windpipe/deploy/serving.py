@@ -34,7 +34,7 @@ from windpipe.errors import WindpipeError
 from windpipe.models import loading
 from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings
-from windpipe.stack.procs import log_tail, port_is_free, stop_pid, wait_until
+from windpipe.stack.procs import Service, stop_child
 
 
 def default_model_uri(settings: Settings) -> str:
@@ -73,6 +73,22 @@ def ping(url: str, timeout: float = 2.0) -> None:
                             "start it: `windpipe serve`") from None
 
 
+def service(settings: Settings, port: int, model_uri: str, log: Path | None = None) -> Service:
+    """`mlflow models serve` of `model_uri` on 127.0.0.1:`port`, a child of this process (no pid file), checked
+    by its /ping."""
+    url = f"http://{settings.host}:{port}"
+
+    def check() -> str:
+        ping(url)
+        return "ping ok"
+
+    return Service("model", url, check, host=settings.host, port=port,
+                   command=lambda: serve_command(model_uri, port, settings.host), env=lambda: serve_env(settings),
+                   log=log, title=f"the model server at {url}", port_fix="pass --port <another>",
+                   exit_fix="check the model URI and that the tracking server runs (`windpipe status`)",
+                   timeout=max(settings.startup_timeout, 120.0))
+
+
 def start(settings: Settings, port: int, model_uri: str | None = None, log: Path | None = None,
           timeout: float | None = None, stdout: object = None) -> tuple[subprocess.Popen, str]:
     """Check the model exists, start `mlflow models serve` on 127.0.0.1:`port`, wait for /ping.
@@ -81,35 +97,19 @@ def start(settings: Settings, port: int, model_uri: str | None = None, log: Path
     """
     model_uri = model_uri or default_model_uri(settings)
     check_model_uri(settings, model_uri)
-    host = settings.host
-    if not port_is_free(host, port):
-        raise WindpipeError(f"Port {port} on {host} is taken, so the model server cannot start.",
-                            "stop what holds it, or pass --port <another>")
-    out = open(log, "ab") if log else stdout
-    proc = subprocess.Popen(serve_command(model_uri, port, host), env=serve_env(settings),
-                            stdout=out, stderr=subprocess.STDOUT if out is not None else None,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://{host}:{port}"
+    svc = service(settings, port, model_uri, log)
+    proc = svc.spawn(stdout)
     try:
-        wait_until(lambda: ping(url), timeout or max(settings.startup_timeout, 120.0), f"The model server at {url}",
-                   alive=lambda: proc.poll() is None,
-                   exited=lambda: WindpipeError(f"The model server exited ({proc.returncode}) while starting."
-                                                f"{log_tail(log)}", "check the model URI and that the tracking "
-                                                "server runs (`windpipe status`)"))
+        svc.wait(lambda: proc.poll() is None, timeout)
     except BaseException:
         stop(proc)
         raise
-    return proc, url
+    return proc, svc.url
 
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop the server and its workers (its own process group)."""
-    if proc.poll() is None:
-        stop_pid(proc.pid)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    stop_child(proc)
 
 
 def input_spec(settings: Settings, model_uri: str) -> tuple[list[str], bool]:

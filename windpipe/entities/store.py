@@ -47,8 +47,9 @@ def read_entity(entity: Entity, path: Path | str) -> pd.DataFrame:
     return entity.validate(df, str(path))
 
 
-def resolve_uri(uri: str, dst: Path | None = None) -> Path:
-    """A local path for `uri`: a path as is, or any URI MLflow can download (runs:/, mlflow-artifacts:/ ...)."""
+def resolve_uri(uri: str, dst: Path | None = None, tracking_uri: str | None = None) -> Path:
+    """A local path for `uri`: a path as is, or any URI MLflow can download (runs:/, mlflow-artifacts:/ ...),
+    from `tracking_uri` (default: MLflow's, which a step's process sets)."""
     if is_path(uri):
         return Path(uri)
     if uri.startswith("file://"):
@@ -56,7 +57,8 @@ def resolve_uri(uri: str, dst: Path | None = None) -> Path:
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None,
+                                                        tracking_uri=tracking_uri))
     except Exception as exc:  # MLflow raises MlflowException, OSError or HTTP errors here
         raise WindpipeError(f"Cannot fetch the entity at {uri} ({first_line(exc)}).",
                             "check the URI (e.g. runs:/<run_id>/entities/processed.parquet)") from None

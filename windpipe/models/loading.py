@@ -29,6 +29,7 @@ from windpipe import names
 from windpipe.errors import WindpipeError, first_line
 from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings, get_settings
+from windpipe.tracking.client import mlflow_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,13 +103,12 @@ def resolve(model_uri: str | None = None, settings: Settings | None = None, clie
 
     Accepts models:/<name>@<alias>, models:/<name>/<version>, models:/m-<id> and runs:/<id>/<path>.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     settings = settings or get_settings()
     uri = model_uri or names.alias_uri(settings.model_name)
-    client = client or mlflow.MlflowClient()
-    ref = ModelRef(uri=uri, load_uri=uri, tracking_uri=mlflow.get_tracking_uri())
+    client = client or mlflow_client(settings)
+    ref = ModelRef(uri=uri, load_uri=uri, tracking_uri=settings.effective_tracking_uri)
     m = _URI.fullmatch(uri)
     try:
         if m:
@@ -161,7 +161,7 @@ def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
 
     if not (ref.load_uri.startswith("models:/") and (ref.name and ref.version or ref.logged_model_id)):
         return None
-    target = (settings or get_settings()).cache_dir(*ref.cache_key.split("/"), "model")
+    target = (settings or get_settings()).paths.cache_dir(*ref.cache_key.split("/"), "model")
     if (target / "MLmodel").exists():
         return str(target)
     try:
@@ -169,7 +169,8 @@ def model_files(ref: ModelRef, settings: Settings | None = None) -> str | None:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             dst = Path(tmp) / "download"
             dst.mkdir()
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=str(dst)))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.load_uri, dst_path=str(dst),
+                                                             tracking_uri=ref.tracking_uri or None))
             if not (local / "MLmodel").exists():
                 return None  # an unexpected layout: let MLflow load it directly
             shutil.rmtree(target, ignore_errors=True)
@@ -357,11 +358,11 @@ def training_entity(ref: ModelRef, settings: Settings | None = None) -> pd.DataF
                             f"{names.TRAINING_DATA_TAG} tag.",
                             "use a model trained by the windpipe steps (they record the entity they read)")
     settings = settings or get_settings()
-    target = settings.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)
+    target = settings.paths.cache_dir(*ref.cache_key.split("/"), PROCESSED.filename)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            local = resolve_uri(ref.training_entity_uri, Path(tmp))
+            local = resolve_uri(ref.training_entity_uri, Path(tmp), ref.tracking_uri or None)
             if local.is_dir():
                 local = local / PROCESSED.filename
             if not local.exists():

@@ -31,6 +31,7 @@ from windpipe import names
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
+from windpipe.faults import fault_point
 from windpipe.models import history, loading
 from windpipe.models.compare import compare_runs
 from windpipe.models.registry import (
@@ -43,7 +44,7 @@ from windpipe.models.registry import (
     set_tags,
 )
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP, higher_is_better
-from windpipe.settings import Settings, fault_point, get_settings
+from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
 from windpipe.training.split import SplitSpec
 

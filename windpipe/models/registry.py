@@ -79,14 +79,15 @@ def registry_lock(settings: Settings, timeout: float | None = None,
     if url is not None:
         from windpipe.stack.locks import advisory_lock
 
-        wait = timeout if timeout is not None else settings.registry_lease + 60
-        with advisory_lock(url, f"registry:{settings.model_name}", settings.registry_lease, wait, say) as held:
+        lease = settings.team.registry_lease
+        wait = timeout if timeout is not None else lease + 60
+        with advisory_lock(url, f"registry:{settings.model_name}", lease, wait, say) as held:
             yield held
         return
     import fcntl
 
     timeout = 300.0 if timeout is None else timeout
-    path = settings.registry_lock_file
+    path = settings.paths.registry_lock_file
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     with open(path, "a+") as fh:

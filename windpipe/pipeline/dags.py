@@ -2,7 +2,8 @@
 
     # orchestration/airflow/dags/windpipe_training.py
     from windpipe.pipeline.dags import build_dag
-    dag = build_dag("training")
+    from windpipe.settings import get_settings
+    dag = build_dag("training", settings=get_settings())
 
 `dag_layout` (pure, no Airflow needed) turns the step graph into tasks and dependencies:
 
@@ -10,7 +11,9 @@
     prediction:  open -> inbox -> each step, once per new inbox file (mapped) -> close
 
 Every task is a Python task that runs a `windpipe pipeline ...` command of the main environment by
-absolute path (`Settings.windpipe_bin`, read where the task runs) with an argument list, and hands it
+absolute path (`Settings.windpipe_bin` of the settings the DAG file passes: Airflow parses the DAG file again
+in each task's process, so they are the settings of the machine that runs the task) with an argument list,
+and hands it
 the DAG run's conf, the inbox file and the run ids as JSON on its stdin: no user-controlled text is
 ever part of a shell command or an Airflow template (a conf value or a file name with `{{ }}` arrives
 as written). `open` checks the conf and opens the MLflow pipeline run, `inbox` claims the new inbox
@@ -33,10 +36,12 @@ from windpipe.errors import WindpipeError
 from windpipe.pipeline.graph import build_graph
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import PREDICTION, TRAINING, conf_defaults
-from windpipe.settings import get_settings, projects_dir
+from windpipe.settings import TELEMETRY_OFF
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
+
+    from windpipe.settings import Settings
 
 DAG_IDS = {TRAINING: "windpipe_training", PREDICTION: "windpipe_prediction"}
 SCHEDULES = {TRAINING: "@weekly", PREDICTION: "@daily"}  # cron, UTC
@@ -163,17 +168,20 @@ def worker_queues(projects: Path | str | None = None) -> list[str]:
     return sorted({DEFAULT_QUEUE} | {s.queue for s in load_interfaces(projects) if s.queue})
 
 
-def _params(pipeline: str) -> dict[str, Any]:
+def _params(pipeline: str, inbox: str) -> dict[str, Any]:
     from airflow.sdk import Param
 
     # params: {"rf.max_depth": "8,12"} or ["rf.max_depth=8,12"], both forms the docs show
     types: dict[type, Any] = {bool: "boolean", dict: ["object", "array"], str: "string"}
-    return {k: Param(v, type=types[type(v)]) for k, v in conf_defaults(pipeline).items()}
+    return {k: Param(v, type=types[type(v)]) for k, v in conf_defaults(pipeline, inbox).items()}
 
 
 def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "default",
-              projects: Path | str | None = None) -> DAG:
+              projects: Path | str | None = None, *, settings: Settings) -> DAG:
     """The Airflow DAG of `pipeline` (training: weekly, prediction: daily by default; None: triggered only).
+
+    `settings` (the DAG file passes them) name the step folders (unless `projects` does), the environment
+    whose `windpipe` the tasks run and the default inbox.
 
     The first scheduled run is the next one due (Sunday / midnight UTC), not one for a time already
     past: a DAG appearing (or Airflow starting) does not start a run by itself.
@@ -183,7 +191,7 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     """
     explicit = projects is not None
     try:
-        projects = Path(projects or projects_dir()).resolve()
+        projects = Path(projects or settings.projects_dir).resolve()
         layout = dag_layout(pipeline, projects)
     except WindpipeError as exc:
         raise exc.with_traceback(None) from None
@@ -194,22 +202,23 @@ def build_dag(pipeline: str, dag_id: str | None = None, schedule: str | None = "
     cron = SCHEDULES[pipeline] if schedule == "default" else schedule
     timetable = CronTriggerTimetable(cron, timezone="UTC", run_immediately=datetime.timedelta(0)) if cron else None
     # the step projects are read where the task runs (its worker's own checkout), unless the caller named a folder
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", **({"WINDPIPE_PROJECTS": str(projects)} if explicit else {})}
+    env = {**TELEMETRY_OFF, **({"WINDPIPE_PROJECTS": str(projects)} if explicit else {})}
     with DAG(dag_id=dag_id or DAG_IDS[pipeline], schedule=timetable, catchup=False, max_active_runs=1,
-             tags=["windpipe", pipeline], params=_params(pipeline), doc_md=_doc(pipeline, projects)) as dag:
+             tags=["windpipe", pipeline], params=_params(pipeline, settings.inbox_uri),
+             doc_md=_doc(pipeline, projects)) as dag:
         tasks: dict[str, Any] = {}
         for spec in layout:
-            tasks[spec.task_id] = _task(spec, pipeline, env, tasks)
+            tasks[spec.task_id] = _task(spec, pipeline, env, tasks, settings.windpipe_bin)
         for spec in layout:
             for up in spec.upstream:
                 tasks[up] >> tasks[spec.task_id]
     return dag
 
 
-def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any]) -> Any:
+def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, Any], bin_dir: Path) -> Any:
     """The Airflow task for `spec`: a Python task that builds its command when it runs (conf and XComs known) and
     runs it with an argument list. No value is ever rendered as a template: mapped tasks get an index, and
-    read their file from the inbox task's XCom."""
+    read their file from the inbox task's XCom. `bin_dir`: the environment whose `windpipe` it runs."""
     import datetime
 
     from airflow.sdk import task
@@ -219,8 +228,7 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
         @task(task_id=INBOX, doc_md="`windpipe pipeline inbox`: claim the new inbox files for this DAG run", **retry)
         def inbox(**context: Any) -> list[int]:
             ti, conf = context["ti"], dict(context["dag_run"].conf or {})
-            command = task_command(spec, pipeline, conf, get_settings().windpipe_bin,
-                                   pipeline_run=ti.xcom_pull(task_ids=OPEN))
+            command = task_command(spec, pipeline, conf, bin_dir, pipeline_run=ti.xcom_pull(task_ids=OPEN))
             files = json.loads(_final(command, env))  # (its last line: the claimed files, as JSON)
             ti.xcom_push(key=FILES_KEY, value=files)
             return list(range(len(files)))
@@ -236,7 +244,6 @@ def _task(spec: TaskSpec, pipeline: str, env: dict[str, str], made: dict[str, An
 
         ti, dag_run = context["ti"], context["dag_run"]
         conf = dict(dag_run.conf or {})
-        bin_dir = get_settings().windpipe_bin  # this worker's main environment
         if spec.kind == OPEN:
             run = f"{dag_run.dag_id}/{dag_run.run_id}"
             return _final(task_command(spec, pipeline, conf, bin_dir, dag_run=run), env)

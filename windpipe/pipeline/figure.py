@@ -161,7 +161,8 @@ def statuses_or_note(steps: Iterable[str],
 
 def live_pipeline_figure(root: Path | str | None = None, settings: Settings | None = None) -> Any:
     """The figure for projects/ with live statuses when the platform answers (for the dashboard page)."""
-    graph = build_graph(load_interfaces(root))
+    settings = settings or get_settings()
+    graph = build_graph(load_interfaces(root or settings.projects_dir))
     statuses, note = statuses_or_note([*graph.order, *graph.drivers], settings)
     return pipeline_figure(graph, statuses, note=note)
 

@@ -36,7 +36,7 @@ from windpipe import names
 from windpipe.entities.schema import ENTITIES, Entity
 from windpipe.errors import WindpipeError, first_line
 from windpipe.names import TIMESTAMP
-from windpipe.settings import projects_dir
+from windpipe.settings import default_projects_dir
 
 SPEC_FILE = "step.yaml"
 MLPROJECT_FILE = "MLproject"
@@ -235,7 +235,7 @@ def read_mlproject(folder: Path | str) -> MLProject:
 def step_defaults(step: str, entry_point: str = "main", root: Path | str | None = None) -> dict[str, str]:
     """The MLproject defaults of a step's entry point (required parameters left out): for code that calls
     a step body directly (notebooks, benchmarks, tests) with the same values `mlflow run` would pass."""
-    folder = Path(root or projects_dir()) / step
+    folder = Path(root or default_projects_dir()) / step
     params = mlproject_entry_points(folder).get(entry_point)
     if params is None:
         raise WindpipeError(f"The step {step!r} has no entry point {entry_point!r}.",
@@ -364,8 +364,8 @@ def load_interface(folder: Path | str) -> StepInterface:
 
 
 def step_folders(root: Path | str | None = None) -> list[Path]:
-    """Every folder below `root` (default: projects/) that holds a step.yaml or an MLproject."""
-    root = Path(root) if root else projects_dir()
+    """Every folder below `root` (default: projects/ of this checkout) that holds a step.yaml or an MLproject."""
+    root = Path(root) if root else default_projects_dir()
     found = {p.parent for pattern in (SPEC_FILE, MLPROJECT_FILE) for p in root.glob(f"*/{pattern}")}
     return sorted(found)
 
@@ -376,7 +376,8 @@ def missing_interfaces(root: Path | str | None = None) -> list[Path]:
 
 
 def load_interfaces(root: Path | str | None = None) -> list[StepInterface]:
-    """The interfaces of the steps below `root` (default: projects/), by name.
+    """The interfaces of the steps below `root` (default: projects/ of this checkout; the commands pass
+    WINDPIPE_PROJECTS's), by name.
 
     A folder with an MLproject but no step.yaml is skipped (`windpipe steps` lists it); a step.yaml
     without an MLproject is an error, before anything runs.

@@ -39,9 +39,9 @@ from windpipe.pipeline.cache import StepResult, external_hashes, find_cached, st
 from windpipe.pipeline.plan import PipelineConfig, Plan, PlannedStep
 from windpipe.pipeline.progress import Progress
 from windpipe.pipeline.project_run import create_project_run, logged_params, project_tags
-from windpipe.settings import STEP_LOG_DIR_ENV
+from windpipe.settings import STEP_LOG_DIR_ENV, TELEMETRY_OFF
 from windpipe.stack.procs import environment
-from windpipe.tracking.client import ServerDown, diagnose
+from windpipe.tracking.client import ServerDown, diagnose, mlflow_client
 from windpipe.tracking.internals import run_project_in
 from windpipe.tracking.runs import code_version, fail_run
 
@@ -109,7 +109,7 @@ def step_environment(log_dir: Path | None = None) -> Iterator[None]:
     """
     changes: dict[str, str | None] = {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+        **TELEMETRY_OFF}
     if log_dir is not None:
         changes[STEP_LOG_DIR_ENV] = str(log_dir)
     with environment(changes):
@@ -169,10 +169,8 @@ class Launcher:
     """
 
     def __init__(self, config: PipelineConfig, plan: Plan, parent_id: str, log_dir: Path | None = None) -> None:
-        import mlflow
-
         self.config, self.plan, self.parent_id, self.log_dir = config, plan, parent_id, log_dir
-        self.client = mlflow.MlflowClient()
+        self.client = mlflow_client()
         self.experiment_id = self.client.get_run(parent_id).info.experiment_id
         self.extra = external_hashes(plan)
         self.commit = resolve_git_version(config.git_uri, config.git_version) if config.git_uri else None

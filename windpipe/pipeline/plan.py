@@ -17,7 +17,7 @@ from pathlib import Path
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.graph import PipelineGraph, build_graph
 from windpipe.pipeline.interfaces import SPEC_FILE, StepInterface, load_interfaces
-from windpipe.settings import default_raw_dir, get_settings
+from windpipe.settings import default_raw_dir, parse_bool
 
 PRESETS = ("full", "quick")
 TRAINING, PREDICTION = "training", "prediction"
@@ -41,7 +41,7 @@ class PipelineConfig:
     git_uri: str | None = None
     git_version: str | None = None
     pipeline: str = TRAINING
-    projects: Path | None = None  # the folder of step folders (default: settings' projects_dir())
+    projects: Path | None = None  # the folder of step folders (default: settings.projects_dir, read by the edges)
     jobs: int = 0  # steps run side by side; 0: one per core
     inbox: str | None = None  # prediction: where new feature files land (a folder or an S3 prefix)
     outputs: dict[str, str] = field(default_factory=dict)  # entity -> where a step writes it (predictions)
@@ -56,22 +56,22 @@ class PipelineConfig:
         return self.jobs if self.jobs > 0 else os.cpu_count() or 1
 
 
-def conf_defaults(pipeline: str) -> dict[str, object]:
-    """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params)."""
+def conf_defaults(pipeline: str, inbox: str | None = None) -> dict[str, object]:
+    """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params). `inbox`: the
+    prediction DAG's (settings.inbox_uri where the DAG is built; None: the one of the machine that runs it)."""
     common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local"}
     if pipeline == TRAINING:
         return {"raw": str(default_raw_dir()), "quick": False, **common}
     if pipeline == PREDICTION:
-        return {"inbox": get_settings().inbox_uri, **common}
+        return {"inbox": inbox or "", **common}
     raise UsageError(f"There is no {pipeline!r} pipeline.", f"use {TRAINING} or {PREDICTION}")
 
 
 def _flag(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "false", "0", "no", ""):
-        return text in ("true", "1", "yes")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        pass
     raise UsageError(f"{CONF_SOURCE}: {key} must be true or false, got {value!r}.", f'pass {{"{key}": true}}')
 
 
@@ -116,9 +116,10 @@ def conf_overrides(params: object) -> dict[str, dict[str, str]]:
     return out
 
 
-def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> PipelineConfig:
-    """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused."""
-    defaults = conf_defaults(pipeline)
+def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: str | None = None) -> PipelineConfig:
+    """The PipelineConfig of an Airflow DAG run's conf (the defaults filled in); unknown keys are refused. `inbox`:
+    the prediction DAG's default inbox (None: config.inbox stays None, the driver reads settings.inbox_uri)."""
+    defaults = conf_defaults(pipeline, inbox)
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(defaults))
     if unknown:
@@ -134,8 +135,9 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None) -> Pipeli
         config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"
     else:
-        inbox = str(values["inbox"])
-        config.inbox = inbox if inbox.startswith("s3://") else str(_absolute("inbox", inbox))
+        inbox = str(values["inbox"] or "")
+        if inbox:
+            config.inbox = inbox if inbox.startswith("s3://") else str(_absolute("inbox", inbox))
     return config
 
 
@@ -240,9 +242,10 @@ def make_plan(specs: Iterable[StepInterface], pipeline: str = TRAINING, preset: 
     return Plan(graph, steps, external, outputs)
 
 
-def plan_for(config: PipelineConfig) -> Plan:
-    """The plan of this config from the interfaces below `config.projects`, checked before anything runs."""
+def plan_for(config: PipelineConfig, projects: Path | None = None) -> Plan:
+    """The plan of this config from the interfaces below `config.projects` (else `projects`, which the edges read
+    from settings; else this checkout's projects/), checked before anything runs."""
     check_env_manager(config.env_manager, "--env-manager" if config.source == "-P" else config.source)
     external = {k: str(Path(v).resolve()) if ":/" not in str(v) else str(v) for k, v in config.external.items()}
-    return make_plan(load_interfaces(config.projects), config.pipeline, config.preset, config.overrides, external,
-                     config.source, config.outputs)
+    specs = load_interfaces(config.projects or projects)
+    return make_plan(specs, config.pipeline, config.preset, config.overrides, external, config.source, config.outputs)

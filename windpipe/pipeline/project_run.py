@@ -29,6 +29,7 @@ from windpipe import names
 from windpipe.errors import UsageError
 from windpipe.pipeline.interfaces import MLProject, Parameter
 from windpipe.stack.procs import environment
+from windpipe.tracking.client import mlflow_client
 from windpipe.tracking.runs import git_commit
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def run_here(project: MLProject, entry_point: str, params: dict[str, str], exper
                          "give it `command: python step.py ...`")
     declared = project.entry_points[entry_point]
     check_values(declared, params, f"The {entry_point} entry point of {folder.name}")
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="windpipe-params-") as storage:
         command = entry_point_command(project, entry_point, params, Path(storage))
         run_id = create_project_run(client, experiment_id, project_tags(folder, entry_point),

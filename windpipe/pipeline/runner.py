@@ -103,17 +103,17 @@ def run_pipeline(settings: Settings, config: PipelineConfig, console: Any = None
 
     The caller opens the pipeline run (`windpipe.steps.driver`), so the step runs become its
     children. Everything a user can get wrong is refused before the first step starts. Each
-    step's output goes to `settings.pipeline_log_dir(<pipeline run id>)/<step>.log`.
+    step's output goes to `settings.paths.pipeline_log_dir(<pipeline run id>)/<step>.log`.
     """
     import mlflow
     from rich.console import Console
 
     console = console or Console()
-    plan = plan_for(config)
+    plan = plan_for(config, settings.projects_dir)
     parent = mlflow.active_run()
     if parent is None:
         raise WindpipeError("run_pipeline needs an active pipeline run.", "call it inside step_run('pipeline')")
-    log_dir = settings.pipeline_log_dir(parent.info.run_id)
+    log_dir = settings.paths.pipeline_log_dir(parent.info.run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     launcher = Launcher(config, plan, parent.info.run_id, log_dir)
     labels = {s.name: step_label(plan, s) for s in plan.steps}

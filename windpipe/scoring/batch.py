@@ -36,13 +36,14 @@ import pandas as pd
 
 from windpipe import names
 from windpipe.errors import WindpipeError
+from windpipe.faults import fault_point
 from windpipe.fileio import staged_path
 from windpipe.models import loading
 from windpipe.models.loading import ModelRef
 from windpipe.names import PRED_COLUMNS, TIMESTAMP
 from windpipe.scoring import drift
 from windpipe.scoring.validate import InputCheck, InputFile, ValidInput, row_list
-from windpipe.settings import Settings, fault_point, get_settings
+from windpipe.settings import Settings, get_settings
 from windpipe.stack import objects
 from windpipe.tracking.runs import termination_deferred
 

@@ -19,6 +19,7 @@ behind: processes of its session (LocalExecutor workers, task processes) reparen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -29,19 +30,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
-from windpipe.settings import Settings
+from windpipe.settings import TELEMETRY_OFF, Settings
 from windpipe.stack.procs import (
+    Service,
+    ServiceState,
     log_tail,
-    owned_pid,
-    port_is_free,
     session_leftovers,
-    start_detached,
     stop_pid,
     wait_until,
 )
@@ -52,6 +51,8 @@ USER = "admin"
 # the scheduler serves task logs on 0.0.0.0:8793 unless told not to; LocalExecutor writes them where the API
 # server reads them anyway
 ARGS = {"api-server": [], "scheduler": ["--skip-serve-logs"], "dag-processor": []}
+# what Airflow's health endpoint calls each service
+COMPONENTS = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
 READY_TIMEOUT = 300.0  # a first start migrates the database and builds the UI (40-70 s on a busy 2-core machine)
 MAKE_FIX = "run `make airflow` (Airflow's own environment, .venv-airflow)"
 STATUS_FIX = "check `windpipe airflow status`"
@@ -67,20 +68,12 @@ EDGE_HEARTBEAT_TIMEOUT = 60
 EDGE_WORKER_HEARTBEAT = 10
 
 
-@dataclass(frozen=True)
-class AirflowState:
-    name: str
-    pid: int | None
-    healthy: bool
-    detail: str
-
-
 def airflow_bin(settings: Settings) -> Path:
     return settings.airflow_venv / "bin" / "airflow"
 
 
 def password_file(settings: Settings) -> Path:
-    return settings.secret_file("airflow_passwords.json")
+    return settings.paths.secret_file("airflow_passwords.json")
 
 
 def admin_password(settings: Settings, create: bool = False) -> str:
@@ -104,7 +97,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None, executor
     """
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AIRFLOW")}
     env.update({
-        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW_HOME": str(settings.paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": EXECUTORS[executor],
@@ -124,7 +117,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None, executor
         "WINDPIPE_BIN_DIR": str(settings.bin_dir or Path(sys.executable).parent),
         "WINDPIPE_HOME": str(settings.home.resolve()),
         "MLFLOW_TRACKING_URI": settings.effective_tracking_uri,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **TELEMETRY_OFF,
         "PYTHONWARNINGS": "ignore",
     })
     if executor == "edge":
@@ -133,7 +126,7 @@ def airflow_env(settings: Settings, base: dict[str, str] | None = None, executor
 
 
 def worker_secret_file(settings: Settings) -> Path:
-    return settings.secret_file(WORKER_SECRET)
+    return settings.paths.secret_file(WORKER_SECRET)
 
 
 def _secret_cmd(path: Path) -> str:
@@ -192,13 +185,34 @@ def check_login(env: dict[str, str], strict: bool = False) -> None:
                             "then start Airflow again") from None
 
 
+def service(settings: Settings, name: str, executor: str = "local") -> Service:
+    """One of Airflow's services (SERVICES) as windpipe starts it: pid file and log `airflow-<name>`. Airflow's
+    own health endpoint says how they are (`status`). (The worker's pid file and log: `worker`.)"""
+    return Service(f"airflow-{name}", settings.airflow_url, lambda: _component(settings, name), home=settings.home,
+                   host=settings.host, port=settings.airflow_port if name == "api-server" else None,
+                   command=lambda: [str(airflow_bin(settings)), name, *ARGS[name]],
+                   env=lambda: airflow_env(settings, executor=executor), cwd=settings.paths.airflow_home,
+                   title="Airflow's API server" if name == "api-server" else f"Airflow's {name}",
+                   port_fix="choose another port with WINDPIPE_AIRFLOW_PORT=<port>")
+
+
 def _pid(settings: Settings, name: str) -> int | None:
-    return owned_pid(settings.pid_file(f"airflow-{name}"), settings.home)
+    return service(settings, name).pid()
+
+
+def _component(settings: Settings, name: str) -> str:
+    if name == WORKER:
+        _registered(settings)
+        return "edge worker"
+    state = health(settings).get(COMPONENTS[name], "")
+    if state != "healthy":
+        raise WindpipeError(f"Airflow's {name} is {state or 'not running'}.", STATUS_FIX)
+    return state
 
 
 def _running_executor(settings: Settings) -> str | None:
     try:
-        return settings.run_file(EXECUTOR_FILE).read_text().strip() or None
+        return settings.paths.run_file(EXECUTOR_FILE).read_text().strip() or None
     except OSError:
         return None
 
@@ -209,7 +223,7 @@ def leftovers(settings: Settings) -> list[int]:
     found: list[int] = []
     for name in (*SERVICES, WORKER):
         if _pid(settings, name) is None:  # (a live service's session is its own business)
-            found += session_leftovers(settings.pid_file(f"airflow-{name}"), settings.home)
+            found += session_leftovers(settings.paths.pid_file(f"airflow-{name}"), settings.home)
     return found
 
 
@@ -246,7 +260,7 @@ def _ready(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings, env: dict[str, str]) -> None:
-    log = settings.log_file("airflow-db-migrate")
+    log = settings.paths.log_file("airflow-db-migrate")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.run([str(airflow_bin(settings)), "db", "migrate"], env=env, stdout=out,
@@ -255,7 +269,7 @@ def _migrate(settings: Settings, env: dict[str, str]) -> None:
         raise WindpipeError(f"`airflow db migrate` failed (exit {proc.returncode}).{log_tail(log, 8)}", f"see {log}")
 
 
-def up(settings: Settings, say: Callable[[str], None] = print, executor: str | None = None) -> list[AirflowState]:
+def up(settings: Settings, say: Callable[[str], None] = print, executor: str | None = None) -> list[ServiceState]:
     """Start the services that do not run yet, wait until Airflow is healthy and its execution API warm.
 
     `executor`: local (default: WINDPIPE_AIRFLOW_EXECUTOR) or edge (remote workers, the team stack)."""
@@ -273,16 +287,14 @@ def up(settings: Settings, say: Callable[[str], None] = print, executor: str | N
     if missing:
         check_login(env)
         stop_leftovers(settings, say)
-    if "api-server" in missing and not port_is_free(settings.host, settings.airflow_port):
-        raise WindpipeError(f"Port {settings.airflow_port} on {settings.host} is taken by another program, so "
-                            "Airflow's API server cannot start.",
-                            "stop that program, or choose another port with WINDPIPE_AIRFLOW_PORT=<port>")
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    if "api-server" in missing:
+        service(settings, "api-server").require_port()
+    settings.paths.airflow_home.mkdir(parents=True, exist_ok=True)
     admin_password(settings, create=True)
     if missing:
         say("airflow: migrating its database ...")
         _migrate(settings, env)  # creates airflow.cfg (its secrets, mode 0600) before the services share it
-        atomic_write_text(settings.run_file(EXECUTOR_FILE), executor, mode=0o600)
+        atomic_write_text(settings.paths.run_file(EXECUTOR_FILE), executor, mode=0o600)
     started = {}
     timeout = max(settings.startup_timeout, READY_TIMEOUT)
     for name in SERVICES:  # the API server first: every task calls its execution API
@@ -290,23 +302,20 @@ def up(settings: Settings, say: Callable[[str], None] = print, executor: str | N
         if pid is not None:
             say(f"airflow {name}: already running (pid {pid})")
             continue
-        argv = [str(airflow_bin(settings)), name, *ARGS[name]]
-        started[name] = start_detached(argv, env, settings.log_file(f"airflow-{name}"),
-                                       settings.pid_file(f"airflow-{name}"), settings.home,
-                                       port=settings.airflow_port if name == "api-server" else None,
-                                       cwd=settings.airflow_home)
+        started[name] = service(settings, name, executor).launch()
         say(f"airflow {name}: starting (pid {started[name]})")
         if name == "api-server":
             wait_until(lambda: _answers(settings), timeout, "Airflow's API server",
                        alive=lambda: pid_alive(started["api-server"]), exited=lambda: _exited(settings, started),
-                       fix=f"see {settings.log_file('airflow-api-server')}")
+                       fix=f"see {settings.paths.log_file('airflow-api-server')}")
             # its first request to the execution API builds it (8-18 s): pay it before any task runs
             try:
                 urllib.request.urlopen(f"{settings.airflow_url}/execution/health", timeout=timeout).read()
             except (urllib.error.URLError, OSError):
                 pass  # (only a warm-up)
     wait_until(lambda: _ready(settings), timeout, "Airflow", alive=lambda: all(pid_alive(p) for p in started.values()),
-               exited=lambda: _exited(settings, started), fix=f"see {settings.log_file('airflow-scheduler').parent}")
+               exited=lambda: _exited(settings, started),
+               fix=f"see {settings.paths.log_file('airflow-scheduler').parent}")
     say(f"airflow: up at {settings.airflow_url} (user {USER}, password in {password_file(settings)})")
     if executor == "edge":
         say(f"airflow: tasks run on edge workers; on each worker machine: WINDPIPE_AIRFLOW_WORKER_SECRET=<the "
@@ -370,7 +379,7 @@ def worker_env(settings: Settings, url: str, name: str, base: dict[str, str] | N
         "AIRFLOW__EDGE__API_URL": url + EDGE_API,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": url + "/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _secret_cmd(worker_secret_file(settings)),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.airflow_home / "logs"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.paths.airflow_home / "logs"),
         "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": str(EDGE_WORKER_HEARTBEAT),
         "WINDPIPE_WORKER": name,
     })
@@ -388,7 +397,7 @@ def _check_main_environment(settings: Settings) -> None:
 
 def _registered(settings: Settings) -> None:
     # `airflow edge worker` writes its pid file once the API server has accepted its registration
-    if not (settings.airflow_home / "airflow-edge-worker.pid").exists():
+    if not (settings.paths.airflow_home / "airflow-edge-worker.pid").exists():
         raise WindpipeError("The worker has not registered yet.")
 
 
@@ -397,7 +406,7 @@ class DuplicateWorker(WindpipeError):
 
 
 def _worker_exited(settings: Settings, url: str, name: str) -> WindpipeError:
-    log = settings.log_file(f"airflow-{WORKER}")
+    log = settings.paths.log_file(f"airflow-{WORKER}")
     text = log.read_text(errors="replace")[-4000:] if log.exists() else ""
     import re
 
@@ -438,23 +447,23 @@ def worker(settings: Settings, queues: list[str], api_url: str | None = None, co
     check_api(url)
     env = worker_env(settings, url, name)
     check_login(env, strict=True)
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    settings.paths.airflow_home.mkdir(parents=True, exist_ok=True)
     atomic_write_text(worker_secret_file(settings), settings.airflow_worker_secret.get_secret_value(), mode=0o600)
     stop_leftovers(settings, say)
-    (settings.airflow_home / "airflow-edge-worker.pid").unlink(missing_ok=True)
+    (settings.paths.airflow_home / "airflow-edge-worker.pid").unlink(missing_ok=True)
     argv = [str(airflow_bin(settings)), "edge", "worker", "--queues", ",".join(queues), "--concurrency",
             str(concurrency), "--edge-hostname", name]
     deadline = time.monotonic() + max(settings.startup_timeout, 120.0)
+    svc = dataclasses.replace(service(settings, WORKER), url=url, port=None, command=lambda: argv, env=lambda: env)
     while True:
-        pid = start_detached(argv, env, settings.log_file(f"airflow-{WORKER}"),
-                             settings.pid_file(f"airflow-{WORKER}"), settings.home, cwd=settings.airflow_home)
+        pid = svc.launch()
         say(f"airflow worker {name}: starting (pid {pid}, queues {','.join(queues)}, {concurrency} tasks at a time)")
         try:
             wait_until(lambda: _registered(settings), max(deadline - time.monotonic(), 10.0), "The Airflow worker",
                        alive=lambda p=pid: pid_alive(p), exited=lambda: _worker_exited(settings, url, name),
-                       fix=f"see {settings.log_file(f'airflow-{WORKER}')}", interval=0.5)
+                       fix=f"see {settings.paths.log_file(f'airflow-{WORKER}')}", interval=0.5)
         except DuplicateWorker:
-            settings.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
+            settings.paths.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
             if time.monotonic() > deadline:
                 raise
             # a worker of this name that died (kill -9, a lost machine) stays "running" for the API server until
@@ -465,7 +474,7 @@ def worker(settings: Settings, queues: list[str], api_url: str | None = None, co
             continue
         except BaseException:
             stop_pid(pid)
-            settings.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
+            settings.paths.pid_file(f"airflow-{WORKER}").unlink(missing_ok=True)
             raise
         say(f"airflow worker {name}: registered with {url}")
         return pid
@@ -473,7 +482,7 @@ def worker(settings: Settings, queues: list[str], api_url: str | None = None, co
 
 def _exited(settings: Settings, started: dict[str, int]) -> WindpipeError:
     name = next((n for n, p in started.items() if not pid_alive(p)), "a service")
-    log = settings.log_file(f"airflow-{name}")
+    log = settings.paths.log_file(f"airflow-{name}")
     return WindpipeError(f"Airflow's {name} exited while starting.{log_tail(log, 8)}", f"see {log}")
 
 
@@ -488,35 +497,35 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> None:
             pass
     for name, pid in pids.items():
         stop_pid(pid, timeout=30.0)
-        settings.pid_file(f"airflow-{name}").unlink(missing_ok=True)
+        service(settings, name).pid_file.unlink(missing_ok=True)
         say(f"airflow {name}: stopped (pid {pid})")
     stop_leftovers(settings, say)
-    settings.run_file(EXECUTOR_FILE).unlink(missing_ok=True)
+    settings.paths.run_file(EXECUTOR_FILE).unlink(missing_ok=True)
     if not pids:
         say("airflow: not running")
 
 
-def status(settings: Settings) -> list[AirflowState]:
+def status(settings: Settings) -> list[ServiceState]:
     """Each service: its pid and what the health endpoint says of it."""
     try:
         found = health(settings)
         problem = ""
     except WindpipeError as exc:
         found, problem = {}, exc.problem
-    component = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
     out = []
     worker_pid = _pid(settings, WORKER)
     if worker_pid is not None:  # (a worker machine: only the worker)
-        out.append(AirflowState(WORKER, worker_pid, True, f"edge worker, log {settings.log_file('airflow-worker')}"))
+        out.append(ServiceState(WORKER, settings.airflow_api_url or "", True, worker_pid,
+                                f"edge worker, log {settings.paths.log_file('airflow-worker')}"))
         if not any(_pid(settings, n) for n in SERVICES):
             return out
     for name in SERVICES:
         pid = _pid(settings, name)
-        state = found.get(component[name], "")
+        state = found.get(COMPONENTS[name], "")
         ok = pid is not None and state == "healthy"
         detail = problem if name == "api-server" and problem else (state or "not running") + (
             f" ({settings.airflow_url})" if name == "api-server" else "")
-        out.append(AirflowState(name, pid, ok, detail))
+        out.append(ServiceState(name, settings.airflow_url, ok, pid, detail))
     return out
 
 

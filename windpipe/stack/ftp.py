@@ -28,7 +28,7 @@ def ftp_password(settings: Settings, create: bool = False) -> str:
     """The FTP password: from settings, else the generated one kept (mode 0600) in the state folder."""
     if settings.ftp_password is not None and settings.ftp_password.get_secret_value():
         return settings.ftp_password.get_secret_value()
-    stored = settings.secret_file(PASSWORD_FILE)
+    stored = settings.paths.secret_file(PASSWORD_FILE)
     if not create and not stored.exists():
         raise WindpipeError(
             f"No FTP password is set and none was generated yet in {settings.home}.",
@@ -51,7 +51,7 @@ def build_server(settings: Settings, password: str) -> FTPServer:
     from pyftpdlib.handlers import FTPHandler
     from pyftpdlib.servers import FTPServer
 
-    root = settings.ftp_root
+    root = settings.paths.ftp_root
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     authorizer = DummyAuthorizer()  # holds no anonymous user: only this one may log in
     authorizer.add_user(settings.ftp_user, password, str(root), perm=PERMISSIONS)
@@ -70,7 +70,7 @@ def serve(settings: Settings | None = None) -> None:
     password = ftp_password(settings, create=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s ftp %(message)s")
     server = build_server(settings, password)
-    logging.info("serving %s on ftp://%s:%s (user %s)", settings.ftp_root, settings.host,
+    logging.info("serving %s on ftp://%s:%s (user %s)", settings.paths.ftp_root, settings.host,
                  settings.ftp_port, settings.ftp_user)
     server.serve_forever()
 

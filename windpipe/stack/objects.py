@@ -74,7 +74,7 @@ def _client(settings: Settings) -> Any:
     """One S3 client per store and key (making one costs tens of milliseconds; they are thread-safe)."""
     from windpipe.stack import s3
 
-    key = (settings.s3_endpoint, settings.s3_region, "\0".join(s3.keys(settings)))
+    key = (settings.s3_endpoint, settings.team.s3_region, "\0".join(s3.keys(settings)))
     if key not in _clients:
         _clients[key] = s3.client(settings)
     return _clients[key]

@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from windpipe.fileio import atomic_write_text, kept_secret
 from windpipe.identity import pid_alive
 from windpipe.marts.dialects import SCHEMA as MARTS_SCHEMA
 from windpipe.settings import LOCKS_ROLE, MARTS_ROLE, PG_DRIVER
+from windpipe.stack.procs import Say, Service, quiet
 
 if TYPE_CHECKING:
     import psycopg
@@ -47,8 +50,8 @@ LOCKS_PASSWORD = "pg_locks_password"
 
 def bin_dir(settings: Settings) -> Path:
     """Where initdb/pg_ctl live: WINDPIPE_PG_BIN, else the newest Debian /usr/lib/postgresql/<n>/bin, else PATH."""
-    if settings.pg_bin is not None:
-        candidates = [settings.pg_bin]
+    if settings.team.pg_bin is not None:
+        candidates = [settings.team.pg_bin]
     else:
         debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
                         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
@@ -68,7 +71,7 @@ def _as_root() -> bool:
 
 def _server_cmd(settings: Settings, argv: list[str]) -> list[str]:
     # runuser switches user without PAM prompts; only root may, and only root needs to
-    return ["runuser", "-u", settings.pg_os_user, "--", *argv] if _as_root() else argv
+    return ["runuser", "-u", settings.team.pg_os_user, "--", *argv] if _as_root() else argv
 
 
 def _run(settings: Settings, argv: list[str]) -> subprocess.CompletedProcess:
@@ -77,24 +80,24 @@ def _run(settings: Settings, argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def data_dir(settings: Settings) -> Path:
-    return settings.postgres_dir / "data"
+    return settings.paths.postgres_dir / "data"
 
 
 def socket_dir(settings: Settings) -> Path:
-    return settings.postgres_dir / "run"
+    return settings.paths.postgres_dir / "run"
 
 
 def log_path(settings: Settings) -> Path:
-    return settings.postgres_dir / "postgres.log"
+    return settings.paths.postgres_dir / "postgres.log"
 
 
 def passfile(settings: Settings) -> Path:
-    return settings.secret_file(PASSFILE)
+    return settings.paths.secret_file(PASSFILE)
 
 
 def prepare(settings: Settings) -> None:
     """Make the server's folders; as root, hand them to the server's user and close the state folder."""
-    pg = settings.postgres_dir
+    pg = settings.paths.postgres_dir
     for folder in (pg, socket_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)
@@ -104,9 +107,9 @@ def prepare(settings: Settings) -> None:
     import pwd
 
     try:
-        user = pwd.getpwnam(settings.pg_os_user)
+        user = pwd.getpwnam(settings.team.pg_os_user)
     except KeyError:
-        raise WindpipeError(f"The user {settings.pg_os_user!r} that should run PostgreSQL does not exist.",
+        raise WindpipeError(f"The user {settings.team.pg_os_user!r} that should run PostgreSQL does not exist.",
                             "install the `postgresql` package (it makes `postgres`), "
                             "or set WINDPIPE_PG_OS_USER") from None
     for folder in (pg, socket_dir(settings)):
@@ -116,19 +119,19 @@ def prepare(settings: Settings) -> None:
     settings.home.chmod(0o710)
     if _run(settings, ["test", "-w", str(pg)]).returncode != 0:
         raise WindpipeError(
-            f"The user {settings.pg_os_user!r} cannot reach {pg}: a parent folder of {settings.home} "
+            f"The user {settings.team.pg_os_user!r} cannot reach {pg}: a parent folder of {settings.home} "
             "does not let other users pass (mode o+x).",
             "point WINDPIPE_HOME at a folder below world-passable parents (e.g. under /srv or /tmp)")
 
 
 def _initdb(settings: Settings) -> None:
-    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
+    su_password = kept_secret(settings.paths.secret_file(SUPERUSER_PASSWORD))
     # initdb runs as the server's user, which cannot read root's secret: a short-lived 0600 copy it owns
-    pwfile = settings.postgres_dir / ".initdb_pwfile"
+    pwfile = settings.paths.postgres_dir / ".initdb_pwfile"
     atomic_write_text(pwfile, su_password + "\n", mode=0o600)
     try:
         if _as_root():
-            st = settings.postgres_dir.stat()
+            st = settings.paths.postgres_dir.stat()
             os.chown(pwfile, st.st_uid, st.st_gid)
         proc = _run(settings, [str(bin_dir(settings) / "initdb"), "-D", str(data_dir(settings)), "-U", SUPERUSER,
                                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
@@ -137,7 +140,7 @@ def _initdb(settings: Settings) -> None:
         pwfile.unlink(missing_ok=True)
     if proc.returncode != 0:
         shutil.rmtree(data_dir(settings), ignore_errors=True)  # a half-made cluster would block the next try
-        raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.postgres_dir}")
+        raise WindpipeError(f"initdb failed: {proc.stderr.strip()[-600:]}", f"see {settings.paths.postgres_dir}")
 
 
 def _allow_clients(settings: Settings) -> None:
@@ -164,7 +167,7 @@ def _allow_clients(settings: Settings) -> None:
 def _ready(settings: Settings) -> int:
     """pg_isready: 0 accepting, 1 starting or recovering, 2 no answer."""
     return subprocess.run([str(bin_dir(settings) / "pg_isready"), "-q", "-h", settings.host,
-                           "-p", str(settings.pg_port), "-t", "2"]).returncode
+                           "-p", str(settings.team.pg_port), "-t", "2"]).returncode
 
 
 def running_pid(settings: Settings) -> int | None:
@@ -190,9 +193,9 @@ def start(settings: Settings, timeout: float) -> bool:
         return False
     if state == 0:
         raise WindpipeError(
-            f"Port {settings.pg_port} on {settings.host} is taken by another program, so PostgreSQL cannot start.",
+            f"Port {settings.team.pg_port} on {settings.host} is taken by another program, so PostgreSQL cannot start.",
             "stop that program, or choose another port with WINDPIPE_PG_PORT=<port>")
-    options = (f"-c listen_addresses={settings.host} -c port={settings.pg_port} "
+    options = (f"-c listen_addresses={settings.host} -c port={settings.team.pg_port} "
                f"-c unix_socket_directories={socket_dir(settings)} "
                # crash recovery first syncs every file (seconds); syncfs is one call per filesystem
                "-c recovery_init_sync_method=syncfs")
@@ -219,20 +222,19 @@ def bootstrap(settings: Settings) -> None:
     and the password files."""
     from psycopg import sql
 
-    app_password = kept_secret(settings.secret_file(APP_PASSWORD))
-    su_password = kept_secret(settings.secret_file(SUPERUSER_PASSWORD))
-    marts_password = kept_secret(settings.secret_file(MARTS_PASSWORD))
-    locks_password = kept_secret(settings.secret_file(LOCKS_PASSWORD))
+    app_password = kept_secret(settings.paths.secret_file(APP_PASSWORD))
+    su_password = kept_secret(settings.paths.secret_file(SUPERUSER_PASSWORD))
+    marts_password = kept_secret(settings.paths.secret_file(MARTS_PASSWORD))
+    locks_password = kept_secret(settings.paths.secret_file(LOCKS_PASSWORD))
     # the password files first: the superuser connects through one too (no password in a parameter list);
     # the marts' clients (predict, dashboard, monitor) get a file with the marts role's line only, and the
     # promotions one with the locks role's line only
     atomic_write_text(passfile(settings),
-                      f"{settings.host}:{settings.pg_port}:*:{APP_ROLE}:{app_password}\n"
-                      f"{settings.host}:{settings.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
-    atomic_write_text(settings.marts_passfile,
-                      f"{settings.host}:{settings.pg_port}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n", mode=0o600)
-    atomic_write_text(settings.locks_passfile,
-                      f"{settings.host}:{settings.pg_port}:{LOCKS_ROLE}:{LOCKS_ROLE}:{locks_password}\n", mode=0o600)
+                      f"{settings.host}:{settings.team.pg_port}:*:{APP_ROLE}:{app_password}\n"
+                      f"{settings.host}:{settings.team.pg_port}:*:{SUPERUSER}:{su_password}\n", mode=0o600)
+    pg = f"{settings.host}:{settings.team.pg_port}"
+    atomic_write_text(settings.paths.marts_passfile, f"{pg}:{MARTS_ROLE}:{MARTS_ROLE}:{marts_password}\n", mode=0o600)
+    atomic_write_text(settings.paths.locks_passfile, f"{pg}:{LOCKS_ROLE}:{LOCKS_ROLE}:{locks_password}\n", mode=0o600)
     own = {MARTS_DATABASE: MARTS_ROLE, LOCKS_DATABASE: LOCKS_ROLE}  # database -> the role whose schema it holds
     with _connect(settings, SUPERUSER, "postgres", autocommit=True) as conn:
         for role, password in ((APP_ROLE, app_password), (MARTS_ROLE, marts_password), (LOCKS_ROLE, locks_password)):
@@ -259,18 +261,18 @@ def bootstrap(settings: Settings) -> None:
 def _connect(settings: Settings, user: str, dbname: str, autocommit: bool = False) -> psycopg.Connection:
     import psycopg
 
-    return psycopg.connect(host=settings.host, port=settings.pg_port, user=user, dbname=dbname,
+    return psycopg.connect(host=settings.host, port=settings.team.pg_port, user=user, dbname=dbname,
                            passfile=str(passfile(settings)), connect_timeout=3, autocommit=autocommit)
 
 
 def uri(settings: Settings, db: str = "mlflow") -> str:
     """The SQLAlchemy URI of a database: WINDPIPE_PG_URL's, else ours, without a password (PGPASSFILE has it)."""
-    if settings.pg_url is not None:
+    if settings.team.pg_url is not None:
         from sqlalchemy.engine import make_url
 
-        external = settings.pg_url.get_secret_value()
+        external = settings.team.pg_url.get_secret_value()
         return external if db == "mlflow" else make_url(external).set(database=db).render_as_string(False)
-    return f"{DRIVER}://{APP_ROLE}@{settings.host}:{settings.pg_port}/{db}"
+    return f"{DRIVER}://{APP_ROLE}@{settings.host}:{settings.team.pg_port}/{db}"
 
 
 def display_uri(settings: Settings) -> str:
@@ -282,7 +284,7 @@ def display_uri(settings: Settings) -> str:
 
 def client_env(settings: Settings) -> dict[str, str]:
     """What a process that connects (the tracking server) needs in its environment."""
-    return {} if settings.pg_url is not None else {"PGPASSFILE": str(passfile(settings))}
+    return {} if settings.team.pg_url is not None else {"PGPASSFILE": str(passfile(settings))}
 
 
 def check(settings: Settings) -> str:
@@ -290,17 +292,17 @@ def check(settings: Settings) -> str:
     import psycopg
 
     try:
-        if settings.pg_url is not None:
+        if settings.team.pg_url is not None:
             from sqlalchemy.engine import make_url
 
-            url = make_url(settings.pg_url.get_secret_value()).set(drivername="postgresql")
+            url = make_url(settings.team.pg_url.get_secret_value()).set(drivername="postgresql")
             conn = psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=3)
         else:
             conn = _connect(settings, APP_ROLE, "mlflow")
         with conn:
             conn.execute("SELECT 1").fetchone()
     except psycopg.Error as exc:
-        fix = ("check WINDPIPE_PG_URL (host, user, password, database)" if settings.pg_url is not None
+        fix = ("check WINDPIPE_PG_URL (host, user, password, database)" if settings.team.pg_url is not None
                else "run `windpipe up`")
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise WindpipeError(f"PostgreSQL at {display_uri(settings)} does not answer a query ({reason}).",
@@ -315,3 +317,49 @@ def stop(settings: Settings) -> int | None:
         return None
     _run(settings, [str(bin_dir(settings) / "pg_ctl"), "stop", "-D", str(data_dir(settings)), "-m", "fast", "-w"])
     return pid
+
+
+@dataclass
+class PostgresService(Service):
+    """PostgreSQL as a `Service`: pg_ctl starts it (and waits for it) and stops it; its pid is the postmaster's
+    (postmaster.pid). After a start the roles, databases and password files are made or refreshed."""
+
+    settings: Settings | None = None
+
+    @property
+    def _settings(self) -> Settings:
+        assert self.settings is not None
+        return self.settings
+
+    def pid(self, say: Say | None = None) -> int | None:
+        return None if self.external else running_pid(self._settings)
+
+    def begin(self, say: Say = quiet, timeout: float | None = None) -> int | None:
+        if self.external:
+            return super().begin(say, timeout)
+        settings = self._settings
+        prepare(settings)
+        started = start(settings, timeout or self.timeout)
+        pid = running_pid(settings)
+        say(f"{self.name}: {'started' if started else 'already running'} (pid {pid})")
+        bootstrap(settings)
+        self.check()
+        return pid if started else None
+
+    def wait(self, alive: Callable[[], bool], timeout: float | None = None) -> str:
+        return self.check()  # (pg_ctl start -w waited already)
+
+    def stop(self, say: Say = quiet) -> int | None:
+        if self.external or not data_dir(self._settings).exists():
+            return None
+        pid = stop(self._settings)
+        say(f"{self.name}: stopped (pid {pid})" if pid else f"{self.name}: not running")
+        return pid
+
+
+def service(settings: Settings) -> PostgresService:
+    """The team stack's PostgreSQL (started by pg_ctl), or the existing one WINDPIPE_PG_URL names (only checked)."""
+    return PostgresService("postgres", display_uri(settings), lambda: check(settings), home=settings.home,
+                           host=settings.host, port=settings.team.pg_port, title="PostgreSQL",
+                           port_fix="choose another port with WINDPIPE_PG_PORT=<port>",
+                           external=settings.team.pg_url is not None, settings=settings)

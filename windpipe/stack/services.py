@@ -1,44 +1,72 @@
-"""The local platform: the FTP artifact server and the MLflow tracking server on SQLite.
+"""The platform's servers: `up`, `down` and `status` for the stack the settings choose.
 
-(`WINDPIPE_STACK=team`: the same three calls run `windpipe.stack.team`.)
-
-`up` starts both detached and waits until they answer, `down` stops what `up` started
-(pid files in the state folder), `status` checks both for real (an FTP login, the
-tracking server's /health and an artifact listing through its proxy).
+The local stack is defined here: the FTP artifact server and the MLflow tracking server on SQLite
+(`WINDPIPE_STACK=team`: `windpipe.stack.team` defines PostgreSQL, S3 and MLflow). Each server is a
+`windpipe.stack.procs.Service`: `up` starts what does not run and waits until it answers, `down`
+stops what `up` started (pid files in the state folder), `status` checks each for real (an FTP login,
+the tracking server's /health and an artifact listing through its proxy).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable
 
 from windpipe.errors import WindpipeError
-from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import ftp
-from windpipe.stack.procs import (
-    ServiceState,
-    log_tail,
-    owned_pid,
-    port_is_free,
-    start_detached,
-    stop_pid,
-    stop_service,
-    wait_until,
-)
-from windpipe.tracking.client import probe_artifacts, probe_health
+from windpipe.stack.procs import Say, Service, ServiceState, bring_down, bring_up
+from windpipe.tracking.client import mlflow_client, probe_artifacts, probe_health
 
 FTP = "ftp"
 MLFLOW = "mlflow"
 
 
-def running_pid(settings: Settings, name: str, say: Callable[[str], None] | None = None) -> int | None:
-    """The pid of the `name` server this state folder started, when it runs (proven by its pid file).
+def ftp_service(settings: Settings) -> Service:
+    """The FTP artifact server (pyftpdlib): checked by a login with the platform's password."""
+    def check() -> str:
+        ftp.check_login(settings, ftp.ftp_password(settings))
+        return "login ok"
+
+    return Service(FTP, f"ftp://{settings.host}:{settings.ftp_port}", check, home=settings.home, host=settings.host,
+                   port=settings.ftp_port, command=lambda: [sys.executable, "-m", "windpipe.stack.ftp"],
+                   env=lambda: _server_env(settings), cwd=settings.home,
+                   port_fix="choose another port with WINDPIPE_FTP_PORT=<port>")
+
+
+def mlflow_service(settings: Settings) -> Service:
+    """The tracking server on SQLite, proxying artifacts to the FTP server (its artifact listing is checked too
+    while that answers)."""
+    uri = settings.local_tracking_uri
+
+    def check() -> str:
+        probe_health(uri, timeout=3.0)
+        try:
+            ftp.check_login(settings, ftp.ftp_password(settings))
+        except WindpipeError:
+            return "health ok"
+        probe_artifacts(uri)
+        return "health ok, artifact proxy ok"
+
+    return Service(MLFLOW, uri, check, home=settings.home, host=settings.host, port=settings.mlflow_port,
+                   command=lambda: _mlflow_command(settings), env=lambda: _server_env(settings), cwd=settings.home,
+                   port_fix="choose another port with WINDPIPE_MLFLOW_PORT=<port>")
+
+
+def stack(settings: Settings) -> list[Service]:
+    """The servers of the configured stack, in start order (`windpipe up | down | status`)."""
+    if settings.stack == "team":
+        from windpipe.stack import team
+
+        return team.services(settings)
+    return [ftp_service(settings), mlflow_service(settings)]
+
+
+def running_pid(settings: Settings, name: str, say: Say | None = None) -> int | None:
+    """The pid of the stack's `name` server this state folder started, when it runs (proven by its pid file).
 
     With `say`, a stale or foreign pid file is removed and reported."""
-    return owned_pid(settings.pid_file(name), settings.home, say)
+    return next(svc.pid(say) for svc in stack(settings) if svc.name == name)
 
 
 # files of the state folder only their owner may read: the databases (with their WAL files) and the logs
@@ -55,13 +83,14 @@ def ensure_state_folder(settings: Settings) -> None:
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(home, 0o700)
-        for folder in (settings.ftp_root / "artifacts", settings.log_file(FTP).parent, settings.pid_file(FTP).parent):
+        paths = settings.paths
+        for folder in (paths.ftp_root / "artifacts", paths.log_file(FTP).parent, paths.pid_file(FTP).parent):
             folder.mkdir(parents=True, exist_ok=True)
         for pattern in PRIVATE_GLOBS:
             for path in home.glob(pattern):
                 if path.is_file():
                     os.chmod(path, 0o600)
-        probe = settings.run_file(".write-test")
+        probe = settings.paths.run_file(".write-test")
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -71,58 +100,13 @@ def ensure_state_folder(settings: Settings) -> None:
         ) from None
 
 
-def _url(settings: Settings, name: str) -> str:
-    if name == FTP:
-        return f"ftp://{settings.host}:{settings.ftp_port}"
-    return settings.local_tracking_uri
-
-
-def _port(settings: Settings, name: str) -> int:
-    return settings.ftp_port if name == FTP else settings.mlflow_port
-
-
-def _check(settings: Settings, name: str) -> str:
-    """Check one service for real; raise WindpipeError naming the problem."""
-    if name == FTP:
-        ftp.check_login(settings, ftp.ftp_password(settings))
-        return "login ok"
-    probe_health(settings.local_tracking_uri, timeout=3.0)
-    return "health ok"
-
-
-def service_state(settings: Settings, name: str) -> ServiceState:
-    """Check one service for real."""
-    pid = running_pid(settings, name)
-    try:
-        detail = _check(settings, name)
-        if name == MLFLOW and status_ok(settings, FTP):
-            probe_artifacts(settings.local_tracking_uri)
-            detail += ", artifact proxy ok"
-        return ServiceState(name, _url(settings, name), True, pid, detail)
-    except WindpipeError as exc:
-        detail = str(exc)
-        if pid is None and not port_is_free(settings.host, _port(settings, name)):
-            detail += "\n  note: the port is held by a program windpipe did not start"
-        return ServiceState(name, _url(settings, name), False, pid, detail)
-
-
-def status_ok(settings: Settings, name: str) -> bool:
-    try:
-        _check(settings, name)
-    except WindpipeError:
-        return False
-    return True
-
-
 def status(settings: Settings) -> list[ServiceState]:
-    if settings.stack == "team":
-        from windpipe.stack import team
-
-        return team.status(settings)
-    return [service_state(settings, FTP), service_state(settings, MLFLOW)]
+    """Each server of the stack checked for real."""
+    return [svc.state() for svc in stack(settings)]
 
 
-def _server_env(settings: Settings, password: str) -> dict[str, str]:
+def _server_env(settings: Settings) -> dict[str, str]:
+    password = ftp.ftp_password(settings, create=True)
     env = dict(os.environ)
     # settings travel by environment so no password shows in a process list
     env.update({
@@ -141,9 +125,7 @@ def _server_env(settings: Settings, password: str) -> dict[str, str]:
     return env
 
 
-def _command(settings: Settings, name: str) -> list[str]:
-    if name == FTP:
-        return [sys.executable, "-m", "windpipe.stack.ftp"]
+def _mlflow_command(settings: Settings) -> list[str]:
     if settings.mlflow_launcher == "fast":
         return [sys.executable, "-m", "windpipe.stack.mlflow_server"]
     return [
@@ -154,87 +136,33 @@ def _command(settings: Settings, name: str) -> list[str]:
     ]
 
 
-def _start(settings: Settings, name: str, env: dict[str, str]) -> int:
-    port = _port(settings, name)
-    if not port_is_free(settings.host, port):
-        var = "WINDPIPE_FTP_PORT" if name == FTP else "WINDPIPE_MLFLOW_PORT"
-        raise WindpipeError(
-            f"Port {port} on {settings.host} is taken by another program, so the {name} server cannot start.",
-            f"stop that program, or choose another port with {var}=<port>",
-        )
-    return start_detached(_command(settings, name), env, settings.log_file(name), settings.pid_file(name),
-                          settings.home, port=port, cwd=settings.home)
-
-
-def _wait_healthy(settings: Settings, name: str, pid: int, deadline: float) -> None:
-    log = settings.log_file(name)
-    wait_until(lambda: _check(settings, name), max(deadline - time.monotonic(), 0.0), f"The {name} server",
-               alive=lambda: pid_alive(pid),
-               exited=lambda: WindpipeError(f"The {name} server exited while starting.{log_tail(log, 5)}",
-                                            f"see {log}"),
-               fix=f"see {log}")
-
-
-def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
-    """Start whatever is not running, wait until both answer. Running services are left alone."""
+def up(settings: Settings, say: Say = print) -> list[ServiceState]:
+    """Start whatever is not running, wait until every server answers. Running servers are left alone; on a
+    failure what this call started is stopped again."""
     if settings.stack == "team":
         from windpipe.stack import team
 
-        return team.up(settings, say)
-    ensure_state_folder(settings)
-    password = ftp.ftp_password(settings, create=True)
-    env = _server_env(settings, password)
-    deadline = time.monotonic() + settings.startup_timeout
-    started: dict[str, int] = {}
-    try:
-        for name in (FTP, MLFLOW):
-            pid = running_pid(settings, name, say)
-            if pid is not None:
-                if name == FTP:
-                    _check(settings, FTP)  # a running server with another password is an error, not "ok"
-                say(f"{name}: already running (pid {pid}) at {_url(settings, name)}")
-                continue
-            started[name] = _start(settings, name, env)
-            say(f"{name}: starting (pid {started[name]})")
-        for name, pid in started.items():
-            _wait_healthy(settings, name, pid, deadline)
-        states = status(settings)
-        for st in states:
-            if not st.healthy:
-                raise WindpipeError(f"{st.name} is not healthy: {st.detail}", "see `windpipe status`")
-    except BaseException:  # (Ctrl-C too) what this call started does not outlive its failure
-        for name, pid in started.items():
-            stop_pid(pid)
-            settings.pid_file(name).unlink(missing_ok=True)
-        raise
-    for st in states:
-        if st.name in started:
-            say(f"{st.name}: up at {st.url}")
-    return states
+        team.prepare_home(settings)
+    else:
+        ensure_state_folder(settings)
+    return bring_up(stack(settings), say, settings.startup_timeout)
 
 
-def down(settings: Settings, say: Callable[[str], None] = print) -> None:
-    """Stop the servers `up` started (and only those)."""
-    if settings.stack == "team":
-        from windpipe.stack import team
-
-        return team.down(settings, say)
-    for name in (MLFLOW, FTP):
-        stop_service(name, running_pid(settings, name, say), settings.pid_file(name), say)
+def down(settings: Settings, say: Say = print) -> None:
+    """Stop the servers `up` started (and only those: an existing database or S3 service is left alone)."""
+    bring_down(stack(settings), say)
 
 
 def tidy_up(settings: Settings) -> list[str]:
     """After killed processes: end KILLED the RUNNING runs whose process is gone, and complete or remove the
     prediction batches a killed `windpipe predict` left pending. Returns what was done, one line each."""
-    from mlflow import MlflowClient
-
     from windpipe.marts.tables import get_engine
     from windpipe.marts.writers import settle_pending
     from windpipe.stack.objects import local_copy
     from windpipe.tracking.runs import mark_killed_runs
 
     lines = [f"run {run_id}: marked KILLED (its process is gone)"
-             for run_id in mark_killed_runs(MlflowClient(settings.effective_tracking_uri))]
+             for run_id in mark_killed_runs(mlflow_client(settings))]
     try:
         lines += settle_pending(get_engine(settings=settings), lambda uri: local_copy(uri, settings))
     except WindpipeError as exc:

@@ -1,33 +1,23 @@
 """The team stack (`WINDPIPE_STACK=team`): PostgreSQL, an S3 store and the MLflow tracking server.
 
-`up` starts what is missing (an existing database or S3 service named by settings is used as it
-is), `status` checks each part for real (a query, a bucket listing, /health, an artifact listing
-through the tracking server's proxy) and names the one that is down, `down` stops what `up`
-started. The tracking server proxies artifacts, so clients hold no database password and no S3
-key; with `WINDPIPE_AUTH=basic` it runs MLflow's basic-auth app with a generated admin password.
+`services` defines its parts for `windpipe.stack.services` (`up`, `down`, `status`): `up` starts what
+is missing (an existing database or S3 service named by settings is used as it is), `status` checks
+each part for real (a query, a bucket listing, /health, an artifact listing through the tracking
+server's proxy) and names the one that is down, `down` stops what `up` started. The tracking
+server proxies artifacts, so clients hold no database password and no S3 key; with
+`WINDPIPE_AUTH=basic` it runs MLflow's basic-auth app with a generated admin password.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.fileio import atomic_write_text, kept_secret
-from windpipe.identity import pid_alive
 from windpipe.settings import Settings
 from windpipe.stack import postgres, s3
-from windpipe.stack.procs import (
-    ServiceState,
-    log_tail,
-    owned_pid,
-    port_is_free,
-    start_detached,
-    stop_service,
-    wait_until,
-)
+from windpipe.stack.procs import Service
 from windpipe.tracking.client import env_credentials, probe_artifacts, probe_health
 
 POSTGRES = "postgres"
@@ -47,17 +37,17 @@ _PRIVATE_PREFIXES = ("AWS_", "MLFLOW_TRACKING_PASSWORD", "WINDPIPE_S3_SECRET", "
 
 def admin_credentials(settings: Settings) -> tuple[str, str] | None:
     """(user, password) of the basic-auth admin (generated on first use, kept 0600); None without auth."""
-    if settings.auth != "basic":
+    if settings.team.auth != "basic":
         return None
-    return ADMIN, kept_secret(settings.secret_file(ADMIN_PASSWORD))
+    return ADMIN, kept_secret(settings.paths.secret_file(ADMIN_PASSWORD))
 
 
 def _auth_env(settings: Settings) -> dict[str, str]:
     credentials = admin_credentials(settings)
     if credentials is None:
         return {"WINDPIPE_AUTH": "none"}
-    kept_secret(settings.secret_file(FLASK_KEY))
-    config = atomic_write_text(settings.secret_file(AUTH_CONFIG), (
+    kept_secret(settings.paths.secret_file(FLASK_KEY))
+    config = atomic_write_text(settings.paths.secret_file(AUTH_CONFIG), (
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {postgres.uri(settings, 'mlflow_auth')}\n"
@@ -68,7 +58,7 @@ def _auth_env(settings: Settings) -> dict[str, str]:
         # without it every request re-checks the password hash: about a second each here
         "auth_cache_ttl_seconds = 300\n"), mode=0o600)
     return {"WINDPIPE_AUTH": "basic", "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "WINDPIPE_FLASK_SECRET_KEY_FILE": str(settings.secret_file(FLASK_KEY))}
+            "WINDPIPE_FLASK_SECRET_KEY_FILE": str(settings.paths.secret_file(FLASK_KEY))}
 
 
 def _base_env() -> dict[str, str]:
@@ -91,8 +81,17 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def mlflow_service(settings: Settings) -> Service:
+    """The team tracking server: PostgreSQL's tracking store, artifacts proxied to S3, optionally basic auth. It
+    starts once PostgreSQL and S3 answer."""
+    return Service(MLFLOW, settings.local_tracking_uri, lambda: _check_mlflow(settings), home=settings.home,
+                   host=settings.host, port=settings.mlflow_port, command=lambda: [sys.executable, *MLFLOW_ARGV],
+                   env=lambda: _mlflow_env(settings), cwd=settings.home,
+                   port_fix="choose another port with WINDPIPE_MLFLOW_PORT=<port>", after_ready=True)
+
+
 def mlflow_pid(settings: Settings) -> int | None:
-    return owned_pid(settings.pid_file(MLFLOW), settings.home)
+    return mlflow_service(settings).pid()
 
 
 def _check_mlflow(settings: Settings) -> str:
@@ -117,140 +116,23 @@ def _check_marts(settings: Settings) -> str:
     return f"query ok ({batches} batches)"
 
 
-def _parts(settings: Settings) -> list[tuple[str, str, Callable[[], int | None], Callable[[], str]]]:
-    """(name, where, pid, check) of each part, in start order (the marts live in PostgreSQL)."""
+def services(settings: Settings) -> list[Service]:
+    """The team stack's parts in start order: the S3 store, PostgreSQL, the data marts (in PostgreSQL: only
+    checked) and the tracking server. An existing database or S3 service named by settings is only checked."""
     from windpipe.marts.tables import display_url
 
-    return [
-        (POSTGRES, postgres.display_uri(settings),
-         lambda: None if settings.pg_url is not None else postgres.running_pid(settings),
-         lambda: postgres.check(settings)),
-        (MARTS, display_url(settings.effective_marts_url), lambda: None, lambda: _check_marts(settings)),
-        (S3, f"{settings.s3_endpoint}/{settings.s3_bucket}",
-         lambda: None if s3.external(settings) else s3.running_pid(settings), lambda: s3.check(settings)),
-        (MLFLOW, settings.local_tracking_uri, lambda: mlflow_pid(settings), lambda: _check_mlflow(settings)),
-    ]
+    return [s3.service(settings, _base_env()), postgres.service(settings),
+            Service(MARTS, display_url(settings.effective_marts_url), lambda: _check_marts(settings)),
+            mlflow_service(settings)]
 
 
-def status(settings: Settings) -> list[ServiceState]:
-    """Each part checked for real; a part that is down says why (and the tracking server, when only it fails)."""
-    states = []
-    for name, where, pid, check in _parts(settings):
-        try:
-            states.append(ServiceState(name, where, True, pid(), check()))
-        except WindpipeError as exc:
-            states.append(ServiceState(name, where, False, pid(), str(exc)))
-    return states
-
-
-def _require_free(settings: Settings, name: str, port: int, var: str) -> None:
-    if not port_is_free(settings.host, port):
-        raise WindpipeError(
-            f"Port {port} on {settings.host} is taken by another program, so the {name} server cannot start.",
-            f"stop that program, or choose another port with {var}=<port>")
-
-
-def _prepare_home(settings: Settings) -> None:
+def prepare_home(settings: Settings) -> None:
+    """The state folder with its logs/ and run/ (0700), or a message saying why it cannot be used."""
     try:
-        for folder in (settings.home, settings.log_file(MLFLOW).parent, settings.pid_file(MLFLOW).parent):
+        for folder in (settings.home, settings.paths.log_file(MLFLOW).parent, settings.paths.pid_file(MLFLOW).parent):
             folder.mkdir(parents=True, exist_ok=True)
-        for folder in (settings.log_file(MLFLOW).parent, settings.pid_file(MLFLOW).parent):
+        for folder in (settings.paths.log_file(MLFLOW).parent, settings.paths.pid_file(MLFLOW).parent):
             folder.chmod(0o700)
     except OSError as exc:
         raise WindpipeError(f"The state folder {settings.home} is not writable ({exc.strerror or exc}).",
                             "make it writable, or point WINDPIPE_HOME at a folder you own") from None
-
-
-def up(settings: Settings, say: Callable[[str], None] = print) -> list[ServiceState]:
-    """Start what is missing and wait until every part answers; on failure stop what this call started."""
-    _prepare_home(settings)
-    deadline = time.monotonic() + settings.startup_timeout
-    started: list[str] = []
-    try:
-        _up(settings, say, deadline, started)
-    except BaseException:
-        _stop(settings, started, lambda _m: None)
-        raise
-    states = status(settings)
-    for st in states:
-        if not st.healthy:
-            raise WindpipeError(f"{st.name} is not healthy: {st.detail}", "see `windpipe status`")
-    for st in states:
-        if st.name in started:
-            say(f"{st.name}: up at {st.url}")
-    return states
-
-
-def _up(settings: Settings, say: Callable[[str], None], deadline: float, started: list[str]) -> None:
-    def remaining() -> float:
-        return max(deadline - time.monotonic(), 1.0)
-
-    rclone = None
-    if s3.external(settings):
-        say(f"s3: using {settings.s3_endpoint} (bucket {settings.s3_bucket})")
-    elif (rclone := s3.running_pid(settings)) is not None:
-        say(f"s3: already running (pid {rclone})")
-        rclone = None
-    else:
-        _require_free(settings, "S3", settings.s3_port, "WINDPIPE_S3_PORT")
-        rclone = s3.start(settings, _base_env())
-        started.append(S3)
-        say(f"s3: starting (pid {rclone})")
-
-    if settings.pg_url is not None:
-        say(f"postgres: using {postgres.display_uri(settings)}")
-    else:
-        postgres.prepare(settings)
-        if postgres.start(settings, remaining()):
-            started.append(POSTGRES)
-            say(f"postgres: started (pid {postgres.running_pid(settings)})")
-        else:
-            say(f"postgres: already running (pid {postgres.running_pid(settings)})")
-        postgres.bootstrap(settings)
-    postgres.check(settings)
-
-    if rclone is None:  # running already, or not ours: it answers now or the settings are wrong
-        s3.check(settings)
-    else:
-        s3_log = settings.log_file(S3)
-        wait_until(lambda: s3.check(settings), remaining(), "The S3 store", alive=lambda: pid_alive(rclone),
-                   exited=lambda: WindpipeError(f"rclone exited while starting.{log_tail(s3_log, 5)}",
-                                                f"see {s3_log}"),
-                   fix=f"see {s3_log}")
-
-    pid = mlflow_pid(settings)
-    if pid is not None:
-        say(f"mlflow: already running (pid {pid}) at {settings.local_tracking_uri}")
-        return
-    _require_free(settings, "MLflow", settings.mlflow_port, "WINDPIPE_MLFLOW_PORT")
-    pid = start_detached([sys.executable, *MLFLOW_ARGV], _mlflow_env(settings),
-                         settings.log_file(MLFLOW), settings.pid_file(MLFLOW), settings.home,
-                         port=settings.mlflow_port, cwd=settings.home)
-    started.append(MLFLOW)
-    say(f"mlflow: starting (pid {pid})")
-    log = settings.log_file(MLFLOW)
-    wait_until(lambda: _check_mlflow(settings), remaining(), "The mlflow server", alive=lambda: pid_alive(pid),
-               exited=lambda: WindpipeError(f"The mlflow server exited while starting.{log_tail(log, 5)}",
-                                            f"see {log}"),
-               fix=f"see {log}")
-
-
-def _stop(settings: Settings, names: list[str], say: Callable[[str], None]) -> None:
-    for name in (MLFLOW, S3):
-        if name not in names:
-            continue
-        pid = mlflow_pid(settings) if name == MLFLOW else s3.running_pid(settings)
-        stop_service(name, pid, settings.pid_file(name), say)
-    if POSTGRES in names:
-        pid = postgres.stop(settings)
-        say(f"{POSTGRES}: stopped (pid {pid})" if pid else f"{POSTGRES}: not running")
-
-
-def down(settings: Settings, say: Callable[[str], None] = print) -> None:
-    """Stop the servers `up` started (and only those: an existing database or S3 service is left alone)."""
-    names = [MLFLOW]
-    if not s3.external(settings):
-        names.append(S3)
-    if settings.pg_url is None and postgres.data_dir(settings).exists():
-        names.append(POSTGRES)
-    _stop(settings, names, say)

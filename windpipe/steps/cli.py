@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.settings import STEP_LOG_DIR_ENV, apply_process_environment
+from windpipe.settings import STEP_LOG_DIR_ENV, enter_process, parse_bool
 from windpipe.stack.procs import skip_final_gc
 
 Body = Callable[..., object]
@@ -93,11 +93,9 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
     setup_process()  # before anything imports MLflow or TensorFlow: quiet console, diagnostics to the run's log
     step_dir = Path(step_dir).resolve()
     redirect_output(step_dir)
-    # MLflow's telemetry asks the internet for its config and waits at exit (docs/reliability.md): not in a step
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    enter_process()  # telemetry off, bounded MLflow retries, a tracking URI: before MLflow is imported
     code = 0
     try:
-        apply_process_environment()  # bounded MLflow retries, no telemetry: before MLflow is imported
         entry_point_app(step_dir, **bodies)(prog_name=f"{step_dir.name}/step.py")  # usage errors: exit 2
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -113,5 +111,8 @@ def run_entry_points(step_dir: Path | str, **bodies: Body) -> None:
 
 
 def flag(value: str | bool) -> bool:
-    """An MLproject flag (string parameter) as a bool: true, 1, yes."""
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+    """An MLproject flag (string parameter) as a bool (`windpipe.settings.parse_bool`: true/false, 1/0, yes/no)."""
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise UsageError(f"{value!r} is not true or false.", "pass true or false") from None

@@ -13,6 +13,7 @@ from windpipe import names
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.models import loading
 from windpipe.models.compare import rank_runs, runs_frame
+from windpipe.tracking.client import mlflow_client
 from windpipe.tracking.runs import step_run
 
 
@@ -24,7 +25,7 @@ def main(models: str, metric: str, step_dir: Path | None = None) -> str:
     with step_run("compare", "main", step_dir=step_dir):
         if not uris:
             raise UsageError("compare got no models.", "pass models=models:/m-...,models:/m-...")
-        client = mlflow.MlflowClient()
+        client = mlflow_client()
         runs = []
         for uri in uris:
             run_id = loading.resolve(uri, client=client).run_id

@@ -29,7 +29,7 @@ from windpipe.pipeline.runner import run_pipeline
 from windpipe.settings import get_settings, projects_dir
 from windpipe.stack import objects
 from windpipe.steps.cli import flag
-from windpipe.tracking.client import connect
+from windpipe.tracking.client import connect, mlflow_client
 from windpipe.tracking.runs import code_version, mark_killed_runs, step_run
 
 LOCAL, AIRFLOW = "local", "airflow"
@@ -47,12 +47,12 @@ def driver(config: PipelineConfig, step_dir: Path | None = None) -> list[StepRes
     with step_run("pipeline", "main", step_dir=step_dir, run_name="pipeline", native_log=False) as run:
         if under_mlflow_run and not config.env_manager:
             # under `mlflow run projects/pipeline --env-manager X`: pass X on to every step
-            tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+            tags = mlflow_client().get_run(run.info.run_id).data.tags
             config.env_manager = tags.get(names.MLFLOW_PROJECT_ENV_TAG, "local")
         config.env_manager = config.env_manager or "local"
         mlflow.set_tags(pipeline_tags(config, LOCAL))
         console.print(f"pipeline run {run.info.run_id} (env manager {config.env_manager}, {config.workers} jobs)")
-        for run_id in mark_killed_runs(mlflow.MlflowClient(), [run.info.experiment_id]):  # left by a kill
+        for run_id in mark_killed_runs(mlflow_client(), [run.info.experiment_id]):  # left by a kill
             console.print(f"run {run_id}: marked KILLED (it was RUNNING, its process is gone)")
         return run_pipeline(get_settings(), config, console=console)
 
@@ -81,10 +81,10 @@ def pipeline_tags(config: PipelineConfig, orchestrator: str) -> dict[str, str]:
 def check_config(config: PipelineConfig) -> Plan:
     """Plan once to refuse a bad conf before anything runs (a prediction plan with a stand-in file)."""
     if config.pipeline != PREDICTION:
-        return plan_for(config)
+        return plan_for(config, projects_dir())
     sample = objects.join(_inbox(config).uri, "<new file>.parquet")
     return plan_for(dataclasses.replace(config, external={**_file_inputs(config, sample), **config.external},
-                                        outputs=_file_outputs(config, lambda _entity: "<output>")))
+                                        outputs=_file_outputs(config, lambda _entity: "<output>")), projects_dir())
 
 
 def _inbox(config: PipelineConfig) -> Inbox:
@@ -107,7 +107,7 @@ def _file_inputs(config: PipelineConfig, file: str) -> dict[str, str]:
     from windpipe.pipeline.graph import build_graph
     from windpipe.pipeline.interfaces import load_interfaces
 
-    graph = build_graph(load_interfaces(config.projects), config.pipeline)
+    graph = build_graph(load_interfaces(config.projects or projects_dir()), config.pipeline)
     kinds = {p.entity: p.kind for s in graph.specs.values() for p in s.inputs}
     return {e: file for e in graph.external if kinds.get(e) == "table"}
 
@@ -116,7 +116,8 @@ def _file_outputs(config: PipelineConfig, where: Callable[[str], str]) -> dict[s
     """Each output a prediction step writes where its parameter says: beside the scored file (`where(entity)`)."""
     from windpipe.pipeline.interfaces import load_interfaces
 
-    specs = [s for s in load_interfaces(config.projects) if s.pipeline == config.pipeline and not s.driver]
+    specs = [s for s in load_interfaces(config.projects or projects_dir()) if s.pipeline == config.pipeline
+             and not s.driver]
     return {p.entity: where(p.entity) for s in specs for p in s.outputs if p.parameter}
 
 
@@ -143,14 +144,13 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
     with the same version (tag windpipe.entity.production on the pipeline run); with files waiting and
     no production model it stops here, leaving them in the inbox.
     """
-    import mlflow
 
     from windpipe.models import loading
 
     check_config(config)
     settings = get_settings()
     connect(settings)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
     same = client.search_runs([experiment_id], f"tags.`{names.DAG_RUN_TAG}` = '{dag_run}' and "
@@ -183,13 +183,12 @@ def claim_inbox(config: PipelineConfig, pipeline_run: str, say: Callable[[str], 
 def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dict[str, str],
              file: str | None = None, index: int | None = None) -> StepResult:
     """An orchestrator's task: run (or reuse) one step inside the pipeline run, its producers' runs given by id."""
-    import mlflow
 
     settings = get_settings()
     if config.pipeline == PREDICTION:
         _check_worker_marts(settings)
     connect(settings, experiment=False)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(settings)
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     tag = f"{step}.{index}" if index is not None else None
     if config.pipeline == PREDICTION:
@@ -200,7 +199,7 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
         except WindpipeError as exc:  # the file fails alone, with its reason (close settles it)
             client.set_tag(parent.info.run_id, names.pipeline_step_tag(tag or step), f"- failed {exc.problem[:2000]}")
             raise
-    plan = plan_for(config)
+    plan = plan_for(config, projects_dir())
     if step not in plan.names:
         raise UsageError(f"The {config.pipeline} pipeline has no step {step!r} (steps: {', '.join(plan.names)}).",
                          "the DAG is older than the step interfaces: let Airflow parse the DAG files again")
@@ -257,12 +256,11 @@ def close_pipeline(config: PipelineConfig, pipeline_run: str, files: Sequence[st
     prediction pipeline first settle each claimed file: its outcome recorded, then moved to done/ (every step
     finished for it) or failed/ (with the reasons); claims the run did not score are released.
     Returns the problems, one line per file (or one for the training pipeline); empty when all finished."""
-    import mlflow
 
     from windpipe.tracking.runs import fail_run
 
     connect(get_settings(), experiment=False)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     steps = check_config(config).names
     outcome = {k.removeprefix(names.PIPELINE_STEP_TAG_PREFIX): v for k, v in parent.data.tags.items()

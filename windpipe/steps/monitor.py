@@ -22,6 +22,7 @@ from windpipe.errors import WindpipeError
 from windpipe.names import TIMESTAMP
 from windpipe.scoring.monitor import batch_errors, read_actuals
 from windpipe.settings import Settings, get_settings
+from windpipe.tracking.client import mlflow_client
 from windpipe.tracking.runs import log_batch, step_run
 
 
@@ -75,7 +76,7 @@ def main(actuals: str, ratio_limit: float | None = None, settings: Settings | No
                                 f"{ts.max():%Y-%m-%d %H:%M} UTC).",
                                 "score those hours first (`windpipe predict --input ...` with utc_timestamp), "
                                 "or pass the recorded power of hours that were scored")
-        client = mlflow.MlflowClient()
+        client = mlflow_client()
         promotion: dict[tuple[str, str], float | None] = {}
         for name, part in scored.groupby("model_name"):
             versions = sorted(part["model_version"].astype(str).unique())

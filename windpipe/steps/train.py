@@ -30,9 +30,9 @@ from windpipe import names
 from windpipe.entities.schema import PROCESSED, data_date
 from windpipe.entities.store import read_entity, resolve_uri
 from windpipe.errors import WindpipeError
+from windpipe.faults import fault_point
 from windpipe.models import loading
 from windpipe.names import FEATURES, TARGETS, TIMESTAMP
-from windpipe.settings import fault_point
 from windpipe.steps.cli import flag
 from windpipe.tracking.runs import child_run, input_uri, log_batch, step_run
 from windpipe.training import families

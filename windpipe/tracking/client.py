@@ -121,12 +121,12 @@ def tracking_store_name(settings: Settings) -> str | None:
     local stack's server, or another server's own database)."""
     if not (_own_server(settings) and settings.stack == "team"):
         return None
-    if settings.pg_url is not None:
+    if settings.team.pg_url is not None:
         from sqlalchemy.engine import make_url
 
-        url = make_url(settings.pg_url.get_secret_value())
+        url = make_url(settings.team.pg_url.get_secret_value())
         return f"the PostgreSQL server of the tracking store at {url.host}:{url.port or 5432}"
-    return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.pg_port}"
+    return f"the PostgreSQL server of the tracking store at {settings.host}:{settings.team.pg_port}"
 
 
 def diagnose(settings: Settings | None = None) -> ServerDown | None:
@@ -144,7 +144,9 @@ def diagnose(settings: Settings | None = None) -> ServerDown | None:
 
 
 def connect(settings: Settings | None = None, experiment: bool = True) -> str:
-    """Point MLflow at the configured tracking server after checking that it answers.
+    """Point MLflow's fluent API (mlflow.start_run, log_*) at the configured tracking server after checking that
+    it answers: for a step's process, which makes runs. A server (the dashboard, `windpipe serve`) never calls it:
+    it passes the URI to each client (`mlflow_client`).
 
     Returns the tracking URI. Raises WindpipeError (with `windpipe up` as the fix) when an
     http(s) server does not answer, instead of MLflow's long retry loop.
@@ -162,9 +164,19 @@ def connect(settings: Settings | None = None, experiment: bool = True) -> str:
     return uri
 
 
-def client(settings: Settings | None = None) -> MlflowClient:
-    """An MlflowClient on the configured server, after `connect` checked it answers."""
+def mlflow_client(settings: Settings | None = None) -> MlflowClient:
+    """The one way windpipe makes an MlflowClient: on the configured tracking server, its URI passed explicitly.
+
+    Never MLflow's process-wide default (`mlflow.set_tracking_uri` changes it for every thread, and exports
+    MLFLOW_TRACKING_URI to every later subprocess; without any, MLflow 3 writes ./mlflow.db).
+    """
     from mlflow import MlflowClient
 
-    connect(settings or get_settings(), experiment=False)
-    return MlflowClient()
+    return MlflowClient(tracking_uri=(settings or get_settings()).effective_tracking_uri)
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """`mlflow_client`, after checking that the server answers (instead of MLflow's long retry loop)."""
+    settings = settings or get_settings()
+    probe_health(settings.effective_tracking_uri)
+    return mlflow_client(settings)

@@ -243,12 +243,12 @@ def run_log(run: Run, step: str, native: bool = True) -> Iterator[Path]:
 
 
 def _upload(run: Run, path: Path) -> None:
-    import mlflow
+    from windpipe.tracking.client import mlflow_client
 
     if not path.exists() or path.stat().st_size == 0:
         return
     try:
-        mlflow.MlflowClient().log_artifact(run.info.run_id, str(path), LOG_ARTIFACT_DIR)
+        mlflow_client().log_artifact(run.info.run_id, str(path), LOG_ARTIFACT_DIR)
     except Exception as exc:  # the artifact store may be what failed the run: the error says so
         if verbose():  # (the step's own error, printed next, names the server that is down)
             print(f"note: could not log {path.name} to the run ({type(exc).__name__}: "

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from windpipe import identity, names
 from windpipe.errors import WindpipeError, first_line
-from windpipe.settings import fault_point, get_settings, package_dir
-from windpipe.tracking.client import ServerDown, connect, diagnose, probe_health
+from windpipe.faults import fault_point
+from windpipe.settings import get_settings, package_dir
+from windpipe.tracking.client import ServerDown, connect, diagnose, mlflow_client, probe_health
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -242,9 +243,8 @@ def mark_killed_runs(client: Any, experiment_ids: Iterable[str] | None = None) -
 
 def fail_run(run_id: str, reason: str, status: str = "FAILED", client: Any = None) -> None:
     """End a run FAILED (or KILLED) with the reason in the failure tag."""
-    import mlflow
 
-    client = client or mlflow.MlflowClient()
+    client = client or mlflow_client()
     client.set_tag(run_id, names.FAILURE_TAG, reason[:4000])
     client.set_terminated(run_id, status=status)
 
@@ -258,7 +258,7 @@ def log_batch(params: dict[str, object], metrics: dict[str, float] | None = None
     from mlflow.entities import Metric, Param, RunTag
 
     run_id = mlflow.active_run().info.run_id
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     have = client.get_run(run_id).data.params if skip_logged else {}
     now = int(time.time() * 1000)
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in have],
@@ -273,7 +273,7 @@ def experiment_id(client: Any = None, name: str | None = None) -> str | None:
     run = mlflow.active_run()
     if run is not None:
         return run.info.experiment_id
-    exp = (client or mlflow.MlflowClient()).get_experiment_by_name(name or get_settings().experiment)
+    exp = (client or mlflow_client()).get_experiment_by_name(name or get_settings().experiment)
     return exp.experiment_id if exp is not None else None
 
 

@@ -18,7 +18,7 @@ from windpipe import names
 from windpipe.errors import WindpipeError, first_line
 from windpipe.models import loading
 from windpipe.settings import Settings
-from windpipe.tracking.client import probe_health
+from windpipe.tracking.client import mlflow_client, probe_health
 from windpipe.views.frames import index_frame
 
 NO_MODEL_FIX = ("run `windpipe pipeline run` (trains, evaluates and promotes), "
@@ -84,13 +84,11 @@ class SourceStatus:
 
 def load_version(settings: Settings, version: int) -> ProductionModel:
     """Load a registered version's pyfunc model and the processed entity of the run that made it."""
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.effective_tracking_uri)
-    ref = loading.resolve(names.version_uri(settings.model_name, version), settings)
+    client = mlflow_client(settings)
+    ref = loading.resolve(names.version_uri(settings.model_name, version), settings, client)
     model = loading.load(ref, settings)
     df = loading.training_entity(ref, settings)
-    metrics = dict(mlflow.MlflowClient().get_run(ref.run_id).data.metrics) if ref.run_id else {}
+    metrics = dict(client.get_run(ref.run_id).data.metrics) if ref.run_id else {}
     return ProductionModel(settings.model_name, int(version), ref.run_id, dict(ref.tags or {}), model,
                            index_frame(df), ref.training_entity_uri or "", metrics)
 
@@ -121,11 +119,10 @@ class ModelSource:
         except WindpipeError as exc:
             return SourceStatus("down", self.last_version, exc.problem,
                                 "run `windpipe up`; this page recovers on its own when the server is back")
-        import mlflow
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = loading.version_by_alias(mlflow.MlflowClient(tracking_uri=uri), self.settings.model_name)
+            mv = loading.version_by_alias(mlflow_client(self.settings), self.settings.model_name)
         except MlflowException as exc:
             return SourceStatus("down", self.last_version, f"The model registry failed: {first_line(exc, 300)}",
                                 "check `windpipe status`")

@@ -6,8 +6,8 @@
 - a generated token kept in the state folder with mode 0600 (`lab_token`); the server reads it from that
   file (`JUPYTER_TOKEN_FILE`), so it is never on a command line and Jupyter logs it as `...`;
 - `MLFLOW_TRACKING_URI` and `MLFLOW_EXPERIMENT_NAME` set for the platform in every kernel's environment;
-- a pid file and a log like the other services; Jupyter's runtime files (they hold the token) in a 0700
-  folder of the state folder.
+- a `windpipe.stack.procs.Service` like the other servers (a pid file, a log, `windpipe status` lists it while
+  it runs); Jupyter's runtime files (they hold the token) in a 0700 folder of the state folder.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from pathlib import Path
 
 from windpipe.errors import WindpipeError
 from windpipe.fileio import kept_secret
-from windpipe.identity import pid_alive
 from windpipe.settings import Settings, repo_root
-from windpipe.stack.procs import log_tail, owned_pid, port_is_free, start_detached, stop_pid, wait_until
-from windpipe.stack.services import ServiceState
+from windpipe.stack.procs import Say, Service, quiet, recorded_address
 from windpipe.tracking.client import probe_health
 from windpipe.tracking.output import user_environment
 
@@ -39,16 +37,33 @@ def base_url(settings: Settings, port: int | None = None) -> str:
 
 def token(settings: Settings) -> str:
     """The lab's token: generated on first use, kept (mode 0600) in the state folder."""
-    return kept_secret(settings.secret_file(TOKEN_FILE))
+    return kept_secret(settings.paths.secret_file(TOKEN_FILE))
 
 
 def runtime_dir(settings: Settings) -> Path:
     """Jupyter's runtime files (server info and the log-in page, which hold the token): a 0700 folder."""
-    return settings.run_file("jupyter")
+    return settings.paths.run_file("jupyter")
 
 
-def running_pid(settings: Settings) -> int | None:
-    return owned_pid(settings.pid_file(SERVICE), settings.home)
+def service(settings: Settings, port: int | None = None) -> Service:
+    """JupyterLab on 127.0.0.1:`port` (default: the port it runs on, else WINDPIPE_LAB_PORT), checked through its
+    API with the token."""
+    port = port or recorded_address(settings.paths.pid_file(SERVICE))[1] or settings.lab_port
+    base = base_url(settings, port)
+
+    def check_api() -> str:
+        info = check(base, token(settings))
+        return f"api ok, {info.get('kernels', 0)} kernel(s)"
+
+    def prepare() -> None:
+        token(settings)
+        runtime_dir(settings).mkdir(parents=True, exist_ok=True, mode=0o700)
+        runtime_dir(settings).chmod(0o700)
+
+    return Service(SERVICE, f"{base}/lab", check_api, home=settings.home, host=settings.host, port=port,
+                   command=lambda: command(settings, port), env=lambda: lab_env(settings), prepare=prepare,
+                   cwd=repo_root(), title="JupyterLab", timeout=max(settings.startup_timeout, 90.0),
+                   port_fix="choose another port: windpipe lab --port <port> (or WINDPIPE_LAB_PORT=<port>)")
 
 
 def lab_env(settings: Settings) -> dict[str, str]:
@@ -59,7 +74,7 @@ def lab_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.effective_tracking_uri,
         "MLFLOW_EXPERIMENT_NAME": settings.experiment,
         "WINDPIPE_HOME": str(settings.home.resolve()),
-        "JUPYTER_TOKEN_FILE": str(settings.secret_file(TOKEN_FILE).resolve()),
+        "JUPYTER_TOKEN_FILE": str(settings.paths.secret_file(TOKEN_FILE).resolve()),
         "JUPYTER_RUNTIME_DIR": str(runtime_dir(settings).resolve()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
@@ -92,40 +107,20 @@ def check(base: str, secret: str, timeout: float = 3.0) -> dict:
 
 def start(settings: Settings, port: int | None = None) -> tuple[int, str]:
     """Start JupyterLab detached (idempotent) and wait until its API answers; return (pid, url)."""
-    pid = running_pid(settings)
+    svc = service(settings, port)
+    pid = svc.pid()
     if pid is not None:
-        return pid, _recorded_url(settings) or f"{base_url(settings, port)}/lab"
-    port = port or settings.lab_port
-    base = base_url(settings, port)
+        return pid, svc.running_url()
     try:
         probe_health(settings.effective_tracking_uri)
     except WindpipeError as exc:
         raise WindpipeError(f"JupyterLab needs the tracking server, for the notebooks to log to: {exc.problem}",
                             exc.fix) from None
-    if not port_is_free(settings.host, port):
-        raise WindpipeError(f"Port {port} on {settings.host} is taken, so JupyterLab cannot start.",
-                            "stop what holds it, or choose another port: windpipe lab --port <port> "
-                            "(or WINDPIPE_LAB_PORT=<port>)")
-    secret = token(settings)
-    runtime_dir(settings).mkdir(parents=True, exist_ok=True, mode=0o700)
-    runtime_dir(settings).chmod(0o700)
-    log = settings.log_file(SERVICE)
-    pid = start_detached(command(settings, port), lab_env(settings), log, settings.pid_file(SERVICE),
-                         settings.home, port=port, cwd=repo_root())
-    settings.run_file("lab.url").write_text(f"{base}/lab\n")
-    try:
-        wait_until(lambda: check(base, secret), max(settings.startup_timeout, 90.0), "JupyterLab",
-                   alive=lambda: pid_alive(pid),
-                   exited=lambda: WindpipeError(f"JupyterLab exited while starting.{log_tail(log, 5)}", f"see {log}"),
-                   fix=f"see {log}")
-    except BaseException:
-        stop_pid(pid)
-        settings.pid_file(SERVICE).unlink(missing_ok=True)
-        raise
+    pid = svc.start()
     page = login_page(settings, pid)
     if page is not None:
         page.chmod(0o600)  # it holds the token (Jupyter writes it with the umask's mode)
-    return pid, f"{base}/lab"
+    return pid, svc.url
 
 
 def login_page(settings: Settings, pid: int) -> Path | None:
@@ -134,30 +129,6 @@ def login_page(settings: Settings, pid: int) -> Path | None:
     return page if page.exists() else None
 
 
-def _recorded_url(settings: Settings) -> str | None:
-    try:
-        return settings.run_file("lab.url").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def stop(settings: Settings) -> int | None:
-    """Stop the lab `start` started; return its pid, or None when none was running."""
-    pid = running_pid(settings)
-    if pid is not None:
-        stop_pid(pid)
-    settings.pid_file(SERVICE).unlink(missing_ok=True)
-    return pid
-
-
-def state(settings: Settings) -> ServiceState | None:
-    """The lab for `windpipe status`: None when it does not run."""
-    pid = running_pid(settings)
-    if pid is None:
-        return None
-    url = _recorded_url(settings) or f"{base_url(settings)}/lab"
-    try:
-        info = check(url.removesuffix("/lab"), token(settings))
-    except WindpipeError as exc:
-        return ServiceState(SERVICE, url, False, pid, str(exc))
-    return ServiceState(SERVICE, url, True, pid, f"api ok, {info.get('kernels', 0)} kernel(s)")
+def stop(settings: Settings, say: Say = quiet) -> int | None:
+    """Stop the lab `start` started, saying so; return its pid, or None when none was running."""
+    return service(settings).stop(say)

@@ -9,8 +9,10 @@ project, a child of one MLflow pipeline run. Trigger it with a conf such as
 
 try:
     from windpipe.pipeline.dags import build_dag
+    from windpipe.settings import get_settings
 except ImportError as exc:  # airflow imports DAG files in its own environment: windpipe must be importable there
     raise ImportError(f"windpipe is not importable in Airflow's environment ({exc}). Fix: `make airflow` "
                       "(installs it with --no-deps), or put the checkout on PYTHONPATH.") from None
 
-dag = build_dag("prediction")
+# this machine's settings: Airflow parses this file again where each task runs
+dag = build_dag("prediction", settings=get_settings())

@@ -25,6 +25,7 @@ from windpipe import names
 from windpipe.errors import WindpipeError, first_line
 from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings
+from windpipe.tracking.client import mlflow_client
 from windpipe.tracking.runs import StepStatus, latest_step_runs
 from windpipe.views import figures as F
 from windpipe.views import frames as D
@@ -380,9 +381,7 @@ def pipeline_graph(settings: Settings) -> Component:
 
 def pipeline_status(settings: Settings) -> list[StepStatus]:
     """The latest run of each step, newest first."""
-    from mlflow import MlflowClient
-
-    found = latest_step_runs(MlflowClient(tracking_uri=settings.effective_tracking_uri), settings.experiment)
+    found = latest_step_runs(mlflow_client(settings), settings.experiment)
     return sorted(found.values(), key=lambda s: s.start_ms or 0, reverse=True)
 
 

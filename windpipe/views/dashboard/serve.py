@@ -4,7 +4,7 @@ gunicorn (one gthread worker, 4 threads) is the production-grade server: one wor
 single model cache, so each version is loaded once; threads serve concurrent callbacks. Where
 gunicorn is not installed (Windows), Dash's own server runs with debug off.
 
-`python -m windpipe.views.dashboard.serve --host H --port P` is what `start_detached` runs.
+`python -m windpipe.views.dashboard.serve --host H --port P` is what the detached service (`service`) runs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import urllib.request
 from collections.abc import Callable
 
 from windpipe.errors import WindpipeError
-from windpipe.identity import pid_alive
-from windpipe.settings import Settings, apply_process_environment, get_settings
-from windpipe.stack.procs import owned_pid, port_is_free, start_detached, stop_pid, wait_until
+from windpipe.settings import Settings, enter_process, get_settings
+from windpipe.stack.procs import Service, recorded_address
 
 MARKER = "windpipe.views.dashboard.serve"  # the module the detached process runs
 SERVICE = "dashboard"
@@ -29,15 +28,9 @@ def url(host: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-def _check_port(host: str, port: int) -> None:
-    if not port_is_free(host, port):
-        raise WindpipeError(f"Port {port} on {host} is in use.",
-                            "stop what holds it (`windpipe dashboard --stop`), or pass --port <other>")
-
-
 def serve(settings: Settings, host: str, port: int, server: str = "auto") -> None:
     """Serve in the foreground until interrupted. server: auto | gunicorn | dash."""
-    _check_port(host, port)
+    service(settings, host, port).require_port()
     from windpipe.views.dashboard.app import create_app
 
     use_gunicorn = server == "gunicorn" or (server == "auto" and _has_gunicorn())
@@ -82,44 +75,35 @@ def check_ready(base: str) -> None:
         raise WindpipeError(f"The dashboard at {base} does not answer ({getattr(exc, 'reason', exc)}).") from None
 
 
+def service(settings: Settings, host: str | None = None, port: int | None = None) -> Service:
+    """The detached dashboard: `python -m windpipe.views.dashboard.serve` on host:port (default: where it runs,
+    else settings), checked by its layout endpoint."""
+    running_host, running_port = recorded_address(settings.paths.pid_file(SERVICE))
+    host = host or running_host or settings.host
+    port = port or running_port or settings.dashboard_port
+    return Service(SERVICE, url(host, port), lambda: _ready(url(host, port)), home=settings.home, host=host,
+                   port=port, command=lambda: [sys.executable, "-m", MARKER, "--host", host, "--port", str(port)],
+                   env=lambda: {**os.environ, "PYTHONUNBUFFERED": "1", **settings.process_environment()},
+                   title="the dashboard", port_fix="pass --port <other> (a dashboard started with --detach "
+                   "stops with `windpipe dashboard --stop`)", timeout=settings.startup_timeout)
+
+
+def _ready(base: str) -> str:
+    check_ready(base)
+    return "layout ok"
+
+
 def start(settings: Settings, host: str | None = None, port: int | None = None) -> tuple[int, str]:
     """Start the dashboard detached (idempotent); return (pid, url). Pid and log live in settings.home."""
-    host = host or settings.host
-    port = port or settings.dashboard_port
-    pid_file, log_file = settings.pid_file(SERVICE), settings.log_file(SERVICE)
-    pid = owned_pid(pid_file, settings.home, say=lambda _m: None)
-    if pid is not None:
-        return pid, _recorded_url(settings) or url(host, port)
-    _check_port(host, port)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.process_environment()}
-    pid = start_detached([sys.executable, "-m", MARKER, "--host", host, "--port", str(port)], env, log_file,
-                         pid_file, settings.home, port=port)
-    settings.run_file("dashboard.url").write_text(url(host, port))
-    try:
-        wait_until(lambda: check_ready(url(host, port)), settings.startup_timeout, "The dashboard",
-                   alive=lambda: pid_alive(pid), fix=f"see {log_file}")
-    except WindpipeError as exc:
-        stop_pid(pid)
-        raise WindpipeError(exc.problem, f"see {log_file}") from None
-    return pid, url(host, port)
-
-
-def _recorded_url(settings: Settings) -> str | None:
-    try:
-        return settings.run_file("dashboard.url").read_text().strip() or None
-    except OSError:
-        return None
+    svc = service(settings, host, port)
+    pid = svc.start()
+    return pid, svc.running_url()
 
 
 def stop(settings: Settings, say: Callable[[str], None] = print) -> int | None:
-    """Stop the detached dashboard; return its pid, or None when none was running (a stale or foreign pid
-    file is removed and reported, never acted on)."""
-    pid_file = settings.pid_file(SERVICE)
-    pid = owned_pid(pid_file, settings.home, say=say)
-    if pid is not None:
-        stop_pid(pid)
-        pid_file.unlink(missing_ok=True)
-    return pid
+    """Stop the detached dashboard, saying so; return its pid, or None when none was running (a stale or foreign
+    pid file is removed and reported, never acted on)."""
+    return service(settings).stop(say)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", choices=("auto", "gunicorn", "dash"), default="auto")
     args = parser.parse_args(argv)
     try:
-        settings = apply_process_environment(get_settings())
+        enter_process()  # telemetry off, bounded MLflow retries, a tracking URI
+        settings = get_settings()
         serve(settings, args.host or settings.host, args.port or settings.dashboard_port, args.server)
     except WindpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
