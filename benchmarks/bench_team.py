@@ -149,9 +149,9 @@ def predict(repeat: int = 3, rows: int = 1_000_000) -> None:
                                              filter_string="tags.`windpipe.step` = 'predict'",
                                              order_by=["start_time DESC"])[0]
                     m = run.data.metrics
-                    phases[kind] = " / ".join(f"{k} {m['seconds_' + k]:.2f}" for k in (
-                        "read", "resolve", "validate", "marts_start", "load_model", "score", "drift", "write")
-                        if "seconds_" + k in m) + f" (the run: {(run.info.end_time - run.info.start_time) / 1000:.2f})"
+                    phases[kind] = " / ".join(f"{k.removeprefix('seconds_')} {v:.2f}" for k, v in m.items()
+                                              if k.startswith("seconds_"))
+                    phases[kind] += f" (the run: {(run.info.end_time - run.info.start_time) / 1000:.2f})"
         counts = {kind: queries.count_rows(tables.get_engine(url))["output_mart"] for kind, url in urls.items()}
         tables.dispose_engines()
     finally:

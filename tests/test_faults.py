@@ -423,15 +423,19 @@ def marts_agree_with_files(marts_url: str, outputs: list[Path], settled: bool = 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["predict:before_commit", "predict:after_commit", "predict:after_rename"])
+@pytest.mark.parametrize("point", ["predict:part", "predict:before_commit", "predict:after_commit",
+                                   "predict:after_rename"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_predict_leaves_the_file_and_the_marts_in_agreement(shared_platform, model_version, tmp_path,
                                                                      point, sig):
+    """predict:part: in the middle of a streamed batch (its first of three parts in the temporary file and the open
+    transaction); the others: around the commit and the rename."""
     from windpipe.marts import queries, tables
 
     marts = f"sqlite:///{tmp_path / 'marts.db'}"
-    # SIGKILL: big batches' path (the marts helper process); SIGTERM: the in-process writer
-    env = {"WINDPIPE_MARTS_URL": marts, "WINDPIPE_MARTS_HELPER_ROWS": "1" if sig == signal.SIGKILL else "0"}
+    # SIGKILL: big batches' path (the marts helper process); SIGTERM: the in-process writer. Parts of 1,000 rows.
+    env = {"WINDPIPE_MARTS_URL": marts, "WINDPIPE_MARTS_HELPER_ROWS": "1" if sig == signal.SIGKILL else "0",
+           "WINDPIPE_PREDICT_BATCH_ROWS": "1000"}
     inp, out = predict_input(tmp_path / "in.parquet"), tmp_path / "out.parquet"
     args = ["predict", "--input", str(inp), "--output", str(out), "--model-uri", f"models:/wind_solar/{model_version}"]
     paused = Paused(tmp_path, point)
@@ -452,7 +456,7 @@ def test_a_killed_predict_leaves_the_file_and_the_marts_in_agreement(shared_plat
     run = latest_run(shared_platform, "predict")
     if sig == signal.SIGTERM:
         assert "stopped" in err and "Traceback" not in err, (proc.returncode, err[-2000:])
-        assert out.exists() == (point != "predict:before_commit")
+        assert out.exists() == (point in ("predict:after_commit", "predict:after_rename"))
         assert run.info.status == "KILLED" and "stopped" in run.data.tags["windpipe.failure_reason"]
     else:  # kill -9: the run is left RUNNING; `windpipe status` sees its process is gone and tidies up
         assert run.info.status == "RUNNING"
@@ -464,6 +468,10 @@ def test_a_killed_predict_leaves_the_file_and_the_marts_in_agreement(shared_plat
         settled = {"predict:after_commit": "removed", "predict:after_rename": "completed"}.get(point)
         assert (f"batch 1: {settled}" in status.stdout) if settled else "batch" not in status.stdout, status.stdout
         marts_agree_with_files(marts, [out])
+    if point in ("predict:part", "predict:before_commit"):  # no output, no row of the batch
+        assert not out.exists()
+        assert queries.count_rows(tables.get_engine(marts)) == {"batches": 0, "input_mart": 0, "output_mart": 0,
+                                                                 "drift": 0}
     # the next predict tidies up after the killed one, and takes a batch id no file holds
     out2 = tmp_path / "out2.parquet"
     args2 = [a if a != str(out) else str(out2) for a in args]

@@ -97,6 +97,163 @@ def test_read_input_missing_and_empty_files(tmp_path):
         read_input(tmp_path / "junk.parquet")
 
 
+def _parts(path, rows: int, **check) -> list:
+    """Every part of the input file at `path`, checked as `windpipe predict` streams it."""
+    from windpipe.scoring.validate import InputCheck, InputFile
+
+    with InputFile(path) as source:
+        checker = InputCheck(check.pop("columns", None), where=f"Input {path}", rows=source.rows,
+                             drop_invalid=check.pop("drop_invalid", False))
+        out = [checker.part(frame, first) for first, frame in source.parts(rows)]
+        checker.finish()
+    return out
+
+
+def test_streamed_parts_are_checked_as_one_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = features(30)
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=8)  # 4 row groups
+    parts = _parts(path, 7)
+    assert [p.row_numbers[0] for p in parts] == [0, 7, 14, 21, 28] and sum(len(p.features) for p in parts) == 30
+    assert pd.concat([p.timestamps for p in parts], ignore_index=True).equals(df[TIMESTAMP])
+    # a bad row in the last part, a time repeated from an earlier part: named by their row in the file
+    bad = df.copy()
+    bad.loc[29, "windspeed"] = np.nan
+    bad.to_parquet(path, row_group_size=8)
+    with pytest.raises(WindpipeError, match=r"\(rows 28 to 29\) has 1 row\(s\) with missing .*counted from 0: 29\)"):
+        _parts(path, 7)
+    bad = df.copy()
+    bad.loc[25, TIMESTAMP] = bad.loc[2, TIMESTAMP]
+    bad.to_parquet(path)
+    with pytest.raises(WindpipeError, match=r"of Input \S+ repeats an earlier row's time in 1 row\(s\) \(rows, "
+                                            r"counted from 0: 25;"):
+        _parts(path, 30)  # (within one part)
+    with pytest.raises(WindpipeError, match=r"\(rows 21 to 27\) repeats an earlier row's time in 1 row\(s\) "
+                                            r"\(rows, counted from 0: 25;"):
+        _parts(path, 7)
+    # --drop-invalid: a part whose every row goes is skipped; a file whose every row goes is refused
+    holes = df.copy()
+    holes.loc[7:13, "windspeed"] = np.nan
+    holes.to_parquet(path)
+    parts = _parts(path, 7, drop_invalid=True)
+    assert [len(p.features) for p in parts] == [7, 0, 7, 7, 2]
+    holes.loc[:, "windspeed"] = np.nan
+    holes.to_parquet(path)
+    with pytest.raises(WindpipeError, match="nothing is left"):
+        _parts(path, 7, drop_invalid=True)
+    df.head(0).to_parquet(path)
+    with pytest.raises(WindpipeError, match="has no rows"):
+        _parts(path, 7)
+
+
+def test_a_time_repeated_across_parts_in_any_order_is_found():
+    from windpipe.scoring.validate import _SeenTimes
+
+    seen = _SeenTimes()
+    rng = np.random.default_rng(0)
+    times = rng.permutation(10_000).astype("int64")
+    for part in np.array_split(times, 37):
+        assert not seen.repeats(part).any()
+        seen.add(part)
+    assert len(seen._runs) <= 8  # merged as they grow
+    again = np.array([times[5], 10_000, times[9_999], -1], dtype="int64")
+    assert seen.repeats(again).tolist() == [True, False, True, False]
+
+
+def test_the_times_of_a_file_in_time_order_take_flat_memory():
+    """10M times a minute apart, with a gap (as a long file streams): a few progressions, not 80 MB of times; a
+    repeat of any earlier part, or of a progression's last point, is still found, a time in the gap is not."""
+    from windpipe.scoring.validate import _SeenTimes
+
+    minute = 60 * 10**9
+    times = np.delete(np.arange(10_000_000, dtype="int64"), np.s_[4_000_000:4_000_010]) * minute
+    seen = _SeenTimes()
+    for part in np.array_split(times, 100):
+        assert not seen.repeats(part).any()
+        seen.add(part)
+    assert seen._runs == [] and len(seen._starts) <= 101  # one progression per part (and one for the gap)
+    probe = np.array([0, 4_000_005, 3_999_999, 4_000_010, 9_999_999, 10_000_000, 7], dtype="int64") * minute
+    assert seen.repeats(probe).tolist() == [True, False, True, True, True, False, True]
+    assert seen.repeats(np.array([minute // 2], dtype="int64")).tolist() == [False]  # between two minutes
+
+
+def _spliced(path):
+    """`path` (two row groups, windspeed int64) with its second row group's windspeed declared DOUBLE in the footer:
+    a file whose schema changes between row groups (as a spliced or damaged file has)."""
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - length
+    footer = bytes(data[start:-8])
+    # a column chunk's metadata: its type (thrift field 1, INT64 = zigzag 4), encodings, then its path (windspeed)
+    names = [i for i in range(len(footer)) if footer.startswith(b"windspeed", i)]
+    chunks = [footer.rfind(b"\x15\x04\x19", i - 12, i) for i in names]
+    chunks = [at for at in chunks if at > 0]
+    assert len(chunks) == 2  # one per row group
+    data[start + chunks[-1] + 1] = 0x0A  # DOUBLE
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_damaged_inputs_get_a_clear_message(tmp_path):
+    from windpipe.scoring.validate import InputFile, read_input
+
+    df = features(40)
+    good = tmp_path / "good.parquet"
+    df.to_parquet(good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-200])  # a download or copy cut short: no footer
+    with pytest.raises(WindpipeError, match=r"Cannot read .*cut.parquet as parquet") as exc:
+        InputFile(cut)
+    assert "parquet" in exc.value.fix
+    mixed = tmp_path / "mixed.parquet"
+    df.assign(windspeed=np.arange(40)).to_parquet(mixed, row_group_size=20, compression="none")
+    with pytest.raises(WindpipeError, match=r"schema changes in row group 1 \(column 'windspeed' is DOUBLE there, "
+                                            r"INT64 in the file's schema\)"):
+        read_input(_spliced(mixed))
+    # a page damaged after a good footer: the part that cannot be decoded is named
+    broken = tmp_path / "broken.parquet"
+    df.to_parquet(broken, row_group_size=20, compression="snappy")
+    data = bytearray(broken.read_bytes())
+    data[200:400] = bytes(200)
+    broken.write_bytes(bytes(data))
+    with pytest.raises(WindpipeError, match=r"Cannot read .*broken.parquet from row 0 on") as exc:
+        with InputFile(broken) as source:
+            list(source.parts(20))
+    assert exc.value.fix
+
+
+def test_a_model_out_of_memory_is_not_called_the_wrong_model():
+    from windpipe.models.loading import predict
+
+    class Hungry:
+        def predict(self, X):
+            raise MemoryError("Unable to allocate 30.8 GiB for an array with shape (4000000, 1035)")
+
+    with pytest.raises(WindpipeError, match=r"ran out of memory scoring 50 rows \(Unable to allocate") as exc:
+        predict(Hungry(), features(50)[FEATURES])
+    assert "use a model" not in exc.value.fix and "memory" in exc.value.fix
+
+
+def test_a_big_batch_is_scored_in_parts_of_bounded_size(monkeypatch):
+    from windpipe.models import loading
+
+    seen = []
+
+    class Sizes:
+        def predict(self, X):
+            seen.append(len(X))
+            return np.column_stack([X["windspeed"], X["temperature"]])
+
+    monkeypatch.setattr(loading, "SCORE_ROWS", 16)
+    df = features(50)[FEATURES]
+    pred = loading.predict(Sizes(), df)
+    assert seen == [16, 16, 16, 2]
+    np.testing.assert_array_equal(pred, df[["windspeed", "temperature"]].to_numpy())
+
+
 def test_requirement_mismatches_names_each_unmet_pin(tmp_path):
     from importlib.metadata import version
 
@@ -207,7 +364,7 @@ def test_helper_process_writes_what_the_local_path_writes(tmp_path, monkeypatch)
 
 def _open_batch(tmp_path, n: int = 50) -> writers.BatchWriter:
     batch = writers.BatchWriter(f"sqlite:///{tmp_path / 'marts.db'}", rows=n, settings=_helper(tmp_path))
-    batch.start(features(n)[FEATURES], model_name="m", model_version=1, model_uri="u")
+    batch.begin(model_name="m", model_version=1, model_uri="u")
     return batch
 
 
@@ -225,7 +382,7 @@ def test_a_helper_that_dies_is_a_clear_error_and_leaves_nothing(tmp_path):
     with _open_batch(tmp_path) as batch:
         _ = batch.batch_id
         batch.helper_process.kill()
-        batch.add_predictions(np.zeros((50, 2)))
+        batch.add(features(50)[FEATURES], np.zeros((50, 2)))
         with pytest.raises(WindpipeError, match=r"writer process stopped \(exit code -9\).*nothing of the batch"):
             batch.commit()
     assert queries.count_rows(tables.get_engine(f"sqlite:///{tmp_path / 'marts.db'}"))["input_mart"] == 0
@@ -509,22 +666,74 @@ def test_predict_cli_drop_invalid_and_overwrite(model, marts_env, tmp_path):
 @pytest.mark.parametrize("helper_rows", ["0", "1"])
 def test_predict_failure_while_writing_leaves_no_file_and_no_rows(model, marts_env, tmp_path, monkeypatch,
                                                                   helper_rows):
+    import pyarrow.parquet as pq
+
     import windpipe.scoring.batch as P
     from windpipe.settings import clear_settings_cache
 
     monkeypatch.setenv("WINDPIPE_MARTS_HELPER_ROWS", helper_rows)
+    monkeypatch.setenv("WINDPIPE_PREDICT_BATCH_ROWS", "4")  # 10 rows: three parts; the disk fills at the second
     clear_settings_cache()
+    written = []
 
-    def broken(*_a, **_k):
-        raise OSError("disk full")
+    def fills_up(self, table, *_a, **_k):
+        if written:
+            raise OSError("disk full")
+        written.append(real(self, table))
 
-    monkeypatch.setattr(P.pd.DataFrame, "to_parquet", broken)
+    real = pq.ParquetWriter.write_table
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", fills_up)
     out = tmp_path / "out.parquet"
     with pytest.raises(WindpipeError, match=r"Cannot write .*out.parquet \(disk full\); nothing was written"):
         P.run_batch(_plain_input(tmp_path), out, f"models:/wind_solar/{model['version']}", say=lambda _m: None)
     assert not out.exists()
     assert mart_counts(marts_env)["batches"] == 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_predict_streams_a_file_of_several_row_groups(model, marts_env, tmp_path, monkeypatch):
+    """Parts of 64 rows (row groups of 100) through the marts helper: the output, the marts rows and the drift are
+    those of the whole file in memory; a bad row in the last row group leaves no file and no rows."""
+    from windpipe.models import loading
+    from windpipe.scoring.batch import run_batch
+    from windpipe.settings import clear_settings_cache
+
+    monkeypatch.setenv("WINDPIPE_PREDICT_BATCH_ROWS", "64")
+    monkeypatch.setenv("WINDPIPE_MARTS_HELPER_ROWS", "1")
+    clear_settings_cache()
+    uri = f"models:/wind_solar/{model['version']}"
+    data = model["df"].tail(300)[[TIMESTAMP, *FEATURES]].reset_index(drop=True)  # in the training data's season
+    data.loc[0, "windspeed"] = np.nan  # (--drop-invalid: the scored rows' window starts an hour later)
+    inp = tmp_path / "in.parquet"
+    data.to_parquet(inp, row_group_size=100)
+    res = run_batch(inp, tmp_path / "out.parquet", uri, drop_invalid=True, say=lambda _m: None)
+    whole = validate_input(data, drop_invalid=True)
+    ref = loading.resolve(uri)
+    expected = loading.predict(loading.load(ref), whole.features, whole.timestamps)
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert out.row_no.tolist() == list(range(1, 300)) and res.rows == 299 and res.rows_dropped == 1
+    np.testing.assert_allclose(out[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), expected)
+    engine = tables.get_engine(marts_env["WINDPIPE_MARTS_URL"])
+    b = queries.latest_batches(engine).iloc[0]
+    assert (b.row_count, b.rows_dropped, b.id) == (299, 1, res.batch_id) and (out.batch_id == b.id).all()
+    assert b.input_hash == writers.input_hash(whole.features, whole.timestamps)
+    np.testing.assert_allclose(queries.batch_rows(engine, res.batch_id)[FEATURES].to_numpy(),
+                               whole.features.to_numpy())
+    reference = loading.training_entity(ref)
+    in_memory = drift.feature_drift(whole.features, reference, ref.training_entity_uri,
+                                    batch_times=whole.timestamps, reference_times=reference[TIMESTAMP])
+    assert in_memory.reference.iloc[0].startswith("season")
+    pd.testing.assert_frame_equal(res.drift, in_memory, check_exact=False, rtol=1e-12)
+    # a bad row in the last row group: refused whole, naming it
+    before = queries.count_rows(engine)
+    data.loc[0, "windspeed"] = 5.0
+    data.loc[297, "temperature"] = np.inf
+    data.to_parquet(inp, row_group_size=100)
+    with pytest.raises(WindpipeError, match=r"\(rows 256 to 299\) has 1 row\(s\) .*counted from 0: 297\)"):
+        run_batch(inp, tmp_path / "out2.parquet", uri, say=lambda _m: None)
+    assert not (tmp_path / "out2.parquet").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert queries.count_rows(engine) == before
 
 
 def _plain_input(tmp_path) -> str:

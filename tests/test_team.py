@@ -307,7 +307,7 @@ def test_postgres_killed_while_predict_fetches_the_drift_reference(as_client, tm
     info = log_registered_model(p, alias=None, tmp_dir=tmp_path)
     inp, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     info["df"].tail(300)[[TIMESTAMP, *FEATURES]].to_parquet(inp, index=False)
-    paused = Paused(tmp_path, "predict:scored")
+    paused = Paused(tmp_path, "predict:drift_reference")
     proc = popen(p, "predict", "--input", str(inp), "--output", str(out), "--model-uri", info["model_uri"],
                  extra_env=paused.env)
     paused.wait(proc)

@@ -243,6 +243,9 @@ class Settings(BaseSettings):
     # batches of at least this many rows go into the marts through a helper process (overlapping the
     # model's loading and scoring; windpipe.marts.helper); 0: never
     marts_helper_rows: int = Field(default=100_000, ge=0)
+    # `windpipe predict` reads, checks, scores and writes its input in parts of this many rows (memory stays
+    # flat whatever the file's size; windpipe.scoring.batch)
+    predict_batch_rows: int = Field(default=100_000, ge=1)
     log_dashboard_predictions: bool = True
     # seconds a marts write waits for another writer's lock before it gives up
     marts_lock_timeout: float = Field(default=30.0, gt=0)

@@ -1,12 +1,13 @@
-"""A helper process that writes one batch of the data marts while the caller loads and runs its model.
+"""A helper process that writes one batch of the data marts while the caller reads and scores the next rows.
 
 A thread cannot do this: Python's sqlite3 (like any DBAPI driver) holds the GIL while it binds
-parameters, so inserting 1M rows and importing scikit-learn in one process mostly take turns. The
-helper runs `windpipe.marts.local.LocalBatch`'s calls on its own connection, in its own transaction; the
-caller's calls are pickled to its stdin by a sender thread, so they return at once (the batch id and
-commit() wait for the helper's reply). If the caller stops before commit() (an error, Ctrl-C), the
-helper reads the end of its input and rolls back: nothing of the batch is written. After the commit
-the helper checkpoints the WAL while the caller goes on; the caller's exit waits for it.
+parameters, so inserting rows and scoring them in one process mostly take turns. The helper runs
+`windpipe.marts.local.LocalBatch`'s calls on its own connection, in its own transaction; the caller's
+calls are pickled to its stdin by a sender thread, so they return at once while fewer than SENDING are
+on their way (the batch id and commit() wait for the helper's reply). If the caller stops before
+commit() (an error, Ctrl-C, kill -9), the helper reads the end of its input and rolls back: nothing of
+the batch is written. After the commit the helper checkpoints the WAL while the caller goes on; the
+caller's exit waits for it.
 
     python -m windpipe.marts.helper      (started by ProcessBatch; the URL comes over stdin, not argv)
 """
@@ -18,9 +19,10 @@ import contextlib
 import functools
 import os
 import pickle
+import queue
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 _REPLIES = {"start", "commit"}  # the calls the helper answers; the others only report failure
+SENDING = 2  # calls on their way to the helper at most (each part of a streamed batch is one or two calls)
+_END = object()
 _finishing: list[subprocess.Popen] = []  # helpers that committed and are checkpointing
 
 
@@ -62,7 +66,11 @@ class ProcessBatch:
                                                            if p)}
         self._proc = subprocess.Popen([sys.executable, "-m", "windpipe.marts.helper"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env)
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="marts-sender")
+        # calls wait here while SENDING parts are on their way: a caller that scores faster than the database
+        # takes the rows stays a few parts ahead (its memory flat), not a whole file
+        self._outbox: queue.Queue[object] = queue.Queue(maxsize=SENDING)
+        self._sender = threading.Thread(target=self._send_all, name="marts-sender", daemon=True)
+        self._sender.start()
         self._batch_id: int | None = None
         self._committed = False
         self._where = display_url(url)
@@ -74,14 +82,18 @@ class ProcessBatch:
         return self._proc
 
     def _send(self, message: object) -> None:
-        self._sender.submit(self._write, message)
+        self._outbox.put(message)
 
-    def _write(self, message: object) -> None:
-        try:
-            pickle.dump(message, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # the helper stopped: its reply (or its exit code) says why
+    def _send_all(self) -> None:
+        broken = False
+        while (message := self._outbox.get()) is not _END:
+            if broken:
+                continue  # (drained, so that callers never wait on a helper that is gone)
+            try:
+                pickle.dump(message, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                broken = True  # the helper stopped: its reply (or its exit code) says why
 
     def _reply(self) -> Any:
         try:
@@ -110,8 +122,11 @@ class ProcessBatch:
     def add_inputs(self, columns: dict[str, Any]) -> None:
         self._send(("add_inputs", (columns,)))
 
-    def add_outputs(self, columns: dict[str, Any], drift_columns: dict[str, Any] | None, drift_status: str) -> None:
-        self._send(("add_outputs", (columns, drift_columns, drift_status)))
+    def add_outputs(self, columns: dict[str, Any]) -> None:
+        self._send(("add_outputs", (columns,)))
+
+    def finish(self, header: dict[str, Any], drift_columns: dict[str, Any] | None) -> None:
+        self._send(("finish", (header, drift_columns)))
 
     def commit(self) -> None:
         _ = self.batch_id  # (the replies come in order)
@@ -121,7 +136,8 @@ class ProcessBatch:
 
     def close(self) -> None:
         """Before commit(): the end of its input makes the helper roll back; wait for it. After: let it finish."""
-        self._sender.shutdown(wait=True)
+        self._outbox.put(_END)
+        self._sender.join()
         try:
             self._proc.stdin.close()
         except OSError:
@@ -158,13 +174,15 @@ def main() -> int:
                 with contextlib.suppress(Exception):  # (committed: the caller goes on meanwhile)
                     batch.checkpoint()
                 return 0
-    except EOFError:  # the caller gave up before commit(): roll back
+    except (EOFError, BrokenPipeError):  # the caller gave up before commit() (and stopped reading): roll back
         return 1
     except WindpipeError as exc:
-        _answer(out, "windpipe", (exc.problem, exc.fix))
+        with contextlib.suppress(BrokenPipeError):
+            _answer(out, "windpipe", (exc.problem, exc.fix))
         return 1
     except Exception as exc:
-        _answer(out, "error", f"{type(exc).__name__}: {first_line(exc, 300)}")
+        with contextlib.suppress(BrokenPipeError):
+            _answer(out, "error", f"{type(exc).__name__}: {first_line(exc, 300)}")
         return 1
     finally:
         if batch is not None:

@@ -18,10 +18,11 @@ from windpipe.marts.tables import batches, drift, input_mart, output_mart
 class LocalBatch:
     """One batch written in one transaction on a connection of this process.
 
-    start(header) -> batch id, add_inputs(columns), add_outputs(columns, drift, status), commit();
-    close() rolls back whatever was not committed. windpipe.marts.helper makes the same calls in a
-    helper process, with `bulk=True` (windpipe.marts.dialects.begin_bulk: on SQLite no per-row
-    foreign-key lookups, and the WAL checkpoint after the commit).
+    start(header) -> batch id, then add_inputs(columns) and add_outputs(columns) for each part of the rows
+    (inputs first), finish(header values, drift), commit(); close() rolls back whatever was not committed.
+    windpipe.marts.helper makes the same calls in a helper process, with `bulk=True`
+    (windpipe.marts.dialects.begin_bulk: on SQLite no per-row foreign-key lookups, and the WAL checkpoint
+    after the commit).
     """
 
     def __init__(self, engine: Engine, bulk: bool = False) -> None:
@@ -43,11 +44,14 @@ class LocalBatch:
     def add_inputs(self, columns: Columns) -> None:
         self._writer.insert_columns(input_mart, {"batch_id": self.batch_id, **columns})
 
-    def add_outputs(self, columns: Columns, drift_columns: Columns | None, drift_status: str) -> None:
+    def add_outputs(self, columns: Columns) -> None:
         self._writer.insert_columns(output_mart, {"batch_id": self.batch_id, **columns})
+
+    def finish(self, header: dict[str, Any], drift_columns: Columns | None) -> None:
+        """What is known once every row is in: the header's counts, hash and drift status, and the drift rows."""
         if drift_columns:
             self._writer.insert_columns(drift, {"batch_id": self.batch_id, **drift_columns})
-        self._conn.execute(batches.update().where(batches.c.id == self.batch_id).values(drift_status=drift_status))
+        self._conn.execute(batches.update().where(batches.c.id == self.batch_id).values(**header))
 
     def commit(self) -> None:
         self._conn.commit()

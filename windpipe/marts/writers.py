@@ -1,8 +1,8 @@
 """Writing one scored batch to the data marts in one transaction, while the caller still works on it.
 
-A batch is there completely or not at all (BatchWriter, or record_batch in one call). Big
-batches are written by a helper process (windpipe.marts.helper) while the caller loads and runs
-its model. On SQLite the row inserts are multi-row INSERT statements through the DBAPI cursor
+A batch is there completely or not at all (BatchWriter, part by part, or record_batch in one call).
+Big batches are written by a helper process (windpipe.marts.helper) while the caller reads and scores
+the next part. On SQLite the row inserts are multi-row INSERT statements through the DBAPI cursor
 (same connection, same transaction), six times faster than SQLAlchemy's parameter processing for
 1M rows; other databases get SQLAlchemy's executemany in chunks ("insertmanyvalues" batching).
 """
@@ -117,12 +117,31 @@ def _file_batch_id(path: Path) -> int | None:
         return None
 
 
+class InputHash:
+    """sha256 of the scored rows, row by row: the four features (float64, FEATURES order) and, when the batch has
+    times, the time (int64 microseconds since 1970). Row by row, so a batch hashed in parts of any size gets the
+    hash of the whole."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, features: pd.DataFrame, timestamps: pd.Series | None = None) -> None:
+        fields = [(f, "<f8") for f in FEATURES] + ([(TIMESTAMP, "<i8")] if timestamps is not None else [])
+        rows = np.empty(len(features), dtype=fields)
+        for f in FEATURES:
+            rows[f] = features[f].to_numpy(dtype="float64")
+        if timestamps is not None:
+            rows[TIMESTAMP] = _ts_ns(timestamps).astype("int64")
+        self._digest.update(rows.tobytes())
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def input_hash(features: pd.DataFrame, timestamps: pd.Series | None = None) -> str:
-    """sha256 of the scored feature matrix (float64, C order, FEATURES order) and the timestamps."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(features[FEATURES].to_numpy(dtype="float64")).tobytes())
-    if timestamps is not None:
-        digest.update(np.ascontiguousarray(_ts_ns(timestamps)).tobytes())
+    """`InputHash` of one frame of scored rows."""
+    digest = InputHash()
+    digest.update(features, timestamps)
     return digest.hexdigest()
 
 
@@ -134,19 +153,19 @@ def _ts_ns(ts: pd.Series) -> np.ndarray:
 
 
 class BatchWriter:
-    """One scored batch in the marts, written in one transaction while the caller still works on it.
+    """One scored batch in the marts, written in one transaction, part by part, while the caller still works on it.
 
-        with BatchWriter(engine, rows=len(df)) as batch:  # big batches: a helper process starts
-            batch.start(features, model_name=..., ...)    # the header and the input rows go in ...
-            pred = model.predict(...)                     # ... while this runs
-            batch.add_predictions(pred, drift_rows)
-            write_output_file(batch.batch_id)
-            batch.commit()                                # returns the batch id
+        with BatchWriter(engine, rows=n) as batch:     # big batches: a helper process starts
+            batch.begin(model_name=..., ...)            # the header (its batch id for the output file)
+            for part in parts:                          # the input and output rows of each part go in ...
+                batch.add(features, pred, timestamps=..., row_numbers=...)   # ... while the next is scored
+            batch.finish(rows_dropped, drift_rows, drift_status)             # the header's counts, drift
+            batch.commit()                              # returns the batch id
 
     Leaving the block without commit() (an exception) rolls everything back. Batches of at least
     `settings.marts_helper_rows` rows (100,000) on a database file or server are written by a helper
-    process (windpipe.marts_process), so that inserting 1M input rows overlaps loading and running the
-    model. `engine` is an Engine, a URL, or None for the settings' marts URL.
+    process (windpipe.marts.helper), so that inserting rows overlaps reading and scoring the next part.
+    `engine` is an Engine, a URL, or None for the settings' marts URL.
     """
 
     def __init__(self, engine: Engine | str | None = None, rows: int = 0, settings: Settings | None = None) -> None:
@@ -165,24 +184,21 @@ class BatchWriter:
                 self._batch: LocalBatch | ProcessBatch = ProcessBatch(url)
             else:
                 self._batch = LocalBatch(self._engine)
-        self.row_no = np.zeros(0, dtype="int64")
+        self.rows = 0
+        self._hash = InputHash()
 
-    def start(
+    def begin(
         self,
-        features: pd.DataFrame,
         *,
         model_name: str | None,
         model_version: str | int | None,
         model_uri: str | None,
         source: str = "cli",
-        timestamps: pd.Series | None = None,
-        row_numbers: Sequence[int] | np.ndarray | None = None,
         run_id: str | None = None,
         input_path: str | None = None,
-        rows_dropped: int = 0,
         output_path: str | None = None,
     ) -> None:
-        """Write the batch's header and its input rows (see record_batch for the arguments).
+        """Write the batch's header (see record_batch for the arguments; its counts come with finish()).
 
         With `output_path` the batch is `pending` until `complete()`: commit() first, then the caller puts
         the file in place, then complete(). Readers skip pending batches; `settle_pending` finishes or
@@ -190,25 +206,49 @@ class BatchWriter:
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
-        n = len(features)
-        if timestamps is None and TIMESTAMP in features.columns:
-            timestamps = features[TIMESTAMP]
-        self.row_no = (np.arange(n) if row_numbers is None else np.asarray(row_numbers)).astype("int64")
-        if len(self.row_no) != n:
-            raise ValueError("row_numbers must have one entry per scored row")
         header = {
             "created_at": datetime.now(UTC).replace(tzinfo=None),
             "model_name": model_name, "model_version": None if model_version is None else str(model_version),
-            "model_uri": model_uri, "run_id": run_id, "row_count": n, "rows_dropped": int(rows_dropped),
-            "input_hash": input_hash(features, timestamps), "input_path": input_path, "source": source,
-            "status": COMPLETE if output_path is None else PENDING, "drift_status": None,  # set with the predictions
-            "output_path": output_path, "owner": str(identity.current()),
+            "model_uri": model_uri, "run_id": run_id, "row_count": 0, "rows_dropped": 0, "input_hash": "",
+            "input_path": input_path, "source": source, "status": COMPLETE if output_path is None else PENDING,
+            "drift_status": None, "output_path": output_path, "owner": str(identity.current()),
         }
-        ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
         with _database_errors(self._engine):
             self._batch.start(header)
-            self._batch.add_inputs({"row_no": self.row_no, TIMESTAMP: ts,
+
+    def add(self, features: pd.DataFrame, predictions: np.ndarray | pd.DataFrame,
+            timestamps: pd.Series | None = None, row_numbers: Sequence[int] | np.ndarray | None = None) -> None:
+        """One part of the batch's rows: the features the model scored, its (n, 2) predictions in TARGETS order,
+        the rows' times and input row numbers (default: counting on from the previous part)."""
+        n = len(features)
+        if timestamps is None and TIMESTAMP in features.columns:
+            timestamps = features[TIMESTAMP]
+        row_no = (np.arange(self.rows, self.rows + n) if row_numbers is None else np.asarray(row_numbers)
+                  ).astype("int64")
+        if len(row_no) != n:
+            raise ValueError("row_numbers must have one entry per scored row")
+        preds = np.asarray(predictions, dtype="float64")
+        if preds.shape != (n, len(TARGETS)):
+            raise ValueError(f"predictions have shape {preds.shape}, expected ({n}, {len(TARGETS)})")
+        ts = _ts_ns(timestamps) if timestamps is not None else np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+        self._hash.update(features, timestamps)
+        self.rows += n
+        with _database_errors(self._engine):
+            self._batch.add_inputs({"row_no": row_no, TIMESTAMP: ts,
                                     **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
+            self._batch.add_outputs({"row_no": row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}})
+
+    def finish(self, rows_dropped: int = 0, drift_rows: pd.DataFrame | None = None,
+               drift_status: str = "unchecked") -> None:
+        """After the last part: the header's row count, rows dropped, input hash and drift status, and the drift
+        rows of windpipe.scoring.drift (or None)."""
+        drift_columns = None
+        if drift_rows is not None and len(drift_rows):
+            drift_columns = {c.name: drift_rows[c.name].to_numpy() for c in drift.columns if c.name in drift_rows}
+        header = {"row_count": self.rows, "rows_dropped": int(rows_dropped), "input_hash": self._hash.hexdigest(),
+                  "drift_status": drift_status}
+        with _database_errors(self._engine):
+            self._batch.finish(header, drift_columns)
 
     @property
     def connection(self) -> Connection | None:
@@ -225,20 +265,6 @@ class BatchWriter:
         """The new batch's id (the batches table's primary key)."""
         with _database_errors(self._engine):
             return int(self._batch.batch_id)
-
-    def add_predictions(self, predictions: np.ndarray | pd.DataFrame, drift_rows: pd.DataFrame | None = None,
-                        drift_status: str = "unchecked") -> None:
-        """The (n, 2) predictions in TARGETS order, the drift rows of windpipe.scoring.drift.feature_drift (or None)
-        and the batch's drift status (the worst feature's)."""
-        preds = np.asarray(predictions, dtype="float64")
-        if preds.shape != (len(self.row_no), len(TARGETS)):
-            raise ValueError(f"predictions have shape {preds.shape}, expected ({len(self.row_no)}, {len(TARGETS)})")
-        drift_columns = None
-        if drift_rows is not None and len(drift_rows):
-            drift_columns = {c.name: drift_rows[c.name].to_numpy() for c in drift.columns if c.name in drift_rows}
-        with _database_errors(self._engine):
-            self._batch.add_outputs({"row_no": self.row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}},
-                                    drift_columns, drift_status)
 
     def commit(self) -> int:
         """Commit the batch (waiting for the helper process, if any); return its id."""
@@ -291,17 +317,17 @@ def record_batch(
     source       cli | project | dashboard. For "dashboard" nothing is written (returns None)
                  when settings.log_dashboard_predictions is off.
     engine       None -> get_engine(settings=settings)
-    (BatchWriter does this in steps, so that the inserts can overlap the scoring.)
+    (BatchWriter does this in parts, so that the inserts can overlap the reading and scoring.)
     """
     from windpipe.settings import get_settings
 
     if source == "dashboard" and not (settings or get_settings()).log_dashboard_predictions:
         return None
     with BatchWriter(engine or get_engine(settings=settings), rows=len(features), settings=settings) as batch:
-        batch.start(features, model_name=model_name, model_version=model_version, model_uri=model_uri,
-                    source=source, timestamps=timestamps, row_numbers=row_numbers, run_id=run_id,
-                    input_path=input_path, rows_dropped=rows_dropped)
-        batch.add_predictions(predictions, drift_rows, drift_status)
+        batch.begin(model_name=model_name, model_version=model_version, model_uri=model_uri, source=source,
+                    run_id=run_id, input_path=input_path)
+        batch.add(features, predictions, timestamps, row_numbers)
+        batch.finish(rows_dropped, drift_rows, drift_status)
         return batch.commit()
 
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
 log = logging.getLogger("windpipe.models")
+# rows a model is asked to score at once: the lr family's splines make 1,035 float64 columns a row (8 KB; 4M rows
+# at once needed 30 GiB), so a big batch goes in parts of ~165 MB of features; a plain model loses nothing by it
+SCORE_ROWS = 20_000
 _URI = re.compile(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))")
 _loaded: dict[str, Any] = {}
 
@@ -285,7 +288,8 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
     formula, so old versions keep scoring. For natural and scikit-learn models the model's own predict is
     called: the input was checked against the signature already, and MLflow's second schema enforcement costs
     more than the linear model itself. `repeated_times`: the rows may share a time (a what-if sweep of one
-    hour); a natural model refuses repeats otherwise.
+    hour); a natural model refuses repeats otherwise (within each SCORE_ROWS rows it is given at once: across
+    them, windpipe.scoring.validate checks). Memory stays bounded: the model scores SCORE_ROWS rows at a time.
     """
     from windpipe.training.features import model_input
 
@@ -299,23 +303,28 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
 
         raw = with_repeated_times(raw)
     tensor = metadata is not None and (schema := metadata.get_input_schema()) is not None and schema.is_tensor_spec()
-    try:
-        if raw is not None and hasattr(raw, "predict"):
-            pred = raw.predict(X)
-        else:
-            pred = model.predict(X.to_numpy(dtype="float64") if tensor else X)
-    except Exception as exc:  # a model that cannot predict this input
-        raise WindpipeError(f"The model cannot predict these rows ({first_line(exc)}).",
-                            f"use a model that takes {', '.join(columns)} and predicts {', '.join(TARGETS)}"
-                            ) from None
-    pred = np.asarray(pred.to_numpy() if hasattr(pred, "to_numpy") else pred, dtype="float64")
-    if pred.ndim == 1 and len(features) and pred.size == len(features) * len(TARGETS):
-        pred = pred.reshape(len(features), len(TARGETS))
-    if pred.shape != (len(features), len(TARGETS)):
-        raise WindpipeError(f"The model returned predictions of shape {pred.shape}, expected "
-                            f"({len(features)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
-                            "use a model trained on the processed entity's two targets")
-    return pred
+    call = raw.predict if raw is not None and hasattr(raw, "predict") else model.predict
+    parts = []
+    for start in range(0, max(len(X), 1), SCORE_ROWS):  # (an empty frame still asks the model once)
+        part = X.iloc[start:start + SCORE_ROWS]
+        try:
+            out = call(part.to_numpy(dtype="float64") if tensor and call is model.predict else part)
+        except MemoryError as exc:  # (not the model's fault: the rows' features did not fit)
+            raise WindpipeError(f"The model ran out of memory scoring {len(part):,} rows ({first_line(exc)}).",
+                                "free memory on this machine (other programs, parallel jobs), then retry") from None
+        except Exception as exc:  # a model that cannot predict this input
+            raise WindpipeError(f"The model cannot predict these rows ({first_line(exc)}).",
+                                f"use a model that takes {', '.join(columns)} and predicts {', '.join(TARGETS)}"
+                                ) from None
+        out = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out, dtype="float64")
+        if out.ndim == 1 and len(part) and out.size == len(part) * len(TARGETS):
+            out = out.reshape(len(part), len(TARGETS))
+        if out.shape != (len(part), len(TARGETS)):
+            raise WindpipeError(f"The model returned predictions of shape {out.shape}, expected "
+                                f"({len(part)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
+                                "use a model trained on the processed entity's two targets")
+        parts.append(out)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def predictor(model: PyFuncModel) -> Callable[[pd.DataFrame, Any], pd.DataFrame]:

@@ -9,6 +9,12 @@ Writes: OUT.parquet with row_no, utc_timestamp (when the input has it), solar_GW
         (windpipe.marts), with its drift against the same season of the model's training entity
         (windpipe.scoring.drift).
 
+The input streams: it is read in record batches of `settings.predict_batch_rows` rows (pyarrow), and
+each part is validated, scored, appended to the output file and written into the marts (the helper
+process of big batches takes it while the next part is scored), all in the batch's one marts
+transaction; drift comes from mergeable summaries of every part. Memory stays flat whatever the
+file's size, and a bad row in the last part still leaves no file and no rows.
+
 IN and OUT are local paths or S3 objects (s3://<bucket>/<key>, windpipe.stack.objects): an S3 input is
 read through a temporary copy, an S3 output written locally and uploaded in one PUT where a local one is
 renamed into place. `run_batch` strings validation, the model (windpipe.models.loading), drift and the
@@ -36,7 +42,7 @@ from windpipe.models import loading
 from windpipe.models.loading import ModelRef
 from windpipe.names import PRED_COLUMNS, TIMESTAMP
 from windpipe.scoring import drift
-from windpipe.scoring.validate import ValidInput, read_input, row_list, validate_input
+from windpipe.scoring.validate import InputCheck, InputFile, ValidInput, row_list
 from windpipe.settings import Settings, get_settings
 from windpipe.stack import objects
 from windpipe.tracking.runs import termination_deferred
@@ -76,24 +82,77 @@ def output_frame(valid: ValidInput, pred: np.ndarray, ref: ModelRef, batch_id: i
     return pd.DataFrame(out)
 
 
-def batch_drift(valid: ValidInput, ref: ModelRef, settings: Settings | None = None) -> pd.DataFrame | None:
-    """Drift of the scored features against the same season of the model's training entity (None when the
-    entity is unknown; the whole entity when the batch has no timestamps)."""
+def drift_summary(source: InputFile, ref: ModelRef, settings: Settings | None = None,
+                  window: tuple[pd.Timestamp, pd.Timestamp] | None = None) -> drift.Summary | None:
+    """A drift summary of `source`'s rows against the season of the model's training entity that `window` (default:
+    the file's first and last time) spans; None when the model's training entity is unknown."""
     if not ref.training_entity_uri:
         return None
     reference = loading.training_entity(ref, settings)
-    return drift.feature_drift(valid.features, reference, ref.training_entity_uri, batch_times=valid.timestamps,
-                               reference_times=reference[TIMESTAMP])
+    window = window if window is not None else source.time_window()
+    chosen = drift.season_of(len(reference), reference[TIMESTAMP], window)
+    return drift.Summary(reference, chosen, source.rows)
 
 
-def _read(uri: str, settings: Settings) -> pd.DataFrame:
-    """The input as a frame: a local file, or an S3 object read through a temporary copy."""
-    if not objects.is_s3(uri):
-        return read_input(uri)
+def _summary_of_scored_rows(summary: drift.Summary, check: InputCheck, source: InputFile, ref: ModelRef,
+                            settings: Settings, batch_rows: int) -> drift.Summary:
+    """`summary` when its season is the scored rows' own; else (rows dropped or refused at the file's first or last
+    time moved the window) a new one of the scored rows, reading the file again."""
+    reference = loading.training_entity(ref, settings)
+    if np.array_equal(drift.season_of(len(reference), reference[TIMESTAMP], check.window).rows, summary.chosen.rows):
+        return summary
+    again = drift_summary(source, ref, settings, window=check.window)
+    recheck = InputCheck(check.columns, check.drop_invalid, check.where, check.rows)
+    for first, frame in source.parts(batch_rows):
+        again.add(recheck.part(frame, first).features)
+    return again
+
+
+@contextlib.contextmanager
+def _opened(uri: str, settings: Settings) -> Iterator[InputFile]:
+    """The input, open for reading in parts: a local file, or an S3 object read through a temporary copy."""
     with objects.local_copy(uri, settings) as local:
         if local is None:
             raise WindpipeError(f"Input {uri} does not exist.", "pass an existing parquet object with --input")
-        return read_input(local)
+        with InputFile(local) as source:
+            yield source
+
+
+class _Clock:
+    """Seconds per phase, summed over the parts (read, validate, score, ... come back for each)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self._start}
+
+
+class _OutputWriter:
+    """The output parquet written part by part (pyarrow's ParquetWriter: one row group a part)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: Any = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 @dataclass
@@ -127,15 +186,16 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
               run_id: str | None = None, settings: Settings | None = None,
               say: Callable[[str], None] = print,
               before_commit: Callable[[BatchResult], None] | None = None) -> BatchResult:
-    """Validate, then score and check drift while the marts take the input rows; commit, then put the output
-    file in place.
+    """Read the input in parts; validate, score, write each part to the output file and the marts; commit, then
+    put the output file in place.
 
     The output file and the marts always agree, also when the process is killed at any moment: the
     batch is committed `pending` (readers skip it), then the output file is renamed into place, then
     the batch is marked complete. SIGTERM inside those three steps waits until they are done; a kill
     -9 between them leaves a pending batch that the next `windpipe predict` (or `windpipe status`)
-    completes (the file is there) or removes (it is not). Anything failing earlier leaves no file
-    and no rows. `before_commit` (the predict step's MLflow logging) runs with the result before
+    completes (the file is there) or removes (it is not). Anything failing earlier (a bad row in the
+    last part too) leaves no file and no rows: the parts went into a temporary file and an open
+    transaction. `before_commit` (the predict step's MLflow logging) runs with the result before
     anything is committed, so a tracking server or artifact store that is down commits nothing.
     """
     from windpipe.marts.tables import get_engine
@@ -149,69 +209,82 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
                             "pass --overwrite to replace it, or choose another --output")
     if objects.absolute(output_path) == objects.absolute(input_path):
         raise WindpipeError("--output is the same file as --input.", "write the predictions to another file")
-    t: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(name: str) -> None:
-        t[name] = time.perf_counter() - t0 - sum(t.values())
-
-    df = _read(input_path, settings)
-    for line in settle_pending(get_engine(settings=settings), lambda uri: objects.local_copy(uri, settings)):
-        say(line)  # (what a killed predict left)
-    lap("read")
-    # the output folder is checked (a folder, read-only, missing) before any work; the marts take the input
-    # rows (a helper process for big batches) while the model loads and scores
-    with _staged(output_path, settings) as staged, BatchWriter(rows=len(df), settings=settings) as batch:
-        ref = loading.resolve(model_uri, settings)
-        files = loading.model_files(ref, settings)
-        model = None if files else loading.load(ref, settings)  # no local files: the signature needs the model
-        lap("resolve")
-        columns = (loading.signature_columns(model) if model is not None
-                   else loading.file_signature_columns(files, ref))
-        valid = validate_input(df, columns, drop_invalid, where=f"Input {input_path}")
-        del df
-        lap("validate")
-        batch.start(valid.features, model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri,
-                    source=source, timestamps=valid.timestamps, row_numbers=valid.row_numbers, run_id=run_id,
-                    input_path=objects.absolute(input_path), rows_dropped=len(valid.dropped_rows),
-                    output_path=objects.absolute(output_path))
-        lap("marts_start")
-        model = model or loading.load(ref, settings)
-        lap("load_model")
-        pred = loading.predict(model, valid.features, valid.timestamps)
-        lap("score")
-        fault_point("predict:scored")  # (the drift reference, the model's training entity, is fetched next)
-        drift_rows = batch_drift(valid, ref, settings)
-        lap("drift")
-        fault_point("predict:marts_open")  # (the input rows are in, the transaction is open)
-        batch.add_predictions(pred, drift_rows, drift.batch_status(drift_rows))
-        # (while the marts insert the predictions)
-        output_frame(valid, pred, ref, batch.batch_id).to_parquet(staged.tmp, index=False)
-        if objects.exists(output_path, settings) and not overwrite:  # appeared while we worked
-            raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
-        lap("write")
-        result = BatchResult(Path(output_path) if local_out else output_path, batch.batch_id, len(pred),
-                             len(valid.dropped_rows), valid.extra_columns, ref, drift_rows, t)
-        fault_point("predict:before_commit")
-        if before_commit is not None:
-            before_commit(result)
-        with termination_deferred():  # commit -> rename -> complete: SIGTERM waits for all three
-            batch.commit()
-            fault_point("predict:after_commit")
+    clock = _Clock()
+    part_rows = settings.predict_batch_rows
+    with _opened(input_path, settings) as inp:
+        for line in settle_pending(get_engine(settings=settings), lambda uri: objects.local_copy(uri, settings)):
+            say(line)  # (what a killed predict left)
+        clock.lap("read")
+        # the output folder is checked (a folder, read-only, missing) before any work
+        with _staged(output_path, settings) as staged, BatchWriter(rows=inp.rows, settings=settings) as batch:
+            ref = loading.resolve(model_uri, settings)
+            files = loading.model_files(ref, settings)
+            model = None if files else loading.load(ref, settings)  # no local files: the signature needs the model
+            columns = (loading.signature_columns(model) if model is not None
+                       else loading.file_signature_columns(files, ref))
+            check = InputCheck(columns, drop_invalid, where=f"Input {input_path}", rows=inp.rows)
+            batch.begin(model_name=ref.name, model_version=ref.version, model_uri=ref.load_uri, source=source,
+                        run_id=run_id, input_path=objects.absolute(input_path),
+                        output_path=objects.absolute(output_path))
+            clock.lap("resolve")
+            fault_point("predict:drift_reference")  # (the model's training entity is fetched next)
+            summary = drift_summary(inp, ref, settings)
+            clock.lap("drift")
+            out = _OutputWriter(staged.tmp)
             try:
-                staged.publish()
-            except BaseException:
-                batch.discard()
-                raise
-            fault_point("predict:after_rename")
-            batch.complete()
-    lap("commit")
-    if valid.extra_columns:
-        say(f"ignored column(s) not in the model's signature: {', '.join(valid.extra_columns)}")
-    if valid.dropped_rows:
-        say(f"dropped {len(valid.dropped_rows)} row(s) with missing or impossible values "
-            f"(rows, counted from 0: {row_list(np.asarray(valid.dropped_rows))})")
+                for first, frame in inp.parts(part_rows):
+                    clock.lap("read")
+                    valid = check.part(frame, first)
+                    del frame
+                    clock.lap("validate")
+                    if not len(valid.features):
+                        continue  # (every row of the part dropped)
+                    model = model or loading.load(ref, settings)  # (after the first part passed its checks)
+                    clock.lap("load_model")
+                    pred = loading.predict(model, valid.features, valid.timestamps)
+                    clock.lap("score")
+                    batch.add(valid.features, pred, valid.timestamps, valid.row_numbers)
+                    fault_point("predict:marts_open")  # (rows are in, the transaction is open)
+                    clock.lap("marts")
+                    if summary is not None:
+                        summary.add(valid.features)
+                    clock.lap("drift")
+                    out.write(output_frame(valid, pred, ref, batch.batch_id))
+                    clock.lap("write")
+                    fault_point("predict:part")  # (a part is in the temporary file and the open transaction)
+                check.finish()
+                if summary is not None:
+                    summary = _summary_of_scored_rows(summary, check, inp, ref, settings, part_rows)
+                drift_rows = None if summary is None else summary.result(ref.training_entity_uri)
+                clock.lap("drift")
+                batch.finish(check.dropped, drift_rows, drift.batch_status(drift_rows))
+            finally:
+                out.close()
+            if objects.exists(output_path, settings) and not overwrite:  # appeared while we worked
+                raise WindpipeError(f"Output {output_path} appeared while predicting.", "choose another --output")
+            clock.lap("write")
+            result = BatchResult(Path(output_path) if local_out else output_path, batch.batch_id, check.scored,
+                                 check.dropped, check.extra_columns, ref, drift_rows, clock.seconds)
+            fault_point("predict:before_commit")
+            if before_commit is not None:
+                before_commit(result)
+            with termination_deferred():  # commit -> rename -> complete: SIGTERM waits for all three
+                batch.commit()
+                fault_point("predict:after_commit")
+                try:
+                    staged.publish()
+                except BaseException:
+                    batch.discard()
+                    raise
+                fault_point("predict:after_rename")
+                batch.complete()
+    clock.lap("commit")
+    if check.extra_columns:
+        say(f"ignored column(s) not in the model's signature: {', '.join(check.extra_columns)}")
+    if check.dropped:
+        say(f"dropped {check.dropped} row(s) with missing or impossible values "
+            f"(rows, counted from 0: {row_list(np.asarray(check.dropped_head))})")
     if drift_rows is None:
         say(f"drift: unchecked (the model's run has no {names.TRAINING_DATA_TAG} tag)")
-    t["total"] = time.perf_counter() - t0
+    result.seconds = clock.total()
     return result

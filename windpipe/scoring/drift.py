@@ -29,6 +29,12 @@ docs/predict.md has the calibration on the real data: every 4-week and 13-week b
 scored against the data before it (no drift; unit errors all drift). A batch's status is the worst
 of its features'. The caller brings the reference (windpipe.models.loading.training_entity);
 nothing here does I/O.
+
+A batch read in parts (windpipe.scoring.batch streams its input) is summarised part by part
+(`Summary`): per feature a histogram on the season's PSI bins, the count, mean and spread (merged with
+Chan et al.'s parallel formulas) and every k-th row for KS (k from the file's row count, as
+`ks` samples). Its numbers are `feature_drift`'s for the same rows: the same bins and counts, the
+same KS sample, means and spreads equal to rounding.
 """
 
 from __future__ import annotations
@@ -66,11 +72,19 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> float:
 
 
 def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """(D, p-value) of the two-sample KS test; the batch sampled to KS_SAMPLE rows."""
+    """(D, p-value) of the two-sample KS test; the batch sampled to KS_SAMPLE rows (every k-th row)."""
+    return _ks(reference, current[:: ks_step(len(current))])
+
+
+def ks_step(rows: int) -> int:
+    """k: a batch of `rows` rows is sampled every k-th row for KS."""
+    return max(1, rows // KS_SAMPLE) if rows > KS_SAMPLE else 1
+
+
+def _ks(reference: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
     from scipy.stats import ks_2samp
 
     reference = reference[~np.isnan(reference)]
-    sample = current[:: max(1, len(current) // KS_SAMPLE)] if len(current) > KS_SAMPLE else current
     sample = sample[~np.isnan(sample)]
     if not len(reference) or not len(sample):
         return float("nan"), float("nan")
@@ -85,8 +99,12 @@ def shift(reference: np.ndarray, current: np.ndarray) -> float:
     current = current[~np.isnan(current)]
     if not len(reference) or not len(current):
         return float("nan")
-    sd_ref, sd_cur = float(np.std(reference)), float(np.std(current))
-    mean_gap = abs(float(np.mean(current)) - float(np.mean(reference)))
+    return _shift(float(np.std(reference)), float(np.mean(reference)), float(np.std(current)),
+                  float(np.mean(current)))
+
+
+def _shift(sd_ref: float, mean_ref: float, sd_cur: float, mean_cur: float) -> float:
+    mean_gap = abs(mean_cur - mean_ref)
     if sd_ref == 0:
         return 0.0 if mean_gap == 0 and sd_cur == 0 else float("inf")
     spread_gap = abs(np.log(sd_cur / sd_ref)) if sd_cur > 0 else float("inf")
@@ -107,14 +125,19 @@ def season(n: int, reference_times: pd.Series | None, batch_times: pd.Series | N
     The whole reference when a side has no timestamps, the batch spans a year or more, or no
     reference year holds the window.
     """
+    cur = None if batch_times is None else pd.to_datetime(batch_times, utc=True).dropna()
+    return season_of(n, reference_times, None if cur is None or cur.empty else (cur.min(), cur.max()))
+
+
+def season_of(n: int, reference_times: pd.Series | None, window: tuple[pd.Timestamp, pd.Timestamp] | None) -> Season:
+    """`season` for a batch whose first and last times are `window` (None: it has none)."""
     everything = Season(np.ones(n, dtype=bool), "all")
-    if reference_times is None or batch_times is None or not len(batch_times) or len(reference_times) != n:
+    if reference_times is None or window is None or len(reference_times) != n:
         return everything
     ref = pd.to_datetime(reference_times, utc=True).reset_index(drop=True)
-    cur = pd.to_datetime(batch_times, utc=True).dropna()
-    if cur.empty or ref.isna().all():
+    if ref.isna().all():
         return everything
-    start, end = cur.min(), cur.max()
+    start, end = window
     if end - start >= pd.Timedelta(days=365):
         return everything
     rows = np.zeros(n, dtype=bool)
@@ -149,10 +172,76 @@ def feature_drift(batch: pd.DataFrame, reference: pd.DataFrame, reference_uri: s
         ref = reference[f].to_numpy(dtype="float64")[chosen.rows]
         p, moved = psi(ref, cur), shift(ref, cur)
         d, pvalue = ks(ref, cur)
-        rows.append({"feature": f, "psi": p, "ks": d, "ks_pvalue": pvalue, "status": status(p, moved),
-                     "batch_rows": len(cur), "training_rows": int(chosen.rows.sum()), "reference_uri": reference_uri,
-                     "shift": moved, "reference": chosen.label})
+        rows.append(_row(f, p, d, pvalue, moved, len(cur), chosen, reference_uri))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(feature: str, p: float, d: float, pvalue: float, moved: float, batch_rows: int, chosen: Season,
+         reference_uri: str | None) -> dict[str, object]:
+    return {"feature": feature, "psi": p, "ks": d, "ks_pvalue": pvalue, "status": status(p, moved),
+            "batch_rows": batch_rows, "training_rows": int(chosen.rows.sum()), "reference_uri": reference_uri,
+            "shift": moved, "reference": chosen.label}
+
+
+class Summary:
+    """`feature_drift` of a batch read in parts: `add` each part's features (FEATURES, float64, no NaN), then
+    `result()`. Memory stays that of the reference and at most ~2 * KS_SAMPLE rows, whatever the batch's size.
+
+    `rows` is how many rows the whole batch has (or a bound: the KS sample takes every k-th row with
+    k = rows // KS_SAMPLE, as `ks` does for a batch of `rows` rows); `chosen` the reference rows to compare
+    with (`season_of` the batch's window).
+    """
+
+    def __init__(self, reference: pd.DataFrame, chosen: Season, rows: int) -> None:
+        self.chosen = chosen
+        self._ref = {f: (r := reference[f].to_numpy(dtype="float64")[chosen.rows])[~np.isnan(r)] for f in FEATURES}
+        self._edges = {f: np.unique(np.quantile(r, np.linspace(0, 1, BINS + 1)[1:-1])) if len(r) else None
+                       for f, r in self._ref.items()}
+        self._counts = {f: np.zeros(0 if e is None else len(e) + 1, dtype="int64") for f, e in self._edges.items()}
+        self._n = 0
+        self._mean = dict.fromkeys(FEATURES, 0.0)
+        self._m2 = dict.fromkeys(FEATURES, 0.0)  # sum of squared deviations from the mean
+        self._step = ks_step(rows)
+        self._sample: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
+
+    def add(self, features: pd.DataFrame) -> None:
+        """One part of the batch (its rows in the batch's order)."""
+        m = len(features)
+        if not m:
+            return
+        take = (-self._n) % self._step  # the first row of this part that the KS sample takes
+        for f in FEATURES:
+            x = features[f].to_numpy(dtype="float64")
+            if self._edges[f] is not None:
+                self._counts[f] += np.bincount(np.searchsorted(self._edges[f], x, side="right"),
+                                               minlength=len(self._counts[f]))
+            mean = float(np.mean(x))
+            m2 = float(np.sum((x - mean) ** 2))
+            if self._n:
+                delta, total = mean - self._mean[f], self._n + m
+                mean = self._mean[f] + delta * m / total
+                m2 += self._m2[f] + delta * delta * self._n * m / total
+            self._mean[f], self._m2[f] = mean, m2
+            self._sample[f].append(x[take::self._step].copy())
+        self._n += m
+
+    def result(self, reference_uri: str | None = None) -> pd.DataFrame:
+        """The drift rows (`feature_drift`'s columns) of everything added."""
+        rows = []
+        for f in FEATURES:
+            ref = self._ref[f]
+            if not len(ref) or not self._n:
+                p = moved = d = pvalue = float("nan")
+            else:
+                ref_share = np.clip(np.bincount(np.searchsorted(self._edges[f], ref, side="right"),
+                                                minlength=len(self._counts[f])) / len(ref), EPS, None)
+                cur_share = np.clip(self._counts[f] / self._n, EPS, None)
+                p = float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
+                moved = _shift(float(np.std(ref)), float(np.mean(ref)), float(np.sqrt(self._m2[f] / self._n)),
+                               self._mean[f])
+                d, pvalue = _ks(ref, np.concatenate(self._sample[f]))
+            rows.append(_row(f, p, d, pvalue, moved, self._n, self.chosen, reference_uri))
+        return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def batch_status(drift_rows: pd.DataFrame | None) -> str:
