@@ -127,6 +127,12 @@ def test_the_conf_of_a_dag_run_is_checked_like_the_command_line(tmp_path):
         config_from_conf("training", {"quik": True})
     with pytest.raises(UsageError, match="force must be true or false"):
         config_from_conf("training", {"force": "maybe"})
+    pinned = config_from_conf("training", {"from_git": " https://git.example/windpipe.git ", "git_version": "v2"})
+    assert (pinned.git_uri, pinned.git_version) == ("https://git.example/windpipe.git", "v2")
+    with pytest.raises(UsageError, match="git_version 'v2' needs from_git"):
+        config_from_conf("training", {"git_version": "v2"})
+    with pytest.raises(UsageError, match="from_git must be a string"):
+        config_from_conf("training", {"from_git": ["https://git.example/windpipe.git"]})
     bad = config_from_conf("training", {"params": {"rf.max_dpeth": "3"}})
     with pytest.raises(WindpipeError, match=r"Step 'rf' \(grid entry point\) has no parameter 'max_dpeth' "
                                             r"\(the DAG run's conf.*max_depth"):

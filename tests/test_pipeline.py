@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -371,3 +372,36 @@ def test_pipeline_from_git_runs_the_committed_steps(make_platform, raw_dir, snap
     # a ref that does not exist: a clear error before any step runs
     proc = _cli(p, snapshot, *run[:-1], "no-such-branch")
     assert proc.returncode == 1 and "has no ref 'no-such-branch'" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_dag_run_from_git_runs_every_task_at_the_commit_its_open_task_resolved(use_platform, raw_dir, snapshot):
+    """The Airflow tasks of a DAG run with from_git: the open task resolves git_version once; a task that runs
+    later (on any worker) runs its step at that commit, even after the branch moved."""
+    import mlflow
+
+    git = ["git", "-C", str(snapshot), "-c", "user.name=windpipe", "-c", "user.email=windpipe@localhost"]
+
+    def commit_all(message: str) -> str:
+        for args in (["add", "-A"], ["commit", "-q", "--allow-empty", "-m", message]):
+            subprocess.run([*git, *args], check=True, capture_output=True)
+        return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True, capture_output=True)
+    pinned = commit_all("steps")
+    conf = {"raw": str(raw_dir), "quick": True, "from_git": f"file://{snapshot}", "git_version": "main"}
+    opened = _cli(use_platform, snapshot, "pipeline", "open", "--pipeline", "training", "--dag-run", "git/1",
+                  "--conf", json.dumps(conf))
+    assert opened.returncode == 0, opened.stderr[-3000:]
+    parent = opened.stdout.split()[-1]
+    assert mlflow.get_run(parent).data.tags["windpipe.git_commit"] == pinned
+
+    moved = commit_all("the branch moves on after the DAG run started")
+    task = {"conf": conf, "pipeline_run": parent, "upstream": {}}
+    env = {**use_platform.env, "PYTHONPATH": str(snapshot)}
+    proc = subprocess.run([sys.executable, "-m", "windpipe", "pipeline", "step", "process", "--pipeline", "training",
+                           "--stdin"], input=json.dumps(task), env=env, cwd=snapshot, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    step = _child_runs(use_platform, mlflow.get_run(parent))
+    assert [r.data.tags["mlflow.source.git.commit"] for r in step] == [pinned] and pinned != moved

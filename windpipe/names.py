@@ -17,7 +17,7 @@ TARGETS = ["solar_GW", "wind_GW"]
 PRED_COLUMNS = [f"{t}_pred" for t in TARGETS]  # solar_GW_pred, wind_GW_pred
 # derived from utc_timestamp by windpipe.training.features for models that follow the trend
 TIME_FEATURES = ["hour_sin", "hour_cos", "doy_sin", "doy_cos", "trend"]
-# every model gives these quantiles per target (P10, P50, P90): the 80 % interval is P10..P90
+# the quantiles an uncertainty forecast is judged at (P10, P50, P90): the 80 % interval is P10..P90
 QUANTILES = (0.1, 0.5, 0.9)
 INTERVAL = (0.1, 0.9)  # the quantiles that bound the interval whose coverage and width are measured
 
@@ -26,11 +26,6 @@ def quantile_column(target: str, q: float) -> str:
     """The column of quantile `q` of `target`: solar_GW_p10, wind_GW_p90, ..."""
     return f"{target}_p{round(q * 100):02d}"
 
-
-QUANTILE_COLUMNS = [quantile_column(t, q) for t in TARGETS for q in QUANTILES]  # solar_GW_p10, ..., wind_GW_p90
-# what a model logged since the quantiles returns (pyfunc, `mlflow models serve`, `windpipe serve`): the two point
-# forecasts as before, then the quantiles; the batch output and the marts carry the quantiles under the same names
-FORECAST_COLUMNS = [*TARGETS, *QUANTILE_COLUMNS]
 
 # ---------------------------------------------------------------------------------- run tags
 
@@ -58,6 +53,9 @@ PIPELINE_RUN_TAG = _P + "pipeline_run_id"
 # on a step run: the task of its pipeline run it belongs to (`predict.3` for a mapped one): an orchestrator's
 # retry ends the RUNNING run a dead attempt left
 TASK_TAG = _P + "task"
+# on an orchestrated pipeline run from git: the commit its open task resolved `git_version` to; every task of
+# the DAG run, on whichever worker, runs the steps at this commit (a branch that moves meanwhile changes nothing)
+GIT_COMMIT_TAG = _P + "git_commit"
 PIPELINE_STEP_TAG_PREFIX = _P + "pipeline."  # + step name, on the pipeline run: "<run id> ran|reused"
 QUICK_TAG = _P + "quick"
 FORCE_TAG = _P + "force"

@@ -59,7 +59,10 @@ class PipelineConfig:
 def conf_defaults(pipeline: str, inbox: str | None = None) -> dict[str, object]:
     """What an Airflow DAG run of `pipeline` takes in its conf, with the defaults (the DAG's params). `inbox`: the
     prediction DAG's (settings.inbox_uri where the DAG is built; None: the one of the machine that runs it)."""
-    common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local"}
+    # from_git: run the steps from this repository (`URI#projects/<step>`) at git_version, which the DAG run's
+    # first task resolves to one commit for all of its tasks (remote workers fetch it; see docs/orchestration.md)
+    common: dict[str, object] = {"force": False, "params": {}, "env_manager": "local", "from_git": "",
+                                 "git_version": ""}
     if pipeline == TRAINING:
         return {"raw": str(default_raw_dir()), "quick": False, **common}
     if pipeline == PREDICTION:
@@ -73,6 +76,12 @@ def _flag(key: str, value: object) -> bool:
     except ValueError:
         pass
     raise UsageError(f"{CONF_SOURCE}: {key} must be true or false, got {value!r}.", f'pass {{"{key}": true}}')
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"{CONF_SOURCE}: {key} must be a string, got {value!r}.", f'pass {{"{key}": "..."}}')
+    return value.strip()
 
 
 def check_env_manager(name: str, where: str = "--env-manager") -> None:
@@ -130,7 +139,13 @@ def config_from_conf(pipeline: str, conf: Mapping[str, object] | None, inbox: st
     env_manager = str(values["env_manager"] or "local")
     check_env_manager(env_manager, f"{CONF_SOURCE}: env_manager")
     config = PipelineConfig(force=_flag("force", values["force"]), env_manager=env_manager,
-                            overrides=conf_overrides(values["params"] or {}), pipeline=pipeline, source=CONF_SOURCE)
+                            overrides=conf_overrides(values["params"] or {}), pipeline=pipeline, source=CONF_SOURCE,
+                            git_uri=_text("from_git", values["from_git"]) or None,
+                            git_version=_text("git_version", values["git_version"]) or None)
+    if config.git_version and not config.git_uri:
+        raise UsageError(f"{CONF_SOURCE}: git_version {config.git_version!r} needs from_git.",
+                         'pass the repository too, e.g. {"from_git": "https://host/team/windpipe.git", '
+                         '"git_version": "main"}')
     if pipeline == TRAINING:
         config.external = {"raw": str(_absolute("raw", values["raw"]))}
         config.preset = "quick" if _flag("quick", values["quick"]) else "full"

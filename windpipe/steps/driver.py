@@ -23,7 +23,7 @@ from windpipe import names
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.pipeline.cache import StepResult
 from windpipe.pipeline.inbox import Inbox
-from windpipe.pipeline.launcher import Launcher, step_environment
+from windpipe.pipeline.launcher import Launcher, resolve_git_version, step_environment
 from windpipe.pipeline.plan import PREDICTION, PipelineConfig, Plan, plan_for
 from windpipe.pipeline.runner import run_pipeline
 from windpipe.settings import get_settings, projects_dir
@@ -159,6 +159,8 @@ def open_pipeline(config: PipelineConfig, dag_run: str) -> str:
         return same[0].info.run_id
     tags = {names.STEP_TAG: "pipeline", names.ENTRY_TAG: "main", names.DAG_RUN_TAG: dag_run,
             names.CODE_VERSION_TAG: code_version(projects_dir() / "pipeline"), **pipeline_tags(config, AIRFLOW)}
+    if config.git_uri:  # one commit for every task of the DAG run, on whichever worker it runs
+        tags[names.GIT_COMMIT_TAG] = resolve_git_version(config.git_uri, config.git_version)
     if config.pipeline == PREDICTION and _inbox(config).has_work():
         # (an empty inbox needs no model: a daily DAG run before the first promotion is no failure)
         tags[names.entity_tag(names.PRODUCTION)] = loading.resolve(None, settings, client).load_uri
@@ -191,6 +193,8 @@ def run_task(config: PipelineConfig, pipeline_run: str, step: str, upstream: dic
     client = mlflow_client(settings)
     parent = client.get_run(_run_id(pipeline_run, "the pipeline run"))
     tag = f"{step}.{index}" if index is not None else None
+    if config.git_uri and parent.data.tags.get(names.GIT_COMMIT_TAG):
+        config = dataclasses.replace(config, git_version=parent.data.tags[names.GIT_COMMIT_TAG])
     if config.pipeline == PREDICTION:
         if not file:
             raise UsageError(f"The prediction step {step!r} needs the inbox file it scores.", "pass --file PATH")
