@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Platform, latest_run, point_at
+from tests.conftest import Platform, latest_run, point_at, trainers
 from tests.processes import wait_for
 from windpipe.errors import WindpipeError
 from windpipe.marts import queries, tables
-from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
+from windpipe.names import FEATURES, MODEL_URI_TAG, PRED_COLUMNS, STEP_TAG, TIMESTAMP
 from windpipe.settings import Settings, clear_settings_cache, get_settings
 
 
@@ -219,7 +219,10 @@ def test_serve_follows_a_forced_promotion_and_the_rollback(client, raw_dir, tmp_
     versions = mlflow.MlflowClient()
     name = p.settings.model_name
     first = versions.get_model_version_by_alias(name, "production")
-    other = next(r for r in (latest_run(p, s) for s in ("lr", "rf", "keras")) if r.info.run_id != first.run_id)
+    # another model the pipeline trained (a run that logged one: not a grid's child, whichever family won)
+    logged = mlflow.search_runs(experiment_names=[p.settings.experiment], output_format="list",
+                                filter_string=f"tags.`{MODEL_URI_TAG}` LIKE 'models:/%'")
+    other = next(r for r in logged if r.info.run_id != first.run_id and r.data.tags.get(STEP_TAG) in trainers())
     proc = p.windpipe("promote", "--run-id", other.info.run_id, "--force")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     second = versions.get_model_version_by_alias(name, "production")

@@ -207,7 +207,9 @@ def test_existing_database_and_s3_are_used_and_left_alone(team_platform, tmp_pat
     assert app_password not in proc.stdout + proc.stderr
     assert not (home / "postgres").exists() and not (home / "s3").exists()
     proc = _windpipe(env, "status")
-    assert proc.returncode == 0 and proc.stdout.count("up   ") == 4, proc.stdout
+    # s3, postgres, marts, mlflow up, and the state folder's disk
+    ups = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("up   ")]
+    assert proc.returncode == 0 and sorted(ups) == ["disk", "marts", "mlflow", "postgres", "s3"], proc.stdout
     # the marts in a schema of their own in WINDPIPE_PG_URL's database, shown without the password
     assert f"up   marts   postgresql+psycopg://mlflow:***@127.0.0.1:{p.settings.team.pg_port}/mlflow" in proc.stdout
     assert app_password not in proc.stdout + proc.stderr

@@ -375,9 +375,10 @@ def _record_new_hours(engine: Engine, features: pd.DataFrame, predictions: np.nd
         new = ~np.isin(hours, np.array(known, dtype="datetime64[us]")) & ~pd.Series(hours).duplicated().to_numpy()
         if not new.any():
             return None
-        batch.start(features[new].reset_index(drop=True), model_name=model_name, model_version=model_version,
-                    model_uri=model_uri, source="dashboard", timestamps=timestamps[new].reset_index(drop=True))
-        batch.add_predictions(predictions[new])
+        batch.begin(model_name=model_name, model_version=model_version, model_uri=model_uri, source="dashboard")
+        batch.add(features[new].reset_index(drop=True), predictions[new],
+                  timestamps=timestamps[new].reset_index(drop=True))
+        batch.finish()
         dialects.writer(conn).insert_columns(dashboard_hours, {
             "model_name": np.full(int(new.sum()), model_name, dtype=object),
             "model_version": np.full(int(new.sum()), model_version, dtype=object),
