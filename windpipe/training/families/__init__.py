@@ -193,6 +193,24 @@ def follows_trend(X: pd.DataFrame) -> bool:
     return bool(present)
 
 
+def per_target(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str, list[str]], Any]) -> Any:
+    """One `estimator(target, columns)` per target, each fed only the inputs its target may read: with the time
+    columns on the capacity factor from weather and calendar (windpipe.training.capacity.capacity_model);
+    without, on the four weather features."""
+    from sklearn.multioutput import MultiOutputRegressor
+
+    from windpipe.training.capacity import capacity_model, own_inputs
+    from windpipe.training.features import WEATHER_AND_CALENDAR
+
+    if follows_trend(X):
+        return capacity_model(X, y, lambda target: estimator(target, WEATHER_AND_CALENDAR))
+    # MultiOutputRegressor's own fit clones one estimator for all targets; each target's differs
+    model = MultiOutputRegressor(estimator(TARGETS[0], FEATURES))
+    model.estimators_ = [own_inputs(t, estimator(t, FEATURES), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
+    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
+    return model
+
+
 def model_columns(X: pd.DataFrame) -> list[str]:
     """The columns a core fits on: MODEL_COLUMNS when `X` follows the trend, else FEATURES."""
     return MODEL_COLUMNS if follows_trend(X) else list(FEATURES)

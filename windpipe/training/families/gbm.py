@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
-from windpipe.names import FEATURES, TARGETS
-from windpipe.training.families import Family, check_xy, follows_trend, register
-from windpipe.training.features import WEATHER_AND_CALENDAR
+from windpipe.training.families import Family, check_xy, per_target, register
 from windpipe.training.params import MAX_TREES, as_float, as_int
 from windpipe.training.physics import inputs_for, monotone_constraints
 
@@ -51,10 +48,7 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
     from weather and calendar; without: one model per target on the four weather features. No early stopping:
     it would hold out random rows of a time series; max_iter is the budget."""
     from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.multioutput import MultiOutputRegressor
     from threadpoolctl import threadpool_limits
-
-    from windpipe.training.capacity import capacity_model, own_inputs
 
     check_xy(X, y)
 
@@ -68,13 +62,7 @@ def train_gbm(X: pd.DataFrame, y: pd.DataFrame, p: GBMParams) -> object:
     # one OpenMP thread: beside other steps on 2 shared cores, two threads spin-waiting on each other took 9x
     # longer (21.7 s against 2.3 s, 20 iterations on 400 days, load average 6)
     with threadpool_limits(limits=1, user_api="openmp"):
-        if follows_trend(X):
-            return capacity_model(X, y, lambda target: boosted(target, WEATHER_AND_CALENDAR))
-        # MultiOutputRegressor's own fit clones one estimator for all targets; the constraints differ per target
-        model = MultiOutputRegressor(boosted(TARGETS[0], FEATURES))
-        model.estimators_ = [own_inputs(t, boosted(t, FEATURES), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
-    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
-    return model
+        return per_target(X, y, boosted)
 
 
 FAMILY = register(Family(

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
-from windpipe.names import FEATURES, TARGETS
-from windpipe.training.families import Family, check_xy, follows_trend, register
+from windpipe.names import FEATURES
+from windpipe.training.families import Family, check_xy, per_target, register
 from windpipe.training.physics import RISES_WITH, inputs_for
 
 if TYPE_CHECKING:
@@ -50,19 +49,8 @@ def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> Pip
 def train_lr(X: pd.DataFrame, y: pd.DataFrame) -> object:
     """With the time columns: the capacity factor per target (windpipe.training.capacity.capacity_model) from
     weather and calendar; without: per target on the four weather features."""
-    from sklearn.multioutput import MultiOutputRegressor
-
-    from windpipe.training.capacity import capacity_model, own_inputs
-    from windpipe.training.features import WEATHER_AND_CALENDAR
-
     check_xy(X, y)
-    if follows_trend(X):
-        return capacity_model(X, y, lambda target: monotone_ridge(target, WEATHER_AND_CALENDAR))
-    # MultiOutputRegressor's own fit clones one estimator for all targets; the designs differ per target
-    model = MultiOutputRegressor(monotone_ridge(TARGETS[0], FEATURES))
-    model.estimators_ = [own_inputs(t, monotone_ridge(t, FEATURES), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
-    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
-    return model
+    return per_target(X, y, monotone_ridge)
 
 
 def design(_params: object, time_features: bool) -> dict[str, object]:
