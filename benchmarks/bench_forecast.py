@@ -33,6 +33,17 @@ sys.path.insert(0, str(REPO))
 
 QUARTERS = ["2016-01-01", "2016-04-01", "2016-07-01", "2016-10-01", None]
 R2_TARGET, WIND_ERROR_TARGET = 0.90, 0.5
+COVERAGE_TARGET, PINBALL_GAIN_TARGET = (0.78, 0.82), 0.40
+
+
+def name_of(key: tuple[str, str]) -> str:
+    return f"{key[0]} ({'weather + time' if key[1] == 'trend' else 'weather only'})"
+
+
+def sure(q: dict[str, float], climate: dict[str, float]) -> bool:
+    """The uncertainty targets: coverage within COVERAGE_TARGET, pinball >= 40 % below climatology's."""
+    return (COVERAGE_TARGET[0] <= q["coverage80"] <= COVERAGE_TARGET[1]
+            and q["pinball"] <= (1 - PINBALL_GAIN_TARGET) * climate["pinball"])
 
 
 def met(m: dict[str, float]) -> bool:
@@ -43,13 +54,14 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     import numpy as np
     import pandas as pd
 
+    from windpipe.models.loading import quantile_frame
     from windpipe.names import FEATURES, TARGETS, TIMESTAMP
     from windpipe.pipeline.interfaces import step_defaults
     from windpipe.settings import get_settings
     from windpipe.steps.train import family_fitter
-    from windpipe.training.families import clipped_fitted, predict_fitted
+    from windpipe.training.families import clipped_fitted, predict_quantiles_fitted
     from windpipe.training.inputs import with_repeated_times
-    from windpipe.training.metrics import clipped_metrics, regression_metrics
+    from windpipe.training.metrics import clipped_metrics, quantile_metrics, regression_metrics
     from windpipe.training.physics import check_curves, curves_at
     from windpipe.training.split import SplitSpec, split, time_window
 
@@ -63,21 +75,26 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
         started = time.perf_counter()
         model = fit(train)
         seconds = time.perf_counter() - started
-        out[name] = {**regression_metrics(test[TARGETS], predict_fitted(model, test)), "fit_seconds": seconds,
-                     **clipped_metrics(clipped_fitted(model, test))}
+        point, quantiles = predict_quantiles_fitted(model, test)
+        out[name] = {**regression_metrics(test[TARGETS], point), "fit_seconds": seconds,
+                     **clipped_metrics(clipped_fitted(model, test)),
+                     **(quantile_metrics(test[TARGETS], quantiles) if quantiles is not None else {})}
         if name == "Q4":
             settings = get_settings()
             check = check_curves(curves_at(sweep(with_repeated_times(model)), test), settings.physics_drop_gw,
                                  settings.physics_ignore_gw)
             out[name]["physics"] = float(check.passed)
             print(f"  {check.reason()}")
+        interval = (f", 80 % interval covers {out[name]['coverage80']:.3f} (width {out[name]['width80']:.2f} GW), "
+                    f"pinball {out[name]['pinball']:.3f} GW" if "coverage80" in out[name] else "")
         print(f"  {family} {'trend' if trend else 'weather'} {name}: r2 {out[name]['r2']:.3f}, wind error "
-              f"{out[name]['bias_wind_GW']:+.2f} GW ({seconds:.1f} s)", flush=True)
+              f"{out[name]['bias_wind_GW']:+.2f} GW{interval} ({seconds:.1f} s, with the calibration fit)",
+              flush=True)
 
     def sweep(model: object):
         def predict(rows: pd.DataFrame, times: list) -> pd.DataFrame:
             natural = rows.assign(**{TIMESTAMP: pd.DatetimeIndex(times)})[[TIMESTAMP, *FEATURES]]
-            return pd.DataFrame(np.asarray(model.predict(natural), dtype="float64"), columns=TARGETS)
+            return quantile_frame(*predict_quantiles_fitted(model, natural))  # (the quantiles' curves are checked too)
         return predict
 
     score("random", *split(df, test_size=0.2, seed=42, split_by="random"), "random")
@@ -85,7 +102,8 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     for k, (start, end) in enumerate(zip(QUARTERS[:-1], QUARTERS[1:], strict=True), 1):
         score(f"Q{k}", *time_window(df, pd.Timestamp(start, tz="UTC"), end and pd.Timestamp(end, tz="UTC")), "time")
     out["2016 Q4"] = out["Q4"]
-    out["backtest"] = {m: float(np.mean([out[f"Q{k}"][m] for k in range(1, 5)])) for m in out["Q1"]}
+    out["backtest"] = {m: float(np.mean([out[f"Q{k}"][m] for k in range(1, 5)])) for m in out["Q1"]
+                       if m != "physics"}
     return out
 
 
@@ -124,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     from windpipe.training import families
 
-    climatology_q4(df)
+    climate = climatology_q4(df)
     results = {}
     for family in [f for f in args.families.split(",") if f] or families.names():
         for variant in args.variants.split(","):
             results[(family, variant)] = evaluate(df, family, variant == "trend")
     rows, issue = [], []
     for (family, variant), res in results.items():
-        name = f"{family} ({'weather + time' if variant == 'trend' else 'weather only'})"
+        name = name_of((family, variant))
         for holdout in ("random", "2016", "2016 Q4", "backtest"):
             m = res[holdout]
             rows.append([name, holdout, round(m["r2"], 3), round(m["r2_solar_GW"], 3), round(m["r2_wind_GW"], 3),
@@ -148,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## Side by side (target: 2016 Q4 r2 >= {R2_TARGET} and |wind error| <= {WIND_ERROR_TARGET} GW)\n")
     print(table(["model", "random r2", "2016 r2", "2016 wind error", "2016 Q4 r2", "Q4 r2 wind", "Q4 wind error",
                  "backtest r2", "Q4 clipped", "Q4 physics", "target met"], issue))
+    print(f"\n## Uncertainty on 2016 Q4 (targets: 80 % interval coverage {COVERAGE_TARGET[0]}-{COVERAGE_TARGET[1]}; "
+          f"pinball at least 40 % below climatology's {climate['pinball']:.3f} GW)\n")
+    print(table(["model", "coverage80", "coverage solar", "coverage wind", "width80 GW", "pinball GW",
+                 "vs climatology", "backtest coverage", "targets met"],
+                [[name_of(key), f"{q['coverage80']:.3f}", f"{q['coverage80_solar_GW']:.3f}",
+                  f"{q['coverage80_wind_GW']:.3f}", f"{q['width80']:.2f}", f"{q['pinball']:.3f}",
+                  f"{q['pinball'] / climate['pinball'] - 1:+.0%}", f"{res['backtest']['coverage80']:.3f}",
+                  "yes" if sure(q, climate) else "no"]
+                 for key, res in results.items() if "coverage80" in (q := res["2016 Q4"])]))
     best_key = min(results, key=lambda k: results[k]["2016 Q4"]["rmse"])  # what compare would promote
     best = results[best_key]["2016 Q4"]
     print(f"\nbest production model (lowest 2016 Q4 rmse, as compare ranks): {best_key[0]} ({best_key[1]}): "

@@ -13,7 +13,7 @@ import pytest
 from tests.browser import chrome
 from tests.models import log_registered_model, tiny_processed
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES, TARGETS
+from windpipe.names import FEATURES, QUANTILE_COLUMNS, QUANTILES, TARGETS, quantile_column
 from windpipe.settings import Settings, get_settings
 from windpipe.views import figures as F
 from windpipe.views import frames as D
@@ -94,6 +94,49 @@ def test_predict_frame_errors_and_figure(frame):
     assert fig["data"][0]["x"][0] == f"{frame.index[0]:%Y-%m-%d %H:%M}"
     assert F.as_figure(fig).data[1].name == "predicted solar_GW"  # a valid plotly figure
     assert "no data" in F.empty_figure("no data")["layout"]["annotations"][0]["text"]
+
+
+class QuantileModel(SumModel):
+    """SumModel with quantiles: P10, P50, P90 = the point - 1, the point, the point + 2 (a model with intervals)."""
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        point = super().predict(df)
+        out = pd.DataFrame(point, columns=TARGETS)
+        for t, target in enumerate(TARGETS):
+            for q, shift in zip(QUANTILES, (-1.0, 0.0, 2.0), strict=True):
+                out[quantile_column(target, q)] = point[:, t] + shift
+        return out
+
+
+def test_the_pages_draw_the_80_percent_interval_of_a_model_with_quantiles(frame, tmp_path):
+    """The predictions chart and the what-if curves draw P10..P90 as a band, the what-if cards say the interval,
+    and the dashboard's batches carry the quantiles into the marts; a model without quantiles draws no band."""
+    from windpipe.marts import queries, tables
+    from windpipe.marts.writers import record_dashboard
+    from windpipe.views.dashboard.components import interval_text
+
+    out = D.predict_frame(QuantileModel(), frame.head(48))
+    np.testing.assert_allclose(out["pred_wind_GW_p90"], frame["windspeed"].head(48) + 2.0)
+    bands = [t for t in F.prediction_figure(out)["data"] if t.get("fill") == "tonexty"]
+    assert [t["name"] for t in bands] == ["80 % interval solar_GW (P10..P90)", "80 % interval wind_GW (P10..P90)"]
+    np.testing.assert_allclose(bands[1]["y"], out["pred_wind_GW_p90"].round(4))
+    assert not [t for t in F.prediction_figure(D.predict_frame(SumModel(), frame.head(48)))["data"] if "fill" in t]
+    vals = {"windspeed": 5, "temperature": 10, "rad_horizontal": 300, "rad_diffuse": 50}
+    pred = D.whatif(QuantileModel(), vals)
+    assert (pred["wind_GW"], pred["wind_GW_p10"], pred["wind_GW_p90"]) == (5.0, 4.0, 7.0)
+    assert "80 % interval: 4.00 - 7.00 GW" in str(interval_text(pred, "wind_GW"))
+    assert interval_text(D.whatif(SumModel(), vals), "wind_GW") == []
+    curves = D.response_curves(QuantileModel(), vals, points=11)
+    fig = F.response_figure(curves, {k: float(v) for k, v in vals.items()}, pred)
+    assert len([t for t in fig["data"] if t.get("fill") == "tonexty"]) == 4  # two targets on two sweeps
+    settings = Settings(home=tmp_path, marts_url=f"sqlite:///{tmp_path / 'marts.db'}")
+    quantiles = out[[f"pred_{c}" for c in QUANTILE_COLUMNS]].to_numpy().reshape(len(out), len(TARGETS), 3)
+    batch = record_dashboard(None, frame.head(48)[FEATURES], out[["pred_solar_GW", "pred_wind_GW"]].to_numpy(),
+                             pd.Series(frame.head(48).index), model_name="m", model_version=1, model_uri=None,
+                             settings=settings, quantiles=quantiles)
+    rows = queries.batch_rows(tables.get_engine(settings=settings), batch)
+    np.testing.assert_allclose(rows["wind_GW_p10"], frame["windspeed"].head(48) - 1.0)
+    tables.dispose_engines()
 
 
 def test_whatif_and_its_errors():

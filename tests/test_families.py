@@ -68,8 +68,10 @@ def test_power_rises_with_what_drives_it_and_ignores_the_rest(family):
     for feature, target in (("windspeed", 1), ("rad_horizontal", 0), ("rad_diffuse", 0)):
         sweep = grid.assign(**{feature: np.linspace(0, df[feature].max() * 1.2, 41)})
         pred = with_repeated_times(model).predict(sweep.assign(**{TIMESTAMP: stamp}))
-        assert (np.diff(pred[:, target]) >= -1e-9).all(), feature
-        assert np.ptp(pred[:, 1 - target]) < 1e-9, feature  # the other target ignores it
+        rising, other = TARGETS[target], TARGETS[1 - target]
+        for q in ("", "_p10", "_p50", "_p90"):  # the point forecast and its quantiles
+            assert (np.diff(pred[rising + q]) >= -1e-9).all(), (feature, q)
+            assert np.ptp(pred[other + q]) < 1e-9, (feature, q)  # the other target ignores it
     with pytest.raises(Exception, match="repeats an earlier row's time"):  # the model itself refuses repeats
         model.predict(grid.assign(**{TIMESTAMP: stamp}))
 

@@ -190,6 +190,52 @@ def test_pinball_coverage_and_width_on_a_known_distribution():
     assert names.nominal("coverage80") == 0.8 and not names.higher_is_better("pinball")
 
 
+def test_certain_hours_are_left_out_of_coverage():
+    """Solar at night (recorded 0 inside [0, 0]) would count as covered by any method: coverage leaves it out."""
+    from windpipe.training.metrics import quantile_metrics
+
+    y = np.array([[0.0, 5.0], [0.0, 5.0], [3.0, 5.0], [3.0, 5.0]])
+    q = np.zeros((4, 2, 3))
+    q[2:, 0] = [2.0, 3.0, 4.0]  # day: covered, then not
+    q[3, 0] = [3.5, 4.0, 4.5]
+    q[:, 1] = [4.0, 5.0, 6.0]
+    m = quantile_metrics(y, q)
+    assert m["coverage80_solar_GW"] == 0.5 and m["coverage80_wind_GW"] == 1.0
+
+
+def test_conformal_intervals_follow_the_hour_and_cover_new_rows():
+    """Residuals three times as wide at midday: the calibrated intervals are about three times as wide there,
+    cover about 80 % of new rows of the same kind, stay ordered inside [0, capacity] and move with the point."""
+    from windpipe.training.inputs import INTERVALS_KEY, Head
+    from windpipe.training.uncertainty import conformal_intervals
+
+    rng = np.random.default_rng(1)
+
+    def rows(days: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        times = pd.date_range("2016-01-01", periods=24 * days, freq="h", tz="UTC")
+        X = pd.DataFrame(time_features(times), columns=TIME_FEATURES).assign(windspeed=5.0)
+        spread = np.where((times.hour >= 10) & (times.hour <= 14), 3.0, 1.0)
+        point = np.full((len(X), 2), 30.0)
+        return X, point, point + rng.normal(size=(len(X), 2)) * spread[:, None]
+
+    head = {"targets": TARGETS, "trend": "trend", "lines": [[100.0, 0.0], [100.0, 0.0]], "factor": [1.0, 1.0]}
+    X, point, y = rows(200)
+    spec = conformal_intervals(X, y, point, head)
+    model = Head({**head, INTERVALS_KEY: spec})
+    X_new, point_new, y_new = rows(100)
+    q = model.quantiles(X_new, point_new)
+    noon, night = X_new.index[::24][:50] + 12, X_new.index[::24][:50] + 2
+    width = q[:, :, 2] - q[:, :, 0]
+    assert width[noon].mean() / width[night].mean() == pytest.approx(3.0, rel=0.15)
+    from windpipe.training.metrics import quantile_metrics
+
+    assert quantile_metrics(y_new, q)["coverage80"] == pytest.approx(0.8, abs=0.02)
+    assert (np.diff(q, axis=2) >= 0).all() and (q >= 0).all() and (q <= 100).all()
+    assert model.columns() == [*TARGETS, *names.QUANTILE_COLUMNS]
+    higher = model.quantiles(X_new, point_new + 10.0)
+    assert (higher >= q).all()  # the quantiles rise with the point forecast
+
+
 def test_climatology_is_the_training_data_quantiles_at_the_same_hour_and_season():
     """GEFCom's benchmark: each hour gets the quantiles of the training values at its hour of day within +-15 days
     of its day of the year, every training year (here: values that are the hour of day plus uniform noise)."""

@@ -10,7 +10,7 @@ import pytest
 
 from windpipe.errors import WindpipeError
 from windpipe.marts import queries, tables
-from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 
 from .conftest import latest_run, mlflow_run
 from .models import log_registered_model, tiny_processed
@@ -60,6 +60,31 @@ def test_gate_scores_challenger_and_production_on_the_same_newest_window(scope):
     assert "newest 1 weeks" in tags["windpipe.holdout"]
 
 
+def test_the_gate_refuses_a_forecast_whose_interval_covers_too_little_or_too_much(scope, tmp_path):
+    """The candidate's 80 % interval must cover between the settings' coverage_low and coverage_high of the
+    holdout: outside, it is not promoted (the reason says how far and which way); inside, it is."""
+    from windpipe.entities.schema import PROCESSED
+    from windpipe.entities.store import write_entity
+    from windpipe.models.promotion import promote
+    from windpipe.steps import train as T
+
+    path = tmp_path / "processed.parquet"
+    write_entity(PROCESSED, tiny_processed(), path)
+    T.train("lr", data=str(path), seed="42", test_size="0.2", split_by="time", holdout_weeks="1",
+            time_features="true", backtest_folds="0")
+    strict = scope.settings.model_copy(update={"coverage_low": 0.99, "coverage_high": 1.0})
+    res = promote(strict)
+    coverage = res.challenger_metrics["coverage80"]
+    assert (res.promoted, res.production) == (False, None) and coverage < 0.99
+    assert f"covers {coverage:.3f} of the holdout" in res.reason and "outside 0.99-1" in res.reason
+    assert "too narrow" in res.reason
+    loose = scope.settings.model_copy(update={"coverage_low": 0.0, "coverage_high": coverage - 0.01})
+    assert "too wide" in promote(loose).reason
+    fair = scope.settings.model_copy(update={"coverage_low": coverage - 0.01, "coverage_high": coverage + 0.01})
+    res = promote(fair)
+    assert (res.promoted, res.production) == (True, res.version)
+
+
 # ------------------------------------------------------------------------------------------- a trend model scores
 
 @pytest.fixture
@@ -75,7 +100,8 @@ def trend_model(use_platform, tmp_path):
     out = T.train("lr", data=str(path), seed="42", test_size="0.2", split_by="time", holdout_weeks="1",
                   time_features="true", backtest_folds="0")
     version = mlflow.register_model(out["model_uri"], "wind_solar_trend")
-    return {"df": df, "uri": f"models:/wind_solar_trend/{version.version}", "model_uri": out["model_uri"]}
+    return {"df": df, "uri": f"models:/wind_solar_trend/{version.version}", "model_uri": out["model_uri"],
+            "trained": out}
 
 
 def test_trend_model_scores_from_utc_timestamp_and_refuses_rows_without_it(trend_model, marts, tmp_path):
@@ -86,7 +112,7 @@ def test_trend_model_scores_from_utc_timestamp_and_refuses_rows_without_it(trend
                     trend_model["uri"], say=lambda _m: None)
     out = pd.read_parquet(res.output)
     plain = mlflow.pyfunc.load_model(trend_model["model_uri"]).predict(rows.set_index(TIMESTAMP)[FEATURES])
-    np.testing.assert_allclose(out[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), np.asarray(plain))
+    np.testing.assert_allclose(out[["solar_GW_pred", "wind_GW_pred"]].to_numpy(), plain[TARGETS].to_numpy())
     with pytest.raises(WindpipeError, match=r"has no utc_timestamp column \(and no DatetimeIndex\), but the model "
                                             "follows the trend") as err:
         run_batch(write_input(rows[FEATURES], tmp_path / "no_time.parquet"), tmp_path / "out2.parquet",
@@ -95,6 +121,37 @@ def test_trend_model_scores_from_utc_timestamp_and_refuses_rows_without_it(trend
     code, _out, err_text = cli("predict", "--input", str(tmp_path / "no_time.parquet"), "--output",
                                str(tmp_path / "out3.parquet"), "--model-uri", trend_model["uri"])
     assert code == 1 and "derived from utc_timestamp" in err_text and "Traceback" not in err_text
+
+
+def test_the_forecast_says_how_sure_it_is_everywhere_the_model_goes(trend_model, marts, tmp_path):
+    """P10 <= P50 <= P90 per target beside the point forecast, the same numbers from pyfunc, `windpipe predict`
+    (its output file and the marts) and plain `mlflow models serve`; the training run logged the pinball loss
+    and the 80 % interval's coverage and width on its holdout."""
+    from windpipe.deploy import serving
+    from windpipe.scoring.batch import run_batch
+    from windpipe.settings import get_settings
+    from windpipe.stack.procs import free_port
+
+    trained = trend_model["trained"]
+    assert 0.5 <= trained["coverage80"] <= 1.0 and trained["width80"] > 0 and trained["pinball"] > 0
+    rows = trend_model["df"].tail(48).reset_index(drop=True)
+    naive = rows[[TIMESTAMP, *FEATURES]].assign(**{TIMESTAMP: rows[TIMESTAMP].dt.tz_localize(None)})  # (MLflow's)
+    local = mlflow.pyfunc.load_model(trend_model["model_uri"]).predict(naive)
+    assert list(local.columns) == [*TARGETS, *QUANTILE_COLUMNS]
+    q = local[QUANTILE_COLUMNS].to_numpy().reshape(len(rows), len(TARGETS), 3)
+    assert (np.diff(q, axis=2) >= 0).all() and (q >= 0).all()
+    assert (q[:, 1, 2] - q[:, 1, 0]).mean() > 0.05  # wind's interval has a width
+    res = run_batch(write_input(rows[[TIMESTAMP, *FEATURES]], tmp_path / "in.parquet"), tmp_path / "out.parquet",
+                    trend_model["uri"], say=lambda _m: None)
+    np.testing.assert_allclose(pd.read_parquet(res.output)[QUANTILE_COLUMNS], local[QUANTILE_COLUMNS])
+    np.testing.assert_allclose(queries.batch_rows(marts, res.batch_id)[QUANTILE_COLUMNS], local[QUANTILE_COLUMNS])
+    proc, url = serving.start(get_settings(), free_port(), model_uri=trend_model["uri"], log=tmp_path / "serve.log")
+    try:
+        served = serving.request_predictions(url, rows[[TIMESTAMP, *FEATURES]], columns=[TIMESTAMP, *FEATURES])
+    finally:
+        serving.stop(proc)
+    assert list(served.columns) == [*TARGETS, *QUANTILE_COLUMNS]
+    np.testing.assert_allclose(served.to_numpy(), local.to_numpy(), rtol=1e-6, atol=1e-9)
 
 
 def test_a_nine_column_version_still_serves_with_its_time_columns_in_the_payload(use_platform, tmp_path):

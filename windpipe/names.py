@@ -27,6 +27,11 @@ def quantile_column(target: str, q: float) -> str:
     return f"{target}_p{round(q * 100):02d}"
 
 
+# every target's quantiles, target by target (solar_GW_p10, solar_GW_p50, solar_GW_p90, wind_GW_p10, ...): the
+# order of a model's quantile output, the batch output file and the output mart
+QUANTILE_COLUMNS = [quantile_column(t, q) for t in TARGETS for q in QUANTILES]
+
+
 # ---------------------------------------------------------------------------------- run tags
 
 _P = "windpipe."

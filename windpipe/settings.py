@@ -256,6 +256,10 @@ class Settings(BaseSettings):
     # may fall, and how far a curve may move over an input its target must ignore (wind: radiation, solar: wind)
     physics_drop_gw: float = Field(default=0.1, ge=0)
     physics_ignore_gw: float = Field(default=0.1, ge=0)
+    # the promotion gate refuses a candidate whose 80 % interval (P10..P90) covers a share of the holdout outside
+    # [coverage_low, coverage_high]: too narrow claims a certainty it has not, too wide says little
+    coverage_low: float = Field(default=0.75, ge=0, le=1)
+    coverage_high: float = Field(default=0.85, ge=0, le=1)
     dashboard_port: int = Field(default=8050, ge=1, le=65535)
     serve_port: int = Field(default=8003, ge=1, le=65535)
     # batches the dashboard may have waiting for the marts; more are dropped (and counted), never waited for

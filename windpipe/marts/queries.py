@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, func, select
 
 from windpipe.marts.tables import COMPLETE, batches, drift, get_engine, input_mart, output_mart, performance
-from windpipe.names import FEATURES, PRED_COLUMNS, TIMESTAMP
+from windpipe.names import FEATURES, PRED_COLUMNS, QUANTILE_COLUMNS, TIMESTAMP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,18 +31,19 @@ def latest_batches(engine: Engine | None = None, limit: int = 20, source: str | 
 
 
 def batch_rows(engine: Engine | None, batch_id: int) -> pd.DataFrame:
-    """One batch's input rows joined to their output rows (row_no, utc_timestamp, features, predictions)."""
+    """One batch's input rows joined to their output rows (row_no, utc_timestamp, features, predictions, their
+    quantiles: NaN for a model without them)."""
     import pandas as pd
 
     engine = engine or get_engine()
     stmt = (select(input_mart.c.row_no, input_mart.c[TIMESTAMP], *[input_mart.c[f] for f in FEATURES],
-                   *[output_mart.c[p] for p in PRED_COLUMNS])
+                   *[output_mart.c[p] for p in (*PRED_COLUMNS, *QUANTILE_COLUMNS)])
             .join_from(input_mart, output_mart, (input_mart.c.batch_id == output_mart.c.batch_id)
                        & (input_mart.c.row_no == output_mart.c.row_no))
             .where(input_mart.c.batch_id == batch_id).order_by(input_mart.c.row_no))
     with engine.connect() as conn:
         return pd.DataFrame(conn.execute(stmt).mappings().all(),
-                            columns=["row_no", TIMESTAMP, *FEATURES, *PRED_COLUMNS])
+                            columns=["row_no", TIMESTAMP, *FEATURES, *PRED_COLUMNS, *QUANTILE_COLUMNS])
 
 
 def count_rows(engine: Engine | None = None) -> dict[str, int]:

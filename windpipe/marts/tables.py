@@ -44,7 +44,7 @@ from sqlalchemy import (
 
 from windpipe.errors import WindpipeError, first_line
 from windpipe.marts import dialects
-from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, PRED_COLUMNS, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -95,6 +95,7 @@ output_mart = Table(
     Column("batch_id", Integer, nullable=False),
     Column("row_no", Integer, nullable=False),
     *[Column(p, Float) for p in PRED_COLUMNS],
+    *[Column(q, Float) for q in QUANTILE_COLUMNS],  # NULL for a model without quantiles
     PrimaryKeyConstraint("batch_id", "row_no").ddl_if(callable_=dialects.row_keys),
     ForeignKeyConstraint(["batch_id", "row_no"], ["input_mart.batch_id", "input_mart.row_no"], ondelete="CASCADE"
                          ).ddl_if(callable_=dialects.row_keys),
@@ -234,12 +235,13 @@ def _add_new_columns(engine: Engine) -> None:
     """Columns newer windpipes added to an existing marts database (create_all adds tables only)."""
     from sqlalchemy import inspect
 
-    have = {c["name"] for c in inspect(engine).get_columns(batches.name)}
-    missing = [c for c in batches.columns if c.name not in have]
+    inspector = inspect(engine)
     with engine.begin() as conn:
-        for col in missing:
-            conn.exec_driver_sql(f"ALTER TABLE {batches.name} ADD COLUMN {col.name} "
-                                 f"{col.type.compile(dialect=engine.dialect)}")
+        for table in (batches, output_mart):  # (output_mart: the quantile columns)
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in [c for c in table.columns if c.name not in have]:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                                     f"{col.type.compile(dialect=engine.dialect)}")
 
 
 def database_error(exc: BaseException | str, url: str | URL | None = None) -> WindpipeError:

@@ -34,7 +34,7 @@ from windpipe.marts.tables import (
     get_engine,
     performance,
 )
-from windpipe.names import FEATURES, PRED_COLUMNS, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, PRED_COLUMNS, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 
 if TYPE_CHECKING:  # (pandas is imported where it is used: the marts writer process starts without it)
     import subprocess
@@ -217,9 +217,11 @@ class BatchWriter:
             self._batch.start(header)
 
     def add(self, features: pd.DataFrame, predictions: np.ndarray | pd.DataFrame,
-            timestamps: pd.Series | None = None, row_numbers: Sequence[int] | np.ndarray | None = None) -> None:
+            timestamps: pd.Series | None = None, row_numbers: Sequence[int] | np.ndarray | None = None,
+            quantiles: np.ndarray | None = None) -> None:
         """One part of the batch's rows: the features the model scored, its (n, 2) predictions in TARGETS order,
-        the rows' times and input row numbers (default: counting on from the previous part)."""
+        the rows' times and input row numbers (default: counting on from the previous part), and the quantiles
+        (n, targets, QUANTILES) of a model that gives them (QUANTILE_COLUMNS; NULL without)."""
         n = len(features)
         if timestamps is None and TIMESTAMP in features.columns:
             timestamps = features[TIMESTAMP]
@@ -236,7 +238,11 @@ class BatchWriter:
         with _database_errors(self._engine):
             self._batch.add_inputs({"row_no": row_no, TIMESTAMP: ts,
                                     **{f: features[f].to_numpy(dtype="float64") for f in FEATURES}})
-            self._batch.add_outputs({"row_no": row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}})
+            outputs = {"row_no": row_no, **{p: preds[:, i] for i, p in enumerate(PRED_COLUMNS)}}
+            if quantiles is not None:
+                flat = np.asarray(quantiles, dtype="float64").reshape(n, -1)
+                outputs.update({q: flat[:, i] for i, q in enumerate(QUANTILE_COLUMNS)})
+            self._batch.add_outputs(outputs)
 
     def finish(self, rows_dropped: int = 0, drift_rows: pd.DataFrame | None = None,
                drift_status: str = "unchecked") -> None:
@@ -334,14 +340,16 @@ def record_batch(
 
 def record_dashboard(engine: Engine | None, features: pd.DataFrame, predictions: np.ndarray | pd.DataFrame,
                      timestamps: pd.Series, *, model_name: str, model_version: str | int, model_uri: str | None,
-                     settings: Settings | None = None, tries: int = 3) -> int | None:
+                     settings: Settings | None = None, tries: int = 3,
+                     quantiles: np.ndarray | None = None) -> int | None:
     """Record the dashboard's predictions of the hours this version has none of yet, as one batch; return its
     id, or None when every hour was recorded already (nothing is written).
 
     The hours go into `dashboard_hours` in the batch's transaction: its key (model, version, hour) makes a
     second writer that recorded some of the same hours meanwhile (another dashboard worker) fail at commit,
     and the next try leaves those hours out. However many pages show a version, the marts hold one row per
-    hour of it. Arguments as record_batch; `timestamps` is required (the hours are the key).
+    hour of it. Arguments as record_batch; `timestamps` is required (the hours are the key); `quantiles` as
+    BatchWriter.add.
     """
     from sqlalchemy.exc import IntegrityError
 
@@ -350,7 +358,7 @@ def record_dashboard(engine: Engine | None, features: pd.DataFrame, predictions:
         for attempt in range(tries):
             try:
                 return _record_new_hours(engine, features, np.asarray(predictions, dtype="float64"), timestamps,
-                                         model_name, str(model_version), model_uri, settings)
+                                         model_name, str(model_version), model_uri, settings, quantiles)
             except IntegrityError:  # another writer recorded some of these hours since we looked
                 if attempt == tries - 1:
                     raise
@@ -358,8 +366,8 @@ def record_dashboard(engine: Engine | None, features: pd.DataFrame, predictions:
 
 
 def _record_new_hours(engine: Engine, features: pd.DataFrame, predictions: np.ndarray, timestamps: pd.Series,
-                      model_name: str, model_version: str, model_uri: str | None, settings: Settings | None
-                      ) -> int | None:
+                      model_name: str, model_version: str, model_uri: str | None, settings: Settings | None,
+                      quantiles: np.ndarray | None = None) -> int | None:
     import pandas as pd
     from sqlalchemy import select
 
@@ -377,7 +385,8 @@ def _record_new_hours(engine: Engine, features: pd.DataFrame, predictions: np.nd
             return None
         batch.begin(model_name=model_name, model_version=model_version, model_uri=model_uri, source="dashboard")
         batch.add(features[new].reset_index(drop=True), predictions[new],
-                  timestamps=timestamps[new].reset_index(drop=True))
+                  timestamps=timestamps[new].reset_index(drop=True),
+                  quantiles=None if quantiles is None else np.asarray(quantiles)[new])
         batch.finish()
         dialects.writer(conn).insert_columns(dashboard_hours, {
             "model_name": np.full(int(new.sum()), model_name, dtype=object),

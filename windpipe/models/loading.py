@@ -279,7 +279,14 @@ def _schema_columns(schema: Any, metadata: dict | None) -> dict[str, str]:
 
 def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
             repeated_times: bool = False) -> np.ndarray:
-    """Predictions (rows, 2) in TARGETS order, float64, from a pyfunc model (or anything with `predict`).
+    """The point forecast (rows, 2) in TARGETS order, float64 (`predict_quantiles`, without the quantiles)."""
+    return predict_quantiles(model, features, timestamps, repeated_times)[0]
+
+
+def predict_quantiles(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
+                      repeated_times: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions from a pyfunc model (or anything with `predict`): the point forecast (rows, 2) in TARGETS order,
+    float64, and the quantiles (rows, 2, len(QUANTILES)) of a model with intervals (None for one without).
 
     `features` holds the weather columns as float64 (scoring.validate makes it so); `timestamps` (or a
     utc_timestamp column, or the DatetimeIndex of `features`) the UTC time of each row. A model logged since
@@ -304,7 +311,9 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
         raw = with_repeated_times(raw)
     tensor = metadata is not None and (schema := metadata.get_input_schema()) is not None and schema.is_tensor_spec()
     call = raw.predict if raw is not None and hasattr(raw, "predict") else model.predict
-    parts = []
+    from windpipe.training.inputs import split_output
+
+    parts, quantile_parts = [], []
     for start in range(0, max(len(X), 1), SCORE_ROWS):  # (an empty frame still asks the model once)
         part = X.iloc[start:start + SCORE_ROWS]
         try:
@@ -316,7 +325,7 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
             raise WindpipeError(f"The model cannot predict these rows ({first_line(exc)}).",
                                 f"use a model that takes {', '.join(columns)} and predicts {', '.join(TARGETS)}"
                                 ) from None
-        out = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out, dtype="float64")
+        out, quantiles = split_output(out, TARGETS)
         if out.ndim == 1 and len(part) and out.size == len(part) * len(TARGETS):
             out = out.reshape(len(part), len(TARGETS))
         if out.shape != (len(part), len(TARGETS)):
@@ -324,18 +333,36 @@ def predict(model: PyFuncModel, features: pd.DataFrame, timestamps: Any = None,
                                 f"({len(part)}, {len(TARGETS)}) for {', '.join(TARGETS)}.",
                                 "use a model trained on the processed entity's two targets")
         parts.append(out)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        quantile_parts.append(quantiles)
+    if any(q is None for q in quantile_parts):
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), None
+    return ((parts[0], quantile_parts[0]) if len(parts) == 1
+            else (np.concatenate(parts), np.concatenate(quantile_parts)))
 
 
 def predictor(model: PyFuncModel) -> Callable[[pd.DataFrame, Any], pd.DataFrame]:
-    """`predict` for rows that may share a time (a what-if sweep of one hour), as a frame with the targets: the
-    callable windpipe.training.physics.response_curves sweeps (the what-if page and the promotion gate)."""
-    import pandas as pd
+    """`predict` for rows that may share a time (a what-if sweep of one hour), as a frame with the targets and
+    their quantiles (`quantile_frame`): the callable windpipe.training.physics.response_curves sweeps (the
+    what-if page and the promotion gate, which checks the quantiles' curves too)."""
 
     def run(rows: pd.DataFrame, timestamps: Any) -> pd.DataFrame:
-        return pd.DataFrame(predict(model, rows, timestamps, repeated_times=True), columns=TARGETS)
+        point, quantiles = predict_quantiles(model, rows, timestamps, repeated_times=True)
+        return quantile_frame(point, quantiles)
 
     return run
+
+
+def quantile_frame(point: np.ndarray, quantiles: np.ndarray | None, columns: list[str] = TARGETS) -> pd.DataFrame:
+    """The point forecast (rows, targets) under `columns` and, when given, the quantiles (rows, targets,
+    QUANTILES) as solar_GW_p10, ... (names.quantile_column)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(point, columns=columns)
+    if quantiles is not None:
+        for t, target in enumerate(TARGETS):
+            for j, q in enumerate(names.QUANTILES):
+                frame[names.quantile_column(target, q)] = quantiles[:, t, j]
+    return frame
 
 
 def _raw_model(model: Any, natural: bool) -> Any:

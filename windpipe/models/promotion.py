@@ -49,7 +49,7 @@ from windpipe.models.registry import (
     registry_lock,
     set_tags,
 )
-from windpipe.names import FEATURES, TARGETS, TIMESTAMP, higher_is_better
+from windpipe.names import COVERAGE, FEATURES, TARGETS, TIMESTAMP, higher_is_better
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import client as tracking_client
 from windpipe.training.physics import PhysicsCheck, check_curves, curves_at
@@ -116,11 +116,31 @@ def load_holdout(run: Any, dst: Path | None = None) -> Holdout:
 
 
 def holdout_metrics(model: Any, holdout: pd.DataFrame) -> dict[str, float]:
-    """rmse, mae, r2 (uniform average over the targets) and per target, on `holdout` (as training logs them)."""
-    from windpipe.training.metrics import regression_metrics
+    """rmse, mae, r2 (uniform average over the targets) and per target, on `holdout` (as training logs them);
+    for a model with quantiles also their pinball loss and the 80 % interval's coverage and width."""
+    from windpipe.training.metrics import quantile_metrics, regression_metrics
 
-    pred = loading.predict(model, holdout[FEATURES].astype("float64"), holdout[TIMESTAMP])
-    return regression_metrics(holdout[TARGETS].to_numpy(dtype="float64"), pred)
+    pred, quantiles = loading.predict_quantiles(model, holdout[FEATURES].astype("float64"), holdout[TIMESTAMP])
+    recorded = holdout[TARGETS].to_numpy(dtype="float64")
+    out = regression_metrics(recorded, pred)
+    if quantiles is not None and len(holdout):
+        out.update(quantile_metrics(recorded, quantiles))
+    return out
+
+
+def interval_check(metrics: dict[str, float], settings: Settings) -> tuple[bool, str]:
+    """(passes, why): the candidate's 80 % interval covers between the settings' coverage_low and coverage_high of
+    the holdout. A model logged before the quantiles has no interval to check, and passes saying so."""
+    low, high = settings.coverage_low, settings.coverage_high
+    if COVERAGE not in metrics:
+        return True, "interval: the model gives no quantiles (logged before them), so its coverage is not checked"
+    coverage = metrics[COVERAGE]
+    per = ", ".join(f"{t} {metrics[f'{COVERAGE}_{t}']:.3f}" for t in TARGETS if f"{COVERAGE}_{t}" in metrics)
+    if low <= coverage <= high:
+        return True, f"interval: P10..P90 covers {coverage:.3f} of the holdout ({per}), within {low:g}-{high:g}"
+    side = "narrow: it claims a certainty it has not" if coverage < low else "wide: it says little"
+    return False, (f"interval: P10..P90 covers {coverage:.3f} of the holdout ({per}), outside {low:g}-{high:g} "
+                   f"(too {side}; settings coverage_low/coverage_high)")
 
 
 def _scored(model_uri: str, holdout: pd.DataFrame, settings: Settings) -> dict[str, float]:
@@ -236,6 +256,8 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
                                     settings)
     log_physics(client, run_id, physics, curves)
     say(physics.reason())
+    interval_ok, interval_reason = interval_check(challenger_metrics, settings)
+    say(interval_reason)
 
     with registry_lock(settings, say=say) as lock:
         current = loading.version_by_alias(client, name)  # re-read under the lock
@@ -245,6 +267,8 @@ def promote(settings: Settings | None = None, metric: str = "rmse", run_id: str 
         production_metrics, promoted, reason = None, None, ""
         if not physics.passed:
             promoted, reason = force, f"forced: {physics.reason()}" if force else physics.reason()
+        elif not interval_ok:
+            promoted, reason = force, f"forced: {interval_reason}" if force else interval_reason
         elif current is None:
             promoted, reason = True, "no production version yet"
         elif existing is not None and int(existing.version) == previous:

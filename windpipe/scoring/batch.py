@@ -40,7 +40,7 @@ from windpipe.faults import fault_point
 from windpipe.fileio import staged_path
 from windpipe.models import loading
 from windpipe.models.loading import ModelRef
-from windpipe.names import PRED_COLUMNS, TIMESTAMP
+from windpipe.names import PRED_COLUMNS, QUANTILE_COLUMNS, TIMESTAMP
 from windpipe.scoring import drift
 from windpipe.scoring.validate import InputCheck, InputFile, ValidInput, row_list
 from windpipe.settings import Settings, get_settings
@@ -68,14 +68,19 @@ class BatchResult:
         return drift.batch_status(self.drift)
 
 
-def output_frame(valid: ValidInput, pred: np.ndarray, ref: ModelRef, batch_id: int | None = None) -> pd.DataFrame:
-    """The output table: row_no, utc_timestamp (if known), predictions, model name/version, batch_id."""
+def output_frame(valid: ValidInput, pred: np.ndarray, ref: ModelRef, batch_id: int | None = None,
+                 quantiles: np.ndarray | None = None) -> pd.DataFrame:
+    """The output table: row_no, utc_timestamp (if known), predictions, their quantiles (solar_GW_p10, ...: a
+    model that gives them), model name/version, batch_id."""
     n = len(pred)
     out = {"row_no": valid.row_numbers.astype("int64")}
     if valid.timestamps is not None:  # (not .to_numpy(): that makes a Timestamp object per row)
         out[TIMESTAMP] = pd.to_datetime(valid.timestamps, utc=True).array
     for i, col in enumerate(PRED_COLUMNS):
         out[col] = pred[:, i]
+    if quantiles is not None:
+        flat = quantiles.reshape(n, -1)
+        out.update({col: flat[:, i] for i, col in enumerate(QUANTILE_COLUMNS)})
     out["model_name"] = pd.Categorical.from_codes(np.zeros(n, dtype="int8"), [ref.name or ""])
     out["model_version"] = pd.Categorical.from_codes(np.zeros(n, dtype="int8"), [ref.version or ""])
     out["batch_id"] = pd.arrays.IntegerArray(np.full(n, batch_id or 0, dtype="int64"), np.full(n, batch_id is None))
@@ -241,15 +246,15 @@ def run_batch(input_path: Path | str, output_path: Path | str, model_uri: str | 
                         continue  # (every row of the part dropped)
                     model = model or loading.load(ref, settings)  # (after the first part passed its checks)
                     clock.lap("load_model")
-                    pred = loading.predict(model, valid.features, valid.timestamps)
+                    pred, quantiles = loading.predict_quantiles(model, valid.features, valid.timestamps)
                     clock.lap("score")
-                    batch.add(valid.features, pred, valid.timestamps, valid.row_numbers)
+                    batch.add(valid.features, pred, valid.timestamps, valid.row_numbers, quantiles)
                     fault_point("predict:marts_open")  # (rows are in, the transaction is open)
                     clock.lap("marts")
                     if summary is not None:
                         summary.add(valid.features)
                     clock.lap("drift")
-                    out.write(output_frame(valid, pred, ref, batch.batch_id))
+                    out.write(output_frame(valid, pred, ref, batch.batch_id, quantiles))
                     clock.lap("write")
                     fault_point("predict:part")  # (a part is in the temporary file and the open transaction)
                 check.finish()

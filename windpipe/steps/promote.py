@@ -36,7 +36,7 @@ def main(model_uri: str, metric: str, margin: str, step_dir: Path | None = None)
         run_id = loading.resolve(model_uri.strip(), settings).run_id
         if run_id is None:
             raise WindpipeError(f"The model {model_uri} was not logged by a run.", "promote a model the steps logged")
-        result = promote(settings, metric=metric, run_id=run_id, margin=margin_value)
+        result = promote(settings, metric=metric, run_id=run_id, margin=margin_value, say=print)
         fields = dataclasses.asdict(result)
         tags = {names.PROMOTE_TAG_PREFIX + k: str(v)[:4000] for k, v in fields.items()
                 if not isinstance(v, dict | list) and v is not None}

@@ -43,9 +43,11 @@ from windpipe.training.families import (
     core_columns,
     natural,
     natural_columns,
-    predict_fitted,
+    output_columns,
+    predict_quantiles_fitted,
 )
 from windpipe.training.families.rf import RFParams, rf_grid
+from windpipe.training.inputs import INTERVALS_KEY
 from windpipe.training.params import as_depth_list, as_float, as_int, as_int_list
 from windpipe.training.split import SplitSpec, backtest_windows, check_split, xy
 
@@ -117,16 +119,17 @@ def pip_requirements(family: Family) -> list[str]:
     return out
 
 
-def signature(columns: list[str]) -> ModelSignature:
-    """The natural inputs -> TARGETS (double). utc_timestamp is a datetime the model may also find as the
-    DataFrame's index, so MLflow's schema check lets it be absent (the model then says what is missing)."""
+def signature(columns: list[str], outputs: list[str] = TARGETS) -> ModelSignature:
+    """The natural inputs -> `outputs` (double: TARGETS, then with intervals each target's quantiles).
+    utc_timestamp is a datetime the model may also find as the DataFrame's index, so MLflow's schema check lets
+    it be absent (the model then says what is missing)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("datetime", c, required=False) if c == TIMESTAMP else ColSpec("double", c)
                        for c in columns]),
-        outputs=Schema([ColSpec("double", t) for t in TARGETS]))
+        outputs=Schema([ColSpec("double", t) for t in outputs]))
 
 
 def model_metadata(model: Any) -> dict[str, object]:
@@ -154,7 +157,8 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / f"{inputs.MODULE}.py"
         shutil.copyfile(inputs.__file__, code)
-        kwargs = {"name": "model", "signature": signature(columns), "input_example": input_example(rows, columns),
+        kwargs = {"name": "model", "signature": signature(columns, output_columns(model)),
+                  "input_example": input_example(rows, columns),
                   "pip_requirements": pip_requirements(family), "metadata": model_metadata(model),
                   "code_paths": [str(code)]}
         if family.flavor == "keras":
@@ -213,12 +217,14 @@ def log_training(family: Family, model: Any, params: dict[str, object], data: Da
     import mlflow
 
     from windpipe.training.figures import predicted_vs_recorded
-    from windpipe.training.metrics import clipped_metrics, regression_metrics
+    from windpipe.training.metrics import clipped_metrics, quantile_metrics, regression_metrics
 
     y_test = data.test[TARGETS]
-    pred = predict_fitted(model, data.test)
+    pred, quantiles = predict_quantiles_fitted(model, data.test)
     # the share the head clipped to [0, capacity]: how far the core alone strays from physics
     metrics = {**regression_metrics(y_test, pred), **clipped_metrics(clipped_fitted(model, data.test))}
+    if quantiles is not None and len(y_test):  # pinball loss, the 80 % interval's coverage and width
+        metrics.update(quantile_metrics(y_test, quantiles))
     data.log_input("training")
     tags = {names.FAMILY_TAG: family.name, names.DATA_DATE_TAG: data_date(data.train),
             names.TRAINING_DATA_TAG: data.uri}
@@ -292,9 +298,9 @@ def train(family: str, data: str, seed: str, test_size: str, split_by: str, hold
         out = log_training(fam, model, params, d, fit_s, trend)
         print(f"{family}: r2 {out['r2']:.4f} rmse {out['rmse']:.3f} wind bias {out['bias_wind_GW']:+.2f} GW "
               f"on {d.spec.describe()} (fit {fit_s:.1f} s) -> {out['model_uri']}")
-        if folds:
-            out.update(log_backtest(fit, d, folds, trend, final=model if spec.split_by == "time" else None,
-                                    label=family))
+        if folds:  # (a fold's model is scored on its point forecast: its quantiles would cost one fit more)
+            out.update(log_backtest(partial(fit, intervals=False), d, folds, trend,
+                                    final=model if spec.split_by == "time" else None, label=family))
         return out
 
 
@@ -356,6 +362,8 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
             if best is None or names.better(out["r2"], best[0], "r2"):
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
         r2, best_id, model, p, fit_s = best
+        model = natural(model[-1].model, trend, head={**head, INTERVALS_KEY: rf.calibrate(
+            TrainingRows(d.train, trend, spec.split_by, spec.seed), p, head)})  # (its quantiles: one fit more)
         out = log_training(rf, model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
                                        "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
                                        "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
@@ -365,7 +373,7 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
         print(f"best: n_estimators={p.n_estimators} max_depth={p.max_depth} r2 {r2:.4f} (run {best_id})"
               f" -> {out['model_uri']}")
         if folds:
-            out.update(log_backtest(lambda train: rf.fit_natural(TrainingRows(train, trend), p), d, folds, trend,
+            out.update(log_backtest(lambda train: rf.fit_natural(TrainingRows(train, trend), p, False), d, folds, trend,
                                     final=model if spec.split_by == "time" else None, label="rf grid best"))
         return {**out, "best_run_id": best_id}
 
@@ -383,7 +391,7 @@ def backtest(family: str, data: str, seed: str, holdout_weeks: str, time_feature
         d.log_input("backtest")
         log_batch({**params, "data_uri": d.uri, "time_features": trend},
                   tags={names.FAMILY_TAG: family, names.TRAINING_DATA_TAG: d.uri, names.DATA_DATE_TAG: data_date(d.df)})
-        return log_backtest(fit, d, folds, trend, label=family)
+        return log_backtest(partial(fit, intervals=False), d, folds, trend, label=family)
 
 
 def evaluate(family: str, model_uri: str, data: str, scope: str, seed: str, test_size: str, split_by: str,
@@ -432,5 +440,5 @@ def family_fitter(family: str, kw: dict[str, object], spec: SplitSpec,
     from the training window (`spec.split_by=time`: the newest of them)."""
     fam = families.get(family)
     p = fam.parse(seed=spec.seed, **kw)
-    return fam, fam.log_params(p, trend), lambda train: fam.fit_natural(
-        TrainingRows(train, trend, spec.split_by, spec.seed), p)
+    return fam, fam.log_params(p, trend), lambda train, intervals=True: fam.fit_natural(
+        TrainingRows(train, trend, spec.split_by, spec.seed), p, intervals)

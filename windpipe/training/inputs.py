@@ -54,6 +54,10 @@ ROWS_SHOWN = 10
 KERAS_FILE = "model.keras"  # in the model's data folder, beside INPUTS_FILE
 INPUTS_FILE = "inputs.json"
 HEAD_KEY = "head"  # in INPUTS_FILE: a Keras model's head (Head's spec)
+INTERVALS_KEY = "intervals"  # in a head's spec: the conformal quantiles (Head's docstring)
+# the levels of the point forecast (shares of the ceiling) the intervals are kept at: calm or night, low, middling,
+# high, near the capacity
+LEVEL_CENTRES = (0.0, 0.05, 0.15, 0.35, 0.6)
 
 
 # ---------------------------------------------------------------------------------------------- the time
@@ -144,11 +148,22 @@ def input_error(problem: str, fix: str) -> Exception:
 # ---------------------------------------------------------------------------------------------- the head
 
 class Head:
-    """Physical bounds on a core's raw output (the formula in the module docstring). `spec` is plain JSON:
+    """Physical bounds on a core's raw output (the formula in the module docstring), and how sure the forecast
+    is. `spec` is plain JSON:
 
         targets          the output columns, in order
         trend            the core input column holding the trend, or null (a model without the time)
         lines, factor    per target (a, b) of the capacity line, and the largest capacity factor recorded
+        intervals        (optional) conformal quantiles: `quantiles` (e.g. [0.1, 0.5, 0.9]), `hour` (the two
+                         core columns of the hour cycle, or null), `level_centres` (levels of the forecast, as
+                         shares of the ceiling) and `offsets` (targets x hours x levels x quantiles, shares of
+                         the ceiling): the residual quantiles of calibration rows never fitted on, per UTC hour
+                         of day and level of the forecast;
+                         `columns`: per target, its quantiles' output columns (windpipe.names.quantile_column)
+
+    With intervals the model's output is a table: the point forecast per target, then each target's quantiles
+    (`solar_GW_p10`, ...): quantile_k = clip(point + offset_k(hour, level) x ceiling, 0, ceiling), the offset
+    interpolated between the level centres; P10 <= P50 <= P90, and a quantile never falls as its point rises.
     """
 
     def __init__(self, spec: dict) -> None:
@@ -172,6 +187,76 @@ class Head:
         """Which raw predictions `finish` changes (below 0 or above the ceiling): bool (rows, targets)."""
         raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
         return (raw < 0.0) | (raw > self.ceiling(X))
+
+    @property
+    def intervals(self) -> dict | None:
+        return self.spec.get(INTERVALS_KEY)
+
+    def hours(self, X: pd.DataFrame) -> np.ndarray:
+        """Each row's UTC hour of day (int, rows) from the core's hour cycle; 0 for a model without the time."""
+        hour_columns = (self.intervals or {}).get("hour")
+        if not hour_columns:
+            return np.zeros(len(X), dtype=int)
+        angle = np.arctan2(np.asarray(X[hour_columns[0]], dtype="float64"),
+                           np.asarray(X[hour_columns[1]], dtype="float64"))
+        return np.rint(angle * 24.0 / (2 * np.pi)).astype(int) % 24
+
+    def share(self, X: pd.DataFrame, point: np.ndarray) -> np.ndarray:
+        """The point forecast as a share of the ceiling (the level the intervals vary with): (rows, targets)."""
+        ceiling = self.ceiling(X)
+        return np.divide(point, ceiling, out=np.zeros_like(ceiling), where=ceiling > 0)
+
+    def quantiles(self, X: pd.DataFrame, point: np.ndarray) -> np.ndarray | None:
+        """The quantiles around the (finished) `point` forecast: float64 (rows, targets, quantiles), clipped to
+        [0, ceiling]; None for a head without intervals. The offsets (shares of the ceiling) are interpolated
+        between the level centres, so a quantile moves with its point forecast without steps."""
+        spec = self.intervals
+        if not spec:
+            return None
+        offsets = np.asarray(spec["offsets"], dtype="float64")  # (targets, hours, levels, quantiles)
+        centres = np.asarray(spec["level_centres"], dtype="float64")
+        hours = np.minimum(self.hours(X), offsets.shape[1] - 1)
+        share, ceiling = self.share(X, point), self.ceiling(X)
+        out = np.empty((len(X), len(self.targets), offsets.shape[3]))
+        for t in range(len(self.targets)):
+            s = np.clip(share[:, t], centres[0], centres[-1])
+            upper = np.clip(np.searchsorted(centres, s, side="right"), 1, len(centres) - 1)
+            lower = upper - 1
+            span = centres[upper] - centres[lower]
+            w = np.divide(s - centres[lower], span, out=np.zeros_like(s), where=span > 0)[:, None]
+            offset = offsets[t, hours, lower, :] * (1 - w) + offsets[t, hours, upper, :] * w
+            out[:, t, :] = point[:, t, None] + offset * ceiling[:, t, None]
+        return np.clip(out, 0.0, ceiling[:, :, None])
+
+    def columns(self) -> list[str]:
+        """The output's columns: the targets, then (with intervals) each target's quantiles."""
+        spec = self.intervals
+        if not spec:
+            return list(self.targets)
+        return [*self.targets, *(c for per_target in spec["columns"] for c in per_target)]
+
+    def output(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray | pd.DataFrame:
+        """What the model returns for the core input `X`: the finished point forecast (rows, targets) and, with
+        intervals, a frame of `columns()` (the point, then each target's quantiles)."""
+        point = self.finish(X, raw)
+        q = self.quantiles(X, point)
+        if q is None:
+            return point
+        return pd.DataFrame(np.hstack([point, q.reshape(len(X), -1)]), columns=self.columns())
+
+
+def split_output(out: Any, targets: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's output -> (the point forecast (rows, targets), the quantiles (rows, targets, quantiles) or None):
+    a frame with quantile columns (a model with intervals), or the bare point forecast."""
+    if isinstance(out, pd.DataFrame) and all(t in out.columns for t in targets) and out.shape[1] > len(targets):
+        point = out[targets].to_numpy(dtype="float64")
+        rest = [c for c in out.columns if c not in targets]
+        q = out[rest].to_numpy(dtype="float64").reshape(len(out), len(targets), len(rest) // len(targets))
+        return point, q
+    if isinstance(out, pd.DataFrame) and all(t in out.columns for t in targets):
+        return out[targets].to_numpy(dtype="float64"), None
+    arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out, dtype="float64")
+    return arr, None
 
 
 # ---------------------------------------------------------------------------------------------- the wrappers
@@ -277,8 +362,8 @@ def _forecast_class() -> type:
             """The core's own output for the core input `X`, float64."""
             return np.asarray(self.model.predict(X), dtype="float64")
 
-        def predict(self, X: pd.DataFrame) -> np.ndarray:
-            return Head(self.head).finish(X, self.raw(X))
+        def predict(self, X: pd.DataFrame) -> np.ndarray | pd.DataFrame:
+            return Head(self.head).output(X, self.raw(X))
 
     Forecast.__module__, Forecast.__qualname__ = MODULE, "Forecast"  # (what skops and pickle record)
     return Forecast
@@ -364,10 +449,10 @@ class KerasForecaster:
         out = self.model.predict(np.asarray(X, dtype="float32"), verbose=0, batch_size=4096)
         return np.asarray(out, dtype="float64").reshape(len(X), -1)
 
-    def predict(self, data: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+    def predict(self, data: pd.DataFrame, params: dict | None = None) -> np.ndarray | pd.DataFrame:
         X = self.core_input(data)
         raw = self.raw(X)
-        return raw if self.head is None else Head(self.head).finish(X, raw)
+        return raw if self.head is None else Head(self.head).output(X, raw)
 
     def get_raw_model(self) -> KerasForecaster:
         return self

@@ -43,13 +43,20 @@ def quantile_metrics(y_true: pd.DataFrame | np.ndarray, quantiles: np.ndarray, t
                      levels: tuple[float, ...] = QUANTILES, prefix: str = "") -> dict[str, float]:
     """`pinball` (the mean over `levels`, rows and targets, GW), `coverage80` (the share of recorded values inside
     [P10, P90]) and `width80` (the mean P90 - P10, GW), averaged over the targets and per target
-    (`pinball_wind_GW`, ...). `quantiles`: (rows, targets, len(levels)) in the order of `levels`."""
+    (`pinball_wind_GW`, ...). `quantiles`: (rows, targets, len(levels)) in the order of `levels`.
+
+    Coverage leaves out the hours that are certain: recorded 0 inside an interval of [0, 0] (solar at night),
+    which any method covers; counted, they would lift solar's coverage towards 1 whatever the day's intervals do.
+    """
     yt = np.asarray(y_true, dtype="float64").reshape(len(y_true), -1)
     qs = np.asarray(quantiles, dtype="float64").reshape(len(yt), len(targets), len(levels))
     low, high = levels.index(INTERVAL[0]), levels.index(INTERVAL[1])
+    inside = (yt >= qs[:, :, low]) & (yt <= qs[:, :, high])
+    uncertain = ~((yt == 0.0) & (qs[:, :, low] == 0.0) & (qs[:, :, high] == 0.0))
     per: dict[str, np.ndarray] = {
         PINBALL: np.mean([pinball(yt, qs[:, :, j], q).mean(axis=0) for j, q in enumerate(levels)], axis=0),
-        COVERAGE: ((yt >= qs[:, :, low]) & (yt <= qs[:, :, high])).mean(axis=0),
+        COVERAGE: np.divide((inside & uncertain).sum(axis=0), uncertain.sum(axis=0),
+                            out=np.ones(len(targets)), where=uncertain.sum(axis=0) > 0),
         WIDTH: (qs[:, :, high] - qs[:, :, low]).mean(axis=0),
     }
     out: dict[str, float] = {}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from windpipe.names import QUANTILES
+from windpipe.names import QUANTILES, quantile_column
 
 
 def climatology(train_times: pd.Series | pd.DatetimeIndex, train_values: np.ndarray,
@@ -39,3 +39,54 @@ def climatology(train_times: pd.Series | pd.DatetimeIndex, train_values: np.ndar
                 table = np.quantile(vals[near], q, axis=0).T  # (targets, quantiles)
                 out[(hour_when == hour) & (doy_when == doy)] = table
     return out
+
+
+# at least this many calibration residuals make a cell's quantiles; a thinner cell takes its level's (all hours),
+# then its hour's (all levels), then every row's
+MIN_CELL_ROWS = 30
+CALIBRATION_FRACTION = 0.2  # the newest share of the training rows the conformal intervals are calibrated on
+
+
+def conformal_intervals(X: pd.DataFrame, y: np.ndarray, point: np.ndarray, head: dict,
+                        quantiles: Sequence[float] = QUANTILES, min_rows: int = MIN_CELL_ROWS) -> dict:
+    """Split-conformal intervals (the `intervals` of windpipe.training.inputs.Head's spec) from calibration rows a
+    model never fitted on: `X` their core input, `y` (rows, targets) what was recorded, `point` (rows, targets)
+    the model's finished forecast.
+
+    Per target, UTC hour of day (when the core reads the hour cycle) and level of the forecast (the nearest of
+    LEVEL_CENTRES), the `quantiles` of the residuals (y - point) / ceiling; a cell with fewer than `min_rows`
+    residuals falls back to its level over all hours, then to its hour over all levels, then to all rows.
+    Along the levels each quantile's offset falls by at most the distance between the centres, so the
+    interpolated quantile never falls as its point forecast rises (the physics gate's rules hold for it too)."""
+    from windpipe.training.inputs import INTERVALS_KEY, LEVEL_CENTRES, Head
+
+    q = [float(v) for v in quantiles]
+    centres = np.asarray(LEVEL_CENTRES, dtype="float64")
+    hour_columns = ["hour_sin", "hour_cos"] if {"hour_sin", "hour_cos"} <= set(X.columns) else None
+    spec = {"quantiles": q, "hour": hour_columns, "level_centres": centres.tolist(), "offsets": [],
+            "columns": [[quantile_column(t, v) for v in q] for t in head["targets"]]}
+    head_ = Head({**head, INTERVALS_KEY: spec})
+    point = np.asarray(point, dtype="float64").reshape(len(X), -1)
+    ceiling = head_.ceiling(X)
+    residuals = np.divide(np.asarray(y, dtype="float64").reshape(len(X), -1) - point, ceiling,
+                          out=np.zeros_like(point), where=ceiling > 0)
+    hours = head_.hours(X)
+    levels = np.abs(head_.share(X, point)[:, :, None] - centres[None, None, :]).argmin(axis=2)
+    n_hours = 24 if hour_columns else 1
+    offsets = np.zeros((point.shape[1], n_hours, len(centres), len(q)))
+    for t in range(point.shape[1]):
+        r, lv = residuals[:, t], levels[:, t]
+        overall = np.quantile(r, q) if len(r) else np.zeros(len(q))
+        for h in range(n_hours):
+            for level in range(len(centres)):
+                for rows in (lv == level) & (hours == h), lv == level, hours == h:
+                    if rows.sum() >= min_rows:
+                        offsets[t, h, level] = np.quantile(r[rows], q)
+                        break
+                else:
+                    offsets[t, h, level] = overall
+            for level in range(1, len(centres)):  # never steeper than -1 along the level: monotone quantiles
+                floor = offsets[t, h, level - 1] - (centres[level] - centres[level - 1])
+                offsets[t, h, level] = np.maximum(offsets[t, h, level], floor)
+    spec["offsets"] = np.round(offsets, 6).tolist()
+    return spec

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from windpipe.names import CHALLENGER, PRODUCTION, TARGETS
+from windpipe.names import CHALLENGER, INTERVAL, PRODUCTION, TARGETS, quantile_column
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 LABELS = {"solar_GW": "Solar (GW)", "wind_GW": "Wind (GW)"}
 COLORS = {"solar_GW": "#f0a202", "wind_GW": "#1f77b4"}
+BAND_COLORS = {"solar_GW": "rgba(240, 162, 2, 0.22)", "wind_GW": "rgba(31, 119, 180, 0.2)"}  # the 80 % interval
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
 
 
@@ -75,11 +76,13 @@ def history_figure(weekly: pd.DataFrame) -> dict:
 
 
 def prediction_figure(frame: pd.DataFrame, title: str = "") -> dict:
-    """Recorded vs predicted for both targets over time (a `predict_frame` result)."""
+    """Recorded vs predicted for both targets over time (a `predict_frame` result), with the 80 % interval
+    (P10..P90) as a band when the model gives quantiles."""
     x = _times(frame.index)
     data = []
     for row, target in enumerate(TARGETS, start=1):
         axes = {"xaxis": "x" if row == 1 else "x2", "yaxis": "y" if row == 1 else "y2"}
+        data.extend(_band(x, frame, target, "pred_", showlegend=row == 1, axes=axes))
         data.append({"type": "scatter", "mode": "lines", "x": x, "y": _values(frame[target]),
                      "name": f"recorded {target}", "line": {"color": "#444", "width": 1.2}, **axes})
         data.append({"type": "scatter", "mode": "lines", "x": x, "y": _values(frame[f"pred_{target}"]),
@@ -139,6 +142,19 @@ def _side_by_side(titles: list[str], height: int) -> dict:
 SWEEP_LABELS = {"windspeed": "wind speed (m/s)", "rad_horizontal": "direct horizontal radiation (W/m²)"}
 
 
+def _band(x: list, frame: pd.DataFrame, target: str, prefix: str, showlegend: bool, axes: dict) -> list[dict]:
+    """The 80 % interval of `target` (columns `<prefix><target>_p10` and `_p90` of `frame`) as a filled band: two
+    traces, the lower edge then the upper filled down to it; none when the frame has no quantiles."""
+    low, high = (f"{prefix}{quantile_column(target, q)}" for q in INTERVAL)
+    if low not in frame.columns or high not in frame.columns or frame[low].isna().all():
+        return []
+    edge = {"type": "scatter", "mode": "lines", "x": x, "line": {"width": 0, "color": COLORS[target]},
+            "hoverinfo": "skip", "legendgroup": f"band {target}", **axes}
+    return [{**edge, "y": _values(frame[low]), "showlegend": False, "name": f"P10 {target}"},
+            {**edge, "y": _values(frame[high]), "fill": "tonexty", "fillcolor": BAND_COLORS[target],
+             "name": f"80 % interval {target} (P10..P90)", "showlegend": showlegend}]
+
+
 def response_figure(curves: dict[str, pd.DataFrame], point: dict[str, float], prediction: dict[str, float]) -> dict:
     """Power against wind speed and against radiation (a `frames.response_curves` result), the other inputs held
     at the chosen values; the chosen point marked on every curve."""
@@ -146,6 +162,7 @@ def response_figure(curves: dict[str, pd.DataFrame], point: dict[str, float], pr
     for col, (feature, curve) in enumerate(curves.items(), start=1):
         axes = {"xaxis": "x" if col == 1 else "x2", "yaxis": "y" if col == 1 else "y2"}
         for target in TARGETS:
+            data.extend(_band(_values(curve[feature]), curve, target, "", showlegend=col == 1, axes=axes))
             data.append({"type": "scatter", "mode": "lines", "x": _values(curve[feature]), "y": _values(curve[target]),
                          "name": LABELS[target], "legendgroup": target, "showlegend": col == 1,
                          "line": {"color": COLORS[target], "width": 2}, **axes})

@@ -9,7 +9,7 @@ import pandas as pd
 
 from windpipe.entities.schema import FEATURES_ENTITY
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.names import FEATURES, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 
 
 def index_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,13 +67,18 @@ def default_range(df: pd.DataFrame, days: int = 31) -> tuple[str, str]:
 
 
 def predict_frame(model: object, df: pd.DataFrame) -> pd.DataFrame:
-    """Recorded targets beside the model's predictions (`pred_<target>`) for the rows of `df`."""
-    from windpipe.models.loading import predict
+    """Recorded targets beside the model's predictions (`pred_<target>`) and, for a model that gives them, its
+    quantiles (`pred_solar_GW_p10`, ...) for the rows of `df`."""
+    from windpipe.models.loading import predict_quantiles
 
-    pred = predict(model, df[FEATURES].astype("float64"), df.index)  # (the time, for models of the trend)
+    # (the time, for models of the trend)
+    pred, quantiles = predict_quantiles(model, df[FEATURES].astype("float64"), df.index)
     out = df[TARGETS].copy()
     for i, target in enumerate(TARGETS):
         out[f"pred_{target}"] = pred[:, i]
+    if quantiles is not None:
+        for i, column in enumerate(QUANTILE_COLUMNS):
+            out[f"pred_{column}"] = quantiles.reshape(len(df), -1)[:, i]
     return out
 
 
@@ -88,8 +93,8 @@ def errors(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def whatif(model: object, values: dict[str, float | None], when: object = None) -> dict[str, float]:
     """Predict both targets for one set of weather values at the UTC time `when` (models that follow the
-    trend need it: the same weather gives more wind power in 2016 than in 2013); WindpipeError for
-    missing/invalid ones."""
+    trend need it: the same weather gives more wind power in 2016 than in 2013), and their quantiles
+    (solar_GW_p10, ...) when the model gives them; WindpipeError for missing/invalid ones."""
     missing = [f for f in FEATURES if values.get(f) is None or values.get(f) == ""]
     if missing:
         raise WindpipeError(f"Enter a value for {', '.join(missing)}.")
@@ -104,11 +109,11 @@ def whatif(model: object, values: dict[str, float | None], when: object = None) 
         if not np.isfinite(value).all() or FEATURES_ENTITY.out_of_range(f, value).any():
             raise WindpipeError(f"{f} must be a finite number in {FEATURES_ENTITY.range_text(f)}, "
                                 f"got {value[0]:g}.")
-    from windpipe.models.loading import predict
+    from windpipe.models.loading import predict_quantiles, quantile_frame
 
     stamp = utc_time(when)
-    pred = predict(model, row, None if stamp is None else [stamp])[0]
-    return {t: float(v) for t, v in zip(TARGETS, pred, strict=True)}
+    point, quantiles = predict_quantiles(model, row, None if stamp is None else [stamp])
+    return {k: float(v) for k, v in quantile_frame(point, quantiles).iloc[0].items()}
 
 
 def utc_time(when: object) -> pd.Timestamp | None:

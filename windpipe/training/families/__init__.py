@@ -38,6 +38,7 @@ import pandas as pd
 from windpipe.errors import WindpipeError
 from windpipe.names import FEATURES, TARGETS, TIME_FEATURES, TIMESTAMP
 from windpipe.training.features import MODEL_COLUMNS
+from windpipe.training.inputs import INTERVALS_KEY
 from windpipe.training.split import validation_split, xy
 
 SKLEARN_REQUIREMENTS = ("scikit-learn", "scipy", "numpy", "pandas", "skops")
@@ -86,10 +87,23 @@ class Family:
     requirements: tuple[str, ...] = SKLEARN_REQUIREMENTS
     skops_trusted: tuple[str, ...] = ()
 
-    def fit_natural(self, rows: TrainingRows, params: Any) -> Any:
+    def fit_natural(self, rows: TrainingRows, params: Any, intervals: bool = True) -> Any:
         """Fit on `rows` and return the model as it is logged: it takes the natural inputs and ends in the head
-        (bounds from these rows)."""
-        return natural(self.fit(rows, params), rows.time_features, self.tensor, head=rows.head())
+        (bounds from these rows) with, when `intervals`, its conformal quantiles (`calibrate`)."""
+        head = rows.head()
+        if intervals:
+            head = {**head, INTERVALS_KEY: self.calibrate(rows, params, head)}
+        return natural(self.fit(rows, params), rows.time_features, self.tensor, head=head)
+
+    def calibrate(self, rows: TrainingRows, params: Any, head: dict) -> dict:
+        """Conformal intervals for a model of `rows` (windpipe.training.uncertainty.conformal_intervals): the family
+        is fitted once more without the newest CALIBRATION_FRACTION of the rows, whose residuals it never saw make
+        the quantiles, per hour of day and level (split conformal, so one fit more than the model itself)."""
+        from windpipe.training.uncertainty import CALIBRATION_FRACTION, conformal_intervals
+
+        fit_rows, (X_cal, y_cal) = rows.validation(CALIBRATION_FRACTION)
+        model = natural(self.fit(fit_rows, params), rows.time_features, self.tensor, head=head)
+        return conformal_intervals(X_cal, y_cal.to_numpy(dtype="float64"), point_of(model, X_cal), head)
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -168,6 +182,14 @@ def core_columns(model: Any) -> list[str]:
     return list(inputs_of(model).get_feature_names_out())
 
 
+def output_columns(model: Any) -> list[str]:
+    """What a natural model returns: the targets, then (a model with intervals) each target's quantiles."""
+    from windpipe.training.inputs import Head
+
+    last = forecaster_of(model)
+    return Head(last.head).columns() if last is not None else list(TARGETS)
+
+
 def natural_columns(model: Any) -> list[str]:
     """What a natural model takes: utc_timestamp when it derives time columns, then the weather."""
     inputs = inputs_of(model)
@@ -179,9 +201,26 @@ def _natural_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def predict_fitted(model: Any, rows: pd.DataFrame) -> np.ndarray:
-    """Predictions of a natural model for processed-entity rows (utc_timestamp and the weather), float64."""
-    out = model.predict(_natural_rows(rows))
-    return np.asarray(out, dtype="float64").reshape(len(rows), -1)
+    """The point forecast of a natural model for processed-entity rows (utc_timestamp and the weather): float64
+    (rows, targets)."""
+    return predict_quantiles_fitted(model, rows)[0]
+
+
+def predict_quantiles_fitted(model: Any, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the point forecast (rows, targets), its quantiles (rows, targets, QUANTILES) or None for a model without
+    intervals) of a natural model for processed-entity rows."""
+    from windpipe.training.inputs import split_output
+
+    point, q = split_output(model.predict(_natural_rows(rows)), TARGETS)
+    return point.reshape(len(rows), -1), q
+
+
+def point_of(model: Any, X: pd.DataFrame) -> np.ndarray:
+    """The finished point forecast of a natural model for its core input `X` (rows, targets), float64."""
+    from windpipe.training.inputs import Head
+
+    last = forecaster_of(model)
+    return Head(last.head).finish(X, last.raw(X))
 
 
 def follows_trend(X: pd.DataFrame) -> bool:

@@ -21,7 +21,7 @@ from dash import Input, Output, State, dcc, html
 from dash.development.base_component import Component
 
 from windpipe.errors import WindpipeError, first_line
-from windpipe.names import FEATURES
+from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings
 from windpipe.views import figures as F
 from windpipe.views import frames as D
@@ -127,8 +127,9 @@ class Dashboard:
         point = {f: float(values[f]) for f in FEATURES}  # type: ignore[arg-type]
         return dbc.Row([
             dbc.Col(dbc.Card(dbc.CardBody([html.H6(F.LABELS[t], className="text-muted"),
-                                           html.H3(f"{v:.2f} GW", id=f"whatif-{t}")])), md=6)
-            for t, v in pred.items()
+                                           html.H3(f"{pred[t]:.2f} GW", id=f"whatif-{t}"),
+                                           *C.interval_text(pred, t)])), md=6)
+            for t in TARGETS
         ] + [dbc.Col(html.Small(f"model {pm.instance_name} (version {pm.version}), at "
                                 f"{pd.Timestamp(when):%Y-%m-%d %H:%M} UTC", className="text-muted"),
                      width=12, className="mt-2"),

@@ -28,6 +28,15 @@ FEATURE_HELP = {
 }
 
 
+def interval_text(prediction: dict[str, float], target: str) -> list[Component]:
+    """`80 % interval: a - b GW` under a what-if card (frames.whatif's quantiles); nothing without them."""
+    low, high = (names.quantile_column(target, q) for q in names.INTERVAL)
+    if low not in prediction or high not in prediction:
+        return []
+    return [html.Small(f"80 % interval: {prediction[low]:.2f} - {prediction[high]:.2f} GW (P10 - P90)",
+                       id=f"whatif-interval-{target}", className="text-muted")]
+
+
 def empty_message(status: dict | None) -> str:
     if not status:
         return "Loading…"

@@ -45,9 +45,12 @@ def marts_logger(settings: Settings) -> PredictionLogger | None:
         from windpipe.marts.writers import record_dashboard
 
         preds = frame[[f"pred_{t}" for t in TARGETS]].to_numpy()
+        quantile_columns = [f"pred_{q}" for q in names.QUANTILE_COLUMNS]
+        quantiles = (frame[quantile_columns].to_numpy().reshape(len(frame), len(TARGETS), -1)
+                     if all(c in frame.columns for c in quantile_columns) else None)
         record_dashboard(None, scored[FEATURES], preds, pd.Series(scored.index), model_name=pm.name,
                          model_version=pm.version, model_uri=names.version_uri(pm.name, pm.version),
-                         settings=settings)
+                         settings=settings, quantiles=quantiles)
 
     return write
 
