@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from windpipe.errors import UsageError, WindpipeError
-from windpipe.names import FEATURES, TARGETS, TIMESTAMP
+from windpipe.models.loading import quantile_frame
+from windpipe.names import FEATURES, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.training import families
 from windpipe.training.families import Family, TrainingRows, register
@@ -195,15 +196,16 @@ def test_mlflow_models_serve_answers_curl_with_the_natural_columns(family, logge
 
     uri, model = logged["models"][family]
     rows = logged["rows"]
-    expected = families.predict_fitted(model, rows)
+    expected = quantile_frame(*families.predict_quantiles_fitted(model, rows))  # the point, then the quantiles
     proc, url = serving.start(get_settings(), free_port(), uri, log=tmp_path / "serve.log")
     try:
         body = json.dumps(serving.payload(natural_rows(rows)))
         assert '"2013-02-' in body and "Z" not in body  # ISO times, naive UTC
         curl = subprocess.run(["curl", "-s", f"{url}/invocations", "-H", "Content-Type: application/json",
                                "-d", body], capture_output=True, text=True, timeout=60)
-        served = np.asarray(json.loads(curl.stdout)["predictions"], dtype="float64")
-        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+        served = pd.DataFrame(json.loads(curl.stdout)["predictions"])
+        assert list(served.columns) == [*TARGETS, *QUANTILE_COLUMNS]
+        np.testing.assert_allclose(served.to_numpy(dtype="float64"), expected.to_numpy(), rtol=1e-5, atol=1e-6)
         # a repeated hour is the model's own clear error (HTTP 400), naming the rows
         repeated = natural_rows(rows).assign(**{TIMESTAMP: rows[TIMESTAMP].dt.tz_localize(None).iloc[0]})
         with pytest.raises(WindpipeError, match=r"HTTP 400.*repeats an earlier row's time in 23 row\(s\)"):
@@ -224,7 +226,7 @@ def test_every_family_loads_without_windpipe_and_takes_the_datetimeindex(logged,
     rows = logged["rows"]
     rows.set_index(TIMESTAMP)[FEATURES].to_parquet(tmp_path / "rows.parquet")  # the usual shape: tz-aware index
     for family, (_uri, model) in logged["models"].items():
-        np.save(tmp_path / f"{family}.npy", families.predict_fitted(model, rows))
+        np.save(tmp_path / f"{family}.npy", quantile_frame(*families.predict_quantiles_fitted(model, rows)).to_numpy())
     uris = {f: u for f, (u, _m) in logged["models"].items()}
     code = ("import sys, json; sys.modules['windpipe'] = None\n"  # any import of windpipe fails
             "import numpy as np, pandas as pd, mlflow.pyfunc\n"

@@ -248,8 +248,10 @@ def test_serve_follows_a_forced_promotion_and_the_rollback(client, raw_dir, tmp_
             uri = f"models:/{name}/{version.version}"
             columns, tensor = serving.input_spec(get_settings(), uri)
             served = serving.request_predictions(url, rows, columns, tensor)
-            expected = loading.predict(loading.load(loading.resolve(uri)), rows[FEATURES], rows[TIMESTAMP])
-            np.testing.assert_allclose(served.to_numpy(), expected, rtol=1e-5)
+            expected = loading.quantile_frame(*loading.predict_quantiles(loading.load(loading.resolve(uri)),
+                                                                         rows[FEATURES], rows[TIMESTAMP]))
+            assert list(served.columns) == list(expected.columns)  # the point forecast and its quantiles
+            np.testing.assert_allclose(served.to_numpy(), expected.to_numpy(), rtol=1e-5)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

@@ -14,7 +14,7 @@ import pytest
 from windpipe.entities.schema import PROCESSED
 from windpipe.entities.store import write_entity
 from windpipe.models import loading
-from windpipe.names import FEATURES, TIMESTAMP
+from windpipe.names import FEATURES, QUANTILE_COLUMNS, TARGETS, TIMESTAMP
 from windpipe.training.features import MODEL_COLUMNS
 
 from .conftest import latest_run, mlflow_run
@@ -58,10 +58,11 @@ def assert_trained(run, family: str, entity_uri: str) -> str:
     # plain pyfunc, as `mlflow models serve` calls it: utc_timestamp (naive UTC) and the weather
     weather = pd.DataFrame([[5.0, 10.0, 100.0, 50.0]], columns=FEATURES)
     plain = model.predict(weather.assign(**{TIMESTAMP: pd.to_datetime(["2013-01-20 12:00"])}))
-    assert np.asarray(plain).shape == (1, 2)
+    assert list(plain.columns) == [*TARGETS, *QUANTILE_COLUMNS]  # the point forecast, then P10, P50, P90
     # through windpipe's one loader (a tz-aware time) the same numbers
-    ours = loading.predict(model, weather, pd.Series(pd.to_datetime(["2013-01-20T12:00:00Z"])))
-    np.testing.assert_allclose(ours, np.asarray(plain, dtype="float64"), rtol=1e-6)
+    ours = loading.quantile_frame(*loading.predict_quantiles(model, weather,
+                                                             pd.Series(pd.to_datetime(["2013-01-20T12:00:00Z"]))))
+    np.testing.assert_allclose(ours.to_numpy(), plain.to_numpy(dtype="float64"), rtol=1e-6)
     return tags["windpipe.model_uri"]
 
 
