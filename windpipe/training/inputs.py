@@ -16,6 +16,9 @@ it in front of a fitted model:
   capacity the model knows] (`Head`);
 - `KerasForecaster`: the same inputs and head around a Keras model, the `python_function` flavor of a Keras
   family's logged model (`_load_pyfunc`; its `keras` flavor still loads the bare network).
+- `MonotoneRidge`: the lr family's core per target, a Ridge on `MonotoneDesign` (monotone spline ramps) that
+  predicts from folded coefficients without building the design; models logged before it hold
+  Pipeline(MonotoneDesign, Ridge), which still loads.
 
 The head (`Head.finish`) is physics every consumer gets:
 
@@ -24,7 +27,8 @@ The head (`Head.finish`) is physics every consumer gets:
     point_k      = clip(core_k, 0, ceiling_k)
 
 It imports numpy and pandas (scikit-learn when `NaturalInputs` is first used: its base classes take
-seconds to import, and reading timestamps needs none of it; Keras when a network is loaded) and
+seconds to import, and reading timestamps needs none of it; threadpoolctl, a dependency of scikit-learn, when
+`MonotoneRidge` predicts; Keras when a network is loaded) and
 nothing of windpipe: windpipe.steps.train logs it beside every model (`code_paths`) as the top-level
 module `windpipe_inputs`, so a model loads and predicts where windpipe is not installed (a model image,
 another team's notebook, `mlflow models serve` in a fresh environment). Its classes are named
@@ -457,6 +461,20 @@ def bspline_basis(x: np.ndarray, knots: np.ndarray, degree: int) -> tuple[np.nda
     return span - degree, np.column_stack(h)
 
 
+_BLAS: list[Any] = []  # threadpoolctl's controller, made once: listing the loaded libraries takes milliseconds
+
+
+def _one_blas_thread() -> Any:
+    """BLAS on one thread for a small product (rows x tens of columns): waking a second thread cost 8 ms against
+    1 ms on a busy machine, for at best half a millisecond on an idle one (scikit-learn's KMeans.predict does
+    the same). The same numbers: BLAS splits a product's rows and columns over threads, never a sum."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def _monotone_ridge_class() -> type:
     from sklearn.base import BaseEstimator, RegressorMixin
 
@@ -558,7 +576,8 @@ def _monotone_ridge_class() -> type:
                 return self.unfolded().predict(X)
             z = self._z(X)
             context = z[:, -self.fold_.shape[2]:]
-            out = np.column_stack([np.einsum("ij,ij->i", z @ p, context) for p in self.fold_]) + self.intercept_
+            with _one_blas_thread():
+                out = np.column_stack([np.einsum("ij,ij->i", z @ p, context) for p in self.fold_]) + self.intercept_
             return out if np.ndim(self.ridge_.coef_) > 1 else out[:, 0]
 
     MonotoneRidge.__module__, MonotoneRidge.__qualname__ = MODULE, "MonotoneRidge"  # (what skops and pickle record)
