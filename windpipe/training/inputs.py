@@ -489,10 +489,10 @@ def _monotone_ridge_class() -> type:
             rising r   M_r @ W_r = S_r @ (T @ W_r)   W_r: the block's coefficients as (ramps, C); T: the ramps'
                                                    reversed cumulative sums, as a matrix
             free       C' @ a + rowsum((C' @ B) * C')     a, B: the coefficients of C' and of C'_i C'_j, each
-                                                        positive copy minus its negative one (row 1 of C is 1)
+                                                        positive copy minus its negative one (C's first column is 1)
 
-        `design_` and `ridge_` are the fitted pair (`unfolded()`); input that is not finite goes through them, so
-        it is refused with scikit-learn's own message."""
+        `design_` and `ridge_` are the fitted pair (`unfolded()`); input that is empty or not finite goes through
+        them, so it is refused with scikit-learn's own message."""
 
         def __init__(self, rising: tuple[int, ...] = (), other: tuple[int, ...] = (),
                      calendar: tuple[int, ...] = (), n_knots: int = 8, alpha: float = 1.0,
@@ -526,7 +526,7 @@ def _monotone_ridge_class() -> type:
         def _fold(self) -> None:
             design = self.design_
             splines = [*design.rising_splines_, *([design.other_splines_] if design.other_splines_ is not None else [])]
-            # one (column, knots, degree) per spline input: the rising ones, then each of `other`
+            # one (column, knots) per spline input: the rising ones, then each of `other`
             self.columns_ = (*self.rising, *self.other)
             self.knots_ = tuple(np.asarray(b.t, dtype="float64") for s in splines for b in s.bsplines_)
             self.degree_ = int(splines[0].degree) if splines else 3
@@ -572,7 +572,7 @@ def _monotone_ridge_class() -> type:
             if X.ndim != 2 or X.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {X.shape[-1] if X.ndim else 0} features, but MonotoneRidge is expecting "
                                  f"{self.n_features_in_} features as input.")
-            if not np.isfinite(X).all():
+            if not len(X) or not np.isfinite(X).all():
                 return self.unfolded().predict(X)
             z = self._z(X)
             context = z[:, -self.fold_.shape[2]:]
