@@ -21,6 +21,7 @@ from windpipe.names import FEATURES, TARGETS, TIMESTAMP
 from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.training import families
 from windpipe.training.families import Family, TrainingRows, register
+from windpipe.training.inputs import split_output
 
 from .conftest import REPO
 from .models import tiny_processed
@@ -268,7 +269,8 @@ def test_mlflow_models_serve_answers_curl_with_the_natural_columns(family, logge
         assert '"2013-02-' in body and "Z" not in body  # ISO times, naive UTC
         curl = subprocess.run(["curl", "-s", f"{url}/invocations", "-H", "Content-Type: application/json",
                                "-d", body], capture_output=True, text=True, timeout=60)
-        served = np.asarray(json.loads(curl.stdout)["predictions"], dtype="float64")
+        # (a model with intervals answers records: the point forecast, then each target's quantiles)
+        served, _quantiles = split_output(pd.DataFrame(json.loads(curl.stdout)["predictions"]), TARGETS)
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
         # a repeated hour is the model's own clear error (HTTP 400), naming the rows
         repeated = natural_rows(rows).assign(**{TIMESTAMP: rows[TIMESTAMP].dt.tz_localize(None).iloc[0]})
@@ -290,7 +292,8 @@ def test_every_family_loads_without_windpipe_and_takes_the_datetimeindex(logged,
     rows = logged["rows"]
     rows.set_index(TIMESTAMP)[FEATURES].to_parquet(tmp_path / "rows.parquet")  # the usual shape: tz-aware index
     for family, (_uri, model) in logged["models"].items():
-        np.save(tmp_path / f"{family}.npy", families.predict_fitted(model, rows))
+        point, q = families.predict_quantiles_fitted(model, rows)  # (as the model answers: points, then quantiles)
+        np.save(tmp_path / f"{family}.npy", point if q is None else np.hstack([point, q.reshape(len(rows), -1)]))
     uris = {f: u for f, (u, _m) in logged["models"].items()}
     code = ("import sys, json; sys.modules['windpipe'] = None\n"  # any import of windpipe fails
             "import numpy as np, pandas as pd, mlflow.pyfunc\n"
