@@ -1,7 +1,7 @@
 """The linear family: per target a Ridge on B-splines of the inputs it may read, shaped so that power never
 falls as what drives it rises (windpipe.training.physics; windpipe.training.inputs.MonotoneDesign, predicted
-folded by MonotoneRidge), and
-with the time columns on the capacity factor, times the capacity line (windpipe.training.capacity).
+folded by MonotoneRidge), and with the time columns on the capacity factor, times the capacity line
+(windpipe.training.capacity).
 
 Issue 23: the earlier Ridge on every pairwise product of the weather's splines gave less wind power at 12 m/s
 than at 10 m/s and raised wind power with radiation. Here wind reads wind speed, temperature and the
