@@ -113,6 +113,72 @@ def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():
     assert "skops_trusted" in err.value.fix
 
 
+@pytest.mark.parametrize("rising", [(0,), (0, 1)])
+@pytest.mark.parametrize("calendar", [True, False])
+def test_lr_folded_ridge_predicts_what_its_design_and_ridge_predict(rising, calendar):
+    """MonotoneRidge (lr's core) fits as Pipeline(MonotoneDesign, positive Ridge) and predicts its numbers without
+    building the design, within the training range and beyond it (the splines' constant extrapolation)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+
+    from windpipe.training.families.lr import ALPHA, TOL
+    from windpipe.training.inputs import MonotoneDesign, MonotoneRidge
+
+    rng = np.random.default_rng(len(rising) + 2 * calendar)
+    other = (len(rising),)
+    cal = tuple(range(len(rising) + 1, len(rising) + 5)) if calendar else ()
+
+    def rows(n: int, spread: float) -> np.ndarray:
+        X = rng.normal(size=(n, len(rising) + 1 + len(cal))) * spread
+        X[:, list(cal)] = np.sin(X[:, list(cal)])  # (the calendar's cycles lie in [-1, 1])
+        return X
+
+    X = rows(2000, 1.0)
+    y = np.maximum(X[:, list(rising)], 0).sum(axis=1) * (1 + 0.3 * X[:, other[0]] ** 2) + 0.1 * rng.normal(size=2000)
+    if calendar:
+        y += 0.5 * X[:, cal[0]] * X[:, other[0]]
+    folded = MonotoneRidge(rising=rising, other=other, calendar=cal, alpha=ALPHA, tol=TOL).fit(X, y)
+    unfolded = Pipeline([("design", MonotoneDesign(rising=rising, other=other, calendar=cal)),
+                         ("ridge", Ridge(alpha=ALPHA, positive=True, tol=TOL))]).fit(X, y)
+    np.testing.assert_array_equal(folded.ridge_.coef_, unfolded["ridge"].coef_)  # the same fit
+    new = rows(5000, 2.0)  # a quarter beyond the training range
+    expected = unfolded.predict(new)
+    assert np.ptp(expected) > 1.0  # (a response worth comparing)
+    np.testing.assert_allclose(folded.predict(new), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_lr_models_round_trip_through_skops_folded_and_as_logged_before():
+    """A lr model saved with skops and the types train.log_model trusts loads and predicts the same, and so does
+    the Pipeline(MonotoneDesign, Ridge) core models were logged with before MonotoneRidge."""
+    import skops.io
+
+    from windpipe.steps.train import check_trusted
+    from windpipe.training.inputs import MODULE, MonotoneRidge
+
+    df = tiny_processed(24 * 20)
+    model = fit("lr", df)
+    trusted = check_trusted(families.get("lr"), model, [f"{MODULE}.NaturalInputs", f"{MODULE}.Forecast",
+                                                        *families.get("lr").skops_trusted])
+    loaded = skops.io.loads(skops.io.dumps(model), trusted=trusted)
+    rows = df[NATURAL].tail(48)
+    pd.testing.assert_frame_equal(loaded.predict(rows), model.predict(rows))
+
+    core = next(e for e in _estimators(model) if isinstance(e, MonotoneRidge))
+    old = skops.io.loads(skops.io.dumps(core.unfolded()), trusted=trusted)
+    X = np.random.default_rng(0).normal(size=(100, core.n_features_in_))
+    np.testing.assert_allclose(old.predict(X), core.predict(X), rtol=1e-9, atol=1e-12)
+
+
+def _estimators(obj: object) -> list[object]:
+    """Every estimator nested inside `obj` (Pipelines, ColumnTransformers, frozen and voting members)."""
+    from sklearn.base import BaseEstimator
+
+    if isinstance(obj, list | tuple):
+        return [e for child in obj for e in _estimators(child)]
+    if not isinstance(obj, BaseEstimator):
+        return []
+    return [obj, *(e for child in vars(obj).values() for e in _estimators(child))]
+
 # ---------------------------------------------------------------------------------------------- new-step --family
 
 @pytest.fixture

@@ -47,7 +47,6 @@ from windpipe.training.families import (
     predict_quantiles_fitted,
 )
 from windpipe.training.families.rf import RFParams, rf_grid
-from windpipe.training.inputs import INTERVALS_KEY
 from windpipe.training.params import as_depth_list, as_float, as_int, as_int_list
 from windpipe.training.split import SplitSpec, backtest_windows, check_split, xy
 
@@ -293,8 +292,9 @@ def train(family: str, data: str, seed: str, test_size: str, split_by: str, hold
             backtest_windows(d.df, folds, spec.holdout_weeks)              # 3. the folds fit the data
         log_batch({**params, **d.split_params()})                          # ours first (autolog logs fit args)
         with keras_autolog(fam):
-            model, fit_s = fit_timed(lambda: fit(d.train))
+            model, fit_s = fit_timed(lambda: fit(d.train, intervals=False))
         log_epochs(fam, model)
+        model = fit.add_intervals(model, d.train)  # (its calibration fit outside the autologged epochs)
         out = log_training(fam, model, params, d, fit_s, trend)
         print(f"{family}: r2 {out['r2']:.4f} rmse {out['rmse']:.3f} wind bias {out['bias_wind_GW']:+.2f} GW "
               f"on {d.spec.describe()} (fit {fit_s:.1f} s) -> {out['model_uri']}")
@@ -362,8 +362,8 @@ def grid(data: str, n_estimators: str, max_depth: str, min_samples_leaf: str, se
             if best is None or names.better(out["r2"], best[0], "r2"):
                 best = (out["r2"], child.info.run_id, model, p, fit_s)
         r2, best_id, model, p, fit_s = best
-        model = natural(model[-1].model, trend, head={**head, INTERVALS_KEY: rf.calibrate(
-            TrainingRows(d.train, trend, spec.split_by, spec.seed), p, head)})  # (its quantiles: one fit more)
+        # (its quantiles: one fit more; the children's Forecast objects are the grid's own, the head is replaced)
+        model = rf.add_intervals(model, TrainingRows(d.train, trend, spec.split_by, spec.seed), p)
         out = log_training(rf, model, {"best_n_estimators": p.n_estimators, "best_max_depth": p.max_depth,
                                        "min_samples_leaf": p.min_samples_leaf, "seed": p.seed,
                                        "grid_size": len(combos), "grid_n_estimators": str(n_estimators),
@@ -432,7 +432,7 @@ def entry_points(family: str) -> dict[str, Callable[..., object]]:
 
 
 def family_fitter(family: str, kw: dict[str, object], spec: SplitSpec,
-                  trend: bool) -> tuple[Family, dict[str, object], Callable[[pd.DataFrame], object]]:
+                  trend: bool) -> tuple[Family, dict[str, object], Fitter]:
     """(the family, params to log, fit(training rows) -> natural model), after checking its parameters.
 
     `kw` holds the family's own parameters (rf: n_estimators, ...; keras: epochs, ...), `trend` says
@@ -440,5 +440,24 @@ def family_fitter(family: str, kw: dict[str, object], spec: SplitSpec,
     from the training window (`spec.split_by=time`: the newest of them)."""
     fam = families.get(family)
     p = fam.parse(seed=spec.seed, **kw)
-    return fam, fam.log_params(p, trend), lambda train, intervals=True: fam.fit_natural(
-        TrainingRows(train, trend, spec.split_by, spec.seed), p, intervals)
+    return fam, fam.log_params(p, trend), Fitter(fam, p, spec, trend)
+
+
+@dataclass(frozen=True)
+class Fitter:
+    """fit(training rows, intervals=True) -> the natural model a run logs (with its conformal quantiles unless
+    `intervals` is False: the backtest's folds); `add_intervals` calibrates them for a model fitted without."""
+
+    family: Family
+    params: Any
+    spec: SplitSpec
+    trend: bool
+
+    def rows(self, train: pd.DataFrame) -> TrainingRows:
+        return TrainingRows(train, self.trend, self.spec.split_by, self.spec.seed)
+
+    def __call__(self, train: pd.DataFrame, intervals: bool = True) -> Any:
+        return self.family.fit_natural(self.rows(train), self.params, intervals)
+
+    def add_intervals(self, model: Any, train: pd.DataFrame) -> Any:
+        return self.family.add_intervals(model, self.rows(train), self.params)

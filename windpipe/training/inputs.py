@@ -16,6 +16,9 @@ it in front of a fitted model:
   capacity the model knows] (`Head`);
 - `KerasForecaster`: the same inputs and head around a Keras model, the `python_function` flavor of a Keras
   family's logged model (`_load_pyfunc`; its `keras` flavor still loads the bare network).
+- `MonotoneRidge`: the lr family's core per target, a Ridge on `MonotoneDesign` (monotone spline ramps) that
+  predicts from folded coefficients without building the design; models logged before it hold
+  Pipeline(MonotoneDesign, Ridge), which still loads.
 
 The head (`Head.finish`) is physics every consumer gets:
 
@@ -24,7 +27,8 @@ The head (`Head.finish`) is physics every consumer gets:
     point_k      = clip(core_k, 0, ceiling_k)
 
 It imports numpy and pandas (scikit-learn when `NaturalInputs` is first used: its base classes take
-seconds to import, and reading timestamps needs none of it; Keras when a network is loaded) and
+seconds to import, and reading timestamps needs none of it; threadpoolctl, a dependency of scikit-learn, when
+`MonotoneRidge` predicts; Keras when a network is loaded) and
 nothing of windpipe: windpipe.steps.train logs it beside every model (`code_paths`) as the top-level
 module `windpipe_inputs`, so a model loads and predicts where windpipe is not installed (a model image,
 another team's notebook, `mlflow models serve` in a fresh environment). Its classes are named
@@ -262,10 +266,10 @@ def split_output(out: Any, targets: list[str]) -> tuple[np.ndarray, np.ndarray |
 # ---------------------------------------------------------------------------------------------- the wrappers
 
 def __getattr__(name: str) -> Any:
-    """`NaturalInputs`, `Forecast` and `MonotoneDesign` are made on first use (PEP 562): scikit-learn's base classes
-    take seconds to import."""
+    """`NaturalInputs`, `Forecast`, `MonotoneDesign` and `MonotoneRidge` are made on first use (PEP 562):
+    scikit-learn's base classes take seconds to import."""
     makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class,
-              "MonotoneDesign": _monotone_design_class}
+              "MonotoneDesign": _monotone_design_class, "MonotoneRidge": _monotone_ridge_class}
     if name in makers:
         globals()[name] = cls = makers[name]()
         return cls
@@ -424,6 +428,160 @@ def _monotone_design_class() -> type:
 
     MonotoneDesign.__module__, MonotoneDesign.__qualname__ = MODULE, "MonotoneDesign"
     return MonotoneDesign
+
+
+def _made(name: str) -> type:
+    """The class `name` of this module, made once (calling `__getattr__` again would make a second class)."""
+    return globals()[name] if name in globals() else __getattr__(name)
+
+
+def bspline_basis(x: np.ndarray, knots: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `degree + 1` B-splines on `knots` that can be non-zero at each x, as (index of the first, values (rows,
+    degree + 1)): x clamped to the base interval (what SplineTransformer's constant extrapolation gives) and
+    evaluated by Cox-de Boor in scipy's order of operations (its _deBoor_D), so the values are scipy's."""
+    n = len(knots) - degree - 1
+    x = np.clip(x, knots[degree], knots[n])
+    # the knot interval [t_span, t_span+1) holding x, the last one for x = t_n (scipy's): counting the few interior
+    # knots below x is three times faster than searchsorted on unsorted rows
+    span = np.full(len(x), degree)
+    for knot in knots[degree + 1:n]:
+        span += x >= knot
+    near = {o: np.take(knots, span + o) for o in range(1 - degree, degree + 1)}
+    distinct = bool(np.all(np.diff(knots) > 0))
+    h = [np.ones_like(x)]
+    for j in range(1, degree + 1):
+        hh, h = h, [np.zeros_like(x), *([None] * j)]
+        for m in range(1, j + 1):
+            xb, xa = near[m], near[m - j]
+            gap = xb - xa
+            # (a repeated knot: scipy's 0)
+            w = hh[m - 1] / gap if distinct else np.divide(hh[m - 1], gap, out=np.zeros_like(x), where=gap != 0)
+            h[m - 1] += w * (xb - x)
+            h[m] = w * (x - xa)
+    return span - degree, np.column_stack(h)
+
+
+_BLAS: list[Any] = []  # threadpoolctl's controller, made once: listing the loaded libraries takes milliseconds
+
+
+def _one_blas_thread() -> Any:
+    """BLAS on one thread for a small product (rows x tens of columns): waking a second thread cost 8 ms against
+    1 ms on a busy machine, for at best half a millisecond on an idle one (scikit-learn's KMeans.predict does
+    the same). The same numbers: BLAS splits a product's rows and columns over threads, never a sum."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def _monotone_ridge_class() -> type:
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class MonotoneRidge(RegressorMixin, BaseEstimator):
+        """Pipeline(MonotoneDesign, Ridge(positive=True)) fitted the same way, predicting the same numbers without
+        building the design (hundreds of columns a row). The design is a quadratic form in
+
+            z = [S_r for each rising r, C]      S_r: r's B-splines, C = [1, B-splines of `other`, (1 + calendar) / 2]
+
+        so the prediction is rowsum((z @ P) * C) + intercept, with P folded from the Ridge's coefficients at fit:
+
+            rising r   M_r @ W_r = S_r @ (T @ W_r)   W_r: the block's coefficients as (ramps, C); T: the ramps'
+                                                   reversed cumulative sums, as a matrix
+            free       C' @ a + rowsum((C' @ B) * C')     a, B: the coefficients of C' and of C'_i C'_j, each
+                                                        positive copy minus its negative one (C's first column is 1)
+
+        `design_` and `ridge_` are the fitted pair (`unfolded()`); input that is empty or not finite goes through
+        them, so it is refused with scikit-learn's own message."""
+
+        def __init__(self, rising: tuple[int, ...] = (), other: tuple[int, ...] = (),
+                     calendar: tuple[int, ...] = (), n_knots: int = 8, alpha: float = 1.0,
+                     tol: float = 1e-4) -> None:
+            self.rising = rising
+            self.other = other
+            self.calendar = calendar
+            self.n_knots = n_knots
+            self.alpha = alpha
+            self.tol = tol
+
+        def fit(self, X: Any, y: Any) -> Any:
+            from sklearn.linear_model import Ridge
+
+            X = np.asarray(X, dtype="float64")
+            design = _made("MonotoneDesign")(rising=self.rising, other=self.other, calendar=self.calendar,
+                                             n_knots=self.n_knots)
+            # what Pipeline([("design", design), ("ridge", ridge)]).fit does
+            ridge = Ridge(alpha=self.alpha, positive=True, tol=self.tol).fit(design.fit_transform(X, y), y)
+            self.design_, self.ridge_ = design, ridge
+            self.n_features_in_ = X.shape[1]
+            self._fold()
+            return self
+
+        def unfolded(self) -> Any:
+            """The fitted Pipeline(MonotoneDesign, Ridge) this model folds (the same predictions, slower)."""
+            from sklearn.pipeline import Pipeline
+
+            return Pipeline([("design", self.design_), ("ridge", self.ridge_)])
+
+        def _fold(self) -> None:
+            design = self.design_
+            splines = [*design.rising_splines_, *([design.other_splines_] if design.other_splines_ is not None else [])]
+            # one (column, knots) per spline input: the rising ones, then each of `other`
+            self.columns_ = (*self.rising, *self.other)
+            self.knots_ = tuple(np.asarray(b.t, dtype="float64") for s in splines for b in s.bsplines_)
+            self.degree_ = int(splines[0].degree) if splines else 3
+            widths = [len(t) - self.degree_ - 1 for t in self.knots_]  # B-splines per input
+            n_context = 1 + sum(widths[len(self.rising):]) + len(self.calendar)
+            n_rising = sum(widths[: len(self.rising)])
+            coef = np.atleast_2d(np.asarray(self.ridge_.coef_, dtype="float64"))
+            fold = np.zeros((len(coef), n_rising + n_context, n_context))
+            for k, w in enumerate(coef):
+                at = row = 0
+                for width in widths[: len(self.rising)]:
+                    block = w[at: at + (width - 1) * n_context].reshape(width - 1, n_context)
+                    # the ramp m is the sum of the B-splines above m: M = S @ T, T[j, m] = 1 for j > m
+                    fold[k, row: row + width] = np.tril(np.ones((width, width)), -1)[:, :-1] @ block
+                    at, row = at + block.size, row + width
+                free = w[at:]
+                free = free[: len(free) // 2] - free[len(free) // 2:]  # (each product entered with both signs)
+                n_free = n_context - 1
+                fold[k, row, 1:] = free[:n_free]  # the linear term: C' times the constant 1 of C
+                i, j = np.triu_indices(n_free, k=1)
+                fold[k, row + 1 + i, 1 + j] = free[n_free:]
+            self.fold_ = fold
+            self.intercept_ = np.atleast_1d(np.asarray(self.ridge_.intercept_, dtype="float64"))
+
+        def _z(self, X: np.ndarray) -> np.ndarray:
+            """[S_r for each rising r, C] (rows, P's rows): each input's few non-zero B-splines scattered."""
+            widths = [len(t) - self.degree_ - 1 for t in self.knots_]
+            z = np.zeros((len(X), sum(widths) + 1 + len(self.calendar)))
+            starts = np.cumsum([0, *widths])
+            starts[len(self.rising):] += 1  # the context C starts with its constant 1
+            z[:, starts[len(self.rising)] - 1] = 1.0
+            row_starts = np.arange(len(X)) * z.shape[1]
+            for column, knots, start in zip(self.columns_, self.knots_, starts, strict=False):
+                first, values = bspline_basis(X[:, column], knots, self.degree_)
+                # one scatter through the flat array: a quarter of the time of one per B-spline
+                z.reshape(-1)[(row_starts + start + first)[:, None] + np.arange(values.shape[1])] = values
+            if self.calendar:
+                z[:, starts[-1]:] = (1.0 + X[:, list(self.calendar)]) / 2.0
+            return z
+
+        def predict(self, X: Any) -> np.ndarray:
+            X = np.asarray(X, dtype="float64")
+            if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {X.shape[-1] if X.ndim else 0} features, but MonotoneRidge is expecting "
+                                 f"{self.n_features_in_} features as input.")
+            if not len(X) or not np.isfinite(X).all():
+                return self.unfolded().predict(X)
+            z = self._z(X)
+            context = z[:, -self.fold_.shape[2]:]
+            with _one_blas_thread():
+                out = np.column_stack([np.einsum("ij,ij->i", z @ p, context) for p in self.fold_]) + self.intercept_
+            return out if np.ndim(self.ridge_.coef_) > 1 else out[:, 0]
+
+    MonotoneRidge.__module__, MonotoneRidge.__qualname__ = MODULE, "MonotoneRidge"  # (what skops and pickle record)
+    return MonotoneRidge
 
 
 class KerasForecaster:

@@ -90,10 +90,14 @@ class Family:
     def fit_natural(self, rows: TrainingRows, params: Any, intervals: bool = True) -> Any:
         """Fit on `rows` and return the model as it is logged: it takes the natural inputs and ends in the head
         (bounds from these rows) with, when `intervals`, its conformal quantiles (`calibrate`)."""
-        head = rows.head()
-        if intervals:
-            head = {**head, INTERVALS_KEY: self.calibrate(rows, params, head)}
-        return natural(self.fit(rows, params), rows.time_features, self.tensor, head=head)
+        model = natural(self.fit(rows, params), rows.time_features, self.tensor, head=rows.head())
+        return self.add_intervals(model, rows, params) if intervals else model
+
+    def add_intervals(self, model: Any, rows: TrainingRows, params: Any) -> Any:
+        """`model` (a natural model of `rows`) with its head's conformal quantiles (`calibrate`)."""
+        last = forecaster_of(model)
+        last.head = {**last.head, INTERVALS_KEY: self.calibrate(rows, params, last.head)}
+        return model
 
     def calibrate(self, rows: TrainingRows, params: Any, head: dict) -> dict:
         """Conformal intervals for a model of `rows` (windpipe.training.uncertainty.conformal_intervals): the family

@@ -1,6 +1,7 @@
 """The linear family: per target a Ridge on B-splines of the inputs it may read, shaped so that power never
-falls as what drives it rises (windpipe.training.physics; windpipe.training.inputs.MonotoneDesign), and
-with the time columns on the capacity factor, times the capacity line (windpipe.training.capacity).
+falls as what drives it rises (windpipe.training.physics; windpipe.training.inputs.MonotoneDesign, predicted
+folded by MonotoneRidge), and with the time columns on the capacity factor, times the capacity line
+(windpipe.training.capacity).
 
 Issue 23: the earlier Ridge on every pairwise product of the weather's splines gave less wind power at 12 m/s
 than at 10 m/s and raised wind power with radiation. Here wind reads wind speed, temperature and the
@@ -20,7 +21,7 @@ from windpipe.training.families import Family, check_xy, per_target, register
 from windpipe.training.physics import RISES_WITH, inputs_for
 
 if TYPE_CHECKING:
-    from sklearn.pipeline import Pipeline
+    from windpipe.training.inputs import MonotoneRidge
 
 ALPHA = 0.1  # Ridge's penalty on the spline coefficients (the earlier model's, chosen on 2015 Q4)
 # the positive-coefficient solver's (L-BFGS-B) tolerance: 1e-3 fitted a year of synthetic hours in 3.5 s against
@@ -28,22 +29,20 @@ ALPHA = 0.1  # Ridge's penalty on the spline coefficients (the earlier model's, 
 TOL = 1e-3
 
 
-def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> Pipeline:
+def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> MonotoneRidge:
     """An unfitted Ridge for `target` on the `columns` it may read (positions: what windpipe.training.capacity's
-    own_inputs hands it), non-decreasing in each input `target` rises with."""
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import Pipeline
-
+    own_inputs hands it), non-decreasing in each input `target` rises with. MonotoneRidge fits
+    Pipeline(MonotoneDesign, Ridge(positive=True)) and predicts its numbers from folded coefficients without
+    building the design (models logged before it hold that Pipeline, which still loads)."""
     from windpipe.training.features import CALENDAR
-    from windpipe.training.inputs import MonotoneDesign
+    from windpipe.training.inputs import MonotoneRidge
 
     own = inputs_for(target, columns)
     rising = [c for c in own if c in RISES_WITH.get(target, ())]
     other = [c for c in own if c in FEATURES and c not in rising]
     calendar = [c for c in own if c in CALENDAR]
-    design = MonotoneDesign(rising=tuple(own.index(c) for c in rising), other=tuple(own.index(c) for c in other),
-                            calendar=tuple(own.index(c) for c in calendar))
-    return Pipeline([("design", design), ("ridge", Ridge(alpha=alpha, positive=True, tol=TOL))])
+    return MonotoneRidge(rising=tuple(own.index(c) for c in rising), other=tuple(own.index(c) for c in other),
+                         calendar=tuple(own.index(c) for c in calendar), alpha=alpha, tol=TOL)
 
 
 def train_lr(X: pd.DataFrame, y: pd.DataFrame) -> object:
@@ -61,7 +60,7 @@ def design(_params: object, time_features: bool) -> dict[str, object]:
 def _trusted() -> tuple[str, ...]:
     from windpipe.training.inputs import MODULE
 
-    return (f"{MODULE}.MonotoneDesign", "scipy.interpolate._bsplines.BSpline",
+    return (f"{MODULE}.MonotoneRidge", f"{MODULE}.MonotoneDesign", "scipy.interpolate._bsplines.BSpline",
             "scipy._lib.array_api_compat.numpy._aliases.asarray", "sklearn.utils._bunch.Bunch")
 
 
@@ -72,6 +71,6 @@ FAMILY = register(Family(
     parse=lambda seed: None,  # no parameters of its own
     fit=lambda rows, _params: train_lr(*rows.xy()),
     log_params=design,
-    # the splines (scipy), the design (windpipe_inputs) and the Bunch a VotingRegressor keeps
+    # the splines (scipy), the folded Ridge and its design (windpipe_inputs) and the Bunch a VotingRegressor keeps
     skops_trusted=_trusted(),
 ))
