@@ -86,6 +86,9 @@ class Family:
     tensor: bool = False
     requirements: tuple[str, ...] = SKLEARN_REQUIREMENTS
     skops_trusted: tuple[str, ...] = ()
+    # the share of its rows (newest, with split_by=time) the fitted model never trained on, or None: the rows its
+    # conformal intervals are calibrated on without a second fit (`calibrate`)
+    held_out: Callable[[Any], float] | None = None
 
     def fit_natural(self, rows: TrainingRows, params: Any, intervals: bool = True) -> Any:
         """Fit on `rows` and return the model as it is logged: it takes the natural inputs and ends in the head
@@ -96,17 +99,22 @@ class Family:
     def add_intervals(self, model: Any, rows: TrainingRows, params: Any) -> Any:
         """`model` (a natural model of `rows`) with its head's conformal quantiles (`calibrate`)."""
         last = forecaster_of(model)
-        last.head = {**last.head, INTERVALS_KEY: self.calibrate(rows, params, last.head)}
+        last.head = {**last.head, INTERVALS_KEY: self.calibrate(rows, params, last.head, model)}
         return model
 
-    def calibrate(self, rows: TrainingRows, params: Any, head: dict) -> dict:
-        """Conformal intervals for a model of `rows` (windpipe.training.uncertainty.conformal_intervals): the family
-        is fitted once more without the newest CALIBRATION_FRACTION of the rows, whose residuals it never saw make
-        the quantiles, per hour of day and level (split conformal, so one fit more than the model itself)."""
+    def calibrate(self, rows: TrainingRows, params: Any, head: dict, fitted: Any = None) -> dict:
+        """Conformal intervals for a model of `rows` (windpipe.training.uncertainty.conformal_intervals) from the
+        residuals of rows a model never trained on, per hour of day and level (split conformal). A family whose
+        fit holds rows out (`held_out`: keras's early-stopping rows) is calibrated on those, with the `fitted`
+        model itself; any other is fitted once more without the newest CALIBRATION_FRACTION of the rows."""
         from windpipe.training.uncertainty import CALIBRATION_FRACTION, conformal_intervals
 
-        fit_rows, (X_cal, y_cal) = rows.validation(CALIBRATION_FRACTION)
-        model = natural(self.fit(fit_rows, params), rows.time_features, self.tensor, head=head)
+        share = self.held_out(params) if self.held_out is not None and fitted is not None else 0.0
+        if share:
+            model, (X_cal, y_cal) = fitted, rows.validation(share)[1]
+        else:
+            fit_rows, (X_cal, y_cal) = rows.validation(CALIBRATION_FRACTION)
+            model = natural(self.fit(fit_rows, params), rows.time_features, self.tensor, head=head)
         return conformal_intervals(X_cal, y_cal.to_numpy(dtype="float64"), point_of(model, X_cal), head)
 
 
