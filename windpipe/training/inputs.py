@@ -153,7 +153,7 @@ def input_error(problem: str, fix: str) -> Exception:
 
 class Head:
     """Physical bounds on a core's raw output (the formula in the module docstring), and how sure the forecast
-    is. `spec` is plain JSON:
+    is. `spec` is plain JSON (but `offsets`, a numpy array):
 
         targets          the output columns, in order
         trend            the core input column holding the trend, or null (a model without the time)
@@ -620,8 +620,9 @@ class KerasForecaster:
         os.makedirs(data_dir, exist_ok=True)
         self.model.save(os.path.join(data_dir, KERAS_FILE))
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.inputs.get_params().items()}
-        with open(os.path.join(data_dir, INPUTS_FILE), "w", encoding="utf-8") as f:
-            json.dump({**params, HEAD_KEY: self.head} if self.head is not None else params, f)
+        with open(os.path.join(data_dir, INPUTS_FILE), "w", encoding="utf-8") as f:  # (arrays as lists)
+            json.dump({**params, HEAD_KEY: self.head} if self.head is not None else params, f,
+                      default=lambda value: value.tolist())
 
 
 def _load_pyfunc(path: str) -> KerasForecaster:

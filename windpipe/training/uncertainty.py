@@ -88,5 +88,7 @@ def conformal_intervals(X: pd.DataFrame, y: np.ndarray, point: np.ndarray, head:
             for level in range(1, len(centres)):  # never steeper than -1 along the level: monotone quantiles
                 floor = offsets[t, h, level - 1] - (centres[level] - centres[level - 1])
                 offsets[t, h, level] = np.maximum(offsets[t, h, level], floor)
-    spec["offsets"] = np.round(offsets, 6).tolist()
+    # an array, not nested lists: skops saves an array as one .npy entry, a list as a JSON node per number (1 s a
+    # save for these 720 numbers); a Keras model's inputs.json writes it as lists
+    spec["offsets"] = np.round(offsets, 6)
     return spec
