@@ -82,7 +82,7 @@ def prediction_figure(frame: pd.DataFrame, title: str = "") -> dict:
     data = []
     for row, target in enumerate(TARGETS, start=1):
         axes = {"xaxis": "x" if row == 1 else "x2", "yaxis": "y" if row == 1 else "y2"}
-        data.extend(_band(x, frame, target, "pred_", showlegend=row == 1, axes=axes))
+        data.extend(_band(x, frame, target, "pred_", showlegend=True, axes=axes))
         data.append({"type": "scatter", "mode": "lines", "x": x, "y": _values(frame[target]),
                      "name": f"recorded {target}", "line": {"color": "#444", "width": 1.2}, **axes})
         data.append({"type": "scatter", "mode": "lines", "x": x, "y": _values(frame[f"pred_{target}"]),
