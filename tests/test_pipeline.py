@@ -337,8 +337,9 @@ def test_pipeline_runs_side_by_side_caches_resumes_and_survives_an_ftp_restart(m
     assert "RUNNING" not in {r.info.status for r in after.values()}
     killed = [r for r in after.values() if r.info.status == "KILLED"]
     assert killed  # (a step may have ended just before the signal)
-    for r in killed:
-        assert "stopped with the pipeline" in r.data.tags["windpipe.failure_reason"]
+    for r in killed:  # a running step is stopped; one whose run was made but not yet started is not started
+        reason = r.data.tags["windpipe.failure_reason"]
+        assert "stopped with the pipeline" in reason or reason == "not started: the pipeline is stopping", reason
         assert not processes_of(r.info.run_id), "a step process outlived the pipeline"
 
 
