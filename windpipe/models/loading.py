@@ -358,10 +358,8 @@ def quantile_frame(point: np.ndarray, quantiles: np.ndarray | None, columns: lis
     import pandas as pd
 
     frame = pd.DataFrame(point, columns=columns)
-    if quantiles is not None:
-        for t, target in enumerate(TARGETS):
-            for j, q in enumerate(names.QUANTILES):
-                frame[names.quantile_column(target, q)] = quantiles[:, t, j]
+    if quantiles is not None:  # (QUANTILE_COLUMNS: target by target, as the quantiles' axes are)
+        frame[names.QUANTILE_COLUMNS] = quantiles.reshape(len(point), -1)
     return frame
 
 

@@ -182,10 +182,11 @@ class Head:
         t = np.asarray(X[trend], dtype="float64") if trend else np.zeros(len(X))
         return np.maximum(factor[None, :] * (lines[:, 0][None, :] + lines[:, 1][None, :] * t[:, None]), 0.0)
 
-    def finish(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
-        """The core's output `raw` for the core input `X`, clipped to [0, ceiling]: float64 (rows, targets)."""
+    def finish(self, X: pd.DataFrame, raw: np.ndarray, ceiling: np.ndarray | None = None) -> np.ndarray:
+        """The core's output `raw` for the core input `X`, clipped to [0, ceiling]: float64 (rows, targets).
+        `ceiling`: `self.ceiling(X)` when the caller has it already."""
         raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
-        return np.clip(raw, 0.0, self.ceiling(X))
+        return np.clip(raw, 0.0, self.ceiling(X) if ceiling is None else ceiling)
 
     def clipped(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
         """Which raw predictions `finish` changes (below 0 or above the ceiling): bool (rows, targets)."""
@@ -205,12 +206,12 @@ class Head:
                            np.asarray(X[hour_columns[1]], dtype="float64"))
         return np.rint(angle * 24.0 / (2 * np.pi)).astype(int) % 24
 
-    def share(self, X: pd.DataFrame, point: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def share(point: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
         """The point forecast as a share of the ceiling (the level the intervals vary with): (rows, targets)."""
-        ceiling = self.ceiling(X)
         return np.divide(point, ceiling, out=np.zeros_like(ceiling), where=ceiling > 0)
 
-    def quantiles(self, X: pd.DataFrame, point: np.ndarray) -> np.ndarray | None:
+    def quantiles(self, X: pd.DataFrame, point: np.ndarray, ceiling: np.ndarray | None = None) -> np.ndarray | None:
         """The quantiles around the (finished) `point` forecast: float64 (rows, targets, quantiles), clipped to
         [0, ceiling]; None for a head without intervals. The offsets (shares of the ceiling) are interpolated
         between the level centres, so a quantile moves with its point forecast without steps."""
@@ -220,7 +221,8 @@ class Head:
         offsets = np.asarray(spec["offsets"], dtype="float64")  # (targets, hours, levels, quantiles)
         centres = np.asarray(spec["level_centres"], dtype="float64")
         hours = np.minimum(self.hours(X), offsets.shape[1] - 1)
-        share, ceiling = self.share(X, point), self.ceiling(X)
+        ceiling = self.ceiling(X) if ceiling is None else ceiling
+        share = self.share(point, ceiling)
         out = np.empty((len(X), len(self.targets), offsets.shape[3]))
         for t in range(len(self.targets)):
             s = np.clip(share[:, t], centres[0], centres[-1])
@@ -242,8 +244,9 @@ class Head:
     def output(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray | pd.DataFrame:
         """What the model returns for the core input `X`: the finished point forecast (rows, targets) and, with
         intervals, a frame of `columns()` (the point, then each target's quantiles)."""
-        point = self.finish(X, raw)
-        q = self.quantiles(X, point)
+        ceiling = self.ceiling(X)  # (once: the clip and the quantiles both need it)
+        point = self.finish(X, raw, ceiling)
+        q = self.quantiles(X, point, ceiling)
         if q is None:
             return point
         return pd.DataFrame(np.hstack([point, q.reshape(len(X), -1)]), columns=self.columns())

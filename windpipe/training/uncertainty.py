@@ -71,7 +71,7 @@ def conformal_intervals(X: pd.DataFrame, y: np.ndarray, point: np.ndarray, head:
     residuals = np.divide(np.asarray(y, dtype="float64").reshape(len(X), -1) - point, ceiling,
                           out=np.zeros_like(point), where=ceiling > 0)
     hours = head_.hours(X)
-    levels = np.abs(head_.share(X, point)[:, :, None] - centres[None, None, :]).argmin(axis=2)
+    levels = np.abs(head_.share(point, ceiling)[:, :, None] - centres[None, None, :]).argmin(axis=2)
     n_hours = 24 if hour_columns else 1
     offsets = np.zeros((point.shape[1], n_hours, len(centres), len(q)))
     for t in range(point.shape[1]):
