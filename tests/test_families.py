@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.entities import LoggedModelStatus
 
 from windpipe.errors import UsageError, WindpipeError
 from windpipe.models.loading import quantile_frame
@@ -122,7 +123,7 @@ def test_lr_folded_ridge_predicts_what_its_design_and_ridge_predict(rising, cale
     from sklearn.pipeline import Pipeline
 
     from windpipe.training.families.lr import ALPHA, TOL
-    from windpipe.training.inputs import MonotoneDesign, MonotoneRidge
+    from windpipe.training.inputs import MonotoneDesign, MonotoneRidge, positive_ridge
 
     rng = np.random.default_rng(len(rising) + 2 * calendar)
     other = (len(rising),)
@@ -138,13 +139,52 @@ def test_lr_folded_ridge_predicts_what_its_design_and_ridge_predict(rising, cale
     if calendar:
         y += 0.5 * X[:, cal[0]] * X[:, other[0]]
     folded = MonotoneRidge(rising=rising, other=other, calendar=cal, alpha=ALPHA, tol=TOL).fit(X, y)
-    unfolded = Pipeline([("design", MonotoneDesign(rising=rising, other=other, calendar=cal)),
-                         ("ridge", Ridge(alpha=ALPHA, positive=True, tol=TOL))]).fit(X, y)
+    design = MonotoneDesign(rising=rising, other=other, calendar=cal).fit(X)
+    unfolded = Pipeline([("design", design), ("ridge", positive_ridge(design.transform(X), y, ALPHA))])
     np.testing.assert_array_equal(folded.ridge_.coef_, unfolded["ridge"].coef_)  # the same fit
+    assert isinstance(unfolded["ridge"], Ridge)  # (what models logged before MonotoneRidge hold)
     new = rows(5000, 2.0)  # a quarter beyond the training range
     expected = unfolded.predict(new)
     assert np.ptp(expected) > 1.0  # (a response worth comparing)
     np.testing.assert_allclose(folded.predict(new), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_the_positive_ridge_is_fitted_at_the_optimum_of_its_problem(monkeypatch):
+    """lr's positive Ridge (windpipe.training.inputs.positive_ridge) solves min ||y - b - Dw||^2 + alpha ||w||^2,
+    w >= 0, exactly: the optimality (KKT) conditions hold, and its objective is no higher than scikit-learn's own
+    solver at a tight tolerance; should the exact solver fail, scikit-learn's fits."""
+    import scipy.optimize
+    from sklearn.linear_model import Ridge
+
+    from windpipe.training.inputs import positive_ridge
+
+    rng = np.random.default_rng(7)
+    D = np.abs(rng.normal(size=(600, 40)))
+    D[:, 20:] = -D[:, :20]  # (lr's free columns enter with both signs: a singular Gram without the penalty)
+    y = D[:, :5] @ np.array([1.0, 0.5, 0.0, 2.0, 0.3]) - D[:, 5] + 3.0 + 0.1 * rng.normal(size=600)
+    alpha = 0.1
+
+    def objective(r: Ridge) -> float:
+        return float(np.sum((y - r.predict(D)) ** 2) + alpha * np.sum(r.coef_ ** 2))
+
+    exact = positive_ridge(D, y, alpha)
+    w = exact.coef_
+    assert (w >= 0).all() and (w > 0).sum() >= 5
+    assert np.mean(y - exact.predict(D)) == pytest.approx(0.0, abs=1e-9)  # the intercept is optimal
+    centred = D - D.mean(axis=0)
+    gradient = 2 * (centred.T @ (centred @ w - (y - y.mean())) + alpha * w)
+    scale = np.abs(centred.T @ (y - y.mean())).max()
+    assert np.abs(gradient[w > 0]).max() <= 1e-8 * scale  # stationary where free
+    assert gradient[w == 0].min() >= -1e-8 * scale  # and no zero coefficient would lower it by rising
+    reference = Ridge(alpha=alpha, positive=True, tol=1e-10, max_iter=100_000).fit(D, y)
+    assert objective(exact) <= objective(reference) * (1 + 1e-9)
+
+    def fails(*_a, **_k):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    monkeypatch.setattr(scipy.optimize, "nnls", fails)
+    fallback = positive_ridge(D, y, alpha, tol=1e-10)
+    assert fallback.solver_ == "lbfgs" and objective(fallback) == pytest.approx(objective(exact), rel=1e-2)
 
 
 def test_lr_models_round_trip_through_skops_folded_and_as_logged_before():
@@ -284,6 +324,23 @@ def test_mlflow_models_serve_answers_curl_with_the_natural_columns(family, logge
         assert '00Z"' in zoned and refused.stdout == "400"
     finally:
         serving.stop(proc)
+
+
+@pytest.mark.slow
+def test_a_family_that_forgets_a_skops_type_logs_no_model(logged, use_platform):
+    """log_model trusts no type up front (a second skops dump of every model): MLflow's save loads the file back
+    with the family's types before storing anything, and the step then names the type and where to list it."""
+    import dataclasses
+
+    from windpipe.steps.train import log_model
+
+    forgetful = dataclasses.replace(families.get("rf"), skops_trusted=())
+    with mlflow.start_run() as run:
+        with pytest.raises(WindpipeError, match=r"sklearn\.tree\._tree\.Tree") as err:
+            log_model(forgetful, logged["models"]["rf"][1], logged["rows"])
+    assert "skops_trusted" in err.value.fix
+    stored = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert all(m.status != LoggedModelStatus.READY for m in stored)
 
 
 @pytest.mark.slow

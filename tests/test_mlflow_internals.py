@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from windpipe.tracking.internals import initialize_stores, run_project_in
+from windpipe.tracking.internals import initialize_stores, pinned_requirements, run_project_in
 
 from .processes import processes_of
 
@@ -32,6 +32,27 @@ def test_a_project_runs_in_the_run_the_launcher_made(monkeypatch):
     run_project_in("0" * 32, "/steps/lr", "main", {"seed": "1"}, "7", "local")
     stand_in.assert_called_once_with("/steps/lr", "main", parameters={"seed": "1"}, experiment_id="7",
                                      env_manager="local", synchronous=True, run_id="0" * 32)
+
+
+def test_pinned_requirements_are_still_checked_without_mapping_every_installed_distribution(monkeypatch, caplog):
+    """Inside pinned_requirements MLflow's requirement check still warns of a version this environment lacks,
+    without building its module map (importlib.metadata.packages_distributions, 0.5 s); MLflow's map is unbuilt
+    again afterwards."""
+    import logging
+    from importlib.metadata import version
+
+    from mlflow.utils import requirements_utils
+
+    def scan():
+        raise AssertionError("MLflow mapped every installed distribution")
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", scan)
+    with caplog.at_level(logging.WARNING), pinned_requirements():
+        requirements_utils.warn_dependency_requirement_mismatches(
+            ["scikit-learn==0.0.1", f"numpy=={version('numpy')}", "pandas"])
+    assert "scikit-learn (current: " in caplog.text and "numpy" not in caplog.text
+    assert requirements_utils._MODULES_TO_PACKAGES is None
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from windpipe.pipeline.interfaces import load_interfaces
 from windpipe.pipeline.plan import config_from_conf, make_plan
 from windpipe.pipeline.scaffold import new_step
 
-from .conftest import REPO, Platform, point_at, settings_from, stored_artifacts, trainers
+from .conftest import REPO, Platform, platform_env, point_at, settings_from, stored_artifacts, trainers
 
 if TYPE_CHECKING:
     from windpipe.settings import Settings
@@ -170,9 +170,11 @@ def test_tasks_pass_what_users_write_on_stdin_never_in_the_command_line(tmp_path
     assert "Cannot read the DAG run's conf params \"x=' ; touch" in out and "Traceback" not in out, out
     assert not marker.exists()
     # a conf larger than the kernel takes as one argument (128 KB) reaches the command whole
+    # (pointed at a platform that is not running: one on the default ports, a developer's, would take the run)
     big = {"params": {"rf.max_depth": "8," * 100_000 + "8"}, "raw": str(tmp_path)}
     with pytest.raises(RuntimeError, match="exited with code"):
-        run_command(task_command(open_, "training", big, Path(sys.executable).parent, dag_run="d/r"), env={})
+        run_command(task_command(open_, "training", big, Path(sys.executable).parent, dag_run="d/r"),
+                    env=platform_env(tmp_path / "no-platform"))
     assert "Argument list too long" not in capsys.readouterr().out
 
 

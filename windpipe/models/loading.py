@@ -28,6 +28,7 @@ import numpy as np
 
 from windpipe import names
 from windpipe.errors import WindpipeError, first_line
+from windpipe.models.skops_types import import_skops
 from windpipe.names import FEATURES, TARGETS
 from windpipe.settings import Settings, get_settings
 from windpipe.tracking.client import mlflow_client
@@ -224,6 +225,8 @@ def load(ref: ModelRef, settings: Settings | None = None) -> PyFuncModel:
     key = _key(ref)
     if key not in _loaded:
         local = model_files(ref, settings)
+        if local is None or any(Path(local).glob("*.skops")):
+            import_skops()  # before MLflow imports skops: its type lists from the cache
         try:
             _loaded[key] = mlflow.pyfunc.load_model(local or ref.load_uri, suppress_warnings=local is not None)
         except Exception as exc:  # MlflowException, OSError, pickle errors

@@ -150,10 +150,12 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
     windpipe.training.inputs as the module `windpipe_inputs` (code_paths: the model loads without windpipe)."""
     import mlflow
 
+    from windpipe.models.skops_types import import_skops
+    from windpipe.tracking.internals import pinned_requirements
     from windpipe.training import inputs
 
     columns = natural_columns(model)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pinned_requirements():
         code = Path(tmp) / f"{inputs.MODULE}.py"
         shutil.copyfile(inputs.__file__, code)
         kwargs = {"name": "model", "signature": signature(columns, output_columns(model)),
@@ -164,15 +166,23 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
             from mlflow.models import Model
 
             return Model.log(artifact_path=None, flavor=_NaturalKerasFlavor(), model=model, **kwargs)
-        trusted = check_trusted(family, model, [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}",
-                                                f"{inputs.MODULE}.{inputs.Forecast.__name__}",
-                                                *family.skops_trusted])
-        return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted, **kwargs)
+        trusted = [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}", f"{inputs.MODULE}.{inputs.Forecast.__name__}",
+                   *family.skops_trusted]
+        import_skops()  # before MLflow imports skops: its type lists from the cache
+        try:
+            return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted,
+                                            **kwargs)
+        except mlflow.exceptions.MlflowException:
+            # MLflow saves with skops and loads the file back with `trusted` before storing anything; a type the
+            # family forgot fails there: say which one and where to add it (checking up front costs a second
+            # skops dump of every model)
+            check_trusted(family, model, trusted)
+            raise
 
 
 def check_trusted(family: Family, model: Any, trusted: list[str]) -> list[str]:
     """`trusted`, after checking that skops needs no other type to load `model`: a type the family forgot would
-    log a model nobody can load (MLflow only warns when its check of the input example fails)."""
+    log a model nobody can load."""
     import skops.io
 
     missing = sorted(set(skops.io.get_untrusted_types(data=skops.io.dumps(model))) - set(trusted))

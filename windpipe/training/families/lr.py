@@ -6,7 +6,7 @@ folded by MonotoneRidge), and with the time columns on the capacity factor, time
 Issue 23: the earlier Ridge on every pairwise product of the weather's splines gave less wind power at 12 m/s
 than at 10 m/s and raised wind power with radiation. Here wind reads wind speed, temperature and the
 calendar, solar the radiation, temperature and the calendar; the rising inputs enter as monotone ramps
-with non-negative coefficients (Ridge(positive=True)), the others freely. Only scikit-learn classes (and
+with non-negative coefficients (Ridge(positive=True), solved exactly), the others freely. Only scikit-learn classes (and
 scipy's B-splines) and the logged windpipe_inputs module inside: loads without windpipe.
 """
 
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from windpipe.training.inputs import MonotoneRidge
 
 ALPHA = 0.1  # Ridge's penalty on the spline coefficients (the earlier model's, chosen on 2015 Q4)
-# the positive-coefficient solver's (L-BFGS-B) tolerance: 1e-3 fitted a year of synthetic hours in 3.5 s against
-# 10.5 s at scikit-learn's 1e-4, with the same holdout r2 (0.863 and 0.861)
+# the tolerance of Ridge's own positive solver (L-BFGS-B), used only should the exact one fail
+# (windpipe.training.inputs.positive_ridge): 1e-3 fitted a year of synthetic hours in 3.5 s against 10.5 s at 1e-4
 TOL = 1e-3
 
 
