@@ -497,8 +497,11 @@ def positive_ridge(design: np.ndarray, y: np.ndarray, alpha: float, tol: float =
     gram = centred.T @ centred
     gram[np.diag_indices_from(gram)] += alpha
     try:
-        upper = np.linalg.cholesky(gram).T
-        w, _ = nnls(upper, np.linalg.solve(upper.T, centred.T @ (y - mean_y)), maxiter=50 * design.shape[1])
+        # (one thread: the factor and the solves of a few hundred columns take milliseconds, and two BLAS threads
+        # waiting on each other beside another process's work took 2 s for the same Cholesky)
+        with _one_blas_thread():
+            upper = np.linalg.cholesky(gram).T
+            w, _ = nnls(upper, np.linalg.solve(upper.T, centred.T @ (y - mean_y)), maxiter=50 * design.shape[1])
     except (np.linalg.LinAlgError, RuntimeError):  # (not positive definite in floating point; no convergence)
         return ridge.fit(design, y)
     # the attributes Ridge.fit sets and Ridge.predict reads
