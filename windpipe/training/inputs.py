@@ -507,14 +507,15 @@ def _monotone_ridge_class() -> type:
             self.alpha = alpha
             self.tol = tol
 
-        def fit(self, X: Any, y: Any) -> Any:
+        def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
             from sklearn.linear_model import Ridge
 
             X = np.asarray(X, dtype="float64")
             design = _made("MonotoneDesign")(rising=self.rising, other=self.other, calendar=self.calendar,
                                              n_knots=self.n_knots)
             # what Pipeline([("design", design), ("ridge", ridge)]).fit does
-            ridge = Ridge(alpha=self.alpha, positive=True, tol=self.tol).fit(design.fit_transform(X, y), y)
+            ridge = Ridge(alpha=self.alpha, positive=True, tol=self.tol).fit(design.fit_transform(X, y), y,
+                                                                             sample_weight=sample_weight)
             self.design_, self.ridge_ = design, ridge
             self.n_features_in_ = X.shape[1]
             self._fold()
