@@ -179,6 +179,14 @@ def test_the_positive_ridge_is_fitted_at_the_optimum_of_its_problem(monkeypatch)
     reference = Ridge(alpha=alpha, positive=True, tol=1e-10, max_iter=100_000).fit(D, y)
     assert objective(exact) <= objective(reference) * (1 + 1e-9)
 
+    # weighted: the same optimum as the rows repeated by their weights
+    weights = rng.integers(1, 4, size=600)
+    weighted = positive_ridge(D, y, alpha, sample_weight=weights)
+    repeated = positive_ridge(np.repeat(D, weights, axis=0), np.repeat(y, weights), alpha)
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, atol=1e-9)
+    assert weighted.intercept_ == pytest.approx(repeated.intercept_, abs=1e-9)
+    assert not np.allclose(weighted.coef_, w, atol=1e-3)  # (the weights changed the fit)
+
     def fails(*_a, **_k):
         raise RuntimeError("Maximum number of iterations reached.")
 

@@ -221,3 +221,39 @@ def test_figure_has_one_panel_per_target():
     fig = predicted_vs_recorded(y, y.to_numpy() * 1.1, max_points=20)
     assert len(fig.data) == 4  # a scatter and an identity line per target
     assert "solar_GW" in fig.layout.annotations[0].text and "wind_GW" in fig.layout.annotations[1].text
+
+
+def test_capacity_factors_weigh_newer_hours_more_when_the_estimator_takes_weights():
+    """capacity_model hands each target's estimator the recency weights (1 for the newest hour, half a year
+    older: RECENT_HALF_LIFE); an estimator whose fit takes no weights (a family made by new-step) fits unweighted."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.linear_model import LinearRegression
+
+    from windpipe.training.capacity import RECENT_HALF_LIFE, capacity_model
+    from windpipe.training.split import xy
+
+    from .models import tiny_processed
+
+    X, y = xy(tiny_processed(24 * 500), time_features=True)
+    seen = []
+
+    class Recording(LinearRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(sample_weight)
+            return super().fit(X, y, sample_weight)
+
+    class Unweighted(RegressorMixin, BaseEstimator):
+        def fit(self, X, y):
+            self.mean_ = float(np.mean(y))
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), self.mean_)
+
+    capacity_model(X, y, lambda _target: Recording())
+    expected = 0.5 ** ((X["trend"].max() - X["trend"].to_numpy()) / RECENT_HALF_LIFE)
+    assert len(seen) == len(TARGETS) and expected.min() < 0.6 and expected.max() == 1.0  # (a year of hours)
+    for weights in seen:
+        np.testing.assert_allclose(weights, expected)
+    model = capacity_model(X, y, lambda _target: Unweighted())
+    assert np.isfinite(model.predict(X)).all()
