@@ -102,3 +102,19 @@ def processes_of(run_id: str) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the processes `pids` and their children listen on; a child that ends
+    while it is read (a database backend, a server's worker) is skipped."""
+    import psutil
+
+    found = set()
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for each in (proc, *proc.children(recursive=True)):
+            try:
+                found |= {(c.laddr.ip, c.laddr.port) for c in each.net_connections("tcp") if c.status == "LISTEN"}
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue
+    return found

@@ -17,6 +17,8 @@ from windpipe.stack import ftp as ftp_server
 from windpipe.stack import services as platform
 from windpipe.stack.procs import port_is_free
 
+from .processes import listening_sockets
+
 
 def _password(p) -> str:
     return ftp_server.ftp_password(p.settings)
@@ -37,14 +39,7 @@ def test_up_starts_both_and_status_is_healthy(make_platform):
 
 def _listening(p) -> set[tuple[str, int]]:
     """(address, port) of every TCP socket the platform's server processes (and their children) listen on."""
-    import psutil
-
-    found = set()
-    for name in (platform.FTP, platform.MLFLOW):
-        proc = psutil.Process(platform.running_pid(p.settings, name))
-        for each in (proc, *proc.children(recursive=True)):
-            found |= {(c.laddr.ip, c.laddr.port) for c in each.net_connections("tcp") if c.status == "LISTEN"}
-    return found
+    return listening_sockets([platform.running_pid(p.settings, name) for name in (platform.FTP, platform.MLFLOW)])
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import REPO, Platform, latest_run, point_at, team_env
-from tests.processes import Paused, code_snapshot, kill9, popen
+from tests.processes import Paused, code_snapshot, kill9, listening_sockets, popen
 from windpipe.stack import postgres, s3, team
 from windpipe.stack.procs import stop_pid
 from windpipe.tracking.client import basic_auth_header
@@ -124,10 +124,7 @@ def test_team_up_status_secrets_and_loopback(team_platform):
     assert "PGPASSFILE" in server_env and "AWS_SHARED_CREDENTIALS_FILE" in server_env
 
     # every server listens on loopback only
-    listening = set()
-    for pid in servers:
-        for each in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True)):
-            listening |= {(c.laddr.ip, c.laddr.port) for c in each.net_connections("tcp") if c.status == "LISTEN"}
+    listening = listening_sockets(list(servers))
     assert {port for _, port in listening} >= {p.settings.team.pg_port, p.settings.team.s3_port, p.settings.mlflow_port}
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
