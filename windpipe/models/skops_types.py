@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import types
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from windpipe.errors import WindpipeError
+from windpipe.fileio import atomic_write_text
 
 MODULE = "skops.io._trusted_types"
 _VERSIONED = ("skops", "scikit-learn", "scipy", "numpy")
@@ -64,8 +65,11 @@ def import_skops() -> None:
 
 def trusted_lists(module: types.ModuleType) -> dict[str, list[str]]:
     """The module's public lists of type names (what the rest of skops imports from it)."""
-    return {name: list(value) for name, value in vars(module).items()
-            if name.isupper() and isinstance(value, list) and all(isinstance(v, str) for v in value)}
+    return {name: list(value) for name, value in vars(module).items() if name.isupper() and _names(value)}
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _read(path: Path) -> dict[str, list[str]] | None:
@@ -73,21 +77,12 @@ def _read(path: Path) -> dict[str, list[str]] | None:
         lists = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    ok = (isinstance(lists, dict) and lists
-          and all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in lists.values()))
-    return lists if ok else None
+    return lists if isinstance(lists, dict) and lists and all(map(_names, lists.values())) else None
 
 
 def _write(path: Path, lists: dict[str, list[str]]) -> None:
     """Atomically (a process killed while writing leaves no half file), and silently where it cannot."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".skops-types-")
-    except OSError:
-        return  # a read-only installation: each process imports skops as skops does
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(lists, out)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write_text(path, json.dumps(lists), mode=0o600)
+    except WindpipeError:
+        pass  # a read-only installation: each process imports skops as skops does
