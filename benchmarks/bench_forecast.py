@@ -59,7 +59,7 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
     from windpipe.pipeline.interfaces import step_defaults
     from windpipe.settings import get_settings
     from windpipe.steps.train import family_fitter
-    from windpipe.training.families import clipped_fitted, predict_quantiles_fitted
+    from windpipe.training.families import predict_quantiles_fitted, score_fitted
     from windpipe.training.inputs import with_repeated_times
     from windpipe.training.metrics import clipped_metrics, quantile_metrics, regression_metrics
     from windpipe.training.physics import check_curves, curves_at
@@ -75,9 +75,10 @@ def evaluate(df, family: str, trend: bool) -> dict[str, dict[str, float]]:
         started = time.perf_counter()
         model = fit(train)
         seconds = time.perf_counter() - started
-        point, quantiles = predict_quantiles_fitted(model, test)
+        scored = score_fitted(model, test)
+        point, quantiles = scored.point, scored.quantiles
         out[name] = {**regression_metrics(test[TARGETS], point), "fit_seconds": seconds,
-                     **clipped_metrics(clipped_fitted(model, test)),
+                     **clipped_metrics(scored.clipped),
                      **(quantile_metrics(test[TARGETS], quantiles) if quantiles is not None else {})}
         if name == "Q4":
             settings = get_settings()

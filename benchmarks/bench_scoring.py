@@ -57,31 +57,16 @@ def scoring_rows(df, n: int):
     return out
 
 
-def core_holders(obj) -> list:
-    """Every Pipeline inside `obj` holding a lr core, folded (MonotoneRidge) or not (Pipeline(MonotoneDesign,
-    Ridge)): each target's own_inputs Pipeline, once (a fitted ensemble holds its members twice)."""
-    from sklearn.base import BaseEstimator
-    from sklearn.pipeline import Pipeline
+def capacity_models(model) -> list:
+    """The windpipe_inputs.CapacityModel in a natural model (the Forecast's core): its estimators are each target's
+    lr core, folded (MonotoneRidge) or not (Pipeline(MonotoneDesign, Ridge))."""
+    from windpipe.training.families import forecaster_of
+    from windpipe.training.inputs import CapacityModel
 
-    from windpipe.training.inputs import MonotoneDesign, MonotoneRidge
-
-    def core(e: object) -> bool:
-        return isinstance(e, MonotoneRidge) or isinstance(e, Pipeline) and isinstance(e.steps[0][1], MonotoneDesign)
-
-    found: dict[int, object] = {}
-
-    def walk(o: object) -> None:
-        if isinstance(o, list | tuple):
-            for child in o:
-                walk(child)
-        elif isinstance(o, BaseEstimator):
-            if isinstance(o, Pipeline) and any(core(e) for _n, e in o.steps):
-                found.setdefault(id(o), o)
-            for child in vars(o).values():
-                walk(child)
-
-    walk(obj)
-    return list(found.values())
+    core = forecaster_of(model).model
+    if not isinstance(core, CapacityModel):
+        raise SystemExit("the lr model holds no CapacityModel: nothing to compare")
+    return [core]
 
 
 def unfolded(model):
@@ -89,11 +74,10 @@ def unfolded(model):
     from windpipe.training.inputs import MonotoneRidge
 
     out = copy.deepcopy(model)
-    holders = core_holders(out)
-    if not holders:
-        raise SystemExit("the lr model holds no MonotoneRidge: nothing to compare")
-    for p in holders:
-        p.steps = [(n, e.unfolded() if isinstance(e, MonotoneRidge) else e) for n, e in p.steps]
+    for core in capacity_models(out):
+        if not any(isinstance(e, MonotoneRidge) for e in core.estimators):
+            raise SystemExit("the lr model holds no MonotoneRidge: nothing to compare")
+        core.estimators = tuple(e.unfolded() if isinstance(e, MonotoneRidge) else e for e in core.estimators)
     return out
 
 
@@ -124,9 +108,9 @@ def core_inputs(model, rows) -> list:
 
 
 def score_cores(model, parts: list) -> list:
-    """Only the cores: each target's own_inputs Pipeline (its columns, then the core) on each part."""
-    holders = core_holders(model)
-    return [p.predict(X) for X in parts for p in holders]
+    """Only the cores: each target's estimator on its own columns of each part."""
+    return [e.predict(X[list(columns)]) for X in parts for core in capacity_models(model)
+            for e, columns in zip(core.estimators, core.columns, strict=True)]
 
 
 def seconds(fn, *args) -> float:

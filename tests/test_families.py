@@ -103,6 +103,12 @@ def test_power_is_clipped_inside_the_model_to_zero_and_the_capacity_it_knows():
     assert (pred >= 0).all() and (pred <= ceiling + 1e-9).all()
     share = clipped_metrics(clipped)
     assert 0 < share["clipped_share_solar_GW"] < 1 and share["clipped_share"] == pytest.approx(clipped.mean())
+    # a run's metrics score the core once: the same forecast, quantiles and clipped rows as the model's predict
+    scored, (point, quantiles) = families.score_fitted(lr, df), families.predict_quantiles_fitted(lr, df)
+    assert quantiles is not None and quantiles.shape == (len(df), 2, 3)
+    np.testing.assert_array_equal(scored.point, point)
+    np.testing.assert_array_equal(scored.quantiles, quantiles)
+    np.testing.assert_array_equal(scored.clipped, clipped)
 
 
 def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():
@@ -200,13 +206,12 @@ def test_lr_models_round_trip_through_skops_folded_and_as_logged_before():
     the Pipeline(MonotoneDesign, Ridge) core models were logged with before MonotoneRidge."""
     import skops.io
 
-    from windpipe.steps.train import check_trusted
-    from windpipe.training.inputs import MODULE, MonotoneRidge
+    from windpipe.steps.train import check_trusted, skops_trusted
+    from windpipe.training.inputs import MonotoneRidge
 
     df = tiny_processed(24 * 20)
     model = fit("lr", df)
-    trusted = check_trusted(families.get("lr"), model, [f"{MODULE}.NaturalInputs", f"{MODULE}.Forecast",
-                                                        *families.get("lr").skops_trusted])
+    trusted = check_trusted(families.get("lr"), model, skops_trusted(families.get("lr")))
     loaded = skops.io.loads(skops.io.dumps(model), trusted=trusted)
     rows = df[NATURAL].tail(48)
     pd.testing.assert_frame_equal(loaded.predict(rows), model.predict(rows))

@@ -23,7 +23,7 @@ from windpipe.training.backtest import fold_metrics, folds_from_metrics, run_bac
 from windpipe.training.capacity import capacity, capacity_lines
 from windpipe.training.families import lr as LR
 from windpipe.training.families import rf as RF
-from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR, model_input, time_features
+from windpipe.training.features import MODEL_COLUMNS, model_input, time_features
 from windpipe.training.metrics import regression_metrics
 from windpipe.training.split import SplitSpec, backtest_splits, split, time_window, validation_split, xy
 
@@ -295,8 +295,8 @@ def test_capacity_forests_multiply_the_forests_by_the_capacity_line():
     p = RF.RFParams.check(n_estimators=4, max_depth=4, min_samples_leaf=3, seed=0, n_jobs=1)
     model = RF.train_rf(X, y, p)
     lines = capacity_lines(X["trend"], X["windspeed"], y)
-    forests = model.named_steps["capacity_factors"].named_transformers_["factors"]
-    direct = forests.transform(X[WEATHER_AND_CALENDAR]) * capacity(lines, X["trend"])
+    factors = np.column_stack([f.predict(X[list(c)]) for f, c in zip(model.estimators, model.columns, strict=True)])
+    direct = factors * capacity(lines, X["trend"])
     np.testing.assert_allclose(model.predict(X), direct, rtol=1e-9)
     assert lines[1, 1] > 0  # wind capacity grows
 

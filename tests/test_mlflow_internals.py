@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from windpipe.tracking.internals import initialize_stores, pinned_requirements, run_project_in
+from windpipe.tracking.internals import initialize_stores, pinned_requirements, run_project_in, use_git_tags
 
 from .processes import processes_of
 
@@ -56,6 +56,33 @@ def test_pinned_requirements_are_still_checked_without_mapping_every_installed_d
 
 
 @pytest.mark.slow
+def test_mlflow_tags_new_runs_with_the_git_tags_windpipe_read_without_asking_git(monkeypatch):
+    """After use_git_tags, the tags MLflow's run context gives a new run (resolve_tags, what start_run and a logged
+    model's creation call) carry windpipe's commit, branch and repository, and MLflow's GitPython helpers are not
+    called; outside git ({}) no git tag at all, as MLflow gives outside git."""
+    from mlflow.tracking.context import git_context, registry
+
+    from windpipe import names
+    from windpipe.pipeline.project_run import git_tags
+    from windpipe.settings import package_dir
+
+    def never(_path):
+        raise AssertionError("MLflow asked git itself")
+
+    for helper in ("get_git_commit", "get_git_branch", "get_git_repo_url"):
+        monkeypatch.setattr(git_context, helper, never)
+    provider = next(p for p in registry._run_context_provider_registry._registry
+                    if isinstance(p, git_context.GitRunContext))
+    monkeypatch.setattr(provider, "_cache", {})  # (restored afterwards: other tests keep MLflow's own answer)
+    ours = git_tags(package_dir())
+    assert ours.get(names.MLFLOW_GIT_COMMIT_TAG)  # (the test runs in the project's checkout)
+    use_git_tags(ours)
+    resolved = registry.resolve_tags({"x": "1"})
+    assert {k: resolved.get(k) for k in ours} == ours and resolved["x"] == "1"
+    use_git_tags({})
+    assert not [k for k in registry.resolve_tags() if k.startswith("mlflow.source.git")]
+
+
 def test_a_step_runs_in_the_launchers_run_and_its_process_tree_can_be_stopped(use_platform, tmp_path):
     """MLflow Projects runs the command in the run windpipe made (no second run), as a child of this process
     carrying the run id, so the launcher finds and stops it, and whatever it started

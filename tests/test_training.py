@@ -12,10 +12,11 @@ from windpipe.pipeline.interfaces import step_defaults
 from windpipe.training.families import keras as K
 from windpipe.training.families import lr as LR
 from windpipe.training.families import rf as RF
-from windpipe.training.figures import predicted_vs_recorded
+from windpipe.training.figures import figure_html, predicted_vs_recorded
 from windpipe.training.metrics import regression_metrics
 from windpipe.training.params import as_depth_list, as_int_list
 from windpipe.training.split import split, xy
+from windpipe.views.figures import as_figure
 
 
 def frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -162,21 +163,23 @@ def test_rf_fits_and_is_reproducible():
     assert a.shape == (len(test), 2) and np.array_equal(a, b)
 
 
-def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone():
-    """A grid point with more trees reuses the smaller forest's trees: the same model, fewer trees fitted."""
+@pytest.mark.parametrize("time_features", [False, True])
+def test_the_rf_grid_grows_forests_yet_yields_the_models_train_rf_fits_alone(time_features):
+    """A grid point with more trees reuses the smaller forest's trees: the same model, fewer trees fitted (also on
+    the capacity factor, with the recency weights, when the model follows the trend)."""
     train, test = split(frame(300))
-    X, y = xy(train)
+    X, y = xy(train, time_features)
     grid = [rf_params(n_estimators=n, max_depth=d, n_jobs=2) for n in (6, 2, 4) for d in (3, None)]
     got = list(RF.rf_grid(X, y, grid))
     assert [(p.n_estimators, p.max_depth) for p, _, _ in got] == [(2, 3), (4, 3), (6, 3), (2, None), (4, None),
                                                                    (6, None)]
     for p, model, seconds in got:
         alone = RF.train_rf(X, y, p)
-        # (each target's member: its inputs, then its forest)
-        assert seconds >= 0 and [len(f[-1].estimators_) for f in model.estimators_] == [p.n_estimators] * 2
+        assert seconds >= 0 and [len(f.estimators_) for f in model.estimators] == [p.n_estimators] * 2
         assert repr(model.get_params()) == repr(alone.get_params())
-        assert np.allclose(model.predict(xy(test)[0]), alone.predict(xy(test)[0]), rtol=1e-12)
-    assert len(got[0][1].estimators_[0][-1].estimators_) == 2  # growing a copy left the smaller model as it was
+        assert np.allclose(model.predict(xy(test, time_features)[0]), alone.predict(xy(test, time_features)[0]),
+                           rtol=1e-12)
+    assert len(got[0][1].estimators[0].estimators_) == 2  # growing a copy left the smaller model as it was
 
 
 def test_training_rejects_empty_or_incomplete_data():
@@ -219,8 +222,12 @@ def test_keras_bin_encoding_runs_from_0_to_1_over_each_features_training_range()
 def test_figure_has_one_panel_per_target():
     y = frame(50)[TARGETS]
     fig = predicted_vs_recorded(y, y.to_numpy() * 1.1, max_points=20)
-    assert len(fig.data) == 4  # a scatter and an identity line per target
-    assert "solar_GW" in fig.layout.annotations[0].text and "wind_GW" in fig.layout.annotations[1].text
+    assert len(fig["data"]) == 4  # a scatter and an identity line per target
+    assert [t["xaxis"] for t in fig["data"]] == ["x", "x", "x2", "x2"]  # each target's pair in its own panel
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "solar_GW" in titles[0] and "wind_GW" in titles[1]
+    # the page MLflow shows draws it with plotly.js, and plotly itself accepts the figure
+    assert "Plotly.newPlot" in figure_html(fig) and len(as_figure(fig).data) == 4
 
 
 def test_capacity_factors_weigh_newer_hours_more_when_the_estimator_takes_weights():
@@ -250,10 +257,10 @@ def test_capacity_factors_weigh_newer_hours_more_when_the_estimator_takes_weight
         def predict(self, X):
             return np.full(len(X), self.mean_)
 
-    capacity_model(X, y, lambda _target: Recording())
+    capacity_model(X, y, lambda _target, _columns: Recording())
     expected = 0.5 ** ((X["trend"].max() - X["trend"].to_numpy()) / RECENT_HALF_LIFE)
     assert len(seen) == len(TARGETS) and expected.min() < 0.6 and expected.max() == 1.0  # (a year of hours)
     for weights in seen:
         np.testing.assert_allclose(weights, expected)
-    model = capacity_model(X, y, lambda _target: Unweighted())
+    model = capacity_model(X, y, lambda _target, _columns: Unweighted())
     assert np.isfinite(model.predict(X)).all()

@@ -81,6 +81,7 @@ MONITOR_STATUS_TAG = _P + "monitor_status"  # ok | degraded: did any batch's err
 # MLflow's own tags that windpipe reads or sets
 MLFLOW_PARENT_RUN_TAG = "mlflow.parentRunId"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
+MLFLOW_GIT_BRANCH_TAG = "mlflow.source.git.branch"
 MLFLOW_PROJECT_ENV_TAG = "mlflow.project.env"
 MLFLOW_PROJECT_ENTRY_TAG = "mlflow.project.entryPoint"
 MLFLOW_PROJECT_BACKEND_TAG = "mlflow.project.backend"

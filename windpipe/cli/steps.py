@@ -161,8 +161,8 @@ def run(
     from windpipe.tracking.client import connect
 
     settings = get_settings()
-    connect(settings)
-    run = run_here(project, entry_point, params, mlflow.get_experiment_by_name(settings.experiment).experiment_id)
+    connect(settings, experiment=False)
+    run = run_here(project, entry_point, params, mlflow.set_experiment(settings.experiment).experiment_id)
     typer.echo(f"{step} {entry_point}: run {run.info.run_id} {run.info.status}")
     if run.info.status != "FINISHED":
         raise typer.Exit(1)

@@ -167,11 +167,12 @@ def log_physics(client: Any, run_id: str, check: PhysicsCheck, curves: list) -> 
     """The check (its reason and every worst case) and the curves' figure, as artifacts of the candidate's run."""
     import json
 
-    from windpipe.training.figures import physics_figure
+    from windpipe.training.figures import figure_html, physics_figure
 
     client.log_text(run_id, json.dumps(check.as_json(), indent=1), PHYSICS_CHECK_PATH)
     verdict = "holds" if check.passed else "BROKEN"
-    client.log_figure(run_id, physics_figure(curves, title=f"promotion gate: physics {verdict}"), PHYSICS_FIGURE_PATH)
+    client.log_text(run_id, figure_html(physics_figure(curves, title=f"promotion gate: physics {verdict}")),
+                    PHYSICS_FIGURE_PATH)
 
 
 def improvement(challenger: float, production: float, metric: str) -> float:

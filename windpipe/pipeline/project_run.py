@@ -30,6 +30,7 @@ from windpipe.errors import UsageError
 from windpipe.pipeline.interfaces import MLProject, Parameter
 from windpipe.stack.procs import environment
 from windpipe.tracking.client import mlflow_client
+from windpipe.tracking.internals import use_git_tags
 from windpipe.tracking.runs import git_commit
 
 if TYPE_CHECKING:
@@ -53,15 +54,18 @@ def _without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
 
 
-def project_tags(folder: Path, entry_point: str, source: str | None = None) -> dict[str, str]:
+def project_tags(folder: Path, entry_point: str, source: str | None = None,
+                 git: Mapping[str, str] | None = None) -> dict[str, str]:
     """The tags MLflow Projects gives a run of the project in `folder` (`mlflow.projects.run`): user, source,
     entry point, git commit and repository, backend. `source`: the URI the project came from (a git URI
-    `<repo>#<folder>`, of which `folder` is a checkout); by default `folder` itself."""
+    `<repo>#<folder>`, of which `folder` is a checkout); by default `folder` itself. `git`: `git_tags(folder)`,
+    when the caller has them."""
     try:
         user = getpass.getuser()
     except (ImportError, KeyError, OSError):
         user = "unknown"
     top = _git(folder, "rev-parse", "--show-toplevel")
+    git = (git_tags(folder) if git is None else git) if top else {}
     if source is None:
         source = str(folder)
         if top:
@@ -70,9 +74,20 @@ def project_tags(folder: Path, entry_point: str, source: str | None = None) -> d
     tags = {names.MLFLOW_USER_TAG: user, names.MLFLOW_SOURCE_NAME_TAG: _without_credentials(source),
             names.MLFLOW_SOURCE_TYPE_TAG: "PROJECT", names.MLFLOW_PROJECT_ENTRY_TAG: entry_point,
             names.MLFLOW_PROJECT_BACKEND_TAG: "local"}
-    commit = git_commit(folder) if top else None
-    if commit:
-        tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
+    # (MLflow Projects tags a run of a local folder with its commit and repository, not its branch)
+    return tags | {k: v for k, v in git.items() if k != names.MLFLOW_GIT_BRANCH_TAG}
+
+
+def git_tags(folder: Path) -> dict[str, str]:
+    """The git tags MLflow's run context gives a new run or logged model whose code is in `folder`: its checkout's
+    commit, branch (none when detached) and first remote's URL (without credentials); {} outside git."""
+    commit = git_commit(folder)
+    if not commit:
+        return {}
+    tags = {names.MLFLOW_GIT_COMMIT_TAG: commit}
+    branch = _git(folder, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags[names.MLFLOW_GIT_BRANCH_TAG] = branch
     remote = (_git(folder, "remote") or "").split()
     url = _git(folder, "remote", "get-url", remote[0]) if remote else None
     if url:
@@ -151,9 +166,13 @@ def run_here(project: MLProject, entry_point: str, params: dict[str, str], exper
     declared = project.entry_points[entry_point]
     check_values(declared, params, f"The {entry_point} entry point of {folder.name}")
     client = mlflow_client()
+    # the step's child runs and logged model get the same git tags from MLflow's run context, without it asking git
+    # again through GitPython (its import and git processes: 0.1 s of a step's fixed cost)
+    git = git_tags(folder)
+    use_git_tags(git)
     with tempfile.TemporaryDirectory(prefix="windpipe-params-") as storage:
         command = entry_point_command(project, entry_point, params, Path(storage))
-        run_id = create_project_run(client, experiment_id, project_tags(folder, entry_point),
+        run_id = create_project_run(client, experiment_id, project_tags(folder, entry_point, git=git),
                                     logged_params(declared, params))
         code = _execute(command, folder, {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
                                           "MLFLOW_EXPERIMENT_ID": str(experiment_id)})

@@ -39,12 +39,11 @@ from windpipe.training import families
 from windpipe.training.families import (
     Family,
     TrainingRows,
-    clipped_fitted,
     core_columns,
     natural,
     natural_columns,
     output_columns,
-    predict_quantiles_fitted,
+    score_fitted,
 )
 from windpipe.training.families.rf import RFParams, rf_grid
 from windpipe.training.params import as_depth_list, as_float, as_int, as_int_list
@@ -166,8 +165,7 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
             from mlflow.models import Model
 
             return Model.log(artifact_path=None, flavor=_NaturalKerasFlavor(), model=model, **kwargs)
-        trusted = [f"{inputs.MODULE}.{inputs.NaturalInputs.__name__}", f"{inputs.MODULE}.{inputs.Forecast.__name__}",
-                   *family.skops_trusted]
+        trusted = skops_trusted(family)
         import_skops()  # before MLflow imports skops: its type lists from the cache
         try:
             return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted,
@@ -178,6 +176,15 @@ def log_model(family: Family, model: Any, rows: pd.DataFrame) -> ModelInfo:
             # skops dump of every model)
             check_trusted(family, model, trusted)
             raise
+
+
+def skops_trusted(family: Family) -> list[str]:
+    """The types a `family` model's skops file may hold beyond what skops trusts by default: the windpipe_inputs
+    classes every scikit-learn model is built of, and the family's own (`Family.skops_trusted`)."""
+    from windpipe.training import inputs
+
+    return [f"{inputs.MODULE}.{name}" for name in ("NaturalInputs", "Forecast", "CapacityModel")] + list(
+        family.skops_trusted)
 
 
 def check_trusted(family: Family, model: Any, trusted: list[str]) -> list[str]:
@@ -225,13 +232,14 @@ def log_training(family: Family, model: Any, params: dict[str, object], data: Da
     """
     import mlflow
 
-    from windpipe.training.figures import predicted_vs_recorded
+    from windpipe.training.figures import figure_html, predicted_vs_recorded
     from windpipe.training.metrics import clipped_metrics, quantile_metrics, regression_metrics
 
     y_test = data.test[TARGETS]
-    pred, quantiles = predict_quantiles_fitted(model, data.test)
+    scored = score_fitted(model, data.test)
+    pred, quantiles = scored.point, scored.quantiles
     # the share the head clipped to [0, capacity]: how far the core alone strays from physics
-    metrics = {**regression_metrics(y_test, pred), **clipped_metrics(clipped_fitted(model, data.test))}
+    metrics = {**regression_metrics(y_test, pred), **clipped_metrics(scored.clipped)}
     if quantiles is not None and len(y_test):  # pinball loss, the 80 % interval's coverage and width
         metrics.update(quantile_metrics(y_test, quantiles))
     data.log_input("training")
@@ -241,7 +249,7 @@ def log_training(family: Family, model: Any, params: dict[str, object], data: Da
     if log_model_too:
         fig = predicted_vs_recorded(y_test, pred, title=f"{family.name}: holdout, {data.spec.describe()} "
                                                        f"({len(y_test)} rows)")
-        mlflow.log_figure(fig, FIGURE_PATH)
+        mlflow.log_text(figure_html(fig), FIGURE_PATH)
         info = log_model(family, model, data.test)
         model_uri = tags[names.MODEL_URI_TAG] = info.model_uri
     log_batch({**params, **data.split_params(), "time_features": time_features},
@@ -258,7 +266,7 @@ def log_backtest(fit: Callable[[pd.DataFrame], object], data: Data, folds: int, 
     import mlflow
 
     from windpipe.training.backtest import fold_metrics, run_backtest, summary
-    from windpipe.training.figures import backtest_figure
+    from windpipe.training.figures import backtest_figure, figure_html
 
     def fold_fit(train: pd.DataFrame) -> object:
         if final is not None and train.index.equals(data.train.index):
@@ -269,8 +277,9 @@ def log_backtest(fit: Callable[[pd.DataFrame], object], data: Data, folds: int, 
     table = run_backtest(data.df, fold_fit, folds, data.spec.holdout_weeks or 13.0, say=lambda m: print(m, flush=True))
     out = {**summary(table), **fold_metrics(table), "backtest_seconds": time.perf_counter() - started}
     log_batch({"backtest_folds": folds, "backtest_weeks": data.spec.holdout_weeks}, out)
-    mlflow.log_figure(backtest_figure(table, title=f"{label}: rolling-origin backtest, {folds} folds of "
-                                                   f"{data.spec.holdout_weeks:g} weeks"), BACKTEST_FIGURE_PATH)
+    fig = backtest_figure(table, title=f"{label}: rolling-origin backtest, {folds} folds of "
+                                       f"{data.spec.holdout_weeks:g} weeks")
+    mlflow.log_text(figure_html(fig), BACKTEST_FIGURE_PATH)
     mlflow.log_text(table.to_json(orient="records", date_format="iso", indent=1), BACKTEST_TABLE_PATH)
     print(f"backtest ({folds} folds): mean r2 {out['backtest_r2']:.4f}, wind bias "
           f"{out['backtest_bias_wind_GW']:+.2f} GW")

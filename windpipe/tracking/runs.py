@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -133,14 +132,11 @@ def step_run(step: str, entry_point: str = "main", step_dir: Path | None = None,
     if commit:
         tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
     # under `mlflow run` MLFLOW_RUN_ID names the run already created for us; start_run(run_id=None)
-    # joins it and unsets the variable, so runs started inside (nested grid runs) are new runs
-    joined = bool(os.environ.get("MLFLOW_RUN_ID"))
+    # joins it (adding `tags` to it) and unsets the variable, so runs started inside (nested grid runs) are new runs
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
     with run_log(run, run_name or step, native=native_log):
         try:
             with terminate_cleanly(), run:
-                if joined:
-                    mlflow.set_tags(tags)
                 fault_point(f"step:{step}")
                 yield run
         except WindpipeError as exc:

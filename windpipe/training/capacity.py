@@ -11,21 +11,18 @@ multiply by cap(t) = a + b * trend; this module estimates a and b per target:
 each regressed on [1, t, sin 2 pi t, cos 2 pi t] (t in years; the season terms absorb the yearly
 cycle and are dropped), then scaled so that cap(t) averages 1 over the training rows. Less than
 two years of data cannot tell growth from the season: the capacity is then constant (a=1, b=0).
-`capacity_model` puts a capacity-factor model per target in front of the line (the rf and gbm families).
+`capacity_model` puts a capacity-factor model per target in front of the line (every scikit-learn family).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from windpipe.names import TARGETS
-
-if TYPE_CHECKING:
-    from sklearn.pipeline import Pipeline
+from windpipe.names import FEATURES, TARGETS
 
 MIN_YEARS = 2.0  # shorter windows: growth and season cannot be told apart
 MONTH = 1.0 / 12.0  # a month as a fraction of the trend's year
@@ -79,9 +76,11 @@ def recency_weights(trend: np.ndarray, half_life: float = RECENT_HALF_LIFE) -> n
 
 
 def capacity(lines: np.ndarray, trend: np.ndarray) -> np.ndarray:
-    """cap(t) per row and target, shape (rows, targets)."""
-    t = np.asarray(trend, dtype="float64")[:, None]
-    return lines[:, 0][None, :] + lines[:, 1][None, :] * t
+    """cap(t) per row and target, shape (rows, targets) (windpipe.training.inputs.capacity_line: the formula a
+    logged model carries)."""
+    from windpipe.training.inputs import capacity_line
+
+    return capacity_line(lines, trend)
 
 
 def head_spec(X: pd.DataFrame, y: pd.DataFrame | np.ndarray, targets: Sequence[str] = TARGETS) -> dict:
@@ -100,71 +99,68 @@ def head_spec(X: pd.DataFrame, y: pd.DataFrame | np.ndarray, targets: Sequence[s
             "factor": [float(max(f, 0.0)) for f in factor]}
 
 
-def own_inputs(target: str, estimator: object, columns: list[str]) -> object:
-    """`estimator` fed only the `columns` a model of `target` may read (windpipe.training.physics.inputs_for: wind
-    never sees the radiation, solar never the wind speed): a Pipeline of a column selection and the estimator."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
+@dataclass(frozen=True)
+class FactorRows:
+    """What each target's estimator of a capacity model fits on: `inputs` (the base columns: weather and calendar
+    with the trend, else the four weather features; each target reads `inputs_for` of them), `lines` (the
+    capacity line per target; (1, 0) without the trend), `factor` (the targets divided by their line, rows x
+    targets) and `weights` (`recency_weights`, or None without the trend)."""
 
-    from windpipe.training.physics import inputs_for
+    X: pd.DataFrame
+    inputs: list[str]
+    lines: np.ndarray
+    factor: np.ndarray
+    weights: np.ndarray | None
+    trend: str | None
 
-    keep = ColumnTransformer([("inputs", "passthrough", inputs_for(target, columns))], remainder="drop",
-                             verbose_feature_names_out=False)
-    return Pipeline([("inputs", keep), ("model", estimator)])
+    @classmethod
+    def of(cls, X: pd.DataFrame, y: pd.DataFrame | np.ndarray) -> FactorRows:
+        from windpipe.training.features import WEATHER_AND_CALENDAR
+
+        target = np.asarray(y, dtype="float64").reshape(len(X), -1)
+        if "trend" in X.columns:
+            lines = capacity_lines(X["trend"], X["windspeed"], target)
+            return cls(X, WEATHER_AND_CALENDAR, lines, target / capacity(lines, X["trend"]),
+                       recency_weights(X["trend"]), "trend")
+        return cls(X, list(FEATURES), np.tile([1.0, 0.0], (target.shape[1], 1)), target, None, None)
+
+    def columns(self, target: str) -> list[str]:
+        """The inputs a model of `target` may read (windpipe.training.physics.inputs_for)."""
+        from windpipe.training.physics import inputs_for
+
+        return inputs_for(target, self.inputs)
+
+    def fit(self, k: int, estimator: object) -> object:
+        """`estimator` fitted on target k's columns and capacity factor (weighted when its fit takes weights: a
+        family's estimator made by `new-step --family` may not)."""
+        from sklearn.utils.validation import has_fit_parameter
+
+        weighted = ({"sample_weight": self.weights}
+                    if self.weights is not None and has_fit_parameter(estimator, "sample_weight") else {})
+        return estimator.fit(self.X[self.columns(TARGETS[k])], self.factor[:, k], **weighted)
+
+    def model(self, estimators: Sequence[object]) -> object:
+        """The fitted `estimators` (one per target) as windpipe_inputs.CapacityModel. Fitted estimators with
+        `n_jobs` predict single-threaded: summing trees in thread order changes the last bits between processes."""
+        from windpipe.training.features import MODEL_COLUMNS
+        from windpipe.training.inputs import CapacityModel
+
+        for e in estimators:
+            if hasattr(e, "n_jobs"):
+                e.n_jobs = 1
+        return CapacityModel(estimators=tuple(estimators),
+                             columns=tuple(tuple(self.columns(t)) for t in TARGETS[: len(estimators)]),
+                             lines=tuple((float(a), float(b)) for a, b in self.lines), trend=self.trend,
+                             inputs=tuple(MODEL_COLUMNS if self.trend else FEATURES))
 
 
-def capacity_model(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str], object]) -> Pipeline:
-    """cap_k(t) x estimator_k(weather, calendar) per target, as one scikit-learn Pipeline on MODEL_COLUMNS.
+def capacity_model(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str, list[str]], object]) -> object:
+    """cap_k(t) x estimator_k(weather, calendar) per target (windpipe_inputs.CapacityModel), on MODEL_COLUMNS; on
+    the four weather features without the time columns (the capacity then constant).
 
-    A tree model cannot extrapolate a trend (it repeats the last level it saw), so each target's
-    estimator (`estimator(target)`: a fresh, unfitted one, fed only the inputs the target may read:
-    `own_inputs`) learns the capacity factor y_k / cap_k(t) (`capacity_lines`, from these rows only), the newer
-    rows weighing more (`recency_weights`, when its fit takes `sample_weight`), and the model multiplies back:
-
-        [est_solar, est_wind](weather, calendar), trend            (a VotingRegressor's transform)
-        -> products [cf_s, cf_w, t, cf_s cf_w, cf_s t, cf_w t]        (PolynomialFeatures)
-        -> cf_k (a_k + b_k t)                                          (LinearRegression, exact)
-
-    The estimators and the last map are fitted here and frozen (sklearn.frozen.FrozenEstimator), so the
-    Pipeline's own fit only records column names; every piece is a scikit-learn class. Fitted estimators
-    with `n_jobs` predict single-threaded: summing trees in thread order changes the last bits between
-    processes.
-    """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import VotingRegressor
-    from sklearn.frozen import FrozenEstimator
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import PolynomialFeatures
-    from sklearn.utils.validation import has_fit_parameter
-
-    from windpipe.training.features import MODEL_COLUMNS, WEATHER_AND_CALENDAR
-
-    target = np.asarray(y, dtype="float64")
-    lines = capacity_lines(X["trend"], X["windspeed"], target)
-    factor = target / capacity(lines, X["trend"])
-    inputs = X[WEATHER_AND_CALENDAR]
-    weights = recency_weights(X["trend"])
-    fitted = []
-    for k, name in enumerate(TARGETS):
-        core = estimator(name)
-        # (a family's estimator that takes no weights, e.g. one made by `new-step --family`, fits unweighted)
-        weighted = {"model__sample_weight": weights} if has_fit_parameter(core, "sample_weight") else {}
-        one = own_inputs(name, core, WEATHER_AND_CALENDAR).fit(inputs, factor[:, k], **weighted)
-        if hasattr(one[-1], "n_jobs"):
-            one[-1].n_jobs = 1
-        fitted.append((name, FrozenEstimator(one)))
-    # (fitted on any 1-d target: its members are frozen, fitting only records them)
-    capacity_factors = VotingRegressor(fitted).fit(inputs.iloc[:2], factor[:2, 0])
-    # the exact map [cf_s, cf_w, t] -> cf_k (a_k + b_k t), fitted where it is exact: a 3 x 3 x 3 grid
-    grid = np.array([[a, b, c] for a in (0.0, 1.0, 2.0) for b in (0.0, 1.0, 2.0) for c in (0.0, 1.0, 2.0)])
-    products = PolynomialFeatures(degree=2, interaction_only=True, include_bias=False)
-    head = LinearRegression(fit_intercept=False).fit(products.fit_transform(grid),
-                                                      grid[:, :2] * capacity(lines, grid[:, 2]))
-    model = Pipeline([
-        ("capacity_factors", ColumnTransformer([("factors", FrozenEstimator(capacity_factors), WEATHER_AND_CALENDAR),
-                                                ("trend", "passthrough", ["trend"])])),
-        ("products", products),
-        ("capacity", FrozenEstimator(head))])
-    # every learned part is frozen: fitting the Pipeline only records its input columns
-    return model.fit(X[MODEL_COLUMNS].iloc[:2], target[:2])
+    A tree model cannot extrapolate a trend (it repeats the last level it saw), so each target's estimator
+    (`estimator(target, base columns)`: a fresh, unfitted one, fed only the inputs the target may read) learns the
+    capacity factor y_k / cap_k(t) (`capacity_lines`, from these rows only), the newer rows weighing more
+    (`recency_weights`), and the model multiplies back."""
+    rows = FactorRows.of(X, y)
+    return rows.model([rows.fit(k, estimator(name, rows.inputs)) for k, name in enumerate(TARGETS)])

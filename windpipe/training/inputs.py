@@ -151,6 +151,13 @@ def input_error(problem: str, fix: str) -> Exception:
 
 # ---------------------------------------------------------------------------------------------- the head
 
+def capacity_line(lines: Any, trend: Any) -> np.ndarray:
+    """The capacity line a_k + b_k trend per row and target (`lines`: (a, b) per target): float64 (rows, targets)."""
+    lines = np.asarray(lines, dtype="float64").reshape(-1, 2)
+    t = np.asarray(trend, dtype="float64").reshape(-1, 1)
+    return lines[:, 0][None, :] + lines[:, 1][None, :] * t
+
+
 class Head:
     """Physical bounds on a core's raw output (the formula in the module docstring), and how sure the forecast
     is. `spec` is plain JSON (but `offsets`, a numpy array):
@@ -176,11 +183,10 @@ class Head:
 
     def ceiling(self, X: pd.DataFrame) -> np.ndarray:
         """The installed capacity per row and target, float64 (rows, targets)."""
-        lines = np.asarray(self.spec["lines"], dtype="float64")
         factor = np.asarray(self.spec["factor"], dtype="float64")
         trend = self.spec.get("trend")
         t = np.asarray(X[trend], dtype="float64") if trend else np.zeros(len(X))
-        return np.maximum(factor[None, :] * (lines[:, 0][None, :] + lines[:, 1][None, :] * t[:, None]), 0.0)
+        return np.maximum(factor[None, :] * capacity_line(self.spec["lines"], t), 0.0)
 
     def finish(self, X: pd.DataFrame, raw: np.ndarray, ceiling: np.ndarray | None = None) -> np.ndarray:
         """The core's output `raw` for the core input `X`, clipped to [0, ceiling]: float64 (rows, targets).
@@ -272,7 +278,8 @@ def __getattr__(name: str) -> Any:
     """`NaturalInputs`, `Forecast`, `MonotoneDesign` and `MonotoneRidge` are made on first use (PEP 562):
     scikit-learn's base classes take seconds to import."""
     makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class,
-              "MonotoneDesign": _monotone_design_class, "MonotoneRidge": _monotone_ridge_class}
+              "CapacityModel": _capacity_model_class, "MonotoneDesign": _monotone_design_class,
+              "MonotoneRidge": _monotone_ridge_class}
     if name in makers:
         globals()[name] = cls = makers[name]()
         return cls
@@ -374,6 +381,50 @@ def _forecast_class() -> type:
 
     Forecast.__module__, Forecast.__qualname__ = MODULE, "Forecast"  # (what skops and pickle record)
     return Forecast
+
+
+def _capacity_model_class() -> type:
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class CapacityModel(RegressorMixin, BaseEstimator):
+        """Per target a fitted estimator of the capacity factor, times the capacity line: the core of the
+        scikit-learn families (windpipe.training.capacity.capacity_model fits it)
+
+            core_k = estimators[k].predict(X[columns[k]]) x (a_k + b_k X[trend])      (lines[k] = (a_k, b_k))
+
+        `columns[k]`: the inputs target k may read; `trend`: the core input's trend column, or None (a model of the
+        weather only: the lines are then (1, 0) and the estimators learn the power itself); `inputs`: every column
+        of the core input, in order (a bare array is read by position). The estimators are given fitted, each held
+        once (a VotingRegressor in a ColumnTransformer held each member six times in the saved file): `fit` only
+        returns it."""
+
+        def __init__(self, estimators: tuple = (), columns: tuple = (), lines: tuple = (), trend: str | None = None,
+                     inputs: tuple[str, ...] = ()) -> None:
+            self.estimators = estimators
+            self.columns = columns
+            self.lines = lines
+            self.trend = trend
+            self.inputs = inputs
+
+        def fit(self, X: pd.DataFrame, y: object = None) -> Any:
+            return self
+
+        def __sklearn_is_fitted__(self) -> bool:
+            return True
+
+        def factors(self, X: Any) -> np.ndarray:
+            """Each target's estimator on its own columns of the core input `X`: float64 (rows, targets)."""
+            X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X), columns=list(self.inputs))
+            return np.column_stack([np.asarray(e.predict(X[list(c)]), dtype="float64").reshape(len(X))
+                                    for e, c in zip(self.estimators, self.columns, strict=True)])
+
+        def predict(self, X: Any) -> np.ndarray:
+            X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X), columns=list(self.inputs))
+            factors = self.factors(X)
+            return factors * capacity_line(self.lines, X[self.trend]) if self.trend else factors
+
+    CapacityModel.__module__, CapacityModel.__qualname__ = MODULE, "CapacityModel"  # (what skops and pickle record)
+    return CapacityModel
 
 
 def _monotone_design_class() -> type:

@@ -99,9 +99,9 @@ def backtest_figure(folds: pd.DataFrame, title: str = "") -> dict:
     run logs (windpipe.training.figures.backtest_figure), as a dict in this module's light template."""
     from windpipe.training.figures import backtest_figure as run_figure
 
-    fig = run_figure(folds, title=title).to_plotly_json()
+    fig = run_figure(folds, title=title)
     fig["layout"].update({"template": _template(), "width": None, "autosize": True})
-    return {"data": [dict(t) for t in fig["data"]], "layout": fig["layout"]}
+    return fig
 
 
 def performance_figure(frame: pd.DataFrame, ratio_limit: float, title: str = "") -> dict:
@@ -130,13 +130,13 @@ def performance_figure(frame: pd.DataFrame, ratio_limit: float, title: str = "")
 
 def _side_by_side(titles: list[str], height: int) -> dict:
     """The layout of two plots next to each other, each with its own axes."""
-    annotations = [{"text": t, "x": x, "y": 1.0, "xref": "paper", "yref": "paper", "showarrow": False,
-                    "xanchor": "center", "yanchor": "bottom", "font": {"size": 14}}
-                   for t, x in zip(titles, (0.22, 0.78), strict=True)]
-    return {"height": height, "margin": {"l": 50, "r": 20, "t": 40, "b": 50}, "template": _template(),
-            "xaxis": {"anchor": "y", "domain": [0, 0.44]}, "yaxis": {"anchor": "x", "rangemode": "tozero"},
-            "xaxis2": {"anchor": "y2", "domain": [0.56, 1]}, "yaxis2": {"anchor": "x2", "rangemode": "tozero"},
-            "annotations": annotations, "legend": {"orientation": "h", "y": -0.2}}
+    from windpipe.training.figures import panels
+
+    layout = panels(titles, height)
+    for axis in ("yaxis", "yaxis2"):
+        layout[axis]["rangemode"] = "tozero"
+    return {**layout, "margin": {"l": 50, "r": 20, "t": 40, "b": 50}, "template": _template(),
+            "legend": {"orientation": "h", "y": -0.2}}
 
 
 SWEEP_LABELS = {"windspeed": "wind speed (m/s)", "rad_horizontal": "direct horizontal radiation (W/m²)"}

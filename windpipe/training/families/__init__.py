@@ -180,13 +180,34 @@ def forecaster_of(model: Any) -> Any:
 def clipped_fitted(model: Any, rows: pd.DataFrame) -> np.ndarray:
     """Which of a natural model's raw predictions for processed-entity rows its head clips to [0, capacity]:
     bool (rows, targets); all False for a model without a head."""
+    return score_fitted(model, rows).clipped
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A natural model's forecast for processed-entity rows: `point` (rows, targets), `quantiles` (rows, targets,
+    QUANTILES; None without intervals) as `model.predict` gives them, and which raw predictions the head
+    `clipped` to [0, capacity] (bool (rows, targets))."""
+
+    point: np.ndarray
+    quantiles: np.ndarray | None
+    clipped: np.ndarray
+
+
+def score_fitted(model: Any, rows: pd.DataFrame) -> Scored:
+    """`Scored` from one pass of the core (what a run's metrics need: a forest's 64 trees predict once, not once for
+    the forecast and again for the clipped share)."""
     from windpipe.training.inputs import Head
 
     last = forecaster_of(model)
     if last is None:
-        return np.zeros((len(rows), len(TARGETS)), dtype=bool)
+        point, q = predict_quantiles_fitted(model, rows)
+        return Scored(point, q, np.zeros((len(rows), len(TARGETS)), dtype=bool))
     X = (model.core_input if hasattr(model, "inputs") else model[:-1].transform)(_natural_rows(rows))
-    return Head(last.head).clipped(X, last.raw(X))
+    head, raw = Head(last.head), last.raw(X)
+    ceiling = head.ceiling(X)
+    point = head.finish(X, raw, ceiling)
+    return Scored(point, head.quantiles(X, point, ceiling), head.clipped(X, raw))
 
 
 def core_columns(model: Any) -> list[str]:
@@ -246,20 +267,12 @@ def follows_trend(X: pd.DataFrame) -> bool:
 
 def per_target(X: pd.DataFrame, y: pd.DataFrame, estimator: Callable[[str, list[str]], Any]) -> Any:
     """One `estimator(target, columns)` per target, each fed only the inputs its target may read: with the time
-    columns on the capacity factor from weather and calendar (windpipe.training.capacity.capacity_model);
-    without, on the four weather features."""
-    from sklearn.multioutput import MultiOutputRegressor
+    columns on the capacity factor from weather and calendar, times the capacity line; without, on the four
+    weather features (windpipe.training.capacity.capacity_model)."""
+    from windpipe.training.capacity import capacity_model
 
-    from windpipe.training.capacity import capacity_model, own_inputs
-    from windpipe.training.features import WEATHER_AND_CALENDAR
-
-    if follows_trend(X):
-        return capacity_model(X, y, lambda target: estimator(target, WEATHER_AND_CALENDAR))
-    # MultiOutputRegressor's own fit clones one estimator for all targets; each target's differs
-    model = MultiOutputRegressor(estimator(TARGETS[0], FEATURES))
-    model.estimators_ = [own_inputs(t, estimator(t, FEATURES), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
-    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
-    return model
+    follows_trend(X)  # (refuses some of the time columns without the others)
+    return capacity_model(X, y, estimator)
 
 
 def model_columns(X: pd.DataFrame) -> list[str]:

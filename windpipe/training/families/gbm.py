@@ -72,6 +72,6 @@ FAMILY = register(Family(
     parse=GBMParams.check,
     fit=lambda rows, p: train_gbm(*rows.xy(), p),
     log_params=lambda p, _time_features: p.logged(),
-    # the boosted trees, and the Bunch a VotingRegressor keeps
+    # the boosted trees (and the Bunch a VotingRegressor kept in models logged before windpipe_inputs.CapacityModel)
     skops_trusted=("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.utils._bunch.Bunch"),
 ))

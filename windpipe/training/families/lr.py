@@ -35,10 +35,10 @@ TOL = 1e-3
 
 
 def monotone_ridge(target: str, columns: list[str], alpha: float = ALPHA) -> MonotoneRidge:
-    """An unfitted Ridge for `target` on the `columns` it may read (positions: what windpipe.training.capacity's
-    own_inputs hands it), non-decreasing in each input `target` rises with. MonotoneRidge fits
-    Pipeline(MonotoneDesign, Ridge(positive=True)) and predicts its numbers from folded coefficients without
-    building the design (models logged before it hold that Pipeline, which still loads)."""
+    """An unfitted Ridge for `target` on the `columns` it may read (positions: the columns
+    windpipe.training.capacity.FactorRows fits it on), non-decreasing in each input `target` rises with.
+    MonotoneRidge fits Pipeline(MonotoneDesign, Ridge(positive=True)) and predicts its numbers from folded
+    coefficients without building the design (models logged before it hold that Pipeline, which still loads)."""
     from windpipe.training.features import CALENDAR
     from windpipe.training.inputs import MonotoneRidge
 
@@ -76,6 +76,7 @@ FAMILY = register(Family(
     parse=lambda seed: None,  # no parameters of its own
     fit=lambda rows, _params: train_lr(*rows.xy()),
     log_params=design,
-    # the splines (scipy), the folded Ridge and its design (windpipe_inputs) and the Bunch a VotingRegressor keeps
+    # the splines (scipy), the folded Ridge and its design (windpipe_inputs) (and the Bunch a VotingRegressor kept in
+    # models logged before windpipe_inputs.CapacityModel)
     skops_trusted=_trusted(),
 ))

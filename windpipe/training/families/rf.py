@@ -9,19 +9,15 @@ import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from windpipe.errors import WindpipeError
-from windpipe.names import FEATURES, TARGETS
-from windpipe.training.families import Family, check_xy, follows_trend, register
+from windpipe.names import TARGETS
+from windpipe.training.capacity import FactorRows
+from windpipe.training.families import Family, check_xy, per_target, register
 from windpipe.training.params import MAX_TREES, as_depth, as_int
 from windpipe.training.physics import inputs_for, monotone_constraints
-
-if TYPE_CHECKING:
-    from sklearn.multioutput import MultiOutputRegressor
 
 
 @dataclass(frozen=True)
@@ -53,21 +49,10 @@ def train_rf(X: pd.DataFrame, y: pd.DataFrame, p: RFParams) -> object:
     splits that serve both, separate forests do not (r2 0.868 -> 0.870 on the real data).
     Each split looks at half the features (`max_features=0.5`), which decorrelates the trees.
     With the time columns the forests learn the capacity factor and the model multiplies by the
-    capacity line (windpipe.training.capacity.capacity_model); without them they take the four weather features.
+    capacity line; without them they take the four weather features (windpipe.training.capacity.capacity_model).
     """
-    from sklearn.multioutput import MultiOutputRegressor
-
-    from windpipe.training.capacity import capacity_model, own_inputs
-
     check_xy(X, y)
-    if follows_trend(X):
-        from windpipe.training.features import WEATHER_AND_CALENDAR
-
-        return capacity_model(X, y, lambda target: _forest(target, WEATHER_AND_CALENDAR, p))
-    model = MultiOutputRegressor(_forest(TARGETS[0], FEATURES, p))
-    model.estimators_ = [own_inputs(t, _forest(t, FEATURES, p), FEATURES).fit(X[FEATURES], y[t]) for t in TARGETS]
-    model.n_features_in_, model.feature_names_in_ = len(FEATURES), np.asarray(FEATURES, dtype=object)
-    return model
+    return per_target(X, y, lambda target, columns: _forest(target, columns, p))
 
 
 def _forest(target: str, columns: list[str], p: RFParams) -> object:
@@ -86,40 +71,30 @@ def rf_grid(X: pd.DataFrame, y: pd.DataFrame, grid: Sequence[RFParams]) -> Itera
     Points that differ only in n_estimators share their trees: tree i of a forest depends only on
     the seed and i (what scikit-learn's `warm_start` relies on), so the forest of 32 trees is the
     one of 16 plus 16 more. Per depth the grid fits max(n_estimators) trees per target instead of
-    their sum (64 instead of 8+16+32+64), and yields the same models in order of size. A model that
-    follows the trend (`capacity_model`) keeps its forests frozen inside a Pipeline: each of its
-    points is fitted on its own.
+    their sum (64 instead of 8+16+32+64), and yields the same models in order of size.
     """
-    share = not follows_trend(X)
+    check_xy(X, y)
+    rows = FactorRows.of(X, y)
     groups: dict[tuple[object, ...], list[RFParams]] = {}
     for p in grid:
         groups.setdefault((p.max_depth, p.min_samples_leaf, p.seed, p.n_jobs), []).append(p)
     for points in groups.values():
-        model: object | None = None
+        forests: list[object] = []
         for p in sorted(points, key=lambda q: q.n_estimators):
             started = time.perf_counter()
-            model = train_rf(X, y, p) if model is None or not share else _grow(model, X, y, p.n_estimators)
+            forests = [rows.fit(k, _more(forests[k], p) if forests else _forest(t, rows.inputs, p))
+                       for k, t in enumerate(TARGETS)]
+            # (copies: the model's forests predict on one thread, the next point grows the originals)
+            model = rows.model([copy.copy(f).set_params(warm_start=False) for f in forests])
             yield p, model, time.perf_counter() - started
 
 
-def _grow(model: MultiOutputRegressor, X: pd.DataFrame, y: pd.DataFrame, n_estimators: int) -> MultiOutputRegressor:
-    """A copy of a fitted per-target forest model with more trees (the model passed in is left as it is)."""
-    from sklearn.base import clone
-    from sklearn.pipeline import Pipeline
-
-    targets = np.asarray(y, dtype="float64")  # (as each forest was fitted on its column)
-    grown = copy.copy(model)
-    grown.estimator = clone(model.estimator).set_params(n_estimators=n_estimators)
-    grown.estimators_ = []
-    for i, member in enumerate(model.estimators_):  # (each: its target's inputs, then its forest)
-        forest = member[-1]
-        more = copy.copy(forest)
-        more.estimators_ = list(forest.estimators_)  # (warm_start extends the list in place)
-        more.set_params(n_estimators=n_estimators, warm_start=True)
-        more.fit(member[:-1].transform(X[FEATURES]), targets[:, i])
-        more.set_params(warm_start=False)
-        grown.estimators_.append(Pipeline([*member.steps[:-1], (member.steps[-1][0], more)]))
-    return grown
+def _more(forest: object, p: RFParams) -> object:
+    """A copy of a fitted forest that `fit` grows to p.n_estimators trees, keeping the ones it has (warm_start);
+    the forest passed in is left as it is."""
+    more = copy.copy(forest)
+    more.estimators_ = list(forest.estimators_)  # (warm_start extends the list in place)
+    return more.set_params(n_estimators=p.n_estimators, warm_start=True, n_jobs=p.n_jobs)
 
 
 FAMILY = register(Family(
@@ -128,6 +103,6 @@ FAMILY = register(Family(
     parse=RFParams.check,
     fit=lambda rows, p: train_rf(*rows.xy(), p),
     log_params=lambda p, _time_features: p.logged(),
-    # the forests' trees and the Bunch a VotingRegressor keeps
+    # the forests' trees (and the Bunch a VotingRegressor kept in models logged before windpipe_inputs.CapacityModel)
     skops_trusted=("sklearn.tree._tree.Tree", "sklearn.utils._bunch.Bunch"),
 ))
