@@ -120,3 +120,25 @@ def test_synth_cli_writes_files(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "windpipe", "data", "synth", "--out", str(tmp_path / "x"),
                           "--years", "0"], capture_output=True, text=True)
     assert bad.returncode == 1 and "years must be at least 1" in bad.stderr
+
+
+def test_an_entity_datasets_digest_is_mlflows_without_mlflows_look_at_every_cell():
+    """typed_digest gives the digest MLflow computes for a dataset of the frame (compute_pandas_digest: what the
+    UI compares datasets by), also past the 10,000 rows MLflow hashes and with integer and boolean columns;
+    a frame with strings, or none at all, is left to MLflow."""
+    import numpy as np
+    from mlflow.data.digest_utils import compute_pandas_digest
+
+    from windpipe.entities.store import typed_digest
+
+    from .models import tiny_processed
+
+    year = tiny_processed(24 * 366)
+    later = year.assign(utc_timestamp=year["utc_timestamp"] + pd.Timedelta(days=366))
+    frame = pd.concat([year, later], ignore_index=True)  # (two years: beyond the 10,000 rows MLflow hashes)
+    mixed = frame.assign(count=np.arange(len(frame)), flag=frame["wind_GW"] > 5).iloc[:, ::-1]
+    for df in (frame, mixed, frame.head(50)):
+        assert typed_digest(df) == compute_pandas_digest(df)
+    assert typed_digest(frame) != typed_digest(frame.head(11_000))  # (the row count counts)
+    assert typed_digest(frame) != typed_digest(frame.assign(wind_GW=frame["wind_GW"] + 1))
+    assert typed_digest(frame.assign(version="v1")) is None and typed_digest(frame.head(0)) is None

@@ -146,7 +146,8 @@ def test_lr_folded_ridge_predicts_what_its_design_and_ridge_predict(rising, cale
         y += 0.5 * X[:, cal[0]] * X[:, other[0]]
     folded = MonotoneRidge(rising=rising, other=other, calendar=cal, alpha=ALPHA, tol=TOL).fit(X, y)
     design = MonotoneDesign(rising=rising, other=other, calendar=cal).fit(X)
-    unfolded = Pipeline([("design", design), ("ridge", positive_ridge(design.transform(X), y, ALPHA))])
+    unfolded = Pipeline([("design", design),
+                         ("ridge", positive_ridge(design.transform(X), y, ALPHA, signed=design.n_signed_))])
     np.testing.assert_array_equal(folded.ridge_.coef_, unfolded["ridge"].coef_)  # the same fit
     assert isinstance(unfolded["ridge"], Ridge)  # (what models logged before MonotoneRidge hold)
     new = rows(5000, 2.0)  # a quarter beyond the training range
@@ -192,6 +193,20 @@ def test_the_positive_ridge_is_fitted_at_the_optimum_of_its_problem(monkeypatch)
     np.testing.assert_allclose(weighted.coef_, repeated.coef_, atol=1e-9)
     assert weighted.intercept_ == pytest.approx(repeated.intercept_, abs=1e-9)
     assert not np.allclose(weighted.coef_, w, atol=1e-3)  # (the weights changed the fit)
+
+    # lr's design: constrained columns, then free ones and their negatives: projecting the free ones out (signed=)
+    # reaches the same optimum as nnls over every column, in the design's form (one of each pair 0)
+    mixed = np.hstack([np.abs(rng.normal(size=(600, 12))), rng.normal(size=(600, 9))])
+    mixed = np.hstack([mixed, -mixed[:, 12:]])
+    ym = mixed[:, :3] @ np.array([1.0, 0.0, 2.0]) - 1.5 * mixed[:, 13] + 0.1 * rng.normal(size=600)
+    for cols, yy, signed in ((D, y, 20), (mixed, ym, 9)):
+        full = positive_ridge(cols, yy, alpha, sample_weight=weights)
+        projected = positive_ridge(cols, yy, alpha, sample_weight=weights, signed=signed)
+        np.testing.assert_allclose(projected.coef_, full.coef_, atol=1e-7)
+        assert projected.intercept_ == pytest.approx(full.intercept_, abs=1e-7)
+        pairs = projected.coef_[-2 * signed:].reshape(2, signed)
+        assert (projected.coef_ >= 0).all() and (pairs.min(axis=0) == 0).all()
+    assert (projected.coef_[12:21] > 0).any() and (projected.coef_[21:] > 0).any()  # (both signs were needed)
 
     def fails(*_a, **_k):
         raise RuntimeError("Maximum number of iterations reached.")

@@ -63,8 +63,8 @@ def test_mlflow_tags_new_runs_with_the_git_tags_windpipe_read_without_asking_git
     from mlflow.tracking.context import git_context, registry
 
     from windpipe import names
-    from windpipe.pipeline.project_run import git_tags
     from windpipe.settings import package_dir
+    from windpipe.tracking.runs import git_tags
 
     def never(_path):
         raise AssertionError("MLflow asked git itself")

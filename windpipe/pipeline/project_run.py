@@ -23,76 +23,40 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from windpipe import names
 from windpipe.errors import UsageError
 from windpipe.pipeline.interfaces import MLProject, Parameter
 from windpipe.stack.procs import environment
 from windpipe.tracking.client import mlflow_client
-from windpipe.tracking.internals import use_git_tags
-from windpipe.tracking.runs import git_commit
+from windpipe.tracking.runs import git_output, git_tags, without_credentials
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
 
-def _git(folder: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _without_credentials(url: str) -> str:
-    """A remote URL without the user and token some HTTPS remotes carry (a tag is shown to everyone)."""
-    parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
-
-
-def project_tags(folder: Path, entry_point: str, source: str | None = None,
-                 git: Mapping[str, str] | None = None) -> dict[str, str]:
+def project_tags(folder: Path, entry_point: str, source: str | None = None) -> dict[str, str]:
     """The tags MLflow Projects gives a run of the project in `folder` (`mlflow.projects.run`): user, source,
     entry point, git commit and repository, backend. `source`: the URI the project came from (a git URI
-    `<repo>#<folder>`, of which `folder` is a checkout); by default `folder` itself. `git`: `git_tags(folder)`,
-    when the caller has them."""
+    `<repo>#<folder>`, of which `folder` is a checkout); by default `folder` itself."""
     try:
         user = getpass.getuser()
     except (ImportError, KeyError, OSError):
         user = "unknown"
-    top = _git(folder, "rev-parse", "--show-toplevel")
-    git = (git_tags(folder) if git is None else git) if top else {}
+    top = git_output(folder, "rev-parse", "--show-toplevel")
+    git = git_tags(folder) if top else {}
     if source is None:
         source = str(folder)
         if top:
             rel = os.path.relpath(folder, top)
             source = f"file://{top}" + ("" if rel == "." else f"#{rel}")
-    tags = {names.MLFLOW_USER_TAG: user, names.MLFLOW_SOURCE_NAME_TAG: _without_credentials(source),
+    tags = {names.MLFLOW_USER_TAG: user, names.MLFLOW_SOURCE_NAME_TAG: without_credentials(source),
             names.MLFLOW_SOURCE_TYPE_TAG: "PROJECT", names.MLFLOW_PROJECT_ENTRY_TAG: entry_point,
             names.MLFLOW_PROJECT_BACKEND_TAG: "local"}
     # (MLflow Projects tags a run of a local folder with its commit and repository, not its branch)
     return tags | {k: v for k, v in git.items() if k != names.MLFLOW_GIT_BRANCH_TAG}
-
-
-def git_tags(folder: Path) -> dict[str, str]:
-    """The git tags MLflow's run context gives a new run or logged model whose code is in `folder`: its checkout's
-    commit, branch (none when detached) and first remote's URL (without credentials); {} outside git."""
-    commit = git_commit(folder)
-    if not commit:
-        return {}
-    tags = {names.MLFLOW_GIT_COMMIT_TAG: commit}
-    branch = _git(folder, "rev-parse", "--abbrev-ref", "HEAD")
-    if branch and branch != "HEAD":
-        tags[names.MLFLOW_GIT_BRANCH_TAG] = branch
-    remote = (_git(folder, "remote") or "").split()
-    url = _git(folder, "remote", "get-url", remote[0]) if remote else None
-    if url:
-        tags[names.MLFLOW_GIT_REPO_URL_TAG] = _without_credentials(url)
-    return tags
 
 
 def check_values(declared: Mapping[str, Parameter], given: Mapping[str, str], where: str) -> None:
@@ -166,13 +130,9 @@ def run_here(project: MLProject, entry_point: str, params: dict[str, str], exper
     declared = project.entry_points[entry_point]
     check_values(declared, params, f"The {entry_point} entry point of {folder.name}")
     client = mlflow_client()
-    # the step's child runs and logged model get the same git tags from MLflow's run context, without it asking git
-    # again through GitPython (its import and git processes: 0.1 s of a step's fixed cost)
-    git = git_tags(folder)
-    use_git_tags(git)
     with tempfile.TemporaryDirectory(prefix="windpipe-params-") as storage:
         command = entry_point_command(project, entry_point, params, Path(storage))
-        run_id = create_project_run(client, experiment_id, project_tags(folder, entry_point, git=git),
+        run_id = create_project_run(client, experiment_id, project_tags(folder, entry_point),
                                     logged_params(declared, params))
         code = _execute(command, folder, {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
                                           "MLFLOW_EXPERIMENT_ID": str(experiment_id)})

@@ -456,6 +456,8 @@ def _monotone_design_class() -> type:
             X = np.asarray(X, dtype="float64")
             self.rising_splines_ = [self._splines().fit(X[:, [r]]) for r in self.rising]
             self.other_splines_ = self._splines().fit(X[:, list(self.other)]) if self.other else None
+            # the design ends in this many free columns, then their negatives (positive_ridge's `signed`)
+            self.n_signed_ = self._free(self._context(X[:1])).shape[1]
             return self
 
         def _context(self, X: np.ndarray) -> np.ndarray:
@@ -530,25 +532,36 @@ def _one_blas_thread() -> Any:
 
 
 def positive_ridge(design: np.ndarray, y: np.ndarray, alpha: float, tol: float = 1e-4,
-                   sample_weight: Any = None) -> Any:
+                   sample_weight: Any = None, signed: int = 0) -> Any:
     """A scikit-learn Ridge(alpha, positive=True) fitted to (design, y) at the exact optimum of its problem
 
         minimise sum_i s_i (y_i - b - D_i w)^2 + alpha ||w||^2   over w >= 0 and the intercept b   (s: sample_weight)
 
     Centring on the weighted means removes b; with rows scaled by sqrt(s) and G = Dc'Dc + alpha I = R'R
-    (Cholesky) the rest is ||R w - R^-T Dc'yc||^2, a non-negative least squares in as many unknowns as the design
-    has columns (scipy's nnls, an active-set method that ends at the solution). It reads the rows once, for the
-    Gram, where Ridge's L-BFGS-B reads them on each of its hundreds of steps: 0.09 s against 0.48 s for 1,440
-    rows x 480 columns, and its objective is the lower (224.6 against 235.3: L-BFGS-B stops at `tol`). Should
-    nnls not finish, Ridge's own solver fits."""
+    (Cholesky) the rest is ||R w - R^-T Dc'yc||^2, a non-negative least squares (scipy's nnls, an active-set
+    method that ends at the solution). It reads the rows once, for the Gram, where Ridge's L-BFGS-B reads them on
+    each of its hundreds of steps: 0.09 s against 0.48 s for 1,440 rows x 480 columns, and its objective is the
+    lower (224.6 against 235.3: L-BFGS-B stops at `tol`).
+
+    `signed`: the design's last 2 x signed columns are `signed` free columns and then their negatives (lr's design:
+    a coefficient of either sign as two non-negative ones). At the optimum one of each pair is 0, so the problem is
+    the same with one free coefficient f per pair (penalty alpha f^2). With the free columns first in the Gram, its
+    Cholesky factor is [[Rff, Rfc], [0, Rcc]]: nnls of Rcc w = t_c for the constrained ones (Rcc'Rcc is the Gram
+    with the free ones projected out), then Rff f = t_f - Rfc w; nnls works on the constrained columns only (the
+    solar design's 480 columns: 270). The coefficients come back in the design's form (max(f, 0), max(-f, 0)).
+    Should nnls not finish, Ridge's own solver fits."""
+    from scipy.linalg import solve_triangular
     from scipy.optimize import nnls
     from sklearn.linear_model import Ridge
 
     ridge = Ridge(alpha=alpha, positive=True, tol=tol)
+    constrained = design.shape[1] - 2 * signed
+    # the free columns (one of each pair) first, then the constrained ones
+    order = np.r_[constrained:constrained + signed, 0:constrained]
     weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype="float64")
-    mean_x, mean_y = weight @ design / weight.sum(), float(weight @ y / weight.sum())
+    mean_x, mean_y = weight @ design[:, order] / weight.sum(), float(weight @ y / weight.sum())
     root = np.sqrt(weight)
-    centred = (design - mean_x) * root[:, None]
+    centred = (design[:, order] - mean_x) * root[:, None]
     gram = centred.T @ centred
     gram[np.diag_indices_from(gram)] += alpha
     try:
@@ -556,12 +569,17 @@ def positive_ridge(design: np.ndarray, y: np.ndarray, alpha: float, tol: float =
         # waiting on each other beside another process's work took 2 s for the same Cholesky)
         with _one_blas_thread():
             upper = np.linalg.cholesky(gram).T
-            w, _ = nnls(upper, np.linalg.solve(upper.T, centred.T @ ((y - mean_y) * root)),
-                        maxiter=50 * design.shape[1])
+            target = np.linalg.solve(upper.T, centred.T @ ((y - mean_y) * root))
+            w = (nnls(upper[signed:, signed:], target[signed:], maxiter=50 * constrained)[0] if constrained
+                 else np.zeros(0))
+            free = solve_triangular(upper[:signed, :signed], target[:signed] - upper[:signed, signed:] @ w)
     except (np.linalg.LinAlgError, RuntimeError):  # (not positive definite in floating point; no convergence)
         return ridge.fit(design, y, sample_weight=sample_weight)
+    intercept = mean_y - float(mean_x @ np.concatenate([free, w]))
+    if signed:
+        w = np.concatenate([w, np.maximum(free, 0.0), np.maximum(-free, 0.0)])
     # the attributes Ridge.fit sets and Ridge.predict reads
-    ridge.coef_, ridge.intercept_ = w, mean_y - float(mean_x @ w)
+    ridge.coef_, ridge.intercept_ = w, intercept
     ridge.n_features_in_, ridge.n_iter_, ridge.solver_ = design.shape[1], None, "nnls"
     return ridge
 
@@ -602,7 +620,7 @@ def _monotone_ridge_class() -> type:
             # what Pipeline([("design", design), ("ridge", Ridge(positive=True))]).fit does, solved exactly
             self.design_ = design
             self.ridge_ = positive_ridge(design.fit_transform(X, y), np.asarray(y, dtype="float64"), self.alpha,
-                                         self.tol, sample_weight)
+                                         self.tol, sample_weight, design.n_signed_)
             self.n_features_in_ = X.shape[1]
             self._fold()
             return self
