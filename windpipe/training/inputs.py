@@ -14,6 +14,8 @@ it in front of a fitted model:
 - `NaturalInputs`: a scikit-learn transformer, the first step of every scikit-learn family's Pipeline;
 - `Forecast`: the last step of that Pipeline: the fitted core's forecast clipped to [0, the installed
   capacity the model knows] (`Head`);
+- `CapacityModel`: the scikit-learn families' core: each target's fitted estimator on the inputs it may read,
+  times its capacity line (`capacity_line`);
 - `KerasForecaster`: the same inputs and head around a Keras model, the `python_function` flavor of a Keras
   family's logged model (`_load_pyfunc`; its `keras` flavor still loads the bare network).
 - `MonotoneRidge`: the lr family's core per target, a Ridge on `MonotoneDesign` (monotone spline ramps) that
@@ -275,8 +277,8 @@ def split_output(out: Any, targets: list[str]) -> tuple[np.ndarray, np.ndarray |
 # ---------------------------------------------------------------------------------------------- the wrappers
 
 def __getattr__(name: str) -> Any:
-    """`NaturalInputs`, `Forecast`, `MonotoneDesign` and `MonotoneRidge` are made on first use (PEP 562):
-    scikit-learn's base classes take seconds to import."""
+    """`NaturalInputs`, `Forecast`, `CapacityModel`, `MonotoneDesign` and `MonotoneRidge` are made on first use
+    (PEP 562): scikit-learn's base classes take seconds to import."""
     makers = {"NaturalInputs": _natural_inputs_class, "Forecast": _forecast_class,
               "CapacityModel": _capacity_model_class, "MonotoneDesign": _monotone_design_class,
               "MonotoneRidge": _monotone_ridge_class}
