@@ -20,7 +20,7 @@ from windpipe.scoring import drift
 from windpipe.scoring.monitor import batch_errors, read_actuals
 from windpipe.training import families
 from windpipe.training.backtest import fold_metrics, folds_from_metrics, run_backtest, summary
-from windpipe.training.capacity import capacity, capacity_lines
+from windpipe.training.capacity import capacity_line, capacity_lines
 from windpipe.training.families import lr as LR
 from windpipe.training.families import rf as RF
 from windpipe.training.features import MODEL_COLUMNS, model_input, time_features
@@ -261,13 +261,13 @@ def test_capacity_lines_find_the_generators_growth():
     df = years(4)
     X, y = xy(df, time_features=True)
     lines = capacity_lines(X["trend"], X["windspeed"], y)
-    cap = capacity(lines, np.array([0.5, 3.5]))
+    cap = capacity_line(lines, np.array([0.5, 3.5]))
     from windpipe.data.synth import SOLAR_GROWTH, WIND_GROWTH
 
     for i, growth in enumerate((SOLAR_GROWTH, WIND_GROWTH)):
         expected = (1 + growth * 3.5) / (1 + growth * 0.5)
         assert cap[1, i] / cap[0, i] == pytest.approx(expected, rel=0.08), TARGETS[i]
-    assert np.mean(capacity(lines, X["trend"]), axis=0) == pytest.approx([1, 1])  # mean 1 on the rows
+    assert np.mean(capacity_line(lines, X["trend"]), axis=0) == pytest.approx([1, 1])  # mean 1 on the rows
     short = xy(df.head(24 * 300), time_features=True)  # under two years: growth and season look alike
     np.testing.assert_array_equal(capacity_lines(short[0]["trend"], short[0]["windspeed"], short[1]),
                                   [[1, 0], [1, 0]])
@@ -296,7 +296,7 @@ def test_capacity_forests_multiply_the_forests_by_the_capacity_line():
     model = RF.train_rf(X, y, p)
     lines = capacity_lines(X["trend"], X["windspeed"], y)
     factors = np.column_stack([f.predict(X[list(c)]) for f, c in zip(model.estimators, model.columns, strict=True)])
-    direct = factors * capacity(lines, X["trend"])
+    direct = factors * capacity_line(lines, X["trend"])
     np.testing.assert_allclose(model.predict(X), direct, rtol=1e-9)
     assert lines[1, 1] > 0  # wind capacity grows
 

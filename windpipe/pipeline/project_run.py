@@ -46,7 +46,6 @@ def project_tags(folder: Path, entry_point: str, source: str | None = None) -> d
     except (ImportError, KeyError, OSError):
         user = "unknown"
     top = git_output(folder, "rev-parse", "--show-toplevel")
-    git = git_tags(folder) if top else {}
     if source is None:
         source = str(folder)
         if top:
@@ -56,7 +55,7 @@ def project_tags(folder: Path, entry_point: str, source: str | None = None) -> d
             names.MLFLOW_SOURCE_TYPE_TAG: "PROJECT", names.MLFLOW_PROJECT_ENTRY_TAG: entry_point,
             names.MLFLOW_PROJECT_BACKEND_TAG: "local"}
     # (MLflow Projects tags a run of a local folder with its commit and repository, not its branch)
-    return tags | {k: v for k, v in git.items() if k != names.MLFLOW_GIT_BRANCH_TAG}
+    return tags | {k: v for k, v in git_tags(folder).items() if k != names.MLFLOW_GIT_BRANCH_TAG}
 
 
 def check_values(declared: Mapping[str, Parameter], given: Mapping[str, str], where: str) -> None:

@@ -68,7 +68,7 @@ def pinned_requirements() -> Iterator[None]:
 
 def use_git_tags(tags: Mapping[str, str]) -> None:
     """MLflow's git run context, in this process, answers with `tags` (mlflow.source.git.commit, .branch,
-    .repoURL: windpipe.pipeline.project_run.git_tags of the step's folder; {} outside git: no git tags, as MLflow
+    .repoURL: windpipe.tracking.runs.git_tags of the step's folder; {} outside git: no git tags, as MLflow
     gives outside git). It caches its answer per process; this gives it the answer before its first question."""
     from mlflow.tracking.context.git_context import GitRunContext
     from mlflow.tracking.context.registry import _run_context_provider_registry

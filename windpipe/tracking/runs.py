@@ -63,8 +63,6 @@ def git_tags(folder: Path) -> dict[str, str]:
     return tags
 
 
-
-
 def tree_hash(paths: list[Path]) -> str:
     """A hash of the content of all files below `paths` (code version of uncommitted work)."""
     digest = hashlib.sha256()

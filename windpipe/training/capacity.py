@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from windpipe.names import FEATURES, TARGETS
+from windpipe.training.inputs import capacity_line  # cap(t) per row and target: the formula a logged model carries
 
 MIN_YEARS = 2.0  # shorter windows: growth and season cannot be told apart
 MONTH = 1.0 / 12.0  # a month as a fraction of the trend's year
@@ -75,14 +76,6 @@ def recency_weights(trend: np.ndarray, half_life: float = RECENT_HALF_LIFE) -> n
     return 0.5 ** ((trend.max() - trend) / half_life) if len(trend) else trend
 
 
-def capacity(lines: np.ndarray, trend: np.ndarray) -> np.ndarray:
-    """cap(t) per row and target, shape (rows, targets) (windpipe.training.inputs.capacity_line: the formula a
-    logged model carries)."""
-    from windpipe.training.inputs import capacity_line
-
-    return capacity_line(lines, trend)
-
-
 def head_spec(X: pd.DataFrame, y: pd.DataFrame | np.ndarray, targets: Sequence[str] = TARGETS) -> dict:
     """The head a model fitted on the core input `X` and targets `y` carries (windpipe.training.inputs.Head):
     its output names, and per target the capacity line of these rows (`capacity_lines`; constant
@@ -92,7 +85,7 @@ def head_spec(X: pd.DataFrame, y: pd.DataFrame | np.ndarray, targets: Sequence[s
     trend = "trend" in X.columns
     lines = (capacity_lines(X["trend"], X["windspeed"], target) if trend
              else np.tile([1.0, 0.0], (target.shape[1], 1)))
-    cap = capacity(lines, X["trend"] if trend else np.zeros(len(X)))
+    cap = capacity_line(lines, X["trend"] if trend else np.zeros(len(X)))
     ratio = np.divide(target, cap, out=np.zeros_like(target), where=cap > 0)
     factor = ratio.max(axis=0) if len(X) else np.ones(target.shape[1])
     return {"targets": list(targets), "trend": "trend" if trend else None, "lines": lines.tolist(),
@@ -120,7 +113,7 @@ class FactorRows:
         target = np.asarray(y, dtype="float64").reshape(len(X), -1)
         if "trend" in X.columns:
             lines = capacity_lines(X["trend"], X["windspeed"], target)
-            return cls(X, WEATHER_AND_CALENDAR, lines, target / capacity(lines, X["trend"]),
+            return cls(X, WEATHER_AND_CALENDAR, lines, target / capacity_line(lines, X["trend"]),
                        recency_weights(X["trend"]), "trend")
         return cls(X, list(FEATURES), np.tile([1.0, 0.0], (target.shape[1], 1)), target, None, None)
 

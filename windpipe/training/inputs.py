@@ -196,10 +196,11 @@ class Head:
         raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
         return np.clip(raw, 0.0, self.ceiling(X) if ceiling is None else ceiling)
 
-    def clipped(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
-        """Which raw predictions `finish` changes (below 0 or above the ceiling): bool (rows, targets)."""
+    def clipped(self, X: pd.DataFrame, raw: np.ndarray, ceiling: np.ndarray | None = None) -> np.ndarray:
+        """Which raw predictions `finish` changes (below 0 or above the ceiling): bool (rows, targets).
+        `ceiling`: `self.ceiling(X)` when the caller has it already."""
         raw = np.asarray(raw, dtype="float64").reshape(len(X), len(self.targets))
-        return (raw < 0.0) | (raw > self.ceiling(X))
+        return (raw < 0.0) | (raw > (self.ceiling(X) if ceiling is None else ceiling))
 
     @property
     def intervals(self) -> dict | None:
@@ -249,12 +250,17 @@ class Head:
             return list(self.targets)
         return [*self.targets, *(c for per_target in spec["columns"] for c in per_target)]
 
+    def forecast(self, X: pd.DataFrame, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(the finished point forecast, its quantiles or None without intervals, the ceiling that bounds both) for
+        the core's output `raw`; the ceiling is computed once: the clip and the quantiles both need it."""
+        ceiling = self.ceiling(X)
+        point = self.finish(X, raw, ceiling)
+        return point, self.quantiles(X, point, ceiling), ceiling
+
     def output(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray | pd.DataFrame:
         """What the model returns for the core input `X`: the finished point forecast (rows, targets) and, with
         intervals, a frame of `columns()` (the point, then each target's quantiles)."""
-        ceiling = self.ceiling(X)  # (once: the clip and the quantiles both need it)
-        point = self.finish(X, raw, ceiling)
-        q = self.quantiles(X, point, ceiling)
+        point, q, _ceiling = self.forecast(X, raw)
         if q is None:
             return point
         return pd.DataFrame(np.hstack([point, q.reshape(len(X), -1)]), columns=self.columns())
@@ -414,14 +420,17 @@ def _capacity_model_class() -> type:
         def __sklearn_is_fitted__(self) -> bool:
             return True
 
+        def _frame(self, X: Any) -> pd.DataFrame:
+            return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X), columns=list(self.inputs))
+
         def factors(self, X: Any) -> np.ndarray:
             """Each target's estimator on its own columns of the core input `X`: float64 (rows, targets)."""
-            X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X), columns=list(self.inputs))
+            X = self._frame(X)
             return np.column_stack([np.asarray(e.predict(X[list(c)]), dtype="float64").reshape(len(X))
                                     for e, c in zip(self.estimators, self.columns, strict=True)])
 
         def predict(self, X: Any) -> np.ndarray:
-            X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X), columns=list(self.inputs))
+            X = self._frame(X)
             factors = self.factors(X)
             return factors * capacity_line(self.lines, X[self.trend]) if self.trend else factors
 

@@ -205,9 +205,8 @@ def score_fitted(model: Any, rows: pd.DataFrame) -> Scored:
         return Scored(point, q, np.zeros((len(rows), len(TARGETS)), dtype=bool))
     X = (model.core_input if hasattr(model, "inputs") else model[:-1].transform)(_natural_rows(rows))
     head, raw = Head(last.head), last.raw(X)
-    ceiling = head.ceiling(X)
-    point = head.finish(X, raw, ceiling)
-    return Scored(point, head.quantiles(X, point, ceiling), head.clipped(X, raw))
+    point, quantiles, ceiling = head.forecast(X, raw)
+    return Scored(point, quantiles, head.clipped(X, raw, ceiling))
 
 
 def core_columns(model: Any) -> list[str]:

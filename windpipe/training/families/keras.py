@@ -78,10 +78,10 @@ def build_keras(X_train: pd.DataFrame, y_train: pd.DataFrame, params: KerasParam
     inputs = keras.Input(shape=(len(columns),), name="features")
     lines = None
     if trend:
-        from windpipe.training.capacity import capacity, capacity_lines
+        from windpipe.training.capacity import capacity_line, capacity_lines
 
         lines = capacity_lines(X_train["trend"], X_train["windspeed"], y)
-        y = y / capacity(lines, X_train["trend"])
+        y = y / capacity_line(lines, X_train["trend"])
         keep = [columns.index(c) for c in WEATHER_AND_CALENDAR]
         weather = _select(inputs, len(columns), keep, "weather_calendar")
         X = X[:, keep]
