@@ -97,6 +97,9 @@ def test_power_is_clipped_inside_the_model_to_zero_and_the_capacity_it_knows():
     assert (ceiling > 0).all() and (ceiling < 1e3).all()
     np.testing.assert_array_equal(predict_fitted(wild, df), np.column_stack([np.zeros(len(df)), ceiling[:, 1]]))
     assert clipped_metrics(clipped_fitted(wild, df))["clipped_share"] == 1.0
+    # just above the ceiling is clipped too (one pass of the core: score_fitted)
+    above = DummyRegressor(strategy="constant", constant=list(1.1 * ceiling.max(axis=0))).fit(X, y)
+    assert families.score_fitted(families.natural(above, time_features=True, head=rows.head()), df).clipped.all()
 
     lr = fit("lr", df)
     pred, clipped = predict_fitted(lr, df), clipped_fitted(lr, df)
@@ -109,6 +112,10 @@ def test_power_is_clipped_inside_the_model_to_zero_and_the_capacity_it_knows():
     np.testing.assert_array_equal(scored.point, point)
     np.testing.assert_array_equal(scored.quantiles, quantiles)
     np.testing.assert_array_equal(scored.clipped, clipped)
+    # and a row counts as clipped exactly where the head changed the core's own number
+    raw = forecaster_of(lr).raw(lr[:-1].transform(df[[TIMESTAMP, *FEATURES]])).reshape(len(df), -1)
+    assert scored.clipped.any() and not scored.clipped.all()
+    np.testing.assert_array_equal(scored.clipped, scored.point != raw)
 
 
 def test_a_family_that_forgets_a_skops_type_is_refused_before_logging():
